@@ -1,0 +1,22 @@
+//! foodclip: zero-shot food photo classification with CLIP-family models.
+//!
+//! Photos and label prompts (Korean or English) are embedded into one space by a CLIP image and
+//! text encoder; each photo is ranked against the labels by cosine similarity. The modules:
+//!
+//! - [`model`]: the CLIP model on candle-nn, its config, weights and tokenizer;
+//! - [`registry`] and [`source`]: known checkpoints and where their files come from;
+//! - [`checkpoint`]: a loaded model with its tokenizer and preprocessing;
+//! - [`preprocess`]: decoding photos and preparing the pixels as the reference does;
+//! - [`labels`]: label files and prompt templates;
+//! - [`classify`]: class embeddings, image embeddings and ranked predictions;
+//! - [`output`]: printing records; [`cli`]: the command line.
+
+pub mod checkpoint;
+pub mod classify;
+pub mod cli;
+pub mod labels;
+pub mod model;
+pub mod output;
+pub mod preprocess;
+pub mod registry;
+pub mod source;

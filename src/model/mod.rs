@@ -1,0 +1,84 @@
+//! The CLIP model on candle-nn, one file per piece: [`config`], [`encoder`], [`text`], [`vision`],
+//! [`weights`], and the prompt [`tokenizer`].
+//!
+//! Written here rather than taken from candle-transformers, whose CLIP (0.11) differs from the
+//! reference: it pools text at the highest token id (wrong when a pad id sits above EOS), always
+//! uses quick_gelu in the text tower, hard-codes `layer_norm_eps = 1e-5`, and draws a random
+//! `class_embedding` when the weight is missing. `tests/parity.rs` shows the difference on a fixture.
+
+pub mod config;
+pub mod encoder;
+pub mod text;
+pub mod tokenizer;
+pub mod vision;
+pub mod weights;
+
+pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use text::Pooling;
+
+use anyhow::Result;
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// A CLIP model: both towers, their projections into the shared space, and the logit scale.
+pub struct ClipModel {
+    text: text::TextTransformer,
+    vision: vision::VisionTransformer,
+    text_projection: Linear,
+    visual_projection: Linear,
+    logit_scale: f32,
+}
+
+impl ClipModel {
+    /// Builds the model from `vb` (a `CLIPModel` state dict) and its config.
+    pub fn load(vb: VarBuilder, config: &ClipConfig) -> Result<Self> {
+        let t = &config.text_config;
+        let v = &config.vision_config;
+        let proj = config.projection_dim;
+        let logit_scale = vb
+            .get((), "logit_scale")?
+            .to_dtype(candle_core::DType::F32)?
+            .to_scalar::<f32>()?;
+        Ok(Self {
+            text: text::TextTransformer::load(vb.pp("text_model"), t)?,
+            vision: vision::VisionTransformer::load(vb.pp("vision_model"), v)?,
+            text_projection: Linear::new(
+                vb.get((proj, t.hidden_size), "text_projection.weight")?,
+                None,
+            ),
+            visual_projection: Linear::new(
+                vb.get((proj, v.hidden_size), "visual_projection.weight")?,
+                None,
+            ),
+            logit_scale,
+        })
+    }
+
+    /// The learned temperature, as stored (`exp` of it multiplies cosine similarities).
+    pub fn logit_scale(&self) -> f32 {
+        self.logit_scale
+    }
+
+    /// Side of the square image the vision tower takes.
+    pub fn image_size(&self) -> usize {
+        self.vision.image_size()
+    }
+
+    /// The text pooling rule read from the config.
+    pub fn pooling(&self) -> Pooling {
+        self.text.pooling()
+    }
+
+    /// Projected, unnormalised image embeddings `(batch, projection_dim)` for normalised pixels
+    /// `(batch, 3, size, size)`.
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let pooled = self.vision.forward(pixels)?;
+        Ok(self.visual_projection.forward(&pooled)?)
+    }
+
+    /// Projected, unnormalised text embeddings `(batch, projection_dim)` for token sequences.
+    pub fn text_features(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        let pooled = self.text.forward(sequences)?;
+        Ok(self.text_projection.forward(&pooled)?)
+    }
+}

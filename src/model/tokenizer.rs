@@ -1,0 +1,89 @@
+//! Prompt tokenisation with the checkpoint's own `tokenizer.json`, truncated as transformers
+//! truncates (`truncation=True`: cut to the context, special tokens such as EOS kept).
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Token ids of one prompt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tokens {
+    /// The ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Whether the prompt was cut to fit the context.
+    pub truncated: bool,
+}
+
+/// A checkpoint's tokenizer, set to truncate at the model's context.
+pub struct PromptTokenizer {
+    /// Truncates at `max_len`.
+    inner: Tokenizer,
+    /// The same tokenizer without truncation, to tell when a prompt was cut.
+    untruncated: Tokenizer,
+    max_len: usize,
+}
+
+impl PromptTokenizer {
+    /// Loads `tokenizer.json`; `tokenizer_config.json` (optional) may lower the length limit
+    /// through `model_max_length`. `context` is the model's `max_position_embeddings`.
+    pub fn load(
+        tokenizer_json: &Path,
+        tokenizer_config: Option<&Path>,
+        context: usize,
+    ) -> Result<Self> {
+        let mut inner = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
+        let mut max_len = context;
+        if let Some(path) = tokenizer_config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            if let Some(m) = value.get("model_max_length").and_then(Value::as_f64) {
+                if m >= 1.0 && m < max_len as f64 {
+                    max_len = m as usize;
+                }
+            }
+        }
+        inner.with_padding(None);
+        let untruncated = inner.clone();
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| anyhow!("cannot set truncation on {}: {e}", tokenizer_json.display()))?;
+        Ok(Self {
+            inner,
+            untruncated,
+            max_len,
+        })
+    }
+
+    /// The longest sequence produced, in tokens.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Tokenises one prompt, adding the special tokens.
+    pub fn encode(&self, prompt: &str) -> Result<Tokens> {
+        let encoding = self
+            .inner
+            .encode(prompt, true)
+            .map_err(|e| anyhow!("cannot tokenize {prompt:?}: {e}"))?;
+        let ids = encoding.get_ids().to_vec();
+        // tokenizers drops the overflow record when a post-processor adds special tokens, so
+        // compare with the full length instead.
+        let truncated = ids.len() >= self.max_len
+            && self
+                .untruncated
+                .encode(prompt, true)
+                .map_err(|e| anyhow!("cannot tokenize {prompt:?}: {e}"))?
+                .len()
+                > ids.len();
+        Ok(Tokens { ids, truncated })
+    }
+}

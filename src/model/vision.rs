@@ -1,0 +1,87 @@
+//! CLIP's vision tower: patch embedding, class token, position embeddings, pre-norm, encoder,
+//! and the class token's state after the post-norm.
+
+use super::config::VisionConfig;
+use super::encoder::{layer_norm, Encoder, EncoderShape};
+use anyhow::{bail, Result};
+use candle_core::{IndexOp, Module, Tensor};
+use candle_nn::{LayerNorm, VarBuilder};
+
+/// The vision transformer (`vision_model`).
+pub struct VisionTransformer {
+    /// The patch convolution's kernel flattened to `(hidden, channels * patch * patch)`: a
+    /// stride-`patch` convolution is exactly a matmul over non-overlapping patches.
+    patch_weight: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    encoder: Encoder,
+    post_layernorm: LayerNorm,
+    image_size: usize,
+    patch_size: usize,
+}
+
+impl VisionTransformer {
+    /// Loads the tower from `vb` (pointing at `vision_model`).
+    pub fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
+        let emb = vb.pp("embeddings");
+        let (h, p) = (c.hidden_size, c.patch_size);
+        let grid = c.image_size / p;
+        let patch_weight = emb
+            .get((h, c.num_channels, p, p), "patch_embedding.weight")?
+            .reshape((h, c.num_channels * p * p))?;
+        let shape = EncoderShape {
+            hidden: h,
+            intermediate: c.intermediate_size,
+            heads: c.num_attention_heads,
+            layers: c.num_hidden_layers,
+            activation: c.hidden_act,
+            eps: c.layer_norm_eps,
+        };
+        Ok(Self {
+            patch_weight: patch_weight.t()?.contiguous()?,
+            class_embedding: emb.get(h, "class_embedding")?,
+            position_embedding: emb.get((grid * grid + 1, h), "position_embedding.weight")?,
+            pre_layrnorm: layer_norm(h, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            encoder: Encoder::load(vb.pp("encoder"), &shape)?,
+            post_layernorm: layer_norm(h, c.layer_norm_eps, vb.pp("post_layernorm"))?,
+            image_size: c.image_size,
+            patch_size: p,
+        })
+    }
+
+    /// Side of the square input in pixels.
+    pub fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, hgt, wid) = pixels.dims4()?;
+        if hgt != self.image_size || wid != self.image_size {
+            bail!(
+                "the model takes {0}x{0} images, got {wid}x{hgt}",
+                self.image_size
+            );
+        }
+        let p = self.patch_size;
+        let g = self.image_size / p;
+        let patches = pixels
+            .reshape(vec![b, c, g, p, g, p])?
+            .permute(vec![0, 2, 4, 1, 3, 5])?
+            .reshape((b, g * g, c * p * p))?;
+        let x = patches.broadcast_matmul(&self.patch_weight)?;
+        let hidden = x.dim(2)?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, hidden))?
+            .broadcast_as((b, 1, hidden))?;
+        let x = Tensor::cat(&[&cls.to_dtype(x.dtype())?, &x], 1)?
+            .broadcast_add(&self.position_embedding)?;
+        let x = self.pre_layrnorm.forward(&x)?;
+        let x = self.encoder.forward(&x, None)?;
+        Ok(self
+            .post_layernorm
+            .forward(&x.i((.., 0, ..))?.contiguous()?)?)
+    }
+}

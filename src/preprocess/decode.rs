@@ -1,0 +1,94 @@
+//! Reading a photo into 8-bit RGB as transformers' `load_image` does: decode the first frame,
+//! apply the EXIF orientation, convert to RGB like PIL's `convert("RGB")`.
+
+use super::jpeg;
+use anyhow::{anyhow, bail, Context, Result};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
+use std::path::Path;
+
+/// Default cap on decoded pixels (width x height): 12-megapixel phone photos pass with room to
+/// spare, decompression bombs do not.
+pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
+
+/// Decodes the image at `path` to upright 8-bit RGB.
+pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
+    let bytes = std::fs::read(path).context("cannot read")?;
+    decode(&bytes, max_pixels)
+}
+
+/// Decodes an encoded image (format guessed from the content, not the file name).
+///
+/// JPEGs are decoded by libjpeg-turbo's decoder (through mozjpeg), the decoder PIL uses, so the
+/// pixels match the reference exactly; other formats by the `image` crate.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+    if bytes.is_empty() {
+        bail!("empty file");
+    }
+    let format = image::guess_format(bytes)
+        .map_err(|_| anyhow!("not an image foodclip can read (JPEG, PNG, WebP, GIF, BMP, TIFF)"))?;
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut limits = Limits::default();
+    // Room for the decoded pixels at 16 bits per RGBA sample, plus decoder overhead.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(describe)?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        bail!(
+            "image is {w}x{h} ({:.0} megapixels), over the limit of {:.0} megapixels \
+             (a decompression bomb?); raise it with --max-pixels",
+            pixels as f64 / 1e6,
+            max_pixels as f64 / 1e6
+        );
+    }
+    let orientation = decoder.orientation().map_err(describe)?;
+    let mut img = if format == ImageFormat::Jpeg {
+        drop(decoder);
+        DynamicImage::ImageRgb8(jpeg::decode(bytes)?)
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(describe)?
+    };
+    img.apply_orientation(orientation);
+    Ok(to_rgb8(img))
+}
+
+fn describe(e: image::ImageError) -> anyhow::Error {
+    match e {
+        image::ImageError::Limits(l) => {
+            anyhow!("image too large to decode: {l}; raise the limit with --max-pixels")
+        }
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            anyhow!("truncated image: the file ends before the picture does")
+        }
+        other => anyhow!("cannot decode: {other}"),
+    }
+}
+
+/// Converts to 8-bit RGB, dropping alpha as PIL's `convert("RGB")` does. 16-bit samples keep
+/// their high byte: that is what PIL does for 16-bit RGB, while for 16-bit grayscale PIL clips
+/// every value above 255 to white, which is plainly wrong, so foodclip scales those too.
+pub fn to_rgb8(img: DynamicImage) -> RgbImage {
+    fn high(v: u16) -> u8 {
+        (v >> 8) as u8
+    }
+    let (w, h) = (img.width(), img.height());
+    match img {
+        DynamicImage::ImageLuma16(b) => {
+            RgbImage::from_fn(w, h, |x, y| image::Rgb([high(b.get_pixel(x, y).0[0]); 3]))
+        }
+        DynamicImage::ImageLumaA16(b) => {
+            RgbImage::from_fn(w, h, |x, y| image::Rgb([high(b.get_pixel(x, y).0[0]); 3]))
+        }
+        DynamicImage::ImageRgb16(b) => {
+            RgbImage::from_fn(w, h, |x, y| image::Rgb(b.get_pixel(x, y).0.map(high)))
+        }
+        DynamicImage::ImageRgba16(b) => RgbImage::from_fn(w, h, |x, y| {
+            let [r, g, bl, _] = b.get_pixel(x, y).0;
+            image::Rgb([high(r), high(g), high(bl)])
+        }),
+        DynamicImage::ImageRgb8(b) => b,
+        other => other.to_rgb8(),
+    }
+}

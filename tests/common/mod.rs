@@ -1,0 +1,72 @@
+//! Shared fixture helpers for the integration tests.
+#![allow(dead_code)]
+
+use foodclip::checkpoint::Checkpoint;
+use foodclip::source::{HubOptions, ModelSource};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The fixture directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// The two fixture checkpoints.
+pub const CHECKPOINTS: [&str; 2] = ["tiny-openai", "tiny-gelu"];
+
+#[derive(Debug, Deserialize)]
+pub struct RefPrompt {
+    pub text: String,
+    pub ids: Vec<u32>,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefClass {
+    pub names: Vec<String>,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RefImage {
+    pub file: String,
+    pub embedding: Vec<f32>,
+    pub scores: Vec<f32>,
+    pub probs: Vec<f32>,
+}
+
+/// What transformers computed for one checkpoint (written by `tests/fixtures/generate.py`).
+#[derive(Debug, Deserialize)]
+pub struct Reference {
+    pub templates: Vec<String>,
+    pub logit_scale: f32,
+    pub prompts: Vec<RefPrompt>,
+    pub classes: Vec<RefClass>,
+    pub images: Vec<RefImage>,
+}
+
+pub fn reference(name: &str) -> Reference {
+    let text =
+        std::fs::read_to_string(fixtures().join("reference").join(format!("{name}.json"))).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn checkpoint(name: &str) -> Checkpoint {
+    let source = ModelSource::Local(fixtures().join(name));
+    Checkpoint::load(
+        &source,
+        &HubOptions {
+            offline: true,
+            progress: false,
+        },
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
