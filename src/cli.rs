@@ -430,6 +430,11 @@ fn list_models(registry: &Registry, format: Format) -> Result<()> {
 /// Entry point for the binary: parses arguments, runs, prints one-line errors, and returns the
 /// exit code (0 all good, 1 some inputs failed, 2 usage or configuration error).
 pub fn main() -> std::process::ExitCode {
+    // candle attaches a backtrace to its errors whenever RUST_BACKTRACE is set; errors here are
+    // one line. Panics keep their backtraces, and RUST_LIB_BACKTRACE=1 restores the rest.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -53,7 +53,7 @@ impl LabelSet {
     /// let set = LabelSet::parse("\u{feff}# stews\r\n김치찌개 | kimchi stew\r\n\r\nbibimbap\n".as_bytes(),
     ///     "my.txt".as_ref()).unwrap();
     /// assert_eq!(set.classes[0].names, ["김치찌개", "kimchi stew"]);
-    /// assert_eq!(set.classes[1].line, 5);
+    /// assert_eq!(set.classes[1].line, 4);
     /// ```
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
         let shown = path.display();

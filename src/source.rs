@@ -126,10 +126,7 @@ impl Fetcher {
     pub fn file(&self, name: &str) -> Result<PathBuf> {
         match self.optional_file(name)? {
             Some(p) => Ok(p),
-            None => match &self.source {
-                ModelSource::Local(dir) => bail!("{} has no {name}", dir.display()),
-                ModelSource::Hub(h) => bail!("{}@{} has no {name}", h.repo, h.revision),
-            },
+            None => Err(self.missing(name)),
         }
     }
 
@@ -157,16 +154,19 @@ impl Fetcher {
                 return Ok(p);
             }
         }
+        Err(self.missing("model.safetensors or pytorch_model.bin"))
+    }
+
+    fn missing(&self, what: &str) -> anyhow::Error {
         match &self.source {
-            ModelSource::Local(dir) => bail!(
-                "{} has no model.safetensors or pytorch_model.bin",
-                dir.display()
-            ),
-            ModelSource::Hub(h) => bail!(
-                "{}@{} has no model.safetensors or pytorch_model.bin",
+            ModelSource::Local(dir) => anyhow!("{} has no {what}", dir.display()),
+            ModelSource::Hub(h) if self.options.offline => anyhow!(
+                "{what} of {}@{} is not in the cache {} and the network is off (HF_HUB_OFFLINE / --offline)",
                 h.repo,
-                h.revision
+                h.revision,
+                self.cache.display()
             ),
+            ModelSource::Hub(h) => anyhow!("{}@{} has no {what}", h.repo, h.revision),
         }
     }
 
@@ -175,17 +175,7 @@ impl Fetcher {
             return Ok(Some(p));
         }
         if self.options.offline {
-            // Offline, a file missing from the cache might just not exist: only the weights and
-            // required files are errors, and the caller decides which those are.
-            if name == "tokenizer_config.json" {
-                return Ok(None);
-            }
-            bail!(
-                "{name} of {}@{} is not in the cache {} and the network is off (HF_HUB_OFFLINE / --offline)",
-                h.repo,
-                h.revision,
-                self.cache.display()
-            );
+            return Ok(None);
         }
         let api = ApiBuilder::from_cache(Cache::new(self.cache.clone()))
             .with_progress(self.options.progress)

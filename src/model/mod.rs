@@ -2,9 +2,10 @@
 //! [`weights`], and the prompt [`tokenizer`].
 //!
 //! Written here rather than taken from candle-transformers, whose CLIP (0.11) differs from the
-//! reference: it pools text at the highest token id (wrong when a pad id sits above EOS), always
-//! uses quick_gelu in the text tower, hard-codes `layer_norm_eps = 1e-5`, and draws a random
-//! `class_embedding` when the weight is missing. `tests/parity.rs` shows the difference on a fixture.
+//! reference: it pools text at the highest token id (wrong when a pad id sits above EOS), knows no
+//! activation but quick_gelu, hard-codes `layer_norm_eps = 1e-5`, reads no `config.json`, and
+//! draws a random `class_embedding` when the weight is missing.
+//! `tests/candle_transformers_differs.rs` shows the difference on a fixture.
 
 pub mod config;
 pub mod encoder;

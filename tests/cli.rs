@@ -1,0 +1,505 @@
+//! End-to-end tests of the `foodclip` binary: outputs, exit codes and error messages.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn foodclip() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_foodclip"));
+    // Never the network, never the user's cache.
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", "/nonexistent-foodclip-test")
+        .env_remove("FOODCLIP_MODEL");
+    cmd
+}
+
+fn run(args: &[&str]) -> Output {
+    foodclip().args(args).output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a configuration error: exit 2, one line on stderr mentioning `needle`, no panic.
+fn assert_config_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+}
+
+fn classify_args<'a>(model: &'a str, labels: &'a str) -> Vec<&'a str> {
+    vec![
+        "--model",
+        model,
+        "classify",
+        "--labels",
+        labels,
+        "-t",
+        "a photo of {}, a type of food.",
+        "-t",
+        "{}",
+    ]
+}
+
+#[test]
+fn classify_jsonl_matches_reference_and_skips_bad_photos() {
+    let fx = fixtures();
+    let model = fx.join("tiny-gelu");
+    let labels = fx.join("labels/mixed.txt");
+    let reference = reference("tiny-gelu");
+    let good: Vec<PathBuf> = reference
+        .images
+        .iter()
+        .map(|i| fx.join("images").join(&i.file))
+        .collect();
+    let mut inputs: Vec<PathBuf> = good[..3].to_vec();
+    inputs.push(fx.join("bad/truncated.jpg"));
+    inputs.extend(good[3..].iter().cloned());
+    inputs.push(fx.join("bad/empty.jpg"));
+    let mut args = classify_args(path(&model), path(&labels));
+    args.extend(["--format", "jsonl", "--top-k", "3", "--batch-size", "4"]);
+    args.extend(inputs.iter().map(|p| path(p)));
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("truncated.jpg: truncated image"), "{err}");
+    assert!(err.contains("empty.jpg: empty file"), "{err}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), inputs.len());
+    let mut refs = reference.images.iter();
+    for (line, input) in lines.iter().zip(&inputs) {
+        assert_eq!(line["path"], path(input));
+        if input.parent().unwrap().ends_with("bad") {
+            assert!(line["error"].as_str().unwrap().len() > 5);
+            continue;
+        }
+        let r = refs.next().unwrap();
+        let preds = line["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), 3);
+        for p in preds {
+            let class = reference
+                .classes
+                .iter()
+                .position(|c| c.names[0] == p["label"])
+                .unwrap();
+            assert!((p["score"].as_f64().unwrap() - r.scores[class] as f64).abs() <= 1e-4);
+            assert!((p["prob"].as_f64().unwrap() - r.probs[class] as f64).abs() <= 1e-3);
+        }
+        let best = r.scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        assert!((preds[0]["score"].as_f64().unwrap() - best as f64).abs() <= 1e-4);
+    }
+}
+
+#[test]
+fn formats_json_csv_tsv_table() {
+    let fx = fixtures();
+    let model = fx.join("tiny-openai");
+    let labels = fx.join("labels/mixed.txt");
+    let img = fx.join("images/baseline.jpg");
+    let bad = fx.join("bad/not-an-image.jpg");
+    let base = classify_args(path(&model), path(&labels));
+
+    let mut args = base.clone();
+    args.extend(["--format", "json", "--top-k", "0", path(&img), path(&bad)]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v[0]["predictions"].as_array().unwrap().len(),
+        5,
+        "top-k 0 means every class"
+    );
+    let probs: f64 = v[0]["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["prob"].as_f64().unwrap())
+        .sum();
+    assert!((probs - 1.0).abs() < 1e-5);
+    assert!(v[1]["error"].as_str().unwrap().contains("not an image"));
+
+    for (format, sep) in [("csv", ','), ("tsv", '\t')] {
+        let mut args = base.clone();
+        args.extend(["--format", format, "-k", "2", path(&img)]);
+        let o = run(&args);
+        assert!(o.status.success());
+        let text = String::from_utf8(o.stdout).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            rows[0].split(sep).collect::<Vec<_>>(),
+            ["path", "rank", "label", "score", "prob", "error"]
+        );
+        assert_eq!(rows.len(), 3);
+        assert!(
+            rows[1].starts_with(&format!("{}{sep}1{sep}", path(&img))),
+            "{}",
+            rows[1]
+        );
+    }
+
+    let mut args = base.clone();
+    args.extend(["--format", "table", "-k", "2", path(&img)]);
+    let text = String::from_utf8(run(&args).stdout).unwrap();
+    assert!(
+        text.starts_with(path(&img)) && text.contains("  1  ") && text.contains('%'),
+        "{text}"
+    );
+}
+
+#[test]
+fn label_file_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("tiny-openai");
+    let img = fixtures().join("images/baseline.jpg");
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "dup.txt",
+            b"# x\nkimchi\nramen\nkimchi | stew\n",
+            "dup.txt:4: duplicate class \"kimchi\" (first on line 2)",
+        ),
+        (
+            "utf8.txt",
+            b"ok\n\xc3\x28 bad\n",
+            "utf8.txt:2: not valid UTF-8",
+        ),
+        ("empty.txt", b"", "empty.txt: no classes"),
+    ];
+    for (name, body, needle) in cases {
+        let f = dir.path().join(name);
+        std::fs::write(&f, body).unwrap();
+        let o = run(&[
+            "--model",
+            path(&model),
+            "classify",
+            "--labels",
+            path(&f),
+            path(&img),
+        ]);
+        assert_config_error(&o, needle);
+    }
+    let o = run(&[
+        "--model",
+        path(&model),
+        "classify",
+        "--labels",
+        "/no/such/labels.txt",
+        path(&img),
+    ]);
+    assert_config_error(&o, "/no/such/labels.txt");
+    let o = run(&[
+        "--model",
+        path(&model),
+        "classify",
+        "--labels",
+        path(&fixtures().join("labels/mixed.txt")),
+        "-t",
+        "no slot",
+        path(&img),
+    ]);
+    assert_config_error(&o, "no {} for the class name");
+}
+
+fn copy_checkpoint(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn broken_checkpoints_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = fixtures().join("labels/mixed.txt");
+    let img = fixtures().join("images/baseline.jpg");
+    let try_model = |m: &Path| {
+        run(&[
+            "--model",
+            path(m),
+            "classify",
+            "--labels",
+            path(&labels),
+            path(img.as_path()),
+        ])
+    };
+
+    assert_config_error(
+        &try_model(Path::new("./no-such-dir")),
+        "no such directory, registered name or hub id",
+    );
+
+    let no_tok = dir.path().join("no-tokenizer");
+    copy_checkpoint("tiny-gelu", &no_tok);
+    std::fs::remove_file(no_tok.join("tokenizer.json")).unwrap();
+    assert_config_error(&try_model(&no_tok), "has no tokenizer.json");
+
+    let no_weights = dir.path().join("no-weights");
+    copy_checkpoint("tiny-gelu", &no_weights);
+    std::fs::remove_file(no_weights.join("model.safetensors")).unwrap();
+    assert_config_error(
+        &try_model(&no_weights),
+        "has no model.safetensors or pytorch_model.bin",
+    );
+
+    let cut = dir.path().join("truncated");
+    copy_checkpoint("tiny-gelu", &cut);
+    let bytes = std::fs::read(cut.join("model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    assert_config_error(&try_model(&cut), "not a valid safetensors file");
+
+    let cut_bin = dir.path().join("truncated-bin");
+    copy_checkpoint("tiny-openai", &cut_bin);
+    let bytes = std::fs::read(cut_bin.join("pytorch_model.bin")).unwrap();
+    std::fs::write(cut_bin.join("pytorch_model.bin"), &bytes[..bytes.len() / 3]).unwrap();
+    assert_config_error(&try_model(&cut_bin), "pytorch_model.bin");
+
+    // A weight file lacking one tensor: an error, never a random stand-in.
+    let missing = dir.path().join("missing-tensor");
+    copy_checkpoint("tiny-gelu", &missing);
+    let mut tensors = candle_core::safetensors::load(
+        missing.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    tensors
+        .remove("vision_model.embeddings.class_embedding")
+        .unwrap();
+    candle_core::safetensors::save(&tensors, missing.join("model.safetensors")).unwrap();
+    assert_config_error(&try_model(&missing), "class_embedding");
+
+    let bad_cfg = dir.path().join("bad-config");
+    copy_checkpoint("tiny-gelu", &bad_cfg);
+    let cfg = std::fs::read_to_string(bad_cfg.join("config.json"))
+        .unwrap()
+        .replace("\"gelu\"", "\"swish\"");
+    std::fs::write(bad_cfg.join("config.json"), cfg).unwrap();
+    assert_config_error(&try_model(&bad_cfg), "swish");
+
+    let mismatch = dir.path().join("crop-mismatch");
+    copy_checkpoint("tiny-gelu", &mismatch);
+    let pp = std::fs::read_to_string(mismatch.join("preprocessor_config.json"))
+        .unwrap()
+        .replace("96", "128");
+    std::fs::write(mismatch.join("preprocessor_config.json"), pp).unwrap();
+    assert_config_error(&try_model(&mismatch), "model takes 96x96");
+}
+
+#[test]
+fn embed_prints_normalised_reference_embeddings() {
+    let fx = fixtures();
+    let reference = reference("tiny-openai");
+    let img = fx.join("images").join(&reference.images[0].file);
+    let o = run(&[
+        "--model",
+        path(&fx.join("tiny-openai")),
+        "embed",
+        path(&img),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let e: Vec<f32> = v["embedding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let norm: f32 = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    assert!(cosine(&e, &reference.images[0].embedding) >= 0.99999);
+}
+
+#[test]
+fn preview_writes_what_the_model_sees() {
+    let fx = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("seen.png");
+    let o = run(&[
+        "preview",
+        path(&fx.join("images/exif-orient6.jpg")),
+        "-o",
+        path(&out),
+        "--model",
+        path(&fx.join("tiny-gelu")),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ours = image::open(&out).unwrap().to_rgb8();
+    let theirs = image::open(fx.join("reference/tiny-gelu/exif-orient6.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(ours.dimensions(), (96, 96));
+    let diff: u64 = ours
+        .as_raw()
+        .iter()
+        .zip(theirs.as_raw())
+        .map(|(a, b)| a.abs_diff(*b) as u64)
+        .sum();
+    assert!(diff as f64 / ours.as_raw().len() as f64 <= 0.02);
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no temporary file left behind"
+    );
+
+    let o = run(&[
+        "preview",
+        path(&fx.join("bad/bomb.png")),
+        "-o",
+        path(&out),
+        "--model",
+        path(&fx.join("tiny-gelu")),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("decompression bomb"), "{}", stderr(&o));
+}
+
+#[test]
+fn models_list_shows_the_registry() {
+    let o = run(&["models", "list"]);
+    assert!(o.status.success());
+    let text = String::from_utf8(o.stdout).unwrap();
+    for id in [
+        "openai/clip-vit-base-patch32",
+        "openai/clip-vit-base-patch16",
+        "openai/clip-vit-large-patch14",
+        "Bingsu/clip-vit-base-patch32-ko",
+        "Bingsu/clip-vit-large-patch14-ko",
+    ] {
+        assert!(text.contains(id), "{id} missing from\n{text}");
+    }
+    assert!(text.contains("(default)"));
+    let o = run(&["models", "list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["default"] == true)
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn hub_ids_resolve_from_the_cache_offline() {
+    let home = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = home.path().join("hub/models--someone--tiny-clip");
+    copy_checkpoint("tiny-openai", &repo.join("snapshots").join(commit));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let img = fixtures().join("images/baseline.jpg");
+    let embed = |model: &str| {
+        foodclip()
+            .env("HF_HOME", home.path())
+            .args(["--model", model, "embed", path(&img)])
+            .output()
+            .unwrap()
+    };
+    for model in ["someone/tiny-clip", &format!("someone/tiny-clip@{commit}")] {
+        let o = embed(model);
+        assert!(o.status.success(), "{model}: {}", stderr(&o));
+    }
+    assert_config_error(&embed("someone/tiny-clip@v2"), "not in the cache");
+    assert_config_error(&embed("someone/other"), "not in the cache");
+}
+
+#[test]
+fn stdin_lists_with_newlines_and_nuls() {
+    let fx = fixtures();
+    let a = fx.join("images/baseline.jpg");
+    let b = fx.join("images/palette.png");
+    for (sep, flag) in [("\n", None), ("\0", Some("--null"))] {
+        let mut cmd = foodclip();
+        cmd.args(["--model", path(&fx.join("tiny-openai")), "embed", "-"]);
+        if let Some(f) = flag {
+            cmd.arg(f);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        write!(
+            child.stdin.take().unwrap(),
+            "{}{sep}{}{sep}",
+            path(&a),
+            path(&b)
+        )
+        .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success());
+        let paths: Vec<String> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(paths, [path(&a), path(&b)]);
+    }
+}
+
+#[test]
+fn closed_pipe_ends_quietly() {
+    let fx = fixtures();
+    let img = fx.join("images/palette.png");
+    let mut cmd = foodclip();
+    cmd.args([
+        "--model",
+        path(&fx.join("tiny-openai")),
+        "embed",
+        "--batch-size",
+        "1",
+    ]);
+    for _ in 0..300 {
+        cmd.arg(&img);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The reader is dropped here: the pipe closes while foodclip is still writing.
+    let o = child.wait_with_output().unwrap();
+    assert!(first.contains("embedding"));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = run(&["classify"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = run(&[
+        "--model",
+        path(&fixtures().join("tiny-openai")),
+        "classify",
+        "--labels",
+        "x.txt",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
