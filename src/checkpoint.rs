@@ -1,11 +1,11 @@
 //! A loaded checkpoint: config, model, tokenizer and image preprocessing, all read from the
 //! checkpoint's own files.
 
-use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel};
+use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel, Precision};
 use crate::preprocess::PreprocessConfig;
 use crate::source::{HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 /// Everything needed to embed photos and prompts with one checkpoint.
 pub struct Checkpoint {
@@ -21,6 +21,8 @@ pub struct Checkpoint {
     pub preprocess: PreprocessConfig,
     /// Where the tensors live.
     pub device: Device,
+    /// Number format the model runs in.
+    pub precision: Precision,
 }
 
 impl Checkpoint {
@@ -34,6 +36,16 @@ impl Checkpoint {
     /// # anyhow::Ok(())
     /// ```
     pub fn load(source: &ModelSource, hub: &HubOptions, device: &Device) -> Result<Self> {
+        Self::load_with(source, hub, device, Precision::F32)
+    }
+
+    /// Like [`Checkpoint::load`], running the model in `precision`.
+    pub fn load_with(
+        source: &ModelSource,
+        hub: &HubOptions,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let files = source.fetcher(hub);
         let config = ClipConfig::from_file(&files.file("config.json")?)?;
         let preprocess = load_preprocess(source, hub)?;
@@ -52,7 +64,7 @@ impl Checkpoint {
             config.text_config.max_position_embeddings,
         )?;
         let weights_path = files.weights()?;
-        let vb = weights::load(&weights_path, DType::F32, device)?;
+        let vb = weights::load(&weights_path, precision.dtype(), device)?;
         let model = ClipModel::load(vb, &config).with_context(|| {
             format!("{} does not match its config.json", weights_path.display())
         })?;
@@ -63,6 +75,7 @@ impl Checkpoint {
             tokenizer,
             preprocess,
             device: device.clone(),
+            precision,
         })
     }
 }

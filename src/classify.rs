@@ -4,11 +4,9 @@
 use crate::checkpoint::Checkpoint;
 use crate::labels::{LabelSet, Templates};
 use crate::model::encoder::l2_normalize;
-use crate::preprocess::load_rgb;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
-use std::path::Path;
 
 /// Prompts are encoded this many at a time.
 const TEXT_BATCH: usize = 64;
@@ -142,12 +140,6 @@ impl Classifier {
         out.sort_by(|a, b| b.score.total_cmp(&a.score));
         out
     }
-}
-
-/// Decodes a photo and prepares the exact picture the model sees.
-pub fn prepare_photo(ckpt: &Checkpoint, path: &Path, max_pixels: u64) -> Result<RgbImage> {
-    let img = load_rgb(path, max_pixels)?;
-    Ok(ckpt.preprocess.prepare(&img))
 }
 
 /// L2-normalised image embeddings `(n, dim)` for prepared pictures.

@@ -1,17 +1,23 @@
 //! The command line: flags parsed once by clap, then each subcommand run against the library.
 
 use crate::checkpoint::{load_preprocess, Checkpoint};
-use crate::classify::{embed_pictures, prepare_photo, Classifier};
+use crate::classify::Classifier;
 use crate::labels::{LabelSet, Templates};
+use crate::model::Precision;
 use crate::output::{write_atomically, Format, Printer};
-use crate::preprocess::{load_rgb, DEFAULT_MAX_PIXELS};
+use crate::pipeline::{
+    collect_inputs, recorded_paths, run_batches, BatchOptions, InputResult, Shard, Stats,
+};
+use crate::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
 use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rayon::prelude::*;
-use std::io::{self, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Zero-shot food photo classification with CLIP models, Korean and English labels.
 #[derive(Debug, Parser)]
@@ -32,6 +38,17 @@ pub struct Cli {
     /// Where to run the model.
     #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
+    /// Number format of the model: f32 (as the reference), or bf16 / f16 where the CPU has fast
+    /// half-precision arithmetic (embeddings within cosine 0.999 of f32).
+    #[arg(long, global = true, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+    /// Decode and resize exactly as the reference (full JPEG decode, Pillow's resampling)
+    /// instead of the fast path (JPEG DCT scaling, SIMD resize).
+    #[arg(long, global = true)]
+    pub exact_preprocess: bool,
+    /// Worker threads for decoding and the model (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -75,6 +92,16 @@ pub struct InputArgs {
     /// Refuse images with more pixels than this (decompression bombs).
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Process only the K-th of N deterministic parts of the input (K from 0), for splitting an
+    /// archive across machines.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Write records to this file instead of stdout, each one flushed as it is finished.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// With --output: skip photos already recorded in that file and append the rest.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
 }
 
 /// `foodclip classify`.
@@ -140,9 +167,11 @@ pub enum Outcome {
     Success,
     /// Some inputs failed (reported and skipped).
     SomeFailed,
+    /// Stopped by Ctrl-C after the records in flight were written.
+    Interrupted,
 }
 
-/// Shared run state: messages to stderr, honouring `--quiet`.
+/// Stderr messages, honouring `--quiet`.
 struct Ui {
     quiet: bool,
 }
@@ -153,10 +182,19 @@ impl Ui {
             eprintln!("foodclip: warning: {msg}");
         }
     }
+}
 
-    fn input_error(&self, path: &str, msg: &str) {
-        eprintln!("foodclip: {path}: {msg}");
-    }
+/// Set by Ctrl-C: finish the batch in flight, then stop.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second Ctrl-C stops at once. Failing to install the handler only loses the clean stop.
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    flag
 }
 
 /// Runs a parsed command line. An `Err` is a usage or configuration error (exit code 2).
@@ -166,7 +204,23 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         offline: cli.offline || offline_from_env(),
         progress: !cli.quiet && io::stderr().is_terminal(),
     };
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        // candle's matmuls read RAYON_NUM_THREADS; decoding runs on the same global pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start worker threads")?;
+    }
     let registry = Registry::builtin();
+    let fidelity = if cli.exact_preprocess {
+        Fidelity::Exact
+    } else {
+        Fidelity::Fast
+    };
     let model = || -> Result<Checkpoint> {
         let source = ModelSource::resolve(cli.model.as_deref(), &registry)?;
         let device = match cli.device {
@@ -174,7 +228,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             DeviceKind::Cuda => candle_core::Device::new_cuda(0)
                 .context("--device cuda: no usable GPU (build with `--features cuda`)")?,
         };
-        Checkpoint::load(&source, &hub, &device)
+        Checkpoint::load_with(&source, &hub, &device, cli.precision)
             .with_context(|| format!("cannot load model {}", source.identity()))
     };
     match &cli.command {
@@ -185,23 +239,27 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             } else {
                 Templates::custom(args.templates.clone())?
             };
-            let inputs = collect_inputs(&args.input)?;
-            let ckpt = model()?;
-            let classifier = Classifier::new(&ckpt, &labels, &templates, |w| ui.warn(&w))?;
-            let format = args.format.unwrap_or(if io::stdout().is_terminal() {
+            let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
                 Format::Table
             } else {
                 Format::Jsonl
-            });
-            let mut printer = Printer::new(io::stdout().lock(), format);
+            };
+            let format = args.format.unwrap_or(default_format);
+            let job = Job::prepare(&args.input, format)?;
+            let ckpt = model()?;
+            let classifier = Classifier::new(&ckpt, &labels, &templates, |w| ui.warn(&w))?;
             let top_k = args.top_k;
-            let outcome =
-                for_each_batch(&ckpt, &args.input, &inputs, &ui, |emb, paths, results| {
-                    let preds = match emb {
+            job.run(
+                &ckpt,
+                &args.input,
+                fidelity,
+                &ui,
+                |printer, emb, paths, results| {
+                    let mut preds = match emb {
                         Some(e) => classifier.predict(e)?,
                         None => Vec::new(),
-                    };
-                    let mut preds = preds.into_iter();
+                    }
+                    .into_iter();
                     for (path, r) in paths.iter().zip(results) {
                         let record = r.map(|()| {
                             let mut p = preds.next().expect("one row per decoded photo");
@@ -213,41 +271,41 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                         printer.predictions(path, &record)?;
                     }
                     Ok(())
-                })?;
-            finish(&mut printer)?;
-            Ok(outcome)
+                },
+            )
         }
         Command::Embed(args) => {
-            let inputs = collect_inputs(&args.input)?;
+            let job = Job::prepare(&args.input, args.format)?;
             let ckpt = model()?;
-            let mut printer = Printer::new(io::stdout().lock(), args.format);
-            let outcome =
-                for_each_batch(&ckpt, &args.input, &inputs, &ui, |emb, paths, results| {
-                    let rows = match emb {
+            job.run(
+                &ckpt,
+                &args.input,
+                fidelity,
+                &ui,
+                |printer, emb, paths, results| {
+                    let mut rows = match emb {
                         Some(e) => e.to_vec2::<f32>()?,
                         None => Vec::new(),
-                    };
-                    let mut rows = rows.into_iter();
+                    }
+                    .into_iter();
                     for (path, r) in paths.iter().zip(results) {
                         let record = r.map(|()| rows.next().expect("one row per decoded photo"));
                         printer.embedding(path, &record)?;
                     }
                     Ok(())
-                })?;
-            finish(&mut printer)?;
-            Ok(outcome)
+                },
+            )
         }
         Command::Preview(args) => {
             let source = ModelSource::resolve(cli.model.as_deref(), &registry)?;
             let preprocess = load_preprocess(&source, &hub)?;
-            let img = match load_rgb(&args.image, args.max_pixels) {
+            let seen = match preprocess.load(&args.image, args.max_pixels, fidelity) {
                 Ok(img) => img,
                 Err(e) => {
-                    ui.input_error(&args.image.display().to_string(), &format!("{e:#}"));
+                    eprintln!("foodclip: {}: {e:#}", args.image.display());
                     return Ok(Outcome::SomeFailed);
                 }
             };
-            let seen = preprocess.prepare(&img);
             let format =
                 image::ImageFormat::from_path(&args.output).unwrap_or(image::ImageFormat::Png);
             let mut bytes = io::Cursor::new(Vec::new());
@@ -265,128 +323,142 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     }
 }
 
-/// The result of one input in a batch: `Ok(())` if it has a row in the batch's embeddings.
-type InputResult = Result<(), String>;
+/// The photos of one classify or embed run and where their records go.
+struct Job {
+    paths: Vec<String>,
+    /// Left out: non-image files in folders and, with --resume, photos already recorded.
+    skipped: usize,
+    printer: Printer<Box<dyn Write>>,
+}
 
-/// Decodes `inputs` in batches (in parallel), embeds the photos that decoded, and hands each
-/// batch to `emit` in input order. Per-photo failures are reported and skipped.
-fn for_each_batch(
-    ckpt: &Checkpoint,
-    args: &InputArgs,
-    inputs: &[String],
-    ui: &Ui,
-    mut emit: impl FnMut(Option<&candle_core::Tensor>, &[String], Vec<InputResult>) -> Result<()>,
-) -> Result<Outcome> {
-    let mut failed = 0usize;
-    for chunk in inputs.chunks(args.batch_size as usize) {
-        let decoded: Vec<Result<image::RgbImage, String>> = chunk
-            .par_iter()
-            .map(|p| {
-                prepare_photo(ckpt, Path::new(p), args.max_pixels).map_err(|e| format!("{e:#}"))
-            })
-            .collect();
-        let mut pictures = Vec::new();
-        let mut results = Vec::with_capacity(chunk.len());
-        for (path, d) in chunk.iter().zip(decoded) {
-            match d {
-                Ok(pic) => {
-                    pictures.push(pic);
-                    results.push(Ok(()));
-                }
-                Err(e) => {
-                    ui.input_error(path, &e);
-                    failed += 1;
-                    results.push(Err(e));
-                }
-            }
+impl Job {
+    /// Gathers inputs, applies --shard and --resume, and opens the output.
+    fn prepare(args: &InputArgs, format: Format) -> Result<Self> {
+        let inputs = collect_inputs(&args.inputs, args.null, io::stdin().lock())?;
+        let mut paths = inputs.paths;
+        if let Some(shard) = args.shard {
+            paths.retain(|p| shard.contains(p));
         }
-        let emb = if pictures.is_empty() {
-            None
-        } else {
-            Some(embed_pictures(ckpt, &pictures)?)
+        let mut skipped = inputs.not_images;
+        let mut continuing = false;
+        let out: Box<dyn Write> = match &args.output {
+            None => Box::new(io::stdout().lock()),
+            Some(file) => {
+                if args.resume {
+                    let separator = match format {
+                        Format::Jsonl => None,
+                        Format::Csv => Some(','),
+                        Format::Tsv => Some('\t'),
+                        _ => bail!("--resume needs a line format: --format jsonl, csv or tsv"),
+                    };
+                    let done = recorded_paths(file, separator)?;
+                    let before = paths.len();
+                    paths.retain(|p| !done.contains(p));
+                    skipped += before - paths.len();
+                    continuing = !done.is_empty();
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(args.resume)
+                    .write(true)
+                    .truncate(!args.resume)
+                    .open(file)
+                    .with_context(|| format!("cannot open --output {}", file.display()))?;
+                Box::new(io::BufWriter::new(f))
+            }
         };
-        if let Err(e) = emit(emb.as_ref(), chunk, results) {
-            return match e.downcast_ref::<io::Error>() {
-                Some(io) if io.kind() == io::ErrorKind::BrokenPipe => Ok(if failed > 0 {
-                    Outcome::SomeFailed
-                } else {
-                    Outcome::Success
-                }),
-                _ => Err(e.context("cannot write output")),
-            };
-        }
-    }
-    Ok(if failed > 0 {
-        Outcome::SomeFailed
-    } else {
-        Outcome::Success
-    })
-}
-
-fn finish<W: Write>(printer: &mut Printer<W>) -> Result<()> {
-    match printer.finish() {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
-            Err(anyhow::Error::new(e).context("cannot write output"))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// File extensions read when walking folders.
-const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
-
-/// Expands the inputs: files as given, folders recursively (image extensions only, sorted), and
-/// `-` as a list of paths on stdin.
-fn collect_inputs(args: &InputArgs) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for input in &args.inputs {
-        if input.as_os_str() == "-" {
-            let mut buf = Vec::new();
-            io::stdin()
-                .lock()
-                .read_to_end(&mut buf)
-                .context("cannot read paths from stdin")?;
-            let sep = if args.null { b'\0' } else { b'\n' };
-            for raw in buf.split(|&b| b == sep) {
-                let line = String::from_utf8_lossy(raw);
-                let line = if args.null {
-                    line.as_ref()
-                } else {
-                    line.trim_end_matches('\r')
-                };
-                if !line.is_empty() {
-                    out.push(line.to_string());
-                }
-            }
-        } else if input.is_dir() {
-            walk(input, &mut out)
-                .with_context(|| format!("cannot read folder {}", input.display()))?;
+        let printer = if continuing {
+            Printer::continuing(out, format)
         } else {
-            out.push(input.display().to_string());
+            Printer::new(out, format)
+        };
+        Ok(Self {
+            paths,
+            skipped,
+            printer,
+        })
+    }
+
+    /// Runs the batches, printing through `emit`, then the summary; returns the outcome.
+    fn run(
+        mut self,
+        ckpt: &Checkpoint,
+        args: &InputArgs,
+        fidelity: Fidelity,
+        ui: &Ui,
+        mut emit: impl FnMut(
+            &mut Printer<Box<dyn Write>>,
+            Option<&candle_core::Tensor>,
+            &[String],
+            Vec<InputResult>,
+        ) -> Result<()>,
+    ) -> Result<Outcome> {
+        let interrupted = interrupt_flag();
+        let progress = if ui.quiet || !io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::with_draw_target(
+                Some(self.paths.len() as u64),
+                ProgressDrawTarget::stderr(),
+            );
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}")
+                    .expect("valid template"),
+            );
+            bar
+        };
+        let options = BatchOptions {
+            batch_size: args.batch_size as usize,
+            max_pixels: args.max_pixels,
+            fidelity,
+        };
+        let printer = &mut self.printer;
+        let stats = run_batches(
+            ckpt,
+            &self.paths,
+            options,
+            &interrupted,
+            |emb, paths, results| {
+                for (path, r) in paths.iter().zip(&results) {
+                    if let Err(e) = r {
+                        progress.suspend(|| eprintln!("foodclip: {path}: {e}"));
+                    }
+                }
+                emit(printer, emb, paths, results)?;
+                progress.inc(paths.len() as u64);
+                Ok(())
+            },
+        )?;
+        progress.finish_and_clear();
+        match printer.finish() {
+            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                return Err(anyhow::Error::new(e).context("cannot write output"))
+            }
+            _ => {}
         }
+        let interrupted = interrupted.load(Ordering::SeqCst);
+        // A closed pipe is a normal end, as in ripgrep: nothing more to say.
+        if !ui.quiet && !stats.output_closed {
+            summary(&stats, self.skipped, interrupted);
+        }
+        Ok(if interrupted {
+            Outcome::Interrupted
+        } else if stats.failed > 0 {
+            Outcome::SomeFailed
+        } else {
+            Outcome::Success
+        })
     }
-    if out.is_empty() {
-        bail!("no photos to read (check the paths, or the list on stdin)");
-    }
-    Ok(out)
 }
 
-fn walk(dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let path = e.path();
-        if path.is_dir() {
-            walk(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|x| x.to_str())
-            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-        {
-            out.push(path.display().to_string());
-        }
-    }
-    Ok(())
+fn summary(stats: &Stats, skipped: usize, interrupted: bool) {
+    let secs = stats.elapsed.as_secs_f64();
+    let rate = (stats.done + stats.failed) as f64 / secs.max(1e-9);
+    let stopped = if interrupted { ", interrupted" } else { "" };
+    eprintln!(
+        "foodclip: {} done, {} failed, {} skipped in {secs:.1} s ({rate:.2} photos/s){stopped}",
+        stats.done, stats.failed, skipped
+    );
 }
 
 fn list_models(registry: &Registry, format: Format) -> Result<()> {
@@ -445,6 +517,7 @@ pub fn main() -> std::process::ExitCode {
     match run(cli) {
         Ok(Outcome::Success) => std::process::ExitCode::SUCCESS,
         Ok(Outcome::SomeFailed) => std::process::ExitCode::from(1),
+        Ok(Outcome::Interrupted) => std::process::ExitCode::from(130),
         Err(e) => {
             eprintln!("foodclip: {}", format!("{e:#}").replace('\n', " "));
             std::process::ExitCode::from(2)

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod labels;
 pub mod model;
 pub mod output;
+pub mod pipeline;
 pub mod preprocess;
 pub mod registry;
 pub mod source;

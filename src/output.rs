@@ -54,6 +54,7 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     records: usize,
+    continuing: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -63,6 +64,17 @@ impl<W: Write> Printer<W> {
             out,
             format,
             records: 0,
+            continuing: false,
+        }
+    }
+
+    /// A printer appending to output that already has its CSV/TSV header (`--resume`).
+    pub fn continuing(out: W, format: Format) -> Self {
+        Self {
+            out,
+            format,
+            records: 0,
+            continuing: true,
         }
     }
 
@@ -71,7 +83,7 @@ impl<W: Write> Printer<W> {
             Format::Json => self
                 .out
                 .write_all(if self.records == 0 { b"[\n" } else { b",\n" })?,
-            Format::Csv | Format::Tsv if self.records == 0 => {
+            Format::Csv | Format::Tsv if self.records == 0 && !self.continuing => {
                 let sep = if self.format == Format::Csv {
                     ","
                 } else {

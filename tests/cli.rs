@@ -44,6 +44,7 @@ fn classify_args<'a>(model: &'a str, labels: &'a str) -> Vec<&'a str> {
     vec![
         "--model",
         model,
+        "--exact-preprocess",
         "classify",
         "--labels",
         labels,
@@ -309,6 +310,7 @@ fn embed_prints_normalised_reference_embeddings() {
     let o = run(&[
         "--model",
         path(&fx.join("tiny-openai")),
+        "--exact-preprocess",
         "embed",
         path(&img),
     ]);
@@ -335,6 +337,7 @@ fn preview_writes_what_the_model_sees() {
         path(&fx.join("images/exif-orient6.jpg")),
         "-o",
         path(&out),
+        "--exact-preprocess",
         "--model",
         path(&fx.join("tiny-gelu")),
     ]);

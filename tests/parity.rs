@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use foodclip::classify::{embed_pictures, embed_prompts, prepare_photo, Classifier};
+use foodclip::classify::{embed_pictures, embed_prompts, Classifier};
 use foodclip::labels::{LabelSet, Templates};
-use foodclip::preprocess::DEFAULT_MAX_PIXELS;
+use foodclip::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
 
 #[test]
 fn tokens_equal_transformers_ids() {
@@ -53,12 +53,14 @@ fn preview_pixels_match_clip_image_processor() {
     for name in CHECKPOINTS {
         let ckpt = checkpoint(name);
         for img in &reference(name).images {
-            let ours = prepare_photo(
-                &ckpt,
-                &fixtures().join("images").join(&img.file),
-                DEFAULT_MAX_PIXELS,
-            )
-            .unwrap();
+            let ours = ckpt
+                .preprocess
+                .load(
+                    &fixtures().join("images").join(&img.file),
+                    DEFAULT_MAX_PIXELS,
+                    Fidelity::Exact,
+                )
+                .unwrap();
             let png = format!("{}.png", img.file.rsplit_once('.').unwrap().0);
             // CLIPImageProcessor (torchvision backend since transformers 5): within 1/255 on average.
             let (mean, _) = pixel_difference(
@@ -91,12 +93,14 @@ fn image_embeddings_match() {
     for name in CHECKPOINTS {
         let ckpt = checkpoint(name);
         for img in &reference(name).images {
-            let pic = prepare_photo(
-                &ckpt,
-                &fixtures().join("images").join(&img.file),
-                DEFAULT_MAX_PIXELS,
-            )
-            .unwrap();
+            let pic = ckpt
+                .preprocess
+                .load(
+                    &fixtures().join("images").join(&img.file),
+                    DEFAULT_MAX_PIXELS,
+                    Fidelity::Exact,
+                )
+                .unwrap();
             let ours = embed_pictures(&ckpt, &[pic])
                 .unwrap()
                 .to_vec2::<f32>()
@@ -152,12 +156,14 @@ fn scores_and_probs_match() {
             );
         }
         for img in &reference.images {
-            let pic = prepare_photo(
-                &ckpt,
-                &fixtures().join("images").join(&img.file),
-                DEFAULT_MAX_PIXELS,
-            )
-            .unwrap();
+            let pic = ckpt
+                .preprocess
+                .load(
+                    &fixtures().join("images").join(&img.file),
+                    DEFAULT_MAX_PIXELS,
+                    Fidelity::Exact,
+                )
+                .unwrap();
             let emb = embed_pictures(&ckpt, &[pic]).unwrap();
             let preds = &classifier.predict(&emb).unwrap()[0];
             for (class, (&score, &prob)) in reference

@@ -17,9 +17,54 @@ pub mod weights;
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use text::Pooling;
 
-use anyhow::Result;
-use candle_core::{Module, Tensor};
+use anyhow::{bail, Result};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+
+/// Number format of the weights and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats, as the reference.
+    #[default]
+    F32,
+    /// bfloat16 weights and activations (embeddings come back as f32).
+    Bf16,
+    /// IEEE half precision.
+    F16,
+}
+
+impl Precision {
+    /// The candle dtype.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+            Precision::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::F16 => "f16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "f32" | "fp32" => Precision::F32,
+            "bf16" => Precision::Bf16,
+            "f16" | "fp16" => Precision::F16,
+            other => bail!("unknown precision {other:?} (f32, bf16, f16)"),
+        })
+    }
+}
 
 /// A CLIP model: both towers, their projections into the shared space, and the logit scale.
 pub struct ClipModel {
@@ -28,6 +73,7 @@ pub struct ClipModel {
     text_projection: Linear,
     visual_projection: Linear,
     logit_scale: f32,
+    dtype: DType,
 }
 
 impl ClipModel {
@@ -36,6 +82,7 @@ impl ClipModel {
         let t = &config.text_config;
         let v = &config.vision_config;
         let proj = config.projection_dim;
+        let dtype = vb.dtype();
         let logit_scale = vb
             .get((), "logit_scale")?
             .to_dtype(candle_core::DType::F32)?
@@ -52,6 +99,7 @@ impl ClipModel {
                 None,
             ),
             logit_scale,
+            dtype,
         })
     }
 
@@ -73,13 +121,19 @@ impl ClipModel {
     /// Projected, unnormalised image embeddings `(batch, projection_dim)` for normalised pixels
     /// `(batch, 3, size, size)`.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let pooled = self.vision.forward(pixels)?;
-        Ok(self.visual_projection.forward(&pooled)?)
+        let pooled = self.vision.forward(&pixels.to_dtype(self.dtype)?)?;
+        Ok(self
+            .visual_projection
+            .forward(&pooled)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Projected, unnormalised text embeddings `(batch, projection_dim)` for token sequences.
     pub fn text_features(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
         let pooled = self.text.forward(sequences)?;
-        Ok(self.text_projection.forward(&pooled)?)
+        Ok(self
+            .text_projection
+            .forward(&pooled)?
+            .to_dtype(DType::F32)?)
     }
 }

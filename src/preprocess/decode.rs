@@ -2,26 +2,26 @@
 //! apply the EXIF orientation, convert to RGB like PIL's `convert("RGB")`.
 
 use super::jpeg;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
-use std::path::Path;
 
 /// Default cap on decoded pixels (width x height): 12-megapixel phone photos pass with room to
 /// spare, decompression bombs do not.
 pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
 
-/// Decodes the image at `path` to upright 8-bit RGB.
-pub fn load_rgb(path: &Path, max_pixels: u64) -> Result<RgbImage> {
-    let bytes = std::fs::read(path).context("cannot read")?;
-    decode(&bytes, max_pixels)
-}
-
 /// Decodes an encoded image (format guessed from the content, not the file name).
 ///
 /// JPEGs are decoded by libjpeg-turbo's decoder (through mozjpeg), the decoder PIL uses, so the
-/// pixels match the reference exactly; other formats by the `image` crate.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
+/// pixels match the reference exactly; other formats by the `image` crate. With `min_short_edge`,
+/// JPEGs may come back smaller (DCT scaling, see [`jpeg::decode`]). Returns the picture and the
+/// upright size of the full image.
+pub fn decode(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_short_edge: Option<u32>,
+) -> Result<(RgbImage, (u32, u32))> {
     if bytes.is_empty() {
         bail!("empty file");
     }
@@ -46,12 +46,19 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     let orientation = decoder.orientation().map_err(describe)?;
     let mut img = if format == ImageFormat::Jpeg {
         drop(decoder);
-        DynamicImage::ImageRgb8(jpeg::decode(bytes)?)
+        DynamicImage::ImageRgb8(jpeg::decode(bytes, min_short_edge)?)
     } else {
         DynamicImage::from_decoder(decoder).map_err(describe)?
     };
     img.apply_orientation(orientation);
-    Ok(to_rgb8(img))
+    let full = match orientation {
+        Orientation::Rotate90
+        | Orientation::Rotate270
+        | Orientation::Rotate90FlipH
+        | Orientation::Rotate270FlipH => (h, w),
+        _ => (w, h),
+    };
+    Ok((to_rgb8(img), full))
 }
 
 fn describe(e: image::ImageError) -> anyhow::Error {

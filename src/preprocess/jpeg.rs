@@ -7,35 +7,54 @@ use image::RgbImage;
 
 /// Decodes a JPEG held in memory to 8-bit RGB. Grayscale is expanded; CMYK (Adobe, inverted
 /// samples) is converted as PIL's `convert("RGB")` does.
-pub fn decode(bytes: &[u8]) -> Result<RgbImage> {
+///
+/// `min_short_edge`: if given, the decoder's DCT scaling (1/2, 1/4 or 1/8) shrinks the picture
+/// while it decodes, as far as its shorter side stays at least this long. That skips most of the
+/// decoding work for large photos, at the price of pixels that differ slightly from a full decode.
+pub fn decode(bytes: &[u8], min_short_edge: Option<u32>) -> Result<RgbImage> {
     if !is_complete(bytes) {
         bail!("truncated image: the JPEG data ends before the picture does");
     }
-    std::panic::catch_unwind(|| decode_unchecked(bytes))
+    std::panic::catch_unwind(|| decode_unchecked(bytes, min_short_edge))
         .unwrap_or_else(|_| Err(anyhow!("cannot decode: corrupt JPEG data")))
 }
 
-fn decode_unchecked(bytes: &[u8]) -> Result<RgbImage> {
+/// The largest DCT scale denominator (1, 2, 4 or 8) that keeps `min(w, h) / d >= target`.
+fn dct_scale(w: usize, h: usize, target: u32) -> u8 {
+    let short = w.min(h);
+    [8u8, 4, 2]
+        .into_iter()
+        .find(|&d| short.div_ceil(d as usize) >= target as usize)
+        .unwrap_or(1)
+}
+
+fn decode_unchecked(bytes: &[u8], min_short_edge: Option<u32>) -> Result<RgbImage> {
     let corrupt = |e: std::io::Error| anyhow!("cannot decode JPEG: {e}");
-    let d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
-    let (w, h) = (d.width() as u32, d.height() as u32);
+    let mut d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
+    if let Some(target) = min_short_edge {
+        d.scale(8 / dct_scale(d.width(), d.height(), target));
+    }
     let rgb = match d.image().map_err(corrupt)? {
         mozjpeg::Format::RGB(mut s) => {
+            let size = (s.width() as u32, s.height() as u32);
             let px: Vec<u8> = s.read_scanlines().map_err(corrupt)?;
             s.finish().map_err(corrupt)?;
-            px
+            (px, size)
         }
         mozjpeg::Format::Gray(mut s) => {
+            let size = (s.width() as u32, s.height() as u32);
             let px: Vec<u8> = s.read_scanlines().map_err(corrupt)?;
             s.finish().map_err(corrupt)?;
-            px.iter().flat_map(|&v| [v, v, v]).collect()
+            (px.iter().flat_map(|&v| [v, v, v]).collect(), size)
         }
         mozjpeg::Format::CMYK(mut s) => {
+            let size = (s.width() as u32, s.height() as u32);
             let px: Vec<[u8; 4]> = s.read_scanlines().map_err(corrupt)?;
             s.finish().map_err(corrupt)?;
-            px.iter().flat_map(|&p| cmyk_to_rgb(p)).collect()
+            (px.iter().flat_map(|&p| cmyk_to_rgb(p)).collect(), size)
         }
     };
+    let (rgb, (w, h)) = rgb;
     RgbImage::from_raw(w, h, rgb).ok_or_else(|| anyhow!("cannot decode JPEG: short pixel data"))
 }
 
@@ -72,6 +91,15 @@ mod tests {
         assert_eq!(cmyk_to_rgb([255, 255, 255, 255]), [255, 255, 255]);
         assert_eq!(cmyk_to_rgb([255, 255, 255, 0]), [0, 0, 0]);
         assert_eq!(cmyk_to_rgb([0, 255, 128, 255]), [0, 255, 128]);
+    }
+
+    #[test]
+    fn dct_scale_keeps_the_short_edge() {
+        assert_eq!(dct_scale(4000, 3000, 224), 8);
+        assert_eq!(dct_scale(1000, 800, 224), 2);
+        assert_eq!(dct_scale(1000, 447, 224), 2);
+        assert_eq!(dct_scale(1000, 446, 224), 1);
+        assert_eq!(dct_scale(300, 200, 224), 1);
     }
 
     #[test]

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""foodclip against its peer (transformers + PyTorch) on the same checkpoint and the same photos.
+
+    python3 -m venv /tmp/bench-venv && /tmp/bench-venv/bin/pip install -r tests/fixtures/requirements.txt
+    /tmp/bench-venv/bin/python bench/bench.py [--photos 48] [--workdir /tmp/foodclip-bench]
+
+Builds (once, under --workdir) a random-weight CLIP in the real ViT-B/32 architecture with
+transformers and a set of 12-megapixel JPEG tray photos (a third with EXIF rotation), then times:
+
+1. model only: image embeddings from preprocessed tensors, batch 32, all cores; PyTorch fp32 and
+   bf16 autocast vs `cargo bench --bench model` in f32 and bf16;
+2. end to end: paths in, labels out (labels/korean.txt, 150 classes): the transformers pipeline
+   (PIL decode + CLIPImageProcessor + model) vs `foodclip classify`, as photos/s and as the wall
+   time of the whole process.
+
+It prints every figure and the ratios (foodclip speed / peer speed). Run it on an otherwise idle
+machine; nothing here is asserted.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_checkpoint(path):
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        return
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(hidden_act="quick_gelu"),
+        vision_config=dict(hidden_act="quick_gelu", patch_size=32, image_size=224),
+        projection_dim=512,
+    )
+    CLIPModel(config).eval().save_pretrained(path)
+    CLIPImageProcessor().save_pretrained(path)
+    tok = os.path.join(ROOT, "tests", "fixtures", "tiny-openai")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok, f), os.path.join(path, f))
+
+
+def make_photos(directory, count):
+    from PIL import Image, ImageDraw, ImageFilter
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        p = os.path.join(directory, f"tray-{i:03d}.jpg")
+        if os.path.exists(p):
+            continue
+        w, h = 4000, 3000
+        small = rng.integers(0, 255, size=(30, 40, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
+        draw = ImageDraw.Draw(img)
+        for _ in range(6):
+            cx, cy, r = rng.uniform(500, 3500), rng.uniform(500, 2500), rng.uniform(200, 700)
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        noise = rng.normal(0, 10, size=(h, w, 3))
+        img = Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8)).filter(ImageFilter.SMOOTH)
+        exif = Image.Exif()
+        if i % 3 == 0:
+            exif[0x0112] = 6
+        img.save(p, quality=90, exif=exif.tobytes())
+
+
+def torch_model_only(ckpt, batch, iterations, bf16):
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(ckpt).eval()
+    pixels = torch.randn(batch, 3, 224, 224)
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.no_grad()
+    with torch.no_grad(), ctx:
+        model.get_image_features(pixel_values=pixels)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            model.get_image_features(pixel_values=pixels)
+    return (time.perf_counter() - start) / iterations
+
+
+PEER_SCRIPT = r"""
+import sys, time, torch
+from transformers import CLIPModel, CLIPImageProcessor, CLIPTokenizer
+from transformers.image_utils import load_image
+ckpt, labels_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+paths = sys.stdin.read().split("\n")
+paths = [p for p in paths if p]
+model = CLIPModel.from_pretrained(ckpt).eval()
+processor = CLIPImageProcessor.from_pretrained(ckpt)
+tokenizer = CLIPTokenizer.from_pretrained(ckpt)
+names = [l.split("|")[0].strip() for l in open(labels_file, encoding="utf-8") if l.strip() and not l.startswith("#")]
+with torch.no_grad():
+    t = tokenizer([f"a photo of {n}, a type of food." for n in names], padding=True, truncation=True, return_tensors="pt")
+    text = model.get_text_features(**t)
+    text = getattr(text, "pooler_output", text)
+    text = text / text.norm(dim=-1, keepdim=True)
+    start = time.perf_counter()
+    for i in range(0, len(paths), batch):
+        images = [load_image(p) for p in paths[i:i + batch]]
+        px = processor(images=images, return_tensors="pt")["pixel_values"]
+        emb = model.get_image_features(pixel_values=px)
+        emb = getattr(emb, "pooler_output", emb)
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        probs = (model.logit_scale.exp() * emb @ text.T).softmax(-1)
+        for p, row in zip(paths[i:i + batch], probs):
+            print(p, names[int(row.argmax())], flush=True)
+print(f"PHOTOS_PER_SECOND {len(paths) / (time.perf_counter() - start):.3f}", file=sys.stderr)
+"""
+
+
+def run_timed(cmd, stdin=None, env=None):
+    start = time.perf_counter()
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        sys.exit(f"{cmd[0]} failed: {out.stderr}")
+    return wall, out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", default="/tmp/foodclip-bench")
+    ap.add_argument("--photos", type=int, default=48)
+    ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--skip-bf16", action="store_true")
+    args = ap.parse_args()
+
+    ckpt = os.path.join(args.workdir, "vit-b32")
+    photos = os.path.join(args.workdir, "photos")
+    make_checkpoint(ckpt)
+    make_photos(photos, args.photos)
+    paths = sorted(os.path.join(photos, p) for p in os.listdir(photos))[: args.photos]
+    labels = os.path.join(ROOT, "labels", "korean.txt")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "model", "--bin", "foodclip"], cwd=ROOT, check=True)
+    exe = os.path.join(ROOT, "target", "release", "foodclip")
+    results = {}
+
+    def bench_model(precision):
+        out = subprocess.run(
+            ["cargo", "bench", "--quiet", "--bench", "model", "--", ckpt, "32", str(args.iterations), precision],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_batch"]
+
+    precisions = [("fp32", "f32", False)] + ([] if args.skip_bf16 else [("bf16", "bf16", True)])
+    for label, ours, bf16 in precisions:
+        peer = torch_model_only(ckpt, 32, args.iterations, bf16)
+        mine = bench_model(ours)
+        results[f"model_{label}"] = (mine, peer)
+        print(f"model only, batch 32, {label}: foodclip {32 / mine:.1f} img/s, PyTorch {32 / peer:.1f} img/s, ratio {peer / mine:.2f}x")
+
+    listing = "\n".join(paths) + "\n"
+    peer_wall, peer = run_timed([sys.executable, "-c", PEER_SCRIPT, ckpt, labels, "16"], stdin=listing)
+    peer_rate = float(peer.stderr.strip().split()[-1])
+    env = dict(os.environ, FOODCLIP_CACHE_DIR=os.path.join(args.workdir, "cache"))
+    cmd = [exe, "--model", ckpt, "classify", "-", "--labels", labels, "--format", "jsonl", "-t", "a photo of {}, a type of food."]
+    run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings if cached)
+    our_wall, ours = run_timed(cmd, stdin=listing, env=env)
+    summary = [l for l in ours.stderr.splitlines() if "photos/s" in l]
+    our_rate = float(summary[-1].split("photos/s")[0].split()[-1]) if summary else args.photos / our_wall
+    print(f"end to end, {args.photos} photos of 12 MP, 150 labels: foodclip {our_rate:.2f} photos/s, "
+          f"transformers {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
+    print(f"whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, ratio {peer_wall / our_wall:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
