@@ -162,21 +162,21 @@ impl ClipConfig {
         }
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.hidden_size % t.num_attention_heads != 0 {
+        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
             bail!(
                 "text hidden_size {} is not a multiple of num_attention_heads {}",
                 t.hidden_size,
                 t.num_attention_heads
             );
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             bail!(
                 "vision hidden_size {} is not a multiple of num_attention_heads {}",
                 v.hidden_size,
                 v.num_attention_heads
             );
         }
-        if v.patch_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             bail!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 v.image_size,
