@@ -1,9 +1,10 @@
 //! The pre-norm transformer encoder shared by CLIP's text and vision towers.
 
 use super::config::Activation;
+use super::ops::{attention, Dense};
 use anyhow::Result;
 use candle_core::{Module, Tensor, D};
-use candle_nn::{LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use candle_nn::{LayerNorm, LayerNormConfig, VarBuilder};
 
 /// Shape of one encoder stack.
 #[derive(Debug, Clone, Copy)]
@@ -30,17 +31,11 @@ pub(crate) fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerN
     Ok(candle_nn::layer_norm(size, config, vb)?)
 }
 
-fn linear(inp: usize, out: usize, vb: VarBuilder) -> Result<Linear> {
-    Ok(candle_nn::linear(inp, out, vb)?)
-}
-
 /// Multi-head self-attention with the query, key and value projections fused into one matmul.
 struct Attention {
-    qkv: Linear,
-    out: Linear,
+    qkv: Dense,
+    out: Dense,
     heads: usize,
-    head_dim: usize,
-    scale: f64,
 }
 
 impl Attention {
@@ -54,62 +49,40 @@ impl Attention {
             .iter()
             .map(|n| vb.get(h, &format!("{n}.bias")))
             .collect::<candle_core::Result<_>>()?;
-        let qkv = Linear::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?));
-        let head_dim = h / shape.heads;
         Ok(Self {
-            qkv,
-            out: linear(h, h, vb.pp("out_proj"))?,
+            qkv: Dense::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?,
+            out: Dense::load(h, h, true, vb.pp("out_proj"))?,
             heads: shape.heads,
-            head_dim,
-            scale: (head_dim as f64).powf(-0.5),
         })
     }
 
-    /// `mask` is added to the attention logits: shape `(batch or 1, 1, seq, seq)`.
-    fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?;
-        let q = (qkv.get(0)? * self.scale)?.contiguous()?;
-        let k = qkv.get(1)?.contiguous()?;
-        let v = qkv.get(2)?.contiguous()?;
-        let mut logits = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            logits = logits.broadcast_add(mask)?;
-        }
-        let weights = candle_nn::ops::softmax_last_dim(&logits)?;
-        let y = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?;
-        Ok(self.out.forward(&y)?)
+    /// `residual + attention(x)`; `mask` is added to the attention logits, `(batch or 1, 1, seq, seq)`.
+    fn forward(&self, x: &Tensor, residual: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let heads = attention(&self.qkv.forward(x)?, self.heads, mask)?;
+        self.out.forward_with(&heads, Some(residual), None)
     }
 }
 
 /// The two-layer MLP of each encoder layer.
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     activation: Activation,
 }
 
 impl Mlp {
     fn load(vb: VarBuilder, shape: &EncoderShape) -> Result<Self> {
         Ok(Self {
-            fc1: linear(shape.hidden, shape.intermediate, vb.pp("fc1"))?,
-            fc2: linear(shape.intermediate, shape.hidden, vb.pp("fc2"))?,
+            fc1: Dense::load(shape.hidden, shape.intermediate, true, vb.pp("fc1"))?,
+            fc2: Dense::load(shape.intermediate, shape.hidden, true, vb.pp("fc2"))?,
             activation: shape.activation,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.fc1.forward(x)?;
-        let x = match self.activation {
-            Activation::QuickGelu => (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?,
-            Activation::Gelu => x.gelu_erf()?,
-            Activation::GeluTanh => x.gelu()?,
-        };
-        Ok(self.fc2.forward(&x)?)
+    /// `residual + fc2(act(fc1(x)))`.
+    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward_with(x, None, Some(self.activation))?;
+        self.fc2.forward_with(&h, Some(residual), None)
     }
 }
 
@@ -132,12 +105,10 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let h = self
+        let x = self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, mask)?;
-        let x = (x + h)?;
-        let h = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
-        Ok((x + h)?)
+            .forward(&self.layer_norm1.forward(x)?, x, mask)?;
+        self.mlp.forward(&self.layer_norm2.forward(&x)?, &x)
     }
 }
 

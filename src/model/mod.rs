@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod encoder;
+pub mod ops;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
@@ -18,8 +19,9 @@ pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use text::Pooling;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Tensor};
+use candle_nn::VarBuilder;
+use ops::Dense;
 
 /// Number format of the weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -70,8 +72,8 @@ impl std::str::FromStr for Precision {
 pub struct ClipModel {
     text: text::TextTransformer,
     vision: vision::VisionTransformer,
-    text_projection: Linear,
-    visual_projection: Linear,
+    text_projection: Dense,
+    visual_projection: Dense,
     logit_scale: f32,
     dtype: DType,
 }
@@ -85,19 +87,13 @@ impl ClipModel {
         let dtype = vb.dtype();
         let logit_scale = vb
             .get((), "logit_scale")?
-            .to_dtype(candle_core::DType::F32)?
+            .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;
         Ok(Self {
             text: text::TextTransformer::load(vb.pp("text_model"), t)?,
             vision: vision::VisionTransformer::load(vb.pp("vision_model"), v)?,
-            text_projection: Linear::new(
-                vb.get((proj, t.hidden_size), "text_projection.weight")?,
-                None,
-            ),
-            visual_projection: Linear::new(
-                vb.get((proj, v.hidden_size), "visual_projection.weight")?,
-                None,
-            ),
+            text_projection: Dense::load(t.hidden_size, proj, false, vb.pp("text_projection"))?,
+            visual_projection: Dense::load(v.hidden_size, proj, false, vb.pp("visual_projection"))?,
             logit_scale,
             dtype,
         })
