@@ -18,17 +18,19 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
 
-/// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches or calls so the
-/// compiler vectorises loops over it.
+/// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches, calls or
+/// float-to-int conversions so the compiler vectorises loops over it.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    // Round to nearest by adding and removing 1.5 * 2^23.
+    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + MAGIC) - MAGIC;
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let n_bits = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let r = x - n * C1 - n * C2;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_199_9e-3;
@@ -37,7 +39,7 @@ fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5.000_000_1e-1;
     let e = p * r * r + r + 1.0;
-    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
 }
 
 #[inline(always)]
@@ -298,6 +300,36 @@ impl Dense {
     }
 }
 
+/// Cuts `pixels` `(b, c, size, size)` into non-overlapping `p x p` patches, row by row:
+/// `(b, (size/p)², c·p·p)`, each patch flattened channel-major as a convolution kernel is.
+pub fn patchify(pixels: &Tensor, p: usize) -> Result<Tensor> {
+    let (b, c, h, w) = pixels.dims4()?;
+    let (gh, gw) = (h / p, w / p);
+    let pixels = pixels.contiguous()?;
+    let fused = with_cpu_f32(&pixels, |src| {
+        let mut out = vec![0f32; b * gh * gw * c * p * p];
+        out.par_chunks_mut(c * p * p)
+            .enumerate()
+            .for_each(|(i, patch)| {
+                let (bi, gy, gx) = (i / (gh * gw), (i / gw) % gh, i % gw);
+                for ch in 0..c {
+                    for py in 0..p {
+                        let row = ((bi * c + ch) * h + gy * p + py) * w + gx * p;
+                        patch[(ch * p + py) * p..][..p].copy_from_slice(&src[row..row + p]);
+                    }
+                }
+            });
+        out
+    });
+    Ok(match fused {
+        Some(out) => Tensor::from_vec(out, (b, gh * gw, c * p * p), pixels.device())?,
+        None => pixels
+            .reshape(vec![b, c, gh, p, gw, p])?
+            .permute(vec![0, 2, 4, 1, 3, 5])?
+            .reshape((b, gh * gw, c * p * p))?,
+    })
+}
+
 /// Scaled dot-product attention over the fused projection `qkv` `(b, t, 3·c)` (q, k, v side by
 /// side, each `heads` x `c / heads`), with an additive `mask` `(b or 1, 1, t, t)`. Returns the
 /// heads' outputs side by side, `(b, t, c)`.
@@ -477,6 +509,19 @@ mod tests {
             .unwrap();
             assert!(max_diff(&fused, &plain) < 1e-5);
         }
+    }
+
+    #[test]
+    fn patchify_matches_the_permutation() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 8, 8), &dev).unwrap();
+        let fused = patchify(&x, 4).unwrap();
+        let plain = patchify(&x.to_dtype(DType::F64).unwrap(), 4)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_eq!(fused.dims(), [2, 4, 48]);
+        assert_eq!(max_diff(&fused, &plain), 0.0);
     }
 
     #[test]

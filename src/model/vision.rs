@@ -3,6 +3,7 @@
 
 use super::config::VisionConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
+use super::ops::{patchify, Dense};
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -11,7 +12,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 pub struct VisionTransformer {
     /// The patch convolution's kernel flattened to `(hidden, channels * patch * patch)`: a
     /// stride-`patch` convolution is exactly a matmul over non-overlapping patches.
-    patch_weight: Tensor,
+    patch_embedding: Dense,
     class_embedding: Tensor,
     position_embedding: Tensor,
     pre_layrnorm: LayerNorm,
@@ -39,7 +40,7 @@ impl VisionTransformer {
             eps: c.layer_norm_eps,
         };
         Ok(Self {
-            patch_weight: patch_weight.t()?.contiguous()?,
+            patch_embedding: Dense::new(patch_weight, None)?,
             class_embedding: emb.get(h, "class_embedding")?,
             position_embedding: emb.get((grid * grid + 1, h), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(h, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
@@ -57,7 +58,7 @@ impl VisionTransformer {
 
     /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let (b, c, hgt, wid) = pixels.dims4()?;
+        let (b, _, hgt, wid) = pixels.dims4()?;
         if hgt != self.image_size || wid != self.image_size {
             bail!(
                 "the model takes {0}x{0} images, got {wid}x{hgt}",
@@ -65,12 +66,7 @@ impl VisionTransformer {
             );
         }
         let p = self.patch_size;
-        let g = self.image_size / p;
-        let patches = pixels
-            .reshape(vec![b, c, g, p, g, p])?
-            .permute(vec![0, 2, 4, 1, 3, 5])?
-            .reshape((b, g * g, c * p * p))?;
-        let x = patches.broadcast_matmul(&self.patch_weight)?;
+        let x = self.patch_embedding.forward(&patchify(pixels, p)?)?;
         let hidden = x.dim(2)?;
         let cls = self
             .class_embedding
