@@ -134,6 +134,7 @@ def main():
     ap.add_argument("--photos", type=int, default=48)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--skip-bf16", action="store_true")
+    ap.add_argument("--skip-model", action="store_true", help="only the end-to-end comparison")
     args = ap.parse_args()
 
     ckpt = os.path.join(args.workdir, "vit-b32")
@@ -153,7 +154,7 @@ def main():
         )
         return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_batch"]
 
-    precisions = [("fp32", "f32", False)] + ([] if args.skip_bf16 else [("bf16", "bf16", True)])
+    precisions = [] if args.skip_model else [("fp32", "f32", False)] + ([] if args.skip_bf16 else [("bf16", "bf16", True)])
     for label, ours, bf16 in precisions:
         peer = torch_model_only(ckpt, 32, args.iterations, bf16)
         mine = bench_model(ours)
@@ -168,7 +169,7 @@ def main():
     run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings if cached)
     our_wall, ours = run_timed(cmd, stdin=listing, env=env)
     summary = [l for l in ours.stderr.splitlines() if "photos/s" in l]
-    our_rate = float(summary[-1].split("photos/s")[0].split()[-1]) if summary else args.photos / our_wall
+    our_rate = float(summary[-1].split("photos/s")[0].split()[-1].lstrip("(")) if summary else args.photos / our_wall
     print(f"end to end, {args.photos} photos of 12 MP, 150 labels: foodclip {our_rate:.2f} photos/s, "
           f"transformers {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
     print(f"whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, ratio {peer_wall / our_wall:.2f}x")

@@ -1,6 +1,8 @@
 //! Shared fixture helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod photos;
+
 use foodclip::checkpoint::Checkpoint;
 use foodclip::source::{HubOptions, ModelSource};
 use serde::Deserialize;

@@ -1,0 +1,244 @@
+//! Batch runs of the binary: shards, resume after a killed run, Ctrl-C, and the fast
+//! preprocessing path's drift from the exact one.
+
+mod common;
+
+use common::photos::{synthetic, write_jpeg};
+use common::*;
+use foodclip::classify::embed_pictures;
+use foodclip::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn foodclip() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_foodclip"));
+    cmd.env("HF_HUB_OFFLINE", "1").env_remove("FOODCLIP_MODEL");
+    cmd.arg("--model").arg(fixtures().join("tiny-openai"));
+    cmd
+}
+
+/// `n` small photos in `dir`, named in order.
+fn photo_folder(dir: &Path, n: u32) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("tray-{i:04}.jpg"));
+            write_jpeg(&synthetic(64, 48, i), &p);
+            p
+        })
+        .collect()
+}
+
+fn records(file: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn paths_of(records: &[serde_json::Value]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn shards_split_a_folder_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let all: HashSet<String> = photo_folder(dir.path(), 30)
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut seen = Vec::new();
+    for k in 0..3 {
+        let o = foodclip()
+            .args(["embed", "--quiet", "--shard", &format!("{k}/3")])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let shard: Vec<String> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert!(
+            !shard.is_empty() && shard.len() < 30,
+            "shard {k}: {}",
+            shard.len()
+        );
+        seen.extend(shard);
+    }
+    assert_eq!(seen.len(), 30, "no path in two shards");
+    assert_eq!(seen.into_iter().collect::<HashSet<_>>(), all);
+    let o = foodclip()
+        .args(["embed", "--shard", "3/3"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn resume_after_a_killed_run_completes_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photo_folder(&dir.path().join("trays").tap_mkdir(), 120);
+    let out = dir.path().join("out.jsonl");
+    let labels = fixtures().join("labels/mixed.txt");
+    let classify = || {
+        let mut cmd = foodclip();
+        cmd.args(["classify", "--quiet", "--batch-size", "1", "--labels"])
+            .arg(&labels);
+        cmd.arg("--output").arg(&out).arg(dir.path().join("trays"));
+        cmd
+    };
+    let mut child = classify().stdout(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 5
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+    // Whatever the kill left, make sure the file ends in a half-written record.
+    let text = std::fs::read_to_string(&out).unwrap();
+    let kept: Vec<&str> = text
+        .lines()
+        .take(text.lines().count().min(40) - 1)
+        .collect();
+    std::fs::write(
+        &out,
+        format!(
+            "{}\n{{\"path\": \"{}\", \"predic",
+            kept.join("\n"),
+            photos[99].display()
+        ),
+    )
+    .unwrap();
+
+    let o = classify().arg("--resume").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = records(&out);
+    let paths = paths_of(&recs);
+    assert_eq!(paths.len(), 120, "one record per photo");
+    assert_eq!(
+        paths.iter().collect::<HashSet<_>>().len(),
+        120,
+        "no duplicates"
+    );
+    assert!(recs
+        .iter()
+        .all(|r| r["predictions"].as_array().is_some_and(|p| p.len() == 5)));
+    // The first records are the ones written before the kill, in input order.
+    let expected: Vec<String> = photos
+        .iter()
+        .take(kept.len())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(&paths[..kept.len()], &expected[..]);
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
+
+#[test]
+fn ctrl_c_finishes_the_record_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    photo_folder(dir.path(), 400);
+    let out = dir.path().join("embeddings.jsonl");
+    let child = foodclip()
+        .args(["embed", "--batch-size", "1", "--output"])
+        .arg(&out)
+        .arg(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 3
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with('\n'), "the last record is whole");
+    let n = records(&out).len();
+    assert!(
+        o.status.code() == Some(130) && n < 400,
+        "exit {:?} after {n} records",
+        o.status.code()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("interrupted") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fast_preprocessing_drifts_within_the_documented_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = checkpoint("tiny-openai");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    // Large JPEGs, so that DCT scaling (1/2, 1/4, 1/8) takes part.
+    for (i, (w, h)) in [(2400u32, 1800u32), (1000, 1500), (4000, 3000)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = dir.path().join(format!("large-{i}.jpg"));
+        write_jpeg(&synthetic(w, h, i as u32), &p);
+        files.push(p);
+    }
+    let mut worst = 0f64;
+    for f in &files {
+        let exact = ckpt
+            .preprocess
+            .load(f, DEFAULT_MAX_PIXELS, Fidelity::Exact)
+            .unwrap();
+        let fast = ckpt
+            .preprocess
+            .load(f, DEFAULT_MAX_PIXELS, Fidelity::Fast)
+            .unwrap();
+        assert_eq!(exact.dimensions(), fast.dimensions());
+        let diff: f64 = exact
+            .as_raw()
+            .iter()
+            .zip(fast.as_raw())
+            .map(|(a, b)| a.abs_diff(*b) as f64)
+            .sum::<f64>()
+            / exact.as_raw().len() as f64;
+        // README: the fast path stays within 1.5/255 mean absolute difference of the exact one.
+        assert!(diff <= 1.5, "{}: {diff:.2}/255", f.display());
+        worst = worst.max(diff);
+        let e = embed_pictures(&ckpt, &[exact, fast])
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!(cosine(&e[0], &e[1]) >= 0.999, "{}", f.display());
+    }
+    eprintln!("worst fast-path drift: {worst:.3}/255");
+}

@@ -1,0 +1,56 @@
+//! Memory stays bounded however many photos a run reads: its own test binary, so that the peak
+//! resident size of the children it measures is not mixed with other tests' children.
+
+mod common;
+
+use common::fixtures;
+use common::photos::{synthetic, write_jpeg};
+use std::process::Command;
+
+/// Peak resident set (KiB) of the largest child waited for so far.
+fn children_peak_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    usage.ru_maxrss
+}
+
+fn classify_folder(dir: &std::path::Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_foodclip"))
+        .args(["--quiet", "--exact-preprocess", "--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args(["embed", "--batch-size", "4", "--format", "jsonl"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_the_folder() {
+    // 1600x1200 photos: 5.8 MB each decoded, so holding a folder of 96 would take 550 MB.
+    let small = tempfile::tempdir().unwrap();
+    let large = tempfile::tempdir().unwrap();
+    let photo = synthetic(1600, 1200, 1);
+    for i in 0..8 {
+        write_jpeg(&photo, &small.path().join(format!("{i:03}.jpg")));
+    }
+    for i in 0..96 {
+        std::fs::copy(
+            small.path().join("000.jpg"),
+            large.path().join(format!("{i:03}.jpg")),
+        )
+        .unwrap();
+    }
+    classify_folder(small.path());
+    let peak_small = children_peak_kib();
+    classify_folder(large.path());
+    let peak_large = children_peak_kib();
+    assert!(
+        peak_large < peak_small + 64 * 1024,
+        "peak grew from {peak_small} KiB to {peak_large} KiB with 12x the photos"
+    );
+}
