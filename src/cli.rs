@@ -5,9 +5,7 @@ use crate::classify::Classifier;
 use crate::labels::{LabelSet, Templates};
 use crate::model::Precision;
 use crate::output::{write_atomically, Format, Printer};
-use crate::pipeline::{
-    collect_inputs, recorded_paths, run_batches, BatchOptions, InputResult, Shard, Stats,
-};
+use crate::pipeline::{collect_inputs, recorded_paths, run_batches, BatchOptions, Shard, Stats};
 use crate::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
 use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
@@ -249,51 +247,33 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let ckpt = model()?;
             let classifier = Classifier::new(&ckpt, &labels, &templates, |w| ui.warn(&w))?;
             let top_k = args.top_k;
+            let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
+                let mut preds = classifier.predict(e)?;
+                if top_k > 0 {
+                    preds.iter_mut().for_each(|p| p.truncate(top_k));
+                }
+                Ok(preds)
+            };
             job.run(
                 &ckpt,
                 &args.input,
                 fidelity,
                 &ui,
-                |printer, emb, paths, results| {
-                    let mut preds = match emb {
-                        Some(e) => classifier.predict(e)?,
-                        None => Vec::new(),
-                    }
-                    .into_iter();
-                    for (path, r) in paths.iter().zip(results) {
-                        let record = r.map(|()| {
-                            let mut p = preds.next().expect("one row per decoded photo");
-                            if top_k > 0 {
-                                p.truncate(top_k);
-                            }
-                            p
-                        });
-                        printer.predictions(path, &record)?;
-                    }
-                    Ok(())
-                },
+                rows,
+                |printer, path, record| printer.predictions(path, &record),
             )
         }
         Command::Embed(args) => {
             let job = Job::prepare(&args.input, args.format)?;
             let ckpt = model()?;
+            let rows = |e: &candle_core::Tensor| Ok(e.to_vec2::<f32>()?);
             job.run(
                 &ckpt,
                 &args.input,
                 fidelity,
                 &ui,
-                |printer, emb, paths, results| {
-                    let mut rows = match emb {
-                        Some(e) => e.to_vec2::<f32>()?,
-                        None => Vec::new(),
-                    }
-                    .into_iter();
-                    for (path, r) in paths.iter().zip(results) {
-                        let record = r.map(|()| rows.next().expect("one row per decoded photo"));
-                        printer.embedding(path, &record)?;
-                    }
-                    Ok(())
-                },
+                rows,
+                |printer, path, record| printer.embedding(path, &record),
             )
         }
         Command::Preview(args) => {
@@ -379,19 +359,16 @@ impl Job {
         })
     }
 
-    /// Runs the batches, printing through `emit`, then the summary; returns the outcome.
-    fn run(
+    /// Runs the batches: `rows` turns a batch's embeddings into one result per decoded photo,
+    /// `print` writes each photo's record in input order; then the summary. Returns the outcome.
+    fn run<T>(
         mut self,
         ckpt: &Checkpoint,
         args: &InputArgs,
         fidelity: Fidelity,
         ui: &Ui,
-        mut emit: impl FnMut(
-            &mut Printer<Box<dyn Write>>,
-            Option<&candle_core::Tensor>,
-            &[String],
-            Vec<InputResult>,
-        ) -> Result<()>,
+        rows: impl Fn(&candle_core::Tensor) -> Result<Vec<T>>,
+        mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &str, Result<T, String>) -> io::Result<()>,
     ) -> Result<Outcome> {
         let interrupted = interrupt_flag();
         let progress = if ui.quiet || !io::stderr().is_terminal() {
@@ -424,7 +401,15 @@ impl Job {
                         progress.suspend(|| eprintln!("foodclip: {path}: {e}"));
                     }
                 }
-                emit(printer, emb, paths, results)?;
+                let mut rows = match emb {
+                    Some(e) => rows(e)?,
+                    None => Vec::new(),
+                }
+                .into_iter();
+                for (path, r) in paths.iter().zip(results) {
+                    let record = r.map(|()| rows.next().expect("one row per decoded photo"));
+                    print(printer, path, record)?;
+                }
                 progress.inc(paths.len() as u64);
                 Ok(())
             },
