@@ -9,6 +9,7 @@
 //! - [`preprocess`]: decoding photos and preparing the pixels as the reference does;
 //! - [`labels`]: label files and prompt templates;
 //! - [`classify`]: class embeddings, image embeddings and ranked predictions;
+//! - [`pipeline`]: inputs, shards, resumed runs, and batches decoded while the model works;
 //! - [`output`]: printing records; [`cli`]: the command line.
 
 pub mod checkpoint;

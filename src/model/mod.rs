@@ -109,11 +109,6 @@ impl ClipModel {
         self.vision.image_size()
     }
 
-    /// The text pooling rule read from the config.
-    pub fn pooling(&self) -> Pooling {
-        self.text.pooling()
-    }
-
     /// Projected, unnormalised image embeddings `(batch, projection_dim)` for normalised pixels
     /// `(batch, 3, size, size)`.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {

@@ -91,11 +91,6 @@ impl TextTransformer {
         })
     }
 
-    /// The pooling rule in use.
-    pub fn pooling(&self) -> Pooling {
-        self.pooling
-    }
-
     /// Pooled states `(batch, hidden)` for token sequences of any lengths (each at most the
     /// context). Sequences are padded together and the padding is masked out.
     pub fn forward(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
