@@ -161,12 +161,17 @@ impl TapMkdir for PathBuf {
 #[test]
 fn ctrl_c_finishes_the_record_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    photo_folder(dir.path(), 400);
+    // Enough photos that the run is still going when the signal arrives.
+    let photos = dir.path().join("trays").tap_mkdir();
+    write_jpeg(&synthetic(320, 240, 7), &photos.join("0000.jpg"));
+    for i in 1..2000 {
+        std::fs::copy(photos.join("0000.jpg"), photos.join(format!("{i:04}.jpg"))).unwrap();
+    }
     let out = dir.path().join("embeddings.jsonl");
     let child = foodclip()
         .args(["embed", "--batch-size", "1", "--output"])
         .arg(&out)
-        .arg(dir.path())
+        .arg(&photos)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
