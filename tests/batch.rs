@@ -60,16 +60,7 @@ fn shards_split_a_folder_exactly() {
             .output()
             .unwrap();
         assert!(o.status.success());
-        let shard: Vec<String> = String::from_utf8(o.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let shard: Vec<String> = jsonl_paths(&o.stdout);
         assert!(
             !shard.is_empty() && shard.len() < 30,
             "shard {k}: {}",

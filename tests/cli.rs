@@ -448,16 +448,7 @@ fn stdin_lists_with_newlines_and_nuls() {
         .unwrap();
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success());
-        let paths: Vec<String> = String::from_utf8(o.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
-                    .as_str()
-                    .unwrap()
-                    .to_string()
-            })
-            .collect();
+        let paths: Vec<String> = jsonl_paths(&o.stdout);
         assert_eq!(paths, [path(&a), path(&b)]);
     }
 }

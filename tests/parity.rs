@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use foodclip::classify::{embed_pictures, embed_prompts, Classifier};
 use foodclip::labels::{LabelSet, Templates};
-use foodclip::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
 
 #[test]
 fn tokens_equal_transformers_ids() {
@@ -53,14 +52,7 @@ fn preview_pixels_match_clip_image_processor() {
     for name in CHECKPOINTS {
         let ckpt = checkpoint(name);
         for img in &reference(name).images {
-            let ours = ckpt
-                .preprocess
-                .load(
-                    &fixtures().join("images").join(&img.file),
-                    DEFAULT_MAX_PIXELS,
-                    Fidelity::Exact,
-                )
-                .unwrap();
+            let ours = exact_picture(&ckpt, &img.file);
             let png = format!("{}.png", img.file.rsplit_once('.').unwrap().0);
             // CLIPImageProcessor (torchvision backend since transformers 5): within 1/255 on average.
             let (mean, _) = pixel_difference(
@@ -93,14 +85,7 @@ fn image_embeddings_match() {
     for name in CHECKPOINTS {
         let ckpt = checkpoint(name);
         for img in &reference(name).images {
-            let pic = ckpt
-                .preprocess
-                .load(
-                    &fixtures().join("images").join(&img.file),
-                    DEFAULT_MAX_PIXELS,
-                    Fidelity::Exact,
-                )
-                .unwrap();
+            let pic = exact_picture(&ckpt, &img.file);
             let ours = embed_pictures(&ckpt, &[pic])
                 .unwrap()
                 .to_vec2::<f32>()
@@ -156,14 +141,7 @@ fn scores_and_probs_match() {
             );
         }
         for img in &reference.images {
-            let pic = ckpt
-                .preprocess
-                .load(
-                    &fixtures().join("images").join(&img.file),
-                    DEFAULT_MAX_PIXELS,
-                    Fidelity::Exact,
-                )
-                .unwrap();
+            let pic = exact_picture(&ckpt, &img.file);
             let emb = embed_pictures(&ckpt, &[pic]).unwrap();
             let preds = &classifier.predict(&emb).unwrap()[0];
             for (class, (&score, &prob)) in reference

@@ -72,3 +72,27 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb)
 }
+
+/// The `path` of every JSON line in `stdout`.
+pub fn jsonl_paths(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// A fixture photo prepared exactly as the reference prepares it.
+pub fn exact_picture(ckpt: &Checkpoint, file: &str) -> image::RgbImage {
+    ckpt.preprocess
+        .load(
+            &fixtures().join("images").join(file),
+            foodclip::preprocess::DEFAULT_MAX_PIXELS,
+            foodclip::preprocess::Fidelity::Exact,
+        )
+        .unwrap()
+}
