@@ -207,8 +207,17 @@ impl Dense {
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("at least one dimension") = out;
         let x = x.contiguous()?;
+        debug_assert!(
+            residual.is_none() || act.is_none(),
+            "act and residual are not used together"
+        );
         if let Some(y) = self.fused(&x, rows, inp, out, residual, act)? {
-            return Ok(Tensor::from_vec(y, shape, x.device())?);
+            let y = Tensor::from_vec(y, shape, x.device())?;
+            // quick_gelu is applied inside the fused pass; the other activations here.
+            return match act {
+                Some(act) if act != Activation::QuickGelu => activate(y, act),
+                _ => Ok(y),
+            };
         }
         let mut y = x.reshape((rows, inp))?.matmul(&self.weight_t)?;
         if let Some(b) = &self.bias {
@@ -286,15 +295,8 @@ impl Dense {
         if done.is_none() {
             return Ok(None);
         }
-        match act {
-            Some(Activation::QuickGelu) => {
-                dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place)
-            }
-            Some(other) => {
-                let t = activate(Tensor::from_vec(dst, (rows, out), x.device())?, other)?;
-                return Ok(Some(t.flatten_all()?.to_vec1::<f32>()?));
-            }
-            None => {}
+        if act == Some(Activation::QuickGelu) {
+            dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
         }
         Ok(Some(dst))
     }
@@ -338,13 +340,11 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
     let c = c3 / 3;
     let d = c / heads;
     let scale = (d as f64).powf(-0.5);
-    let mask_data = match mask {
-        Some(m) if m.dtype() == DType::F32 => m.contiguous()?.flatten_all()?.to_vec1::<f32>().ok(),
-        _ => None,
-    };
     let mask_rows = mask.map_or(1, |m| m.dim(0).unwrap_or(1));
-    if mask.is_none() || mask_data.is_some() {
-        let fused = with_cpu_f32(qkv, |qkv_data| {
+    let mask = mask.map(Tensor::contiguous).transpose()?;
+    // Runs the fused kernel with the mask's data borrowed in place (`None` if not CPU f32).
+    let fused = |mask_data: Option<&[f32]>| {
+        with_cpu_f32(qkv, |qkv_data| {
             let mut out = vec![0f32; b * t * c];
             let out_ptr = SharedMut(out.as_mut_ptr());
             (0..b * heads).into_par_iter().for_each(|bh| {
@@ -425,10 +425,14 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
                 }
             });
             out
-        });
-        if let Some(out) = fused {
-            return Ok(Tensor::from_vec(out, (b, t, c), qkv.device())?);
-        }
+        })
+    };
+    let out = match &mask {
+        None => fused(None),
+        Some(m) => with_cpu_f32(m, |data| fused(Some(data))).flatten(),
+    };
+    if let Some(out) = out {
+        return Ok(Tensor::from_vec(out, (b, t, c), qkv.device())?);
     }
     // Any other device or dtype: candle's ops.
     let qkv = qkv.reshape((b, t, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
@@ -436,7 +440,7 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
     let k = qkv.get(1)?.contiguous()?;
     let v = qkv.get(2)?.contiguous()?;
     let mut logits = q.matmul(&k.t()?)?;
-    if let Some(mask) = mask {
+    if let Some(mask) = &mask {
         logits = logits.broadcast_add(&mask.to_dtype(logits.dtype())?)?;
     }
     let weights = candle_nn::ops::softmax_last_dim(&logits)?;
