@@ -64,7 +64,7 @@ impl Checkpoint {
             config.text_config.max_position_embeddings,
         )?;
         let weights_path = files.weights()?;
-        let vb = weights::load(&weights_path, precision.dtype(), device)?;
+        let vb = weights::open(&weights_path, precision.dtype(), device)?;
         let model = ClipModel::load(vb, &config).with_context(|| {
             format!("{} does not match its config.json", weights_path.display())
         })?;

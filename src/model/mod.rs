@@ -18,7 +18,8 @@ pub mod weights;
 pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use text::Pooling;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use ops::Dense;
@@ -69,34 +70,68 @@ impl std::str::FromStr for Precision {
 }
 
 /// A CLIP model: both towers, their projections into the shared space, and the logit scale.
+///
+/// The image tower is built at load time; the text tower the first time a prompt is embedded, so
+/// a run whose prompt embeddings are all cached never reads the text weights.
 pub struct ClipModel {
-    text: text::TextTransformer,
+    weights: VarBuilder<'static>,
+    text_config: TextConfig,
+    projection_dim: usize,
+    text: OnceLock<TextTower>,
     vision: vision::VisionTransformer,
-    text_projection: Dense,
     visual_projection: Dense,
     logit_scale: f32,
     dtype: DType,
 }
 
+/// The text transformer and its projection.
+struct TextTower {
+    transformer: text::TextTransformer,
+    projection: Dense,
+}
+
 impl ClipModel {
     /// Builds the model from `vb` (a `CLIPModel` state dict) and its config.
-    pub fn load(vb: VarBuilder, config: &ClipConfig) -> Result<Self> {
-        let t = &config.text_config;
+    pub fn load(vb: VarBuilder<'static>, config: &ClipConfig) -> Result<Self> {
         let v = &config.vision_config;
-        let proj = config.projection_dim;
         let dtype = vb.dtype();
         let logit_scale = vb
             .get((), "logit_scale")?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;
         Ok(Self {
-            text: text::TextTransformer::load(vb.pp("text_model"), t)?,
             vision: vision::VisionTransformer::load(vb.pp("vision_model"), v)?,
-            text_projection: Dense::load(t.hidden_size, proj, false, vb.pp("text_projection"))?,
-            visual_projection: Dense::load(v.hidden_size, proj, false, vb.pp("visual_projection"))?,
+            visual_projection: Dense::load(
+                v.hidden_size,
+                config.projection_dim,
+                false,
+                vb.pp("visual_projection"),
+            )?,
+            text: OnceLock::new(),
+            text_config: config.text_config.clone(),
+            projection_dim: config.projection_dim,
+            weights: vb,
             logit_scale,
             dtype,
         })
+    }
+
+    /// The text tower, built from the weights on first use.
+    fn text_tower(&self) -> Result<&TextTower> {
+        if let Some(tower) = self.text.get() {
+            return Ok(tower);
+        }
+        let t = &self.text_config;
+        let tower = TextTower {
+            transformer: text::TextTransformer::load(self.weights.pp("text_model"), t)?,
+            projection: Dense::load(
+                t.hidden_size,
+                self.projection_dim,
+                false,
+                self.weights.pp("text_projection"),
+            )?,
+        };
+        Ok(self.text.get_or_init(|| tower))
     }
 
     /// The learned temperature, as stored (`exp` of it multiplies cosine similarities).
@@ -120,11 +155,17 @@ impl ClipModel {
     }
 
     /// Projected, unnormalised text embeddings `(batch, projection_dim)` for token sequences.
+    /// The first call reads the text tower's weights.
     pub fn text_features(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
-        let pooled = self.text.forward(sequences)?;
-        Ok(self
-            .text_projection
-            .forward(&pooled)?
-            .to_dtype(DType::F32)?)
+        let tower = self
+            .text_tower()
+            .context("the text tower does not match config.json")?;
+        let pooled = tower.transformer.forward(sequences)?;
+        Ok(tower.projection.forward(&pooled)?.to_dtype(DType::F32)?)
+    }
+
+    /// Whether the text tower has been read (false until a prompt is embedded).
+    pub fn text_loaded(&self) -> bool {
+        self.text.get().is_some()
     }
 }

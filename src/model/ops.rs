@@ -182,7 +182,7 @@ impl Dense {
     /// From a weight `(out, inp)` and an optional bias `(out)`.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
         Ok(Self {
-            weight_t: weight.t()?.contiguous()?,
+            weight_t: transpose(&weight)?,
             bias,
         })
     }
@@ -299,6 +299,37 @@ impl Dense {
             dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
         }
         Ok(Some(dst))
+    }
+}
+
+/// `wᵀ` of a 2-D tensor, contiguous. On CPU f32 it copies in cache-sized tiles, many times faster
+/// than a strided copy on the large weight matrices read at start-up.
+fn transpose(w: &Tensor) -> candle_core::Result<Tensor> {
+    const TILE: usize = 32;
+    let (rows, cols) = w.dims2()?;
+    let w = w.contiguous()?;
+    let tiled = with_cpu_f32(&w, |src| {
+        let mut dst = vec![0f32; rows * cols];
+        // Each task fills TILE rows of the result (TILE columns of the source).
+        dst.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(t, block)| {
+                let c0 = t * TILE;
+                let width = block.len() / rows;
+                for r0 in (0..rows).step_by(TILE) {
+                    for r in r0..(r0 + TILE).min(rows) {
+                        let row = &src[r * cols + c0..][..width];
+                        for (c, &v) in row.iter().enumerate() {
+                            block[c * rows + r] = v;
+                        }
+                    }
+                }
+            });
+        dst
+    });
+    match tiled {
+        Some(dst) => Tensor::from_vec(dst, (cols, rows), w.device()),
+        None => w.t()?.contiguous(),
     }
 }
 
@@ -526,6 +557,19 @@ mod tests {
             .unwrap();
         assert_eq!(fused.dims(), [2, 4, 48]);
         assert_eq!(max_diff(&fused, &plain), 0.0);
+    }
+
+    #[test]
+    fn tiled_transpose_matches_strided_copy() {
+        let dev = candle_core::Device::Cpu;
+        // Sizes that are not multiples of the tile, and a non-contiguous input.
+        for (r, c) in [(1, 1), (33, 70), (100, 31), (64, 64)] {
+            let w = Tensor::randn(0f32, 1., (r, c), &dev).unwrap();
+            let want = w.t().unwrap().contiguous().unwrap();
+            assert_eq!(max_diff(&transpose(&w).unwrap(), &want), 0.0);
+            let wt = transpose(&w.t().unwrap()).unwrap();
+            assert_eq!(max_diff(&wt, &w), 0.0);
+        }
     }
 
     #[test]
