@@ -6,11 +6,15 @@ use crate::preprocess::PreprocessConfig;
 use crate::source::{HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use std::io::Read;
+use std::path::PathBuf;
 
 /// Everything needed to embed photos and prompts with one checkpoint.
 pub struct Checkpoint {
     /// Where it came from (`hub:owner/name@rev` or `local:/dir`).
     pub identity: String,
+    /// The source it was loaded from.
+    pub source: ModelSource,
     /// The parsed `config.json`.
     pub config: ClipConfig,
     /// The model.
@@ -23,6 +27,8 @@ pub struct Checkpoint {
     pub device: Device,
     /// Number format the model runs in.
     pub precision: Precision,
+    /// The files read: config, tokenizer (and its config, if any), weights.
+    files: Vec<PathBuf>,
 }
 
 impl Checkpoint {
@@ -47,7 +53,8 @@ impl Checkpoint {
         precision: Precision,
     ) -> Result<Self> {
         let files = source.fetcher(hub);
-        let config = ClipConfig::from_file(&files.file("config.json")?)?;
+        let config_path = files.file("config.json")?;
+        let config = ClipConfig::from_file(&config_path)?;
         let preprocess = load_preprocess(source, hub)?;
         let size = config.vision_config.image_size as u32;
         let probe = preprocess.output_size(size * 3, size * 2);
@@ -58,9 +65,11 @@ impl Checkpoint {
                 probe.1
             );
         }
+        let tokenizer_path = files.file("tokenizer.json")?;
+        let tokenizer_config = files.optional_file("tokenizer_config.json")?;
         let tokenizer = PromptTokenizer::load(
-            &files.file("tokenizer.json")?,
-            files.optional_file("tokenizer_config.json")?.as_deref(),
+            &tokenizer_path,
+            tokenizer_config.as_deref(),
             config.text_config.max_position_embeddings,
         )?;
         let weights_path = files.weights()?;
@@ -70,14 +79,81 @@ impl Checkpoint {
         })?;
         Ok(Self {
             identity: source.identity(),
+            source: source.clone(),
             config,
             model,
             tokenizer,
             preprocess,
             device: device.clone(),
             precision,
+            files: [config_path, tokenizer_path]
+                .into_iter()
+                .chain(tokenizer_config)
+                .chain([weights_path])
+                .collect(),
         })
     }
+
+    /// What makes this checkpoint's outputs what they are, for caches and saved embeddings:
+    /// `hub:owner/name@<commit>` for a hub snapshot (commits never change), otherwise
+    /// `blake3:<hash>` of the config, tokenizer and weight files' contents, so an edited or
+    /// replaced local checkpoint never matches its old entries.
+    pub fn fingerprint(&self) -> Result<String> {
+        if let Some(commit) = self.hub_commit() {
+            return Ok(commit);
+        }
+        let mut hasher = blake3::Hasher::new();
+        // Read in large chunks (not mapped, so the weights do not count twice in resident memory),
+        // each hashed on all cores.
+        let mut chunk = vec![0u8; 16 << 20];
+        for path in &self.files {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            hasher.update(&file.metadata()?.len().to_le_bytes());
+            loop {
+                let n = read_full(&mut file, &mut chunk)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                hasher.update_rayon(&chunk[..n]);
+                if n < chunk.len() {
+                    break;
+                }
+            }
+        }
+        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+    }
+
+    /// `hub:owner/name@<commit>` when every file comes from one hub cache snapshot
+    /// (`.../snapshots/<commit>/<file>`).
+    fn hub_commit(&self) -> Option<String> {
+        let ModelSource::Hub(hub) = &self.source else {
+            return None;
+        };
+        let commit = |p: &PathBuf| {
+            let dir = p.parent()?;
+            let name = dir.file_name()?.to_str()?;
+            let is_commit = name.len() == 40 && name.chars().all(|c| c.is_ascii_hexdigit());
+            (is_commit && dir.parent()?.file_name()? == "snapshots").then(|| name.to_string())
+        };
+        let first = commit(self.files.first()?)?;
+        self.files
+            .iter()
+            .all(|p| commit(p).as_ref() == Some(&first))
+            .then(|| format!("hub:{}@{first}", hub.repo))
+    }
+}
+
+/// Fills `buf` from `r` as far as the input goes; returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Loads only the preprocessing of `source` (for `foodclip preview`, which needs no weights).

@@ -2,11 +2,13 @@
 //! their cosine similarities turned into ranked predictions.
 
 use crate::checkpoint::Checkpoint;
+use crate::cache::{Lookup, TextCache};
 use crate::labels::{LabelSet, Templates};
 use crate::model::encoder::l2_normalize;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
+use std::collections::HashMap;
 
 /// Prompts are encoded this many at a time.
 const TEXT_BATCH: usize = 64;
@@ -14,52 +16,137 @@ const TEXT_BATCH: usize = 64;
 /// One class's result for one photo.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prediction {
+    /// The class's index in the label file's classes.
+    pub class: usize,
     /// The class's display name.
     pub label: String,
+    /// The display name of the class's group, when it has one.
+    pub group: Option<String>,
     /// Cosine similarity between the photo and the class embedding.
     pub score: f32,
     /// Softmax over all classes of `exp(logit_scale) * score`.
     pub prob: f32,
 }
 
+/// How the prompt embeddings of one call were obtained.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromptStats {
+    /// Distinct prompts read from the cache.
+    pub cached: usize,
+    /// Distinct prompts run through the text encoder.
+    pub encoded: usize,
+    /// Cache entries found damaged (recomputed and replaced).
+    pub corrupt: usize,
+    /// The first error writing the cache, if any (the embeddings are still right).
+    pub write_error: Option<String>,
+}
+
 /// Embeds prompts: L2-normalised text embeddings `(n, dim)`, one row per prompt. Prompts longer
-/// than the context are truncated, and `on_truncate` hears of each.
+/// than the context are truncated, and `on_truncate` hears of each. With a `cache`, prompts
+/// found there skip the text encoder and the others are stored after encoding.
 pub fn embed_prompts(
     ckpt: &Checkpoint,
     prompts: &[String],
+    cache: Option<&TextCache>,
     mut on_truncate: impl FnMut(usize),
-) -> Result<Tensor> {
-    let mut rows = Vec::with_capacity(prompts.len().div_ceil(TEXT_BATCH));
-    for (b, chunk) in prompts.chunks(TEXT_BATCH).enumerate() {
-        let mut ids = Vec::with_capacity(chunk.len());
-        for (i, p) in chunk.iter().enumerate() {
-            let tokens = ckpt.tokenizer.encode(p)?;
-            if tokens.truncated {
-                on_truncate(b * TEXT_BATCH + i);
-            }
-            ids.push(tokens.ids);
+) -> Result<(Tensor, PromptStats)> {
+    let mut stats = PromptStats::default();
+    let dim = ckpt.config.projection_dim;
+    // Each distinct prompt once (by its first index): its embedding, when cached, and its tokens.
+    let mut distinct: HashMap<&str, usize> = HashMap::new();
+    let mut first: Vec<usize> = Vec::new();
+    let mut rows: Vec<Option<Vec<f32>>> = Vec::new();
+    let mut ids: Vec<Vec<u32>> = Vec::new();
+    let mut slot = Vec::with_capacity(prompts.len());
+    for (i, p) in prompts.iter().enumerate() {
+        let tokens = ckpt.tokenizer.encode(p)?;
+        if tokens.truncated {
+            on_truncate(i);
         }
-        rows.push(l2_normalize(&ckpt.model.text_features(&ids)?)?);
+        let s = *distinct.entry(p).or_insert(rows.len());
+        if s == rows.len() {
+            let found = match cache.map(|c| c.get(p)) {
+                Some(Lookup::Hit(v)) if v.len() == dim => Some(v),
+                Some(Lookup::Hit(_) | Lookup::Corrupt) => {
+                    stats.corrupt += 1;
+                    None
+                }
+                Some(Lookup::Miss) | None => None,
+            };
+            rows.push(found);
+            ids.push(tokens.ids);
+            first.push(i);
+        }
+        slot.push(s);
     }
-    Ok(Tensor::cat(&rows, 0)?)
+    let missing: Vec<usize> = (0..rows.len()).filter(|&s| rows[s].is_none()).collect();
+    stats.cached = rows.len() - missing.len();
+    stats.encoded = missing.len();
+    for chunk in missing.chunks(TEXT_BATCH) {
+        let batch: Vec<Vec<u32>> = chunk.iter().map(|&s| std::mem::take(&mut ids[s])).collect();
+        let embedded = l2_normalize(&ckpt.model.text_features(&batch)?)?.to_vec2::<f32>()?;
+        for (&s, row) in chunk.iter().zip(embedded) {
+            if let Some(cache) = cache {
+                if let Err(e) = cache.put(&prompts[first[s]], &row) {
+                    stats.write_error.get_or_insert_with(|| {
+                        format!("cannot write the prompt cache {}: {e}", cache.dir().display())
+                    });
+                }
+            }
+            rows[s] = Some(row);
+        }
+    }
+    let flat: Vec<f32> = slot
+        .iter()
+        .flat_map(|&s| rows[s].as_deref().expect("every prompt embedded"))
+        .copied()
+        .collect();
+    let embeddings = Tensor::from_vec(flat, (prompts.len(), dim), &ckpt.device)
+        .context("the text tower's output does not match projection_dim")?;
+    Ok((embeddings, stats))
+}
+
+/// One group's result for one photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupScore {
+    /// The group's display name.
+    pub group: String,
+    /// The sum of its classes' probabilities.
+    pub prob: f32,
+}
+
+/// All classes ranked for one photo, and its groups when the label file has them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    /// Every class, best first.
+    pub predictions: Vec<Prediction>,
+    /// Every group, most probable first; empty without groups.
+    pub groups: Vec<GroupScore>,
 }
 
 /// Class embeddings ready to score photos against.
 pub struct Classifier {
     labels: Vec<String>,
+    /// Each class's index into `groups`.
+    class_groups: Vec<Option<usize>>,
+    /// Group display names.
+    groups: Vec<String>,
     /// `(classes, dim)`, each row unit length.
     embeddings: Tensor,
     /// `exp(logit_scale)`.
     temperature: f32,
+    stats: PromptStats,
 }
 
 impl Classifier {
     /// Embeds every class of `labels`: each class is the mean of the normalised embeddings of all
-    /// its (name x template) prompts, normalised again. Warnings (truncated prompts) go to `warn`.
+    /// its (name x template) prompts, normalised again. Prompt embeddings come from `cache` when
+    /// there and are stored in it otherwise. Warnings (truncated prompts) go to `warn`.
     pub fn new(
         ckpt: &Checkpoint,
         labels: &LabelSet,
         templates: &Templates,
+        cache: Option<&TextCache>,
         mut warn: impl FnMut(String),
     ) -> Result<Self> {
         let mut prompts = Vec::new();
@@ -73,7 +160,7 @@ impl Classifier {
             }
         }
         let context = ckpt.tokenizer.max_len();
-        let text = embed_prompts(ckpt, &prompts, |i| {
+        let (text, stats) = embed_prompts(ckpt, &prompts, cache, |i| {
             let class = &labels.classes[owner[i]];
             warn(format!(
                 "{}:{}: prompt {:?} is longer than the model's {context}-token context; truncated",
@@ -102,8 +189,15 @@ impl Classifier {
                 .iter()
                 .map(|c| c.display().to_string())
                 .collect(),
+            class_groups: labels.classes.iter().map(|c| c.group).collect(),
+            groups: labels
+                .groups
+                .iter()
+                .map(|g| g.display().to_string())
+                .collect(),
             embeddings: l2_normalize(&means)?,
             temperature: ckpt.model.logit_scale().exp(),
+            stats,
         })
     }
 
@@ -112,13 +206,18 @@ impl Classifier {
         &self.embeddings
     }
 
-    /// Ranks all classes for each row of `images` (normalised image embeddings), best first.
-    pub fn predict(&self, images: &Tensor) -> Result<Vec<Vec<Prediction>>> {
+    /// How the prompt embeddings were obtained (cache hits and misses).
+    pub fn prompt_stats(&self) -> &PromptStats {
+        &self.stats
+    }
+
+    /// Ranks all classes for each row of `images` (normalised image embeddings).
+    pub fn predict(&self, images: &Tensor) -> Result<Vec<Ranking>> {
         let scores = images.matmul(&self.embeddings.t()?)?.to_vec2::<f32>()?;
         Ok(scores.into_iter().map(|row| self.rank(&row)).collect())
     }
 
-    fn rank(&self, scores: &[f32]) -> Vec<Prediction> {
+    fn rank(&self, scores: &[f32]) -> Ranking {
         let logits: Vec<f64> = scores
             .iter()
             .map(|&s| self.temperature as f64 * s as f64)
@@ -126,19 +225,41 @@ impl Classifier {
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = exps.iter().sum();
-        let mut out: Vec<Prediction> = self
+        let mut predictions: Vec<Prediction> = self
             .labels
             .iter()
             .zip(scores)
             .zip(&exps)
-            .map(|((label, &score), e)| Prediction {
+            .enumerate()
+            .map(|(class, ((label, &score), e))| Prediction {
+                class,
                 label: label.clone(),
+                group: self.class_groups[class].map(|g| self.groups[g].clone()),
                 score,
                 prob: (e / total) as f32,
             })
             .collect();
-        out.sort_by(|a, b| b.score.total_cmp(&a.score));
-        out
+        predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let mut group_probs = vec![0f64; self.groups.len()];
+        for (g, e) in self.class_groups.iter().zip(&exps) {
+            if let Some(g) = g {
+                group_probs[*g] += e / total;
+            }
+        }
+        let mut groups: Vec<GroupScore> = self
+            .groups
+            .iter()
+            .zip(group_probs)
+            .map(|(g, p)| GroupScore {
+                group: g.to_string(),
+                prob: p as f32,
+            })
+            .collect();
+        groups.sort_by(|a, b| b.prob.total_cmp(&a.prob));
+        Ranking {
+            predictions,
+            groups,
+        }
     }
 }
 

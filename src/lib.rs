@@ -12,6 +12,7 @@
 //! - [`pipeline`]: inputs, shards, resumed runs, and batches decoded while the model works;
 //! - [`output`]: printing records; [`cli`]: the command line.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;

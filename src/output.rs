@@ -1,6 +1,6 @@
 //! Printing results, one record per input, flushed as written; and atomic file writes.
 
-use crate::classify::Prediction;
+use crate::classify::{GroupScore, Prediction, Ranking};
 use serde::Serialize;
 use std::io::{self, Write};
 use std::path::Path;
@@ -14,7 +14,7 @@ pub enum Format {
     Jsonl,
     /// One JSON array (streamed).
     Json,
-    /// Comma-separated: path, rank, label, score, prob, error.
+    /// Comma-separated: path, rank, label, [group, group_prob,] score, prob, error.
     Csv,
     /// Tab-separated, same columns as CSV.
     Tsv,
@@ -24,6 +24,8 @@ pub enum Format {
 struct PredictionsRecord<'a> {
     path: &'a str,
     predictions: &'a [Prediction],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    groups: &'a [GroupScore],
 }
 
 #[derive(Serialize)]
@@ -41,9 +43,22 @@ struct ErrorRecord<'a> {
 impl Serialize for Prediction {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("Prediction", 3)?;
+        let mut st = s.serialize_struct("Prediction", 4)?;
         st.serialize_field("label", &self.label)?;
+        if let Some(g) = &self.group {
+            st.serialize_field("group", g)?;
+        }
         st.serialize_field("score", &self.score)?;
+        st.serialize_field("prob", &self.prob)?;
+        st.end()
+    }
+}
+
+impl Serialize for GroupScore {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("GroupScore", 2)?;
+        st.serialize_field("group", &self.group)?;
         st.serialize_field("prob", &self.prob)?;
         st.end()
     }
@@ -55,6 +70,7 @@ pub struct Printer<W: Write> {
     format: Format,
     records: usize,
     continuing: bool,
+    groups: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -65,7 +81,14 @@ impl<W: Write> Printer<W> {
             format,
             records: 0,
             continuing: false,
+            groups: false,
         }
+    }
+
+    /// Adds `group` and `group_prob` columns to CSV and TSV (for label files with groups).
+    pub fn with_groups(mut self) -> Self {
+        self.groups = true;
+        self
     }
 
     /// A printer appending to output that already has its CSV/TSV header (`--resume`).
@@ -75,6 +98,7 @@ impl<W: Write> Printer<W> {
             format,
             records: 0,
             continuing: true,
+            groups: false,
         }
     }
 
@@ -89,11 +113,12 @@ impl<W: Write> Printer<W> {
                 } else {
                     "\t"
                 };
-                writeln!(
-                    self.out,
-                    "{}",
-                    ["path", "rank", "label", "score", "prob", "error"].join(sep)
-                )?
+                let header: &[&str] = if self.groups {
+                    &["path", "rank", "label", "group", "group_prob", "score", "prob", "error"]
+                } else {
+                    &["path", "rank", "label", "score", "prob", "error"]
+                };
+                writeln!(self.out, "{}", header.join(sep))?
             }
             _ => {}
         }
@@ -128,40 +153,64 @@ impl<W: Write> Printer<W> {
         )
     }
 
-    /// One photo's ranked predictions (already cut to top-k), or its error.
-    pub fn predictions(
-        &mut self,
-        path: &str,
-        result: &Result<Vec<Prediction>, String>,
-    ) -> io::Result<()> {
+    /// One photo's ranking (predictions already cut to top-k; `groups` empty unless group
+    /// scores were asked for), or its error.
+    pub fn predictions(&mut self, path: &str, result: &Result<Ranking, String>) -> io::Result<()> {
         self.begin_record()?;
         match (self.format, result) {
-            (Format::Json | Format::Jsonl, Ok(p)) => self.json_line(&PredictionsRecord {
+            (Format::Json | Format::Jsonl, Ok(r)) => self.json_line(&PredictionsRecord {
                 path,
-                predictions: p,
+                predictions: &r.predictions,
+                groups: &r.groups,
             })?,
             (Format::Json | Format::Jsonl, Err(e)) => {
                 self.json_line(&ErrorRecord { path, error: e })?
             }
-            (Format::Csv | Format::Tsv, Ok(preds)) => {
-                for (i, p) in preds.iter().enumerate() {
-                    let (rank, score, prob) =
-                        ((i + 1).to_string(), p.score.to_string(), p.prob.to_string());
-                    self.row(&[path, &rank, &p.label, &score, &prob, ""])?;
+            (Format::Csv | Format::Tsv, Ok(r)) => {
+                for (i, p) in r.predictions.iter().enumerate() {
+                    let rank = (i + 1).to_string();
+                    let (score, prob) = (p.score.to_string(), p.prob.to_string());
+                    if self.groups {
+                        let group = p.group.as_deref().unwrap_or("");
+                        let group_prob = r
+                            .groups
+                            .iter()
+                            .find(|g| g.group == group)
+                            .map_or(String::new(), |g| g.prob.to_string());
+                        self.row(&[path, &rank, &p.label, group, &group_prob, &score, &prob, ""])?;
+                    } else {
+                        self.row(&[path, &rank, &p.label, &score, &prob, ""])?;
+                    }
                 }
             }
-            (Format::Csv | Format::Tsv, Err(e)) => self.row(&[path, "", "", "", "", e])?,
-            (Format::Table, Ok(preds)) => {
+            (Format::Csv | Format::Tsv, Err(e)) => {
+                let blanks = if self.groups { 7 } else { 5 };
+                let mut fields = vec![path];
+                fields.extend(std::iter::repeat_n("", blanks - 1));
+                fields.push(e);
+                self.row(&fields)?
+            }
+            (Format::Table, Ok(r)) => {
                 writeln!(self.out, "{path}")?;
-                for (i, p) in preds.iter().enumerate() {
+                for (i, p) in r.predictions.iter().enumerate() {
+                    let group = p.group.as_ref().map_or(String::new(), |g| format!("  [{g}]"));
                     writeln!(
                         self.out,
-                        "  {:>3}  {:>7.4}  {:>6.2}%  {}",
+                        "  {:>3}  {:>7.4}  {:>6.2}%  {}{group}",
                         i + 1,
                         p.score,
                         p.prob * 100.0,
                         p.label
                     )?;
+                }
+                if !r.groups.is_empty() {
+                    let top: Vec<String> = r
+                        .groups
+                        .iter()
+                        .take(3)
+                        .map(|g| format!("{} {:.1}%", g.group, g.prob * 100.0))
+                        .collect();
+                    writeln!(self.out, "  groups: {}", top.join(", "))?;
                 }
             }
             (Format::Table, Err(e)) => writeln!(self.out, "{path}\n  error: {e}")?,
@@ -241,12 +290,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn preds() -> Vec<Prediction> {
-        vec![Prediction {
-            label: "김치, \"찌개\"".into(),
-            score: 0.5,
-            prob: 0.75,
-        }]
+    fn preds() -> Ranking {
+        Ranking {
+            predictions: vec![Prediction {
+                class: 0,
+                label: "김치, \"찌개\"".into(),
+                group: None,
+                score: 0.5,
+                prob: 0.75,
+            }],
+            groups: Vec::new(),
+        }
     }
 
     #[test]

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn foodclip() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_foodclip"));
-    cmd.env("HF_HUB_OFFLINE", "1").env_remove("FOODCLIP_MODEL");
+/// `foodclip --model tiny-openai`.
+fn tiny() -> Command {
+    let mut cmd = foodclip();
     cmd.arg("--model").arg(fixtures().join("tiny-openai"));
     cmd
 }
@@ -54,7 +54,7 @@ fn shards_split_a_folder_exactly() {
         .collect();
     let mut seen = Vec::new();
     for k in 0..3 {
-        let o = foodclip()
+        let o = tiny()
             .args(["embed", "--quiet", "--shard", &format!("{k}/3")])
             .arg(dir.path())
             .output()
@@ -70,7 +70,7 @@ fn shards_split_a_folder_exactly() {
     }
     assert_eq!(seen.len(), 30, "no path in two shards");
     assert_eq!(seen.into_iter().collect::<HashSet<_>>(), all);
-    let o = foodclip()
+    let o = tiny()
         .args(["embed", "--shard", "3/3"])
         .arg(dir.path())
         .output()
@@ -85,7 +85,7 @@ fn resume_after_a_killed_run_completes_without_duplicates() {
     let out = dir.path().join("out.jsonl");
     let labels = fixtures().join("labels/mixed.txt");
     let classify = || {
-        let mut cmd = foodclip();
+        let mut cmd = tiny();
         cmd.args(["classify", "--quiet", "--batch-size", "1", "--labels"])
             .arg(&labels);
         cmd.arg("--output").arg(&out).arg(dir.path().join("trays"));
@@ -159,7 +159,7 @@ fn ctrl_c_finishes_the_record_in_flight() {
         std::fs::copy(photos.join("0000.jpg"), photos.join(format!("{i:04}.jpg"))).unwrap();
     }
     let out = dir.path().join("embeddings.jsonl");
-    let child = foodclip()
+    let child = tiny()
         .args(["embed", "--batch-size", "1", "--output"])
         .arg(&out)
         .arg(&photos)

@@ -89,8 +89,9 @@ fn candle_transformers_clip_misses_the_reference() {
 
     // foodclip on the same inputs.
     let ours = checkpoint("tiny-gelu");
-    let emb = foodclip::classify::embed_prompts(&ours, std::slice::from_ref(&p.text), |_| {})
+    let emb = foodclip::classify::embed_prompts(&ours, std::slice::from_ref(&p.text), None, |_| {})
         .unwrap()
+        .0
         .to_vec2::<f32>()
         .unwrap();
     assert!(cosine(&emb[0], &p.embedding) >= 0.99999);

@@ -5,16 +5,7 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn foodclip() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_foodclip"));
-    // Never the network, never the user's cache.
-    cmd.env("HF_HUB_OFFLINE", "1")
-        .env("HF_HOME", "/nonexistent-foodclip-test")
-        .env_remove("FOODCLIP_MODEL");
-    cmd
-}
+use std::process::{Output, Stdio};
 
 fn run(args: &[&str]) -> Output {
     foodclip().args(args).output().unwrap()
@@ -214,7 +205,7 @@ fn label_file_errors_name_file_and_line() {
         "no slot",
         path(&img),
     ]);
-    assert_config_error(&o, "no {} for the class name");
+    assert_config_error(&o, "neither a template with {} for the class name");
 }
 
 fn copy_checkpoint(name: &str, to: &Path) {

@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::fixtures;
+use common::{fixtures, foodclip};
 use common::photos::{synthetic, write_jpeg};
-use std::process::Command;
 
 /// Peak resident set (KiB) of the largest child waited for so far.
 fn children_peak_kib() -> i64 {
@@ -19,7 +18,7 @@ fn children_peak_kib() -> i64 {
 }
 
 fn classify_folder(dir: &std::path::Path) {
-    let o = Command::new(env!("CARGO_BIN_EXE_foodclip"))
+    let o = foodclip()
         .args(["--quiet", "--exact-preprocess", "--model"])
         .arg(fixtures().join("tiny-openai"))
         .args(["embed", "--batch-size", "4", "--format", "jsonl"])

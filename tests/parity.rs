@@ -102,8 +102,9 @@ fn text_embeddings_match_in_one_padded_batch() {
         let ckpt = checkpoint(name);
         let reference = reference(name);
         let prompts: Vec<String> = reference.prompts.iter().map(|p| p.text.clone()).collect();
-        let ours = embed_prompts(&ckpt, &prompts, |_| {})
+        let ours = embed_prompts(&ckpt, &prompts, None, |_| {})
             .unwrap()
+            .0
             .to_vec2::<f32>()
             .unwrap();
         for (o, p) in ours.iter().zip(&reference.prompts) {
@@ -120,9 +121,9 @@ fn scores_and_probs_match() {
         let reference = reference(name);
         assert!((ckpt.model.logit_scale() - reference.logit_scale).abs() < 1e-6);
         let labels = LabelSet::load(&fixtures().join("labels/mixed.txt")).unwrap();
-        let templates = Templates::custom(reference.templates.clone()).unwrap();
+        let templates = Templates::Custom(reference.templates.clone());
         let mut warnings = Vec::new();
-        let classifier = Classifier::new(&ckpt, &labels, &templates, |w| warnings.push(w)).unwrap();
+        let classifier = Classifier::new(&ckpt, &labels, &templates, None, |w| warnings.push(w)).unwrap();
         // Only tiny-gelu's 32-token context truncates the long class (line 6), once per template.
         assert_eq!(
             warnings.len(),
@@ -143,7 +144,7 @@ fn scores_and_probs_match() {
         for img in &reference.images {
             let pic = exact_picture(&ckpt, &img.file);
             let emb = embed_pictures(&ckpt, &[pic]).unwrap();
-            let preds = &classifier.predict(&emb).unwrap()[0];
+            let preds = &classifier.predict(&emb).unwrap()[0].predictions;
             for (class, (&score, &prob)) in reference
                 .classes
                 .iter()

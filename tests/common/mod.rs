@@ -8,6 +8,21 @@ use foodclip::source::{HubOptions, ModelSource};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// The `foodclip` binary, kept off the network and away from the user's caches: hub files from
+/// a directory that does not exist, prompt embeddings in a cache under the build's temporary
+/// directory (shared by the tests, as concurrent runs may share one).
+pub fn foodclip() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_foodclip"));
+    cmd.env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", "/nonexistent-foodclip-test")
+        .env(
+            "FOODCLIP_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("prompt-cache"),
+        )
+        .env_remove("FOODCLIP_MODEL");
+    cmd
+}
+
 /// The fixture directory.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -1,8 +1,11 @@
 //! The command line: flags parsed once by clap, then each subcommand run against the library.
 
+mod labels;
+
+use crate::cache::{default_root, TextCache};
 use crate::checkpoint::{load_preprocess, Checkpoint};
 use crate::classify::Classifier;
-use crate::labels::{LabelSet, Templates};
+use crate::labels::{check, LabelSet, Severity, Templates};
 use crate::model::Precision;
 use crate::output::{write_atomically, Format, Printer};
 use crate::pipeline::{collect_inputs, recorded_paths, run_batches, BatchOptions, Shard, Stats};
@@ -16,6 +19,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Zero-shot food photo classification with CLIP models, Korean and English labels.
 #[derive(Debug, Parser)]
@@ -47,6 +51,13 @@ pub struct Cli {
     /// Worker threads for decoding and the model (default: all cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Where label-prompt embeddings are cached (default: the platform cache directory, such as
+    /// ~/.cache/foodclip).
+    #[arg(long, global = true, env = "FOODCLIP_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the prompt-embedding cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -73,6 +84,9 @@ pub enum Command {
     /// The registry of known checkpoints.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Inspect and check label files.
+    #[command(subcommand)]
+    Labels(LabelsCommand),
 }
 
 /// Photos to read.
@@ -108,19 +122,32 @@ pub struct ClassifyArgs {
     /// Photos to classify.
     #[command(flatten)]
     pub input: InputArgs,
-    /// Label file: one class per line, synonyms after `|`, `#` comments.
+    /// Label file: one class per line, synonyms after `|`, `#` comments, `[group]` headers.
     #[arg(long, short)]
     pub labels: PathBuf,
-    /// Prompt template, `{}` standing for the class name; repeatable. `'{}'` alone uses the name
-    /// as written. Default: a Korean set for Hangul names, an English set for the others.
-    #[arg(long = "template", short = 't')]
-    pub templates: Vec<String>,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
     /// Predictions per photo; 0 for all classes.
     #[arg(long, short = 'k', default_value_t = 5)]
     pub top_k: usize,
+    /// Add group probabilities (the sum over each group's classes) to every record; the label
+    /// file needs `[group]` headers.
+    #[arg(long)]
+    pub group_scores: bool,
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(long, short, value_enum)]
     pub format: Option<Format>,
+}
+
+/// `--template`, shared by the commands that build prompts.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// Prompt template with `{}` for the class name, or a file of them (one per line);
+    /// repeatable. `'{}'` alone uses the name as written. Default: labels/templates/food.ko.txt
+    /// for Hangul names, food.en.txt for the others (built in).
+    #[arg(long = "template", short = 't', value_name = "TEMPLATE|FILE")]
+    pub templates: Vec<String>,
 }
 
 /// `foodclip embed`.
@@ -158,6 +185,50 @@ pub enum ModelsCommand {
     },
 }
 
+/// `foodclip labels ...`.
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    /// Report problems in a label file: duplicates, empty names, names the tokenizer cuts, names
+    /// in a language the model does not know, and classes the model can hardly tell apart.
+    /// Exits 1 when the file has errors.
+    Check(LabelsCheckArgs),
+    /// Print a label file's groups, classes, names and the final prompts.
+    Show(LabelsShowArgs),
+}
+
+/// `foodclip labels check`.
+#[derive(Debug, Args)]
+pub struct LabelsCheckArgs {
+    /// The label file.
+    pub file: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// How many of the most similar class pairs to list.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Check the file alone, without loading a model (no truncation, language or similarity
+    /// checks).
+    #[arg(long)]
+    pub no_model: bool,
+    /// Output format (table or json).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// `foodclip labels show`.
+#[derive(Debug, Args)]
+pub struct LabelsShowArgs {
+    /// The label file.
+    pub file: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Output format (table or json).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -178,6 +249,12 @@ impl Ui {
     fn warn(&self, msg: &str) {
         if !self.quiet {
             eprintln!("foodclip: warning: {msg}");
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("foodclip: {msg}");
         }
     }
 }
@@ -232,27 +309,39 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     match &cli.command {
         Command::Classify(args) => {
             let labels = LabelSet::load(&args.labels)?;
-            let templates = if args.templates.is_empty() {
-                Templates::Default
-            } else {
-                Templates::custom(args.templates.clone())?
-            };
+            let templates = Templates::from_args(&args.templates.templates)?;
+            if args.group_scores && labels.groups.is_empty() {
+                bail!(
+                    "--group-scores: {} has no [group] header lines",
+                    labels.path.display()
+                );
+            }
             let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
                 Format::Table
             } else {
                 Format::Jsonl
             };
             let format = args.format.unwrap_or(default_format);
-            let job = Job::prepare(&args.input, format)?;
+            let job = Job::prepare(&args.input, format, !labels.groups.is_empty())?;
             let ckpt = model()?;
-            let classifier = Classifier::new(&ckpt, &labels, &templates, |w| ui.warn(&w))?;
-            let top_k = args.top_k;
-            let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
-                let mut preds = classifier.predict(e)?;
-                if top_k > 0 {
-                    preds.iter_mut().for_each(|p| p.truncate(top_k));
+            if let Some(entry) = registry.for_source(&ckpt.source) {
+                if let Some(f) = check::language_mismatch(&labels, entry, &registry) {
+                    ui.warn(&f.located(&labels.path));
                 }
-                Ok(preds)
+            }
+            let classifier = build_classifier(&cli, &ui, &ckpt, &labels, &templates)?;
+            let (top_k, group_scores) = (args.top_k, args.group_scores);
+            let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
+                let mut rankings = classifier.predict(e)?;
+                for r in &mut rankings {
+                    if top_k > 0 {
+                        r.predictions.truncate(top_k);
+                    }
+                    if !group_scores {
+                        r.groups.clear();
+                    }
+                }
+                Ok(rankings)
             };
             job.run(
                 &ckpt,
@@ -264,7 +353,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             )
         }
         Command::Embed(args) => {
-            let job = Job::prepare(&args.input, args.format)?;
+            let job = Job::prepare(&args.input, args.format, false)?;
             let ckpt = model()?;
             let rows = |e: &candle_core::Tensor| Ok(e.to_vec2::<f32>()?);
             job.run(
@@ -300,7 +389,86 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             list_models(&registry, *format)?;
             Ok(Outcome::Success)
         }
+        Command::Labels(LabelsCommand::Show(args)) => {
+            let set = LabelSet::load(&args.file)?;
+            let templates = Templates::from_args(&args.templates.templates)?;
+            labels::show(&set, &templates, args.format)?;
+            Ok(Outcome::Success)
+        }
+        Command::Labels(LabelsCommand::Check(args)) => {
+            let (set, mut findings) = LabelSet::load_all(&args.file)?;
+            let templates = Templates::from_args(&args.templates.templates)?;
+            let mut pairs = Vec::new();
+            if !args.no_model {
+                let ckpt = model()?;
+                findings.extend(check::truncated_names(&set, &templates, &ckpt.tokenizer)?);
+                if let Some(entry) = registry.for_source(&ckpt.source) {
+                    findings.extend(check::language_mismatch(&set, entry, &registry));
+                }
+                if set.classes.len() > 1 {
+                    let classifier = build_classifier(&cli, &ui, &ckpt, &set, &templates)?;
+                    pairs = check::confusable_pairs(&classifier, args.pairs)?;
+                    findings.extend(check::confusable_findings(&set, &pairs));
+                }
+            }
+            findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
+            labels::report(&set, &findings, &pairs, args.format)?;
+            Ok(
+                if findings.iter().any(|f| f.severity == Severity::Error) {
+                    Outcome::SomeFailed
+                } else {
+                    Outcome::Success
+                },
+            )
+        }
     }
+}
+
+/// The prompt-embedding cache for `ckpt`, unless `--no-cache`.
+fn prompt_cache(cli: &Cli, ckpt: &Checkpoint, ui: &Ui) -> Result<Option<TextCache>> {
+    if cli.no_cache {
+        return Ok(None);
+    }
+    let Some(root) = cli.cache_dir.clone().or_else(default_root) else {
+        ui.warn("this platform has no cache directory; set FOODCLIP_CACHE_DIR to cache label embeddings");
+        return Ok(None);
+    };
+    Ok(Some(TextCache::new(&root, &ckpt.fingerprint()?, ckpt.precision)))
+}
+
+/// Embeds the classes of `labels` through the prompt cache, telling the user when prompts had
+/// to be encoded.
+fn build_classifier(
+    cli: &Cli,
+    ui: &Ui,
+    ckpt: &Checkpoint,
+    labels: &LabelSet,
+    templates: &Templates,
+) -> Result<Classifier> {
+    let cache = prompt_cache(cli, ckpt, ui)?;
+    let start = Instant::now();
+    let classifier = Classifier::new(ckpt, labels, templates, cache.as_ref(), |w| ui.warn(&w))?;
+    let stats = classifier.prompt_stats();
+    if stats.corrupt > 0 {
+        ui.warn(&format!(
+            "{} damaged entries in the prompt cache were recomputed and replaced",
+            stats.corrupt
+        ));
+    }
+    if let Some(e) = &stats.write_error {
+        ui.warn(e);
+    }
+    if stats.encoded > 0 {
+        let kept = cache.map_or(String::new(), |c| {
+            format!("; cached in {}", c.dir().display())
+        });
+        ui.note(&format!(
+            "encoded {} label prompts in {:.1} s{kept}",
+            stats.encoded,
+            start.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(classifier)
 }
 
 /// The photos of one classify or embed run and where their records go.
@@ -312,8 +480,9 @@ struct Job {
 }
 
 impl Job {
-    /// Gathers inputs, applies --shard and --resume, and opens the output.
-    fn prepare(args: &InputArgs, format: Format) -> Result<Self> {
+    /// Gathers inputs, applies --shard and --resume, and opens the output (with group columns
+    /// in CSV and TSV when `groups`).
+    fn prepare(args: &InputArgs, format: Format, groups: bool) -> Result<Self> {
         let inputs = collect_inputs(&args.inputs, args.null, io::stdin().lock())?;
         let mut paths = inputs.paths;
         if let Some(shard) = args.shard {
@@ -347,11 +516,14 @@ impl Job {
                 Box::new(io::BufWriter::new(f))
             }
         };
-        let printer = if continuing {
+        let mut printer = if continuing {
             Printer::continuing(out, format)
         } else {
             Printer::new(out, format)
         };
+        if groups {
+            printer = printer.with_groups();
+        }
         Ok(Self {
             paths,
             skipped,
