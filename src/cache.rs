@@ -65,7 +65,9 @@ impl TextCache {
     /// until the first [`TextCache::put`].
     pub fn new(root: &Path, identity: &str, precision: Precision) -> Self {
         let model_key = format!("{identity}\n{precision}\n");
-        let dir = root.join("text-v1").join(short_hash(model_key.as_bytes(), 16));
+        let dir = root
+            .join("text-v1")
+            .join(short_hash(model_key.as_bytes(), 16));
         Self { dir, model_key }
     }
 
@@ -107,8 +109,8 @@ impl TextCache {
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let result =
-            std::fs::write(&tmp, encode(&key, embedding)).and_then(|()| std::fs::rename(&tmp, &path));
+        let result = std::fs::write(&tmp, encode(&key, embedding))
+            .and_then(|()| std::fs::rename(&tmp, &path));
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }

@@ -1,8 +1,8 @@
 //! Zero-shot classification: class embeddings from prompts, image embeddings from photos, and
 //! their cosine similarities turned into ranked predictions.
 
-use crate::checkpoint::Checkpoint;
 use crate::cache::{Lookup, TextCache};
+use crate::checkpoint::Checkpoint;
 use crate::labels::{LabelSet, Templates};
 use crate::model::encoder::l2_normalize;
 use anyhow::{Context, Result};
@@ -89,7 +89,10 @@ pub fn embed_prompts(
             if let Some(cache) = cache {
                 if let Err(e) = cache.put(&prompts[first[s]], &row) {
                     stats.write_error.get_or_insert_with(|| {
-                        format!("cannot write the prompt cache {}: {e}", cache.dir().display())
+                        format!(
+                            "cannot write the prompt cache {}: {e}",
+                            cache.dir().display()
+                        )
                     });
                 }
             }

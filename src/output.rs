@@ -114,7 +114,16 @@ impl<W: Write> Printer<W> {
                     "\t"
                 };
                 let header: &[&str] = if self.groups {
-                    &["path", "rank", "label", "group", "group_prob", "score", "prob", "error"]
+                    &[
+                        "path",
+                        "rank",
+                        "label",
+                        "group",
+                        "group_prob",
+                        "score",
+                        "prob",
+                        "error",
+                    ]
                 } else {
                     &["path", "rank", "label", "score", "prob", "error"]
                 };
@@ -193,7 +202,10 @@ impl<W: Write> Printer<W> {
             (Format::Table, Ok(r)) => {
                 writeln!(self.out, "{path}")?;
                 for (i, p) in r.predictions.iter().enumerate() {
-                    let group = p.group.as_ref().map_or(String::new(), |g| format!("  [{g}]"));
+                    let group = p
+                        .group
+                        .as_ref()
+                        .map_or(String::new(), |g| format!("  [{g}]"));
                     writeln!(
                         self.out,
                         "  {:>3}  {:>7.4}  {:>6.2}%  {}{group}",

@@ -208,14 +208,6 @@ fn label_file_errors_name_file_and_line() {
     assert_config_error(&o, "neither a template with {} for the class name");
 }
 
-fn copy_checkpoint(name: &str, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn broken_checkpoints_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{fixtures, foodclip};
 use common::photos::{synthetic, write_jpeg};
+use common::{fixtures, foodclip};
 
 /// Peak resident set (KiB) of the largest child waited for so far.
 fn children_peak_kib() -> i64 {

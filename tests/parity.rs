@@ -123,7 +123,8 @@ fn scores_and_probs_match() {
         let labels = LabelSet::load(&fixtures().join("labels/mixed.txt")).unwrap();
         let templates = Templates::Custom(reference.templates.clone());
         let mut warnings = Vec::new();
-        let classifier = Classifier::new(&ckpt, &labels, &templates, None, |w| warnings.push(w)).unwrap();
+        let classifier =
+            Classifier::new(&ckpt, &labels, &templates, None, |w| warnings.push(w)).unwrap();
         // Only tiny-gelu's 32-token context truncates the long class (line 6), once per template.
         assert_eq!(
             warnings.len(),

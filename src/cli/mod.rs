@@ -413,13 +413,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
             labels::report(&set, &findings, &pairs, args.format)?;
-            Ok(
-                if findings.iter().any(|f| f.severity == Severity::Error) {
-                    Outcome::SomeFailed
-                } else {
-                    Outcome::Success
-                },
-            )
+            Ok(if findings.iter().any(|f| f.severity == Severity::Error) {
+                Outcome::SomeFailed
+            } else {
+                Outcome::Success
+            })
         }
     }
 }
@@ -433,7 +431,11 @@ fn prompt_cache(cli: &Cli, ckpt: &Checkpoint, ui: &Ui) -> Result<Option<TextCach
         ui.warn("this platform has no cache directory; set FOODCLIP_CACHE_DIR to cache label embeddings");
         return Ok(None);
     };
-    Ok(Some(TextCache::new(&root, &ckpt.fingerprint()?, ckpt.precision)))
+    Ok(Some(TextCache::new(
+        &root,
+        &ckpt.fingerprint()?,
+        ckpt.precision,
+    )))
 }
 
 /// Embeds the classes of `labels` through the prompt cache, telling the user when prompts had

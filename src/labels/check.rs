@@ -167,6 +167,9 @@ mod tests {
         assert_eq!(language_mismatch(&mixed, korean, &registry), None);
         assert_eq!(language_mismatch(&set("ramen\n"), english, &registry), None);
         // Digits and symbols say nothing about the language.
-        assert_eq!(language_mismatch(&set("7-up\n1234\n"), english, &registry), None);
+        assert_eq!(
+            language_mismatch(&set("7-up\n1234\n"), english, &registry),
+            None
+        );
     }
 }

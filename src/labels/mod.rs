@@ -240,7 +240,10 @@ impl LabelSet {
             for c in set.classes.iter().filter(|c| c.group.is_none()) {
                 findings.push(Finding::warning(
                     c.line,
-                    format!("class {:?} comes before the first group header", c.display()),
+                    format!(
+                        "class {:?} comes before the first group header",
+                        c.display()
+                    ),
                 ));
             }
             for (g, group) in set.groups.iter().enumerate() {
@@ -338,7 +341,8 @@ mod tests {
 
     #[test]
     fn groups_cover_the_classes_below_them() {
-        let set = parse(b"free\n[\xec\xb0\x8c\xea\xb0\x9c | stew]\na\n# c\nb\n[rice]\nc\n").unwrap();
+        let set =
+            parse(b"free\n[\xec\xb0\x8c\xea\xb0\x9c | stew]\na\n# c\nb\n[rice]\nc\n").unwrap();
         let groups: Vec<Option<&str>> = set
             .classes
             .iter()
@@ -367,16 +371,32 @@ mod tests {
         assert_eq!(
             got,
             [
-                (Severity::Warning, Some(1), "class \"early\" comes before the first group header"),
+                (
+                    Severity::Warning,
+                    Some(1),
+                    "class \"early\" comes before the first group header"
+                ),
                 (Severity::Warning, Some(2), "group \"soup\" has no classes"),
-                (Severity::Warning, Some(4), "\"x\" is listed twice on this line"),
+                (
+                    Severity::Warning,
+                    Some(4),
+                    "\"x\" is listed twice on this line"
+                ),
                 (
                     Severity::Warning,
                     Some(5),
                     "\"x\" also names the class on line 4; a name should belong to one class"
                 ),
-                (Severity::Error, Some(6), "duplicate class \"a\" (first on line 4)"),
-                (Severity::Error, Some(7), "empty name in \"c || d\" (names are separated by '|')"),
+                (
+                    Severity::Error,
+                    Some(6),
+                    "duplicate class \"a\" (first on line 4)"
+                ),
+                (
+                    Severity::Error,
+                    Some(7),
+                    "empty name in \"c || d\" (names are separated by '|')"
+                ),
             ]
         );
     }

@@ -91,7 +91,10 @@ fn parse_templates(text: &str, path: &Path) -> Result<Vec<String>> {
         out.push(line.to_string());
     }
     if out.is_empty() {
-        bail!("{}: no templates (one per line, {{}} for the class name)", path.display());
+        bail!(
+            "{}: no templates (one per line, {{}} for the class name)",
+            path.display()
+        );
     }
     Ok(out)
 }
@@ -108,7 +111,9 @@ mod tests {
             "a photo of ramen, a type of food."
         );
         assert_eq!(
-            Templates::from_args(&["{}".into()]).unwrap().prompts("라면"),
+            Templates::from_args(&["{}".into()])
+                .unwrap()
+                .prompts("라면"),
             ["라면"]
         );
         let e = Templates::from_args(&["no slot".into()]).unwrap_err();

@@ -19,10 +19,10 @@ pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
 pub use text::Pooling;
 
 use anyhow::{bail, Context, Result};
-use std::sync::OnceLock;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use ops::Dense;
+use std::sync::OnceLock;
 
 /// Number format of the weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -27,9 +27,10 @@ fn open_checked(path: &Path, dtype: DType, device: &Device) -> Result<VarBuilder
     let backend: Box<dyn SimpleBackend> = if is_safetensors {
         // SAFETY: the file is mapped read-only. Like every mmap-based loader (candle's examples,
         // safetensors in Python), it relies on nobody truncating the file while it is in use.
-        let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(
-            |e| anyhow::anyhow!("not a valid safetensors file (truncated or corrupt?): {e}"),
-        )?;
+        let tensors =
+            unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| {
+                anyhow::anyhow!("not a valid safetensors file (truncated or corrupt?): {e}")
+            })?;
         if tensors.tensors().is_empty() {
             bail!("the file holds no tensors");
         }

@@ -23,6 +23,15 @@ pub fn foodclip() -> std::process::Command {
     cmd
 }
 
+/// Copies the fixture checkpoint `name` into `to`.
+pub fn copy_checkpoint(name: &str, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixtures().join(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 /// The fixture directory.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
