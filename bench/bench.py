@@ -10,8 +10,10 @@ transformers and a set of 12-megapixel JPEG tray photos (a third with EXIF rotat
 1. model only: image embeddings from preprocessed tensors, batch 32, all cores; PyTorch fp32 and
    bf16 autocast vs `cargo bench --bench model` in f32 and bf16;
 2. end to end: paths in, labels out (labels/korean.txt, 150 classes): the transformers pipeline
-   (PIL decode + CLIPImageProcessor + model) vs `foodclip classify`, as photos/s and as the wall
-   time of the whole process.
+   (PIL decode + CLIPImageProcessor + model) vs `foodclip classify` with its prompt cache warm, as
+   photos/s and as the wall time of the whole process;
+3. the prompt cache: `foodclip classify` of one photo with the 150 Korean labels, first with an
+   empty cache and then again.
 
 It prints every figure and the ratios (foodclip speed / peer speed). Run it on an otherwise idle
 machine; nothing here is asserted.
@@ -173,6 +175,17 @@ def main():
     print(f"end to end, {args.photos} photos of 12 MP, 150 labels: foodclip {our_rate:.2f} photos/s, "
           f"transformers {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
     print(f"whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, ratio {peer_wall / our_wall:.2f}x")
+
+    # The prompt cache: one photo, the 150 Korean labels with the default templates (every name
+    # and synonym), first with an empty cache, then again.
+    cold = os.path.join(args.workdir, "cache-cold")
+    shutil.rmtree(cold, ignore_errors=True)
+    env = dict(os.environ, FOODCLIP_CACHE_DIR=cold)
+    one = [exe, "--model", ckpt, "classify", paths[0], "--labels", labels, "--format", "jsonl"]
+    first, _ = run_timed(one, env=env)
+    second, _ = run_timed(one, env=env)
+    print(f"one photo, 150 labels: first run {first:.2f} s, second run (prompts cached) {second:.2f} s, "
+          f"ratio {second / first:.3f}")
 
 
 if __name__ == "__main__":
