@@ -52,6 +52,20 @@ impl Checkpoint {
         device: &Device,
         precision: Precision,
     ) -> Result<Self> {
+        let ckpt = Self::open(source, hub, device, precision)?;
+        ckpt.model.build_image_tower()?;
+        Ok(ckpt)
+    }
+
+    /// Reads the checkpoint's config, tokenizer and preprocessing and opens its weights, building
+    /// neither tower: they are read when first used. For work that may need no tower at all, such
+    /// as re-scoring stored image embeddings against cached prompts.
+    pub fn open(
+        source: &ModelSource,
+        hub: &HubOptions,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let files = source.fetcher(hub);
         let config_path = files.file("config.json")?;
         let config = ClipConfig::from_file(&config_path)?;
@@ -74,9 +88,8 @@ impl Checkpoint {
         )?;
         let weights_path = files.weights()?;
         let vb = weights::open(&weights_path, precision.dtype(), device)?;
-        let model = ClipModel::load(vb, &config).with_context(|| {
-            format!("{} does not match its config.json", weights_path.display())
-        })?;
+        let model = ClipModel::load(vb, &config)
+            .with_context(|| format!("cannot read {}", weights_path.display()))?;
         Ok(Self {
             identity: source.identity(),
             source: source.clone(),

@@ -71,67 +71,83 @@ impl std::str::FromStr for Precision {
 
 /// A CLIP model: both towers, their projections into the shared space, and the logit scale.
 ///
-/// The image tower is built at load time; the text tower the first time a prompt is embedded, so
-/// a run whose prompt embeddings are all cached never reads the text weights.
+/// Each tower is built from the weights the first time it is used (or by
+/// [`ClipModel::build_image_tower`]), so a run whose prompt embeddings are all cached never reads
+/// the text weights, and re-scoring stored image embeddings reads neither tower.
 pub struct ClipModel {
     weights: VarBuilder<'static>,
-    text_config: TextConfig,
-    projection_dim: usize,
-    text: OnceLock<TextTower>,
-    vision: vision::VisionTransformer,
-    visual_projection: Dense,
+    config: ClipConfig,
+    text: OnceLock<Projected<text::TextTransformer>>,
+    vision: OnceLock<Projected<vision::VisionTransformer>>,
     logit_scale: f32,
     dtype: DType,
 }
 
-/// The text transformer and its projection.
-struct TextTower {
-    transformer: text::TextTransformer,
+/// A tower and its projection into the shared space.
+struct Projected<T> {
+    encoder: T,
     projection: Dense,
 }
 
 impl ClipModel {
-    /// Builds the model from `vb` (a `CLIPModel` state dict) and its config.
+    /// Opens the model in `vb` (a `CLIPModel` state dict) with its config; only the logit scale is
+    /// read here.
     pub fn load(vb: VarBuilder<'static>, config: &ClipConfig) -> Result<Self> {
-        let v = &config.vision_config;
         let dtype = vb.dtype();
         let logit_scale = vb
             .get((), "logit_scale")?
             .to_dtype(DType::F32)?
             .to_scalar::<f32>()?;
         Ok(Self {
-            vision: vision::VisionTransformer::load(vb.pp("vision_model"), v)?,
-            visual_projection: Dense::load(
-                v.hidden_size,
-                config.projection_dim,
-                false,
-                vb.pp("visual_projection"),
-            )?,
-            text: OnceLock::new(),
-            text_config: config.text_config.clone(),
-            projection_dim: config.projection_dim,
             weights: vb,
+            config: config.clone(),
+            text: OnceLock::new(),
+            vision: OnceLock::new(),
             logit_scale,
             dtype,
         })
     }
 
     /// The text tower, built from the weights on first use.
-    fn text_tower(&self) -> Result<&TextTower> {
+    fn text_tower(&self) -> Result<&Projected<text::TextTransformer>> {
         if let Some(tower) = self.text.get() {
             return Ok(tower);
         }
-        let t = &self.text_config;
-        let tower = TextTower {
-            transformer: text::TextTransformer::load(self.weights.pp("text_model"), t)?,
+        let t = &self.config.text_config;
+        let tower = Projected {
+            encoder: text::TextTransformer::load(self.weights.pp("text_model"), t)?,
             projection: Dense::load(
                 t.hidden_size,
-                self.projection_dim,
+                self.config.projection_dim,
                 false,
                 self.weights.pp("text_projection"),
             )?,
         };
         Ok(self.text.get_or_init(|| tower))
+    }
+
+    /// The image tower, built from the weights on first use.
+    fn image_tower(&self) -> Result<&Projected<vision::VisionTransformer>> {
+        if let Some(tower) = self.vision.get() {
+            return Ok(tower);
+        }
+        let v = &self.config.vision_config;
+        let tower = Projected {
+            encoder: vision::VisionTransformer::load(self.weights.pp("vision_model"), v)?,
+            projection: Dense::load(
+                v.hidden_size,
+                self.config.projection_dim,
+                false,
+                self.weights.pp("visual_projection"),
+            )?,
+        };
+        Ok(self.vision.get_or_init(|| tower))
+    }
+
+    /// Builds the image tower now, so that weights that do not match the config fail here
+    /// rather than at the first photo.
+    pub fn build_image_tower(&self) -> Result<()> {
+        self.image_tower().map(|_| ())
     }
 
     /// The learned temperature, as stored (`exp` of it multiplies cosine similarities).
@@ -141,17 +157,17 @@ impl ClipModel {
 
     /// Side of the square image the vision tower takes.
     pub fn image_size(&self) -> usize {
-        self.vision.image_size()
+        self.config.vision_config.image_size
     }
 
     /// Projected, unnormalised image embeddings `(batch, projection_dim)` for normalised pixels
     /// `(batch, 3, size, size)`.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        let pooled = self.vision.forward(&pixels.to_dtype(self.dtype)?)?;
-        Ok(self
-            .visual_projection
-            .forward(&pooled)?
-            .to_dtype(DType::F32)?)
+        let tower = self
+            .image_tower()
+            .context("the image tower does not match config.json")?;
+        let pooled = tower.encoder.forward(&pixels.to_dtype(self.dtype)?)?;
+        Ok(tower.projection.forward(&pooled)?.to_dtype(DType::F32)?)
     }
 
     /// Projected, unnormalised text embeddings `(batch, projection_dim)` for token sequences.
@@ -160,7 +176,7 @@ impl ClipModel {
         let tower = self
             .text_tower()
             .context("the text tower does not match config.json")?;
-        let pooled = tower.transformer.forward(sequences)?;
+        let pooled = tower.encoder.forward(sequences)?;
         Ok(tower.projection.forward(&pooled)?.to_dtype(DType::F32)?)
     }
 

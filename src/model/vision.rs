@@ -51,11 +51,6 @@ impl VisionTransformer {
         })
     }
 
-    /// Side of the square input in pixels.
-    pub fn image_size(&self) -> usize {
-        self.image_size
-    }
-
     /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, _, hgt, wid) = pixels.dims4()?;
