@@ -125,6 +125,52 @@ pub struct Ranking {
     pub predictions: Vec<Prediction>,
     /// Every group, most probable first; empty without groups.
     pub groups: Vec<GroupScore>,
+    /// The answer under an [`OpenSet`] rule: the best class, or [`crate::eval::UNKNOWN`].
+    pub decision: Option<String>,
+}
+
+/// When to answer "unknown": the best class is not convincing enough.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OpenSet {
+    /// Lowest top-1 probability that still names a class.
+    pub threshold: Option<f32>,
+    /// Lowest gap between the top-1 and top-2 probabilities that still names a class.
+    pub min_margin: Option<f32>,
+}
+
+impl OpenSet {
+    /// Whether any rule is set.
+    pub fn is_active(&self) -> bool {
+        self.threshold.is_some() || self.min_margin.is_some()
+    }
+
+    /// Whether `predictions` (best first) name a class rather than "unknown".
+    ///
+    /// ```
+    /// use foodclip::classify::OpenSet;
+    /// let rule = OpenSet { threshold: Some(0.5), min_margin: Some(0.2) };
+    /// assert!(rule.accepts(&[0.6, 0.3]));
+    /// assert!(!rule.accepts(&[0.45, 0.1]));  // not probable enough
+    /// assert!(!rule.accepts(&[0.55, 0.4]));  // too close to the runner-up
+    /// ```
+    pub fn accepts(&self, probs: &[f32]) -> bool {
+        let top = probs.first().copied().unwrap_or(0.0);
+        let second = probs.get(1).copied().unwrap_or(0.0);
+        self.threshold.is_none_or(|t| top >= t) && self.min_margin.is_none_or(|m| top - second >= m)
+    }
+
+    /// Sets `ranking.decision` (before the predictions are cut to the top k).
+    pub fn decide(&self, ranking: &mut Ranking) {
+        if !self.is_active() {
+            return;
+        }
+        let probs: Vec<f32> = ranking.predictions.iter().take(2).map(|p| p.prob).collect();
+        ranking.decision = Some(if self.accepts(&probs) {
+            ranking.predictions[0].label.clone()
+        } else {
+            crate::eval::UNKNOWN.to_string()
+        });
+    }
 }
 
 /// Class embeddings ready to score photos against.
@@ -262,6 +308,7 @@ impl Classifier {
         Ranking {
             predictions,
             groups,
+            decision: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - [`preprocess`]: decoding photos and preparing the pixels as the reference does;
 //! - [`labels`]: label files and prompt templates;
 //! - [`classify`]: class embeddings, image embeddings and ranked predictions;
+//! - [`cache`]: the on-disk cache of prompt embeddings; [`embeddings`]: stored image embeddings;
+//! - [`eval`]: data sets, accuracy metrics and open-set calibration;
 //! - [`pipeline`]: inputs, shards, resumed runs, and batches decoded while the model works;
 //! - [`output`]: printing records; [`cli`]: the command line.
 
@@ -16,10 +18,13 @@ pub mod cache;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;
+pub mod embeddings;
+pub mod eval;
 pub mod labels;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preprocess;
 pub mod registry;
+pub mod report;
 pub mod source;

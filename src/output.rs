@@ -14,7 +14,7 @@ pub enum Format {
     Jsonl,
     /// One JSON array (streamed).
     Json,
-    /// Comma-separated: path, rank, label, [group, group_prob,] score, prob, error.
+    /// Comma-separated: path, [decision,] rank, label, [group, group_prob,] score, prob, error.
     Csv,
     /// Tab-separated, same columns as CSV.
     Tsv,
@@ -23,6 +23,8 @@ pub enum Format {
 #[derive(Serialize)]
 struct PredictionsRecord<'a> {
     path: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
     predictions: &'a [Prediction],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     groups: &'a [GroupScore],
@@ -71,6 +73,7 @@ pub struct Printer<W: Write> {
     records: usize,
     continuing: bool,
     groups: bool,
+    decision: bool,
 }
 
 impl<W: Write> Printer<W> {
@@ -82,7 +85,14 @@ impl<W: Write> Printer<W> {
             records: 0,
             continuing: false,
             groups: false,
+            decision: false,
         }
+    }
+
+    /// Adds a `decision` column to CSV and TSV (the class, or `unknown`, under an open-set rule).
+    pub fn with_decision(mut self) -> Self {
+        self.decision = true;
+        self
     }
 
     /// Adds `group` and `group_prob` columns to CSV and TSV (for label files with groups).
@@ -99,40 +109,39 @@ impl<W: Write> Printer<W> {
             records: 0,
             continuing: true,
             groups: false,
+            decision: false,
         }
     }
 
-    fn begin_record(&mut self) -> io::Result<()> {
+    /// Starts a record: the JSON array's separator, or the CSV/TSV header before the first
+    /// prediction record.
+    fn begin_record(&mut self, header: bool) -> io::Result<()> {
         match self.format {
             Format::Json => self
                 .out
                 .write_all(if self.records == 0 { b"[\n" } else { b",\n" })?,
-            Format::Csv | Format::Tsv if self.records == 0 && !self.continuing => {
-                let sep = if self.format == Format::Csv {
-                    ","
-                } else {
-                    "\t"
-                };
-                let header: &[&str] = if self.groups {
-                    &[
-                        "path",
-                        "rank",
-                        "label",
-                        "group",
-                        "group_prob",
-                        "score",
-                        "prob",
-                        "error",
-                    ]
-                } else {
-                    &["path", "rank", "label", "score", "prob", "error"]
-                };
-                writeln!(self.out, "{}", header.join(sep))?
+            Format::Csv | Format::Tsv if header && self.records == 0 && !self.continuing => {
+                let columns = self.columns();
+                self.row(&columns)?
             }
             _ => {}
         }
         self.records += 1;
         Ok(())
+    }
+
+    /// The CSV/TSV columns of prediction records.
+    fn columns(&self) -> Vec<&'static str> {
+        let mut c = vec!["path"];
+        if self.decision {
+            c.push("decision");
+        }
+        c.extend(["rank", "label"]);
+        if self.groups {
+            c.extend(["group", "group_prob"]);
+        }
+        c.extend(["score", "prob", "error"]);
+        c
     }
 
     fn json_line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
@@ -165,10 +174,11 @@ impl<W: Write> Printer<W> {
     /// One photo's ranking (predictions already cut to top-k; `groups` empty unless group
     /// scores were asked for), or its error.
     pub fn predictions(&mut self, path: &str, result: &Result<Ranking, String>) -> io::Result<()> {
-        self.begin_record()?;
+        self.begin_record(true)?;
         match (self.format, result) {
             (Format::Json | Format::Jsonl, Ok(r)) => self.json_line(&PredictionsRecord {
                 path,
+                label: r.decision.as_deref(),
                 predictions: &r.predictions,
                 groups: &r.groups,
             })?,
@@ -177,30 +187,36 @@ impl<W: Write> Printer<W> {
             }
             (Format::Csv | Format::Tsv, Ok(r)) => {
                 for (i, p) in r.predictions.iter().enumerate() {
-                    let rank = (i + 1).to_string();
-                    let (score, prob) = (p.score.to_string(), p.prob.to_string());
+                    let mut row = vec![path.to_string()];
+                    if self.decision {
+                        row.push(r.decision.clone().unwrap_or_default());
+                    }
+                    row.extend([(i + 1).to_string(), p.label.clone()]);
                     if self.groups {
-                        let group = p.group.as_deref().unwrap_or("");
+                        let group = p.group.clone().unwrap_or_default();
                         let group_prob = r
                             .groups
                             .iter()
                             .find(|g| g.group == group)
                             .map_or(String::new(), |g| g.prob.to_string());
-                        self.row(&[path, &rank, &p.label, group, &group_prob, &score, &prob, ""])?;
-                    } else {
-                        self.row(&[path, &rank, &p.label, &score, &prob, ""])?;
+                        row.extend([group, group_prob]);
                     }
+                    row.extend([p.score.to_string(), p.prob.to_string(), String::new()]);
+                    let row: Vec<&str> = row.iter().map(String::as_str).collect();
+                    self.row(&row)?;
                 }
             }
             (Format::Csv | Format::Tsv, Err(e)) => {
-                let blanks = if self.groups { 7 } else { 5 };
-                let mut fields = vec![path];
-                fields.extend(std::iter::repeat_n("", blanks - 1));
-                fields.push(e);
-                self.row(&fields)?
+                let mut row = vec![""; self.columns().len()];
+                row[0] = path;
+                *row.last_mut().expect("columns") = e;
+                self.row(&row)?
             }
             (Format::Table, Ok(r)) => {
-                writeln!(self.out, "{path}")?;
+                match &r.decision {
+                    Some(d) => writeln!(self.out, "{path}  -> {d}")?,
+                    None => writeln!(self.out, "{path}")?,
+                }
                 for (i, p) in r.predictions.iter().enumerate() {
                     let group = p
                         .group
@@ -232,7 +248,7 @@ impl<W: Write> Printer<W> {
 
     /// One photo's embedding, or its error.
     pub fn embedding(&mut self, path: &str, result: &Result<Vec<f32>, String>) -> io::Result<()> {
-        self.begin_record()?;
+        self.begin_record(false)?;
         match (self.format, result) {
             (Format::Json | Format::Jsonl, Ok(e)) => {
                 self.json_line(&EmbeddingRecord { path, embedding: e })?
@@ -312,6 +328,7 @@ mod tests {
                 prob: 0.75,
             }],
             groups: Vec::new(),
+            decision: None,
         }
     }
 

@@ -4,10 +4,12 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::classify::embed_pictures;
+use crate::embeddings::StoredEmbeddings;
 use crate::preprocess::Fidelity;
 use anyhow::{bail, Context, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -156,21 +158,107 @@ pub struct Stats {
 /// The result of one input in a batch: `Ok(())` when it has a row in the batch's embeddings.
 pub type InputResult = Result<(), String>;
 
-/// Decodes `paths` in batches on the rayon pool, embeds each batch while the next one is being
-/// decoded, and hands every batch to `emit` in input order: the embeddings of the photos that
-/// decoded (`None` if none did), the batch's paths and each one's result. Stops after the batch in
-/// flight when `interrupted` is set, or when `emit` fails with a broken pipe.
+/// Where a run's image embeddings come from.
+pub enum Embedder<'a> {
+    /// Decode photos and run them through the checkpoint's image tower.
+    Photos {
+        /// The model.
+        ckpt: &'a Checkpoint,
+        /// Batching and decoding.
+        options: BatchOptions,
+    },
+    /// Look them up in stored embeddings (`--embeddings`); a path not stored fails.
+    Stored {
+        /// The stored embeddings.
+        stored: &'a StoredEmbeddings,
+        /// Photos per batch.
+        batch_size: usize,
+        /// Where the tensors go.
+        device: &'a Device,
+    },
+}
+
+/// Embeds `paths` in batches and hands every batch to `emit` in input order: the embeddings of
+/// the photos that have one (`None` if none has), the batch's paths and each one's result.
+/// Photos are decoded on the rayon pool while the previous batch is embedded. Stops after the
+/// batch in flight when `interrupted` is set, or when `emit` fails with a broken pipe.
 pub fn run_batches(
-    ckpt: &Checkpoint,
+    embedder: Embedder,
     paths: &[String],
-    options: BatchOptions,
     interrupted: &AtomicBool,
     mut emit: impl FnMut(Option<&Tensor>, &[String], Vec<InputResult>) -> Result<()>,
 ) -> Result<Stats> {
     let start = Instant::now();
     let mut stats = Stats::default();
+    // Hands one batch on; `Ok(true)` means stop.
+    let mut deliver = |emb: Option<Tensor>, chunk: &[String], results: Vec<InputResult>| {
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        stats.failed += results.len() - ok;
+        stats.done += ok;
+        if let Err(e) = emit(emb.as_ref(), chunk, results) {
+            match e.downcast_ref::<io::Error>() {
+                Some(io) if io.kind() == io::ErrorKind::BrokenPipe => {
+                    stats.output_closed = true;
+                    return Ok(true);
+                }
+                _ => return Err(e.context("cannot write output")),
+            }
+        }
+        Ok(interrupted.load(Ordering::Relaxed))
+    };
+    match embedder {
+        Embedder::Photos { ckpt, options } => {
+            decode_and_embed(ckpt, paths, options, interrupted, &mut deliver)?
+        }
+        Embedder::Stored {
+            stored,
+            batch_size,
+            device,
+        } => {
+            let rows: HashMap<&str, usize> = stored
+                .paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (p.as_str(), i))
+                .collect();
+            for chunk in paths.chunks(batch_size.max(1)) {
+                let mut values = Vec::new();
+                let results: Vec<InputResult> = chunk
+                    .iter()
+                    .map(|p| match rows.get(p.as_str()) {
+                        Some(&r) => {
+                            values.extend_from_slice(
+                                &stored.values[r * stored.dim..(r + 1) * stored.dim],
+                            );
+                            Ok(())
+                        }
+                        None => Err("not in the embeddings file".to_string()),
+                    })
+                    .collect();
+                let n = values.len() / stored.dim.max(1);
+                let emb = (n > 0)
+                    .then(|| Tensor::from_vec(values, (n, stored.dim), device))
+                    .transpose()?;
+                if deliver(emb, chunk, results)? {
+                    break;
+                }
+            }
+        }
+    }
+    stats.elapsed = start.elapsed();
+    Ok(stats)
+}
+
+/// The [`Embedder::Photos`] loop: a decoding thread feeds batches through a bounded channel.
+fn decode_and_embed(
+    ckpt: &Checkpoint,
+    paths: &[String],
+    options: BatchOptions,
+    interrupted: &AtomicBool,
+    deliver: &mut impl FnMut(Option<Tensor>, &[String], Vec<InputResult>) -> Result<bool>,
+) -> Result<()> {
     let batch_size = options.batch_size.max(1);
-    let result = std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<()> {
         // One decoded batch may wait while the next is decoded: bounded memory.
         let (tx, rx) = sync_channel::<Vec<Result<image::RgbImage, String>>>(1);
         scope.spawn(move || {
@@ -203,31 +291,17 @@ pub fn run_batches(
                     Err(e) => results.push(Err(e)),
                 }
             }
-            stats.failed += results.iter().filter(|r| r.is_err()).count();
-            stats.done += pictures.len();
             let emb = if pictures.is_empty() {
                 None
             } else {
                 Some(embed_pictures(ckpt, &pictures)?)
             };
-            if let Err(e) = emit(emb.as_ref(), chunk, results) {
-                match e.downcast_ref::<io::Error>() {
-                    Some(io) if io.kind() == io::ErrorKind::BrokenPipe => {
-                        stats.output_closed = true;
-                        return Ok(());
-                    }
-                    _ => return Err(e.context("cannot write output")),
-                }
-            }
-            if interrupted.load(Ordering::Relaxed) {
+            if deliver(emb, chunk, results)? {
                 return Ok(());
             }
         }
         Ok(())
-    });
-    result?;
-    stats.elapsed = start.elapsed();
-    Ok(stats)
+    })
 }
 
 /// Paths already recorded in a line-oriented output file (`--resume`): JSON lines with a `path`

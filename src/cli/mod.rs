@@ -1,14 +1,18 @@
 //! The command line: flags parsed once by clap, then each subcommand run against the library.
 
+mod eval;
 mod labels;
 
 use crate::cache::{default_root, TextCache};
 use crate::checkpoint::{load_preprocess, Checkpoint};
-use crate::classify::Classifier;
+use crate::classify::{Classifier, OpenSet};
+use crate::embeddings::StoredEmbeddings;
 use crate::labels::{check, LabelSet, Severity, Templates};
 use crate::model::Precision;
 use crate::output::{write_atomically, Format, Printer};
-use crate::pipeline::{collect_inputs, recorded_paths, run_batches, BatchOptions, Shard, Stats};
+use crate::pipeline::{
+    collect_inputs, recorded_paths, run_batches, BatchOptions, Embedder, InputResult, Shard, Stats,
+};
 use crate::preprocess::{Fidelity, DEFAULT_MAX_PIXELS};
 use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
@@ -16,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -77,6 +81,8 @@ pub enum DeviceKind {
 pub enum Command {
     /// Rank the classes of a label file for each photo.
     Classify(ClassifyArgs),
+    /// Measure accuracy on labelled photos: top-1/top-5, per-class scores, confusions.
+    Eval(EvalArgs),
     /// Print L2-normalised image embeddings.
     Embed(EmbedArgs),
     /// Write the exact picture the model sees (resized and centre-cropped) for one photo.
@@ -93,17 +99,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct InputArgs {
     /// Photos or folders (searched recursively); `-` reads paths from stdin, one per line.
-    #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
     /// Paths on stdin are separated by NUL bytes (as `find -print0` writes them).
     #[arg(long, short = '0')]
     pub null: bool,
-    /// Photos per model call.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub batch_size: u64,
-    /// Refuse images with more pixels than this (decompression bombs).
-    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
-    pub max_pixels: u64,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
     /// Process only the K-th of N deterministic parts of the input (K from 0), for splitting an
     /// archive across machines.
     #[arg(long, value_name = "K/N")]
@@ -114,6 +116,17 @@ pub struct InputArgs {
     /// With --output: skip photos already recorded in that file and append the rest.
     #[arg(long, requires = "output")]
     pub resume: bool,
+}
+
+/// How photos are batched and decoded.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Photos per model call.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: u64,
+    /// Refuse images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
 }
 
 /// `foodclip classify`.
@@ -135,9 +148,67 @@ pub struct ClassifyArgs {
     /// file needs `[group]` headers.
     #[arg(long)]
     pub group_scores: bool,
+    /// Answer `unknown` when the best class's probability is below P (see `eval --calibrate`).
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Answer `unknown` when the best two classes' probabilities are less than M apart.
+    #[arg(long, value_name = "M")]
+    pub min_margin: Option<f32>,
+    /// Embeddings.
+    #[command(flatten)]
+    pub stored: StoredArgs,
     /// Output format (default: table on a terminal, jsonl otherwise).
     #[arg(long, short, value_enum)]
     pub format: Option<Format>,
+}
+
+/// Stored image embeddings, for `classify` and `eval`.
+#[derive(Debug, Args)]
+pub struct StoredArgs {
+    /// Also store the image embeddings, with their paths and the checkpoint's fingerprint, in
+    /// FILE (safetensors), to re-score them later with --embeddings.
+    #[arg(long, value_name = "FILE")]
+    pub save_embeddings: Option<PathBuf>,
+    /// Re-score the image embeddings stored in FILE instead of reading photos; refused when
+    /// they come from another checkpoint.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_embeddings")]
+    pub embeddings: Option<PathBuf>,
+}
+
+/// `foodclip eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The data set: a folder of class folders (each named by any name of a class; `unknown` for
+    /// dishes not in the list), or a CSV/TSV file of `path,label` rows.
+    pub dataset: PathBuf,
+    /// Label file.
+    #[arg(long, short)]
+    pub labels: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Embeddings.
+    #[command(flatten)]
+    pub stored: StoredArgs,
+    /// Output format: table, json, or csv (one row per class).
+    #[arg(long, short, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Write a self-contained HTML report with pictures to DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Print the precision/coverage trade-off of an `unknown` threshold, using the photos in the
+    /// data set's `unknown` folder as dishes that are not in the list.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// The precision --calibrate finds a threshold for.
+    #[arg(long, default_value_t = 0.9, value_name = "P")]
+    pub target_precision: f64,
+    /// How many of the most-confused class pairs to list.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub confusions: usize,
 }
 
 /// `--template`, shared by the commands that build prompts.
@@ -296,15 +367,20 @@ pub fn run(cli: Cli) -> Result<Outcome> {
     } else {
         Fidelity::Fast
     };
-    let model = || -> Result<Checkpoint> {
+    // `open_only`: build no tower up front (re-scoring stored embeddings needs none).
+    let model = |open_only: bool| -> Result<Checkpoint> {
         let source = ModelSource::resolve(cli.model.as_deref(), &registry)?;
         let device = match cli.device {
             DeviceKind::Cpu => candle_core::Device::Cpu,
             DeviceKind::Cuda => candle_core::Device::new_cuda(0)
                 .context("--device cuda: no usable GPU (build with `--features cuda`)")?,
         };
-        Checkpoint::load_with(&source, &hub, &device, cli.precision)
-            .with_context(|| format!("cannot load model {}", source.identity()))
+        let loaded = if open_only {
+            Checkpoint::open(&source, &hub, &device, cli.precision)
+        } else {
+            Checkpoint::load_with(&source, &hub, &device, cli.precision)
+        };
+        loaded.with_context(|| format!("cannot load model {}", source.identity()))
     };
     match &cli.command {
         Command::Classify(args) => {
@@ -316,14 +392,31 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                     labels.path.display()
                 );
             }
+            let open_set = open_set(args.threshold, args.min_margin)?;
+            let stored = args
+                .stored
+                .embeddings
+                .as_deref()
+                .map(StoredEmbeddings::load)
+                .transpose()?;
             let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
                 Format::Table
             } else {
                 Format::Jsonl
             };
             let format = args.format.unwrap_or(default_format);
-            let job = Job::prepare(&args.input, format, !labels.groups.is_empty())?;
-            let ckpt = model()?;
+            let listed = stored.as_ref().map(|s| s.paths.clone());
+            let mut job = Job::prepare(&args.input, format, listed)?;
+            if !labels.groups.is_empty() {
+                job.printer = job.printer.with_groups();
+            }
+            if open_set.is_active() {
+                job.printer = job.printer.with_decision();
+            }
+            let ckpt = model(stored.is_some())?;
+            if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
+                check_stored(s, file, &ckpt)?;
+            }
             if let Some(entry) = registry.for_source(&ckpt.source) {
                 if let Some(f) = check::language_mismatch(&labels, entry, &registry) {
                     ui.warn(&f.located(&labels.path));
@@ -334,6 +427,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
                 let mut rankings = classifier.predict(e)?;
                 for r in &mut rankings {
+                    open_set.decide(r);
                     if top_k > 0 {
                         r.predictions.truncate(top_k);
                     }
@@ -343,27 +437,49 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 }
                 Ok(rankings)
             };
-            job.run(
-                &ckpt,
-                &args.input,
-                fidelity,
-                &ui,
-                rows,
-                |printer, path, record| printer.predictions(path, &record),
-            )
+            let sink = args
+                .stored
+                .save_embeddings
+                .as_deref()
+                .map(|f| EmbeddingSink::new(f, &ckpt))
+                .transpose()?;
+            let embedder = embedder(&ckpt, stored.as_ref(), &args.input.batch, fidelity);
+            job.run(embedder, &ui, sink, rows, |printer, path, record| {
+                printer.predictions(path, &record)
+            })
+        }
+        Command::Eval(args) => {
+            let labels = LabelSet::load(&args.labels)?;
+            let templates = Templates::from_args(&args.templates.templates)?;
+            let samples = crate::eval::load_dataset(&args.dataset, &labels)?;
+            let stored = args
+                .stored
+                .embeddings
+                .as_deref()
+                .map(StoredEmbeddings::load)
+                .transpose()?;
+            let ckpt = model(stored.is_some())?;
+            if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
+                check_stored(s, file, &ckpt)?;
+            }
+            let classifier = build_classifier(&cli, &ui, &ckpt, &labels, &templates)?;
+            let sink = args
+                .stored
+                .save_embeddings
+                .as_deref()
+                .map(|f| EmbeddingSink::new(f, &ckpt))
+                .transpose()?;
+            let embedder = embedder(&ckpt, stored.as_ref(), &args.batch, fidelity);
+            eval::run(args, &ui, &labels, &classifier, &samples, embedder, sink)
         }
         Command::Embed(args) => {
-            let job = Job::prepare(&args.input, args.format, false)?;
-            let ckpt = model()?;
+            let job = Job::prepare(&args.input, args.format, None)?;
+            let ckpt = model(false)?;
             let rows = |e: &candle_core::Tensor| Ok(e.to_vec2::<f32>()?);
-            job.run(
-                &ckpt,
-                &args.input,
-                fidelity,
-                &ui,
-                rows,
-                |printer, path, record| printer.embedding(path, &record),
-            )
+            let embedder = embedder(&ckpt, None, &args.input.batch, fidelity);
+            job.run(embedder, &ui, None, rows, |printer, path, record| {
+                printer.embedding(path, &record)
+            })
         }
         Command::Preview(args) => {
             let source = ModelSource::resolve(cli.model.as_deref(), &registry)?;
@@ -400,7 +516,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let templates = Templates::from_args(&args.templates.templates)?;
             let mut pairs = Vec::new();
             if !args.no_model {
-                let ckpt = model()?;
+                let ckpt = model(true)?;
                 findings.extend(check::truncated_names(&set, &templates, &ckpt.tokenizer)?);
                 if let Some(entry) = registry.for_source(&ckpt.source) {
                     findings.extend(check::language_mismatch(&set, entry, &registry));
@@ -482,10 +598,20 @@ struct Job {
 }
 
 impl Job {
-    /// Gathers inputs, applies --shard and --resume, and opens the output (with group columns
-    /// in CSV and TSV when `groups`).
-    fn prepare(args: &InputArgs, format: Format, groups: bool) -> Result<Self> {
-        let inputs = collect_inputs(&args.inputs, args.null, io::stdin().lock())?;
+    /// Gathers inputs (or takes the `listed` paths of stored embeddings), applies --shard and
+    /// --resume, and opens the output.
+    fn prepare(args: &InputArgs, format: Format, listed: Option<Vec<String>>) -> Result<Self> {
+        let inputs = match listed {
+            Some(paths) if args.inputs.is_empty() => crate::pipeline::Inputs {
+                paths,
+                not_images: 0,
+            },
+            Some(_) => bail!("give either photos or --embeddings, not both"),
+            None if args.inputs.is_empty() => {
+                bail!("no photos given (files, folders, or - for a list on stdin)")
+            }
+            None => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
+        };
         let mut paths = inputs.paths;
         if let Some(shard) = args.shard {
             paths.retain(|p| shard.contains(p));
@@ -518,14 +644,11 @@ impl Job {
                 Box::new(io::BufWriter::new(f))
             }
         };
-        let mut printer = if continuing {
+        let printer = if continuing {
             Printer::continuing(out, format)
         } else {
             Printer::new(out, format)
         };
-        if groups {
-            printer = printer.with_groups();
-        }
         Ok(Self {
             paths,
             skipped,
@@ -537,43 +660,23 @@ impl Job {
     /// `print` writes each photo's record in input order; then the summary. Returns the outcome.
     fn run<T>(
         mut self,
-        ckpt: &Checkpoint,
-        args: &InputArgs,
-        fidelity: Fidelity,
+        embedder: Embedder,
         ui: &Ui,
+        mut sink: Option<EmbeddingSink>,
         rows: impl Fn(&candle_core::Tensor) -> Result<Vec<T>>,
         mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &str, Result<T, String>) -> io::Result<()>,
     ) -> Result<Outcome> {
         let interrupted = interrupt_flag();
-        let progress = if ui.quiet || !io::stderr().is_terminal() {
-            ProgressBar::hidden()
-        } else {
-            let bar = ProgressBar::with_draw_target(
-                Some(self.paths.len() as u64),
-                ProgressDrawTarget::stderr(),
-            );
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}")
-                    .expect("valid template"),
-            );
-            bar
-        };
-        let options = BatchOptions {
-            batch_size: args.batch_size as usize,
-            max_pixels: args.max_pixels,
-            fidelity,
-        };
+        let progress = progress_bar(ui, self.paths.len());
         let printer = &mut self.printer;
         let stats = run_batches(
-            ckpt,
+            embedder,
             &self.paths,
-            options,
             &interrupted,
             |emb, paths, results| {
-                for (path, r) in paths.iter().zip(&results) {
-                    if let Err(e) = r {
-                        progress.suspend(|| eprintln!("foodclip: {path}: {e}"));
-                    }
+                report_failures(&progress, paths, &results);
+                if let Some(sink) = &mut sink {
+                    sink.add(emb, paths, &results)?;
                 }
                 let mut rows = match emb {
                     Some(e) => rows(e)?,
@@ -589,6 +692,9 @@ impl Job {
             },
         )?;
         progress.finish_and_clear();
+        if let Some(sink) = sink {
+            sink.save()?;
+        }
         match printer.finish() {
             Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
                 return Err(anyhow::Error::new(e).context("cannot write output"))
@@ -608,6 +714,122 @@ impl Job {
             Outcome::Success
         })
     }
+}
+
+/// A progress bar over `len` photos on stderr, when stderr is a terminal and not `--quiet`.
+fn progress_bar(ui: &Ui, len: usize) -> ProgressBar {
+    if ui.quiet || !io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+/// `foodclip: PATH: error` on stderr for each failed photo of a batch.
+fn report_failures(progress: &ProgressBar, paths: &[String], results: &[InputResult]) {
+    for (path, r) in paths.iter().zip(results) {
+        if let Err(e) = r {
+            progress.suspend(|| eprintln!("foodclip: {path}: {e}"));
+        }
+    }
+}
+
+/// Image embeddings gathered as they are made, for `--save-embeddings`.
+struct EmbeddingSink {
+    file: PathBuf,
+    stored: StoredEmbeddings,
+}
+
+impl EmbeddingSink {
+    fn new(file: &Path, ckpt: &Checkpoint) -> Result<Self> {
+        Ok(Self {
+            file: file.to_path_buf(),
+            stored: StoredEmbeddings {
+                checkpoint: ckpt.fingerprint()?,
+                paths: Vec::new(),
+                dim: ckpt.config.projection_dim,
+                values: Vec::new(),
+            },
+        })
+    }
+
+    /// Keeps the rows of one batch.
+    fn add(
+        &mut self,
+        emb: Option<&candle_core::Tensor>,
+        paths: &[String],
+        results: &[InputResult],
+    ) -> Result<()> {
+        if let Some(e) = emb {
+            self.stored
+                .values
+                .extend(e.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let ok = paths.iter().zip(results).filter(|(_, r)| r.is_ok());
+        self.stored.paths.extend(ok.map(|(p, _)| p.clone()));
+        Ok(())
+    }
+
+    /// Writes the file (atomically), even after Ctrl-C: every finished photo is kept.
+    fn save(self) -> Result<()> {
+        self.stored.save(&self.file)
+    }
+}
+
+/// Checks `--threshold` and `--min-margin` (probabilities, in [0, 1]).
+fn open_set(threshold: Option<f32>, min_margin: Option<f32>) -> Result<OpenSet> {
+    for (flag, v) in [("--threshold", threshold), ("--min-margin", min_margin)] {
+        if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+            bail!("{flag} is a probability: give a value from 0 to 1");
+        }
+    }
+    Ok(OpenSet {
+        threshold,
+        min_margin,
+    })
+}
+
+/// Where image embeddings come from: stored ones, or photos run through `ckpt`.
+fn embedder<'a>(
+    ckpt: &'a Checkpoint,
+    stored: Option<&'a StoredEmbeddings>,
+    batch: &BatchArgs,
+    fidelity: Fidelity,
+) -> Embedder<'a> {
+    let batch_size = batch.batch_size as usize;
+    match stored {
+        Some(stored) => Embedder::Stored {
+            stored,
+            batch_size,
+            device: &ckpt.device,
+        },
+        None => Embedder::Photos {
+            ckpt,
+            options: BatchOptions {
+                batch_size,
+                max_pixels: batch.max_pixels,
+                fidelity,
+            },
+        },
+    }
+}
+
+/// Refuses stored embeddings made by another checkpoint.
+fn check_stored(stored: &StoredEmbeddings, file: &Path, ckpt: &Checkpoint) -> Result<()> {
+    let ours = ckpt.fingerprint()?;
+    if stored.checkpoint != ours {
+        bail!(
+            "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
+            file.display(),
+            stored.checkpoint,
+            ckpt.identity
+        );
+    }
+    Ok(())
 }
 
 fn summary(stats: &Stats, skipped: usize, interrupted: bool) {

@@ -1,0 +1,384 @@
+//! `foodclip eval`: score a labelled data set, then print the metrics (and write the report).
+
+use super::{interrupt_flag, progress_bar, report_failures, EmbeddingSink, EvalArgs, Outcome, Ui};
+use crate::classify::{Classifier, Ranking};
+use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Sample, Scored, Truth};
+use crate::labels::LabelSet;
+use crate::output::Format;
+use crate::pipeline::{run_batches, Embedder};
+use crate::report::{self, Misclassified};
+use anyhow::Result;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+
+/// Everything an evaluation found.
+pub(super) struct Evaluation<'a> {
+    pub labels: &'a LabelSet,
+    pub metrics: Metrics,
+    /// Photos of dishes not in the list that were scored.
+    pub unknown_photos: usize,
+    pub unreadable: Vec<(String, String)>,
+    pub unmatched: Vec<(String, String)>,
+    pub misclassified: Vec<Misclassified>,
+    pub calibration: Option<Vec<Operating>>,
+}
+
+/// Runs `eval`: embeds (or looks up) every photo with a known truth, ranks it, and reports.
+pub(super) fn run(
+    args: &EvalArgs,
+    ui: &Ui,
+    labels: &LabelSet,
+    classifier: &Classifier,
+    samples: &[Sample],
+    embedder: Embedder,
+    mut sink: Option<EmbeddingSink>,
+) -> Result<Outcome> {
+    let mut unmatched = Vec::new();
+    let mut scorable = Vec::new();
+    for s in samples {
+        match &s.truth {
+            Truth::Unmatched(label) => unmatched.push((s.path.clone(), label.clone())),
+            _ => scorable.push(s),
+        }
+    }
+    warn_unmatched(ui, labels, &unmatched);
+    let paths: Vec<String> = scorable.iter().map(|s| s.path.clone()).collect();
+    let interrupted = interrupt_flag();
+    let progress = progress_bar(ui, paths.len());
+    let mut rankings: Vec<Result<Ranking, String>> = Vec::with_capacity(paths.len());
+    run_batches(embedder, &paths, &interrupted, |emb, chunk, results| {
+        report_failures(&progress, chunk, &results);
+        if let Some(sink) = &mut sink {
+            sink.add(emb, chunk, &results)?;
+        }
+        let mut ranked = match emb {
+            Some(e) => classifier.predict(e)?,
+            None => Vec::new(),
+        }
+        .into_iter();
+        for r in results {
+            rankings.push(r.map(|()| ranked.next().expect("one ranking per embedding")));
+        }
+        progress.inc(chunk.len() as u64);
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    if let Some(sink) = sink {
+        sink.save()?;
+    }
+    let evaluation = evaluate(args, labels, &scorable, rankings, unmatched);
+    print(&evaluation, args)?;
+    if let Some(dir) = &args.report {
+        let index = report::write(dir, &evaluation_view(&evaluation))?;
+        ui.note(&format!("wrote {}", index.display()));
+    }
+    Ok(if interrupted.load(Ordering::SeqCst) {
+        Outcome::Interrupted
+    } else if evaluation.unreadable.is_empty() {
+        Outcome::Success
+    } else {
+        Outcome::SomeFailed
+    })
+}
+
+/// One warning per label that matches no class.
+fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(String, String)]) {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, label) in unmatched {
+        *counts.entry(label.as_str()).or_default() += 1;
+    }
+    for (label, n) in counts {
+        let what = if label.is_empty() {
+            "outside every class folder".to_string()
+        } else {
+            format!(
+                "labelled {label:?}, which names no class of {}",
+                labels.path.display()
+            )
+        };
+        ui.warn(&format!("{n} photo(s) {what}: not scored"));
+    }
+}
+
+fn evaluate<'a>(
+    args: &EvalArgs,
+    labels: &'a LabelSet,
+    samples: &[&Sample],
+    rankings: Vec<Result<Ranking, String>>,
+    unmatched: Vec<(String, String)>,
+) -> Evaluation<'a> {
+    let mut scored = Vec::new();
+    let mut unreadable = Vec::new();
+    let mut misclassified = Vec::new();
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for (sample, ranking) in samples.iter().zip(rankings) {
+        let ranking = match ranking {
+            Ok(r) => r,
+            Err(e) => {
+                unreadable.push((sample.path.clone(), e));
+                continue;
+            }
+        };
+        let top = &ranking.predictions[0];
+        match sample.truth {
+            Truth::Class(truth) => {
+                known.push((top.prob, top.class == truth));
+                if top.class != truth {
+                    misclassified.push(Misclassified {
+                        path: sample.path.clone(),
+                        truth,
+                        guesses: ranking
+                            .predictions
+                            .iter()
+                            .take(3)
+                            .map(|p| (p.class, p.prob))
+                            .collect(),
+                    });
+                }
+                scored.push(Scored {
+                    truth,
+                    ranked: ranking
+                        .predictions
+                        .iter()
+                        .take(5)
+                        .map(|p| p.class)
+                        .collect(),
+                });
+            }
+            Truth::Unknown => unknown.push(top.prob),
+            Truth::Unmatched(_) => unreachable!("unmatched photos are not scored"),
+        }
+    }
+    Evaluation {
+        labels,
+        metrics: metrics(labels.classes.len(), &scored),
+        unknown_photos: unknown.len(),
+        unreadable,
+        unmatched,
+        misclassified,
+        calibration: args.calibrate.then(|| calibrate(&known, &unknown)),
+    }
+}
+
+fn evaluation_view<'a>(e: &'a Evaluation) -> report::View<'a> {
+    report::View {
+        labels: e.labels,
+        metrics: &e.metrics,
+        misclassified: &e.misclassified,
+    }
+}
+
+/// At most ten operating points, spread over the coverage range, for the table.
+fn spread(points: &[Operating]) -> Vec<&Operating> {
+    let mut out: Vec<&Operating> = Vec::new();
+    for step in (1..=10).rev() {
+        let want = step as f64 / 10.0;
+        if let Some(p) = points.iter().rev().find(|p| p.coverage >= want) {
+            if !out.iter().any(|q| q.threshold == p.threshold) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn print(e: &Evaluation, args: &EvalArgs) -> Result<()> {
+    let mut out = io::stdout().lock();
+    let r = match args.format {
+        Format::Json | Format::Jsonl => {
+            let value = to_json(e, args);
+            serde_json::to_writer_pretty(&mut out, &value)
+                .map_err(io::Error::from)
+                .and_then(|()| writeln!(out))
+        }
+        Format::Csv | Format::Tsv => print_csv(e, args.format, &mut out),
+        Format::Table => print_table(e, args, &mut out),
+    };
+    match r {
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+fn name<'a>(e: &Evaluation<'a>, class: usize) -> &'a str {
+    e.labels.classes[class].display()
+}
+
+fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
+    let m = &e.metrics;
+    let mut value = json!({
+        "n": m.n,
+        "top1": m.top1,
+        "top5": m.top5,
+        "macro_precision": m.macro_precision,
+        "macro_recall": m.macro_recall,
+        "macro_f1": m.macro_f1,
+        "per_class": m.per_class.iter().enumerate().map(|(c, pc)| json!({
+            "label": name(e, c),
+            "support": pc.support,
+            "predicted": pc.predicted,
+            "correct": pc.correct,
+            "precision": pc.precision,
+            "recall": pc.recall,
+            "f1": pc.f1,
+        })).collect::<Vec<_>>(),
+        "confusions": m.top_confusions(args.confusions).iter().map(|c| json!({
+            "truth": name(e, c.truth), "predicted": name(e, c.predicted), "count": c.count,
+        })).collect::<Vec<_>>(),
+        "confusion_matrix": {
+            "labels": (0..m.confusion.len()).map(|c| name(e, c)).collect::<Vec<_>>(),
+            "rows": m.confusion,
+        },
+        "unknown_photos": e.unknown_photos,
+        "unreadable": e.unreadable.iter().map(|(p, err)| json!({"path": p, "error": err})).collect::<Vec<_>>(),
+        "unmatched": e.unmatched.iter().map(|(p, l)| json!({"path": p, "label": l})).collect::<Vec<_>>(),
+    });
+    if !e.labels.groups.is_empty() {
+        let groups: Vec<Option<usize>> = e.labels.classes.iter().map(|c| c.group).collect();
+        let (same, cross) = m.group_errors(&groups);
+        value["group_errors"] = json!({"same_group": same, "cross_group": cross});
+    }
+    if let Some(points) = &e.calibration {
+        let chosen = threshold_for(points, args.target_precision);
+        value["calibration"] = json!({
+            "target_precision": args.target_precision,
+            "threshold": chosen.map(|p| p.threshold),
+            "coverage": chosen.map(|p| p.coverage),
+            "unknown_rejected": chosen.map(|p| p.unknown_rejected),
+            "points": points.iter().map(|p| json!({
+                "threshold": p.threshold,
+                "precision": p.precision,
+                "coverage": p.coverage,
+                "unknown_rejected": p.unknown_rejected,
+            })).collect::<Vec<_>>(),
+        });
+    }
+    value
+}
+
+fn print_csv(e: &Evaluation, format: Format, out: &mut impl Write) -> io::Result<()> {
+    let sep = if format == Format::Csv { "," } else { "\t" };
+    writeln!(
+        out,
+        "{}",
+        [
+            "label",
+            "support",
+            "predicted",
+            "correct",
+            "precision",
+            "recall",
+            "f1"
+        ]
+        .join(sep)
+    )?;
+    for (c, m) in e.metrics.per_class.iter().enumerate() {
+        let label = name(e, c);
+        let label = if format == Format::Csv && label.contains([',', '"']) {
+            format!("\"{}\"", label.replace('"', "\"\""))
+        } else {
+            label.replace('\t', " ")
+        };
+        let recall = m.recall.map_or(String::new(), |r| r.to_string());
+        let fields = [
+            label,
+            m.support.to_string(),
+            m.predicted.to_string(),
+            m.correct.to_string(),
+            m.precision.to_string(),
+            recall,
+            m.f1.to_string(),
+        ];
+        writeln!(out, "{}", fields.join(sep))?;
+    }
+    Ok(())
+}
+
+fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Result<()> {
+    let m = &e.metrics;
+    writeln!(
+        out,
+        "{} photos scored; {} of unlisted dishes, {} unreadable, {} in no class",
+        m.n,
+        e.unknown_photos,
+        e.unreadable.len(),
+        e.unmatched.len()
+    )?;
+    writeln!(
+        out,
+        "top-1 {:.3}  top-5 {:.3}  macro precision {:.3}  recall {:.3}  F1 {:.3}",
+        m.top1, m.top5, m.macro_precision, m.macro_recall, m.macro_f1
+    )?;
+    if !e.labels.groups.is_empty() {
+        let groups: Vec<Option<usize>> = e.labels.classes.iter().map(|c| c.group).collect();
+        let (same, cross) = m.group_errors(&groups);
+        writeln!(
+            out,
+            "errors within the right group: {same}; across groups: {cross}"
+        )?;
+    }
+    writeln!(out, "\nphotos  predicted  precision  recall     f1  class")?;
+    for (c, pc) in m.per_class.iter().enumerate() {
+        let recall = pc
+            .recall
+            .map_or("     -".to_string(), |r| format!("{r:6.3}"));
+        writeln!(
+            out,
+            "{:>6}  {:>9}  {:>9.3}  {recall}  {:>5.3}  {}",
+            pc.support,
+            pc.predicted,
+            pc.precision,
+            pc.f1,
+            name(e, c)
+        )?;
+    }
+    let confusions = m.top_confusions(args.confusions);
+    if !confusions.is_empty() {
+        writeln!(out, "\nmost confused (photos: true class -> predicted):")?;
+        for c in confusions {
+            writeln!(
+                out,
+                "{:>6}  {} -> {}",
+                c.count,
+                name(e, c.truth),
+                name(e, c.predicted)
+            )?;
+        }
+    }
+    if let Some(points) = &e.calibration {
+        writeln!(
+            out,
+            "\nunknown threshold (top-1 probability) on {} photos of listed and {} of unlisted dishes:",
+            m.n, e.unknown_photos
+        )?;
+        writeln!(out, "threshold  precision  coverage  unknown rejected")?;
+        for p in spread(points) {
+            writeln!(
+                out,
+                "{:>9.4}  {:>9.3}  {:>8.3}  {:>16.3}",
+                p.threshold, p.precision, p.coverage, p.unknown_rejected
+            )?;
+        }
+        match threshold_for(points, args.target_precision) {
+            Some(p) => writeln!(
+                out,
+                "for precision >= {}: --threshold {:.4} (coverage {:.3}, unknown rejected {:.3})",
+                args.target_precision, p.threshold, p.coverage, p.unknown_rejected
+            )?,
+            None => writeln!(
+                out,
+                "no threshold reaches precision {} on this data set",
+                args.target_precision
+            )?,
+        }
+    }
+    for (path, err) in &e.unreadable {
+        writeln!(out, "unreadable: {path}: {err}")?;
+    }
+    for (path, label) in &e.unmatched {
+        writeln!(out, "in no class: {path} ({label:?})")?;
+    }
+    Ok(())
+}

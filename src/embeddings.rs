@@ -1,0 +1,111 @@
+//! Stored image embeddings, for re-scoring photos against other label files without running the
+//! image encoder again.
+//!
+//! The file is a safetensors file with one tensor, `embeddings` (`photos x dim`, f32, each row
+//! L2-normalised), and these metadata strings:
+//!
+//! - `format`: `foodclip-embeddings/1`;
+//! - `checkpoint`: the checkpoint's fingerprint
+//!   ([`crate::checkpoint::Checkpoint::fingerprint`]); embeddings from another checkpoint are
+//!   refused;
+//! - `paths`: a JSON array of the photos' paths, one per row.
+//!
+//! Python reads it with `safetensors.safe_open(path, "np")`: `.get_tensor("embeddings")` and
+//! `json.loads(.metadata()["paths"])`.
+
+use crate::output::write_atomically;
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORMAT: &str = "foodclip-embeddings/1";
+
+/// Image embeddings with their photos and the checkpoint that made them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEmbeddings {
+    /// Fingerprint of the checkpoint.
+    pub checkpoint: String,
+    /// One path per row.
+    pub paths: Vec<String>,
+    /// Width of each row.
+    pub dim: usize,
+    /// Row-major `paths.len() x dim` values.
+    pub values: Vec<f32>,
+}
+
+impl StoredEmbeddings {
+    /// Writes the file atomically.
+    ///
+    /// ```
+    /// use foodclip::embeddings::StoredEmbeddings;
+    /// let dir = tempfile::tempdir()?;
+    /// let file = dir.path().join("trays.safetensors");
+    /// let stored = StoredEmbeddings {
+    ///     checkpoint: "hub:openai/clip-vit-base-patch32@3d74acf".into(),
+    ///     paths: vec!["a.jpg".into(), "b.jpg".into()],
+    ///     dim: 2,
+    ///     values: vec![0.6, 0.8, 1.0, 0.0],
+    /// };
+    /// stored.save(&file)?;
+    /// assert_eq!(StoredEmbeddings::load(&file)?, stored);
+    /// # anyhow::Ok(())
+    /// ```
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![self.paths.len(), self.dim], &bytes)
+            .map_err(|e| anyhow!("cannot store embeddings: {e}"))?;
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("checkpoint".to_string(), self.checkpoint.clone()),
+            ("paths".to_string(), serde_json::to_string(&self.paths)?),
+        ]);
+        let file = safetensors::tensor::serialize([("embeddings", view)], Some(metadata))
+            .map_err(|e| anyhow!("cannot store embeddings: {e}"))?;
+        write_atomically(path, &file).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Reads a file written by [`StoredEmbeddings::save`].
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&bytes).with_context(|| {
+            format!(
+                "{} is not a foodclip embeddings file (write one with --save-embeddings)",
+                path.display()
+            )
+        })
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self> {
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{e}"))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            bail!("no format {FORMAT:?} in its metadata");
+        }
+        let field = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| anyhow!("no {k:?} in its metadata"))
+        };
+        let paths: Vec<String> = serde_json::from_str(field("paths")?)?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
+        let t = tensors.tensor("embeddings").map_err(|e| anyhow!("{e}"))?;
+        let [rows, dim] = t.shape() else {
+            bail!("embeddings are not a matrix");
+        };
+        if t.dtype() != Dtype::F32 || *rows != paths.len() {
+            bail!("embeddings are not f32 with one row per path");
+        }
+        let values = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(Self {
+            checkpoint: field("checkpoint")?.clone(),
+            paths,
+            dim: *dim,
+            values,
+        })
+    }
+}

@@ -1,0 +1,468 @@
+//! Measuring accuracy on a labelled data set: reading the data set, the metrics, and the
+//! calibration of an "unknown" threshold.
+//!
+//! A data set is a folder of class folders (the folder name is any name of a class; `unknown`
+//! holds dishes that are not in the list), or a CSV/TSV file of `path,label` rows.
+
+use crate::labels::LabelSet;
+use crate::pipeline::collect_inputs;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use unicode_normalization::UnicodeNormalization;
+
+/// The label that marks photos of dishes that are not in the list.
+pub const UNKNOWN: &str = "unknown";
+
+/// What a photo of the data set shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Truth {
+    /// A class of the label file (its index).
+    Class(usize),
+    /// A dish that is not in the list (`unknown`).
+    Unknown,
+    /// A label that matches no class; the photo is listed, not scored.
+    Unmatched(String),
+}
+
+/// One photo and what it shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The photo.
+    pub path: String,
+    /// What it shows.
+    pub truth: Truth,
+}
+
+/// A name as data sets spell it: NFC (macOS folders hold NFD), lower case, `_` as space.
+fn normalise(name: &str) -> String {
+    name.trim()
+        .nfc()
+        .collect::<String>()
+        .to_lowercase()
+        .replace('_', " ")
+}
+
+/// Maps every name of every class (normalised) to its class.
+fn name_index(labels: &LabelSet) -> HashMap<String, usize> {
+    let mut index = HashMap::new();
+    for (c, class) in labels.classes.iter().enumerate() {
+        for name in &class.names {
+            index.entry(normalise(name)).or_insert(c);
+        }
+    }
+    index
+}
+
+/// What `label` means for `labels`.
+fn truth(label: &str, index: &HashMap<String, usize>) -> Truth {
+    let key = normalise(label);
+    match index.get(&key) {
+        Some(&c) => Truth::Class(c),
+        None if key == UNKNOWN => Truth::Unknown,
+        None => Truth::Unmatched(label.to_string()),
+    }
+}
+
+/// Reads a data set: a folder of class folders, or a CSV/TSV file of `path,label` rows (an
+/// optional `path,label` header; relative paths are relative to the file's folder).
+pub fn load_dataset(path: &Path, labels: &LabelSet) -> Result<Vec<Sample>> {
+    let index = name_index(labels);
+    if path.is_dir() {
+        return load_folder(path, &index);
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read data set {}", path.display()))?;
+    let sep = if path.extension().is_some_and(|e| e == "tsv") {
+        '\t'
+    } else {
+        ','
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start_matches('\u{feff}');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let fields = split_row(line, sep)
+            .with_context(|| format!("{}:{}: unbalanced quotes", path.display(), i + 1))?;
+        let [photo, label] = fields.as_slice() else {
+            bail!(
+                "{}:{}: expected two fields, path{}label; found {}",
+                path.display(),
+                i + 1,
+                sep.escape_default(),
+                fields.len()
+            );
+        };
+        if i == 0 && photo == "path" && label == "label" {
+            continue;
+        }
+        let photo = base.join(photo);
+        samples.push(Sample {
+            path: photo.to_string_lossy().into_owned(),
+            truth: truth(label, &index),
+        });
+    }
+    Ok(samples)
+}
+
+fn load_folder(root: &Path, index: &HashMap<String, usize>) -> Result<Vec<Sample>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("cannot read data set {}", root.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read data set {}", root.display()))?;
+    entries.sort();
+    let mut samples = Vec::new();
+    for entry in entries {
+        let (label, inputs) = if entry.is_dir() {
+            let name = entry.file_name().unwrap_or_default().to_string_lossy();
+            (
+                name.into_owned(),
+                collect_inputs(&[entry], false, std::io::empty())?,
+            )
+        } else {
+            // A photo beside the class folders is in no class.
+            let inputs = collect_inputs(&[entry], false, std::io::empty())?;
+            (String::new(), inputs)
+        };
+        let t = truth(&label, index);
+        samples.extend(inputs.paths.into_iter().map(|path| Sample {
+            path,
+            truth: t.clone(),
+        }));
+    }
+    Ok(samples)
+}
+
+/// Splits one CSV/TSV row; fields may be quoted with `"` (`""` inside is a quote).
+fn split_row(line: &str, sep: char) -> Option<Vec<String>> {
+    let mut fields = Vec::new();
+    let mut field = String::new();
+    let mut chars = line.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            '"' if quoted => quoted = false,
+            '"' if field.is_empty() => quoted = true,
+            c if c == sep && !quoted => fields.push(std::mem::take(&mut field)),
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    fields.push(field);
+    Some(fields.into_iter().map(|f| f.trim().to_string()).collect())
+}
+
+/// One scored photo: its true class and the classes ranked best first (at least the top 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    /// The true class.
+    pub truth: usize,
+    /// Class indices, best first.
+    pub ranked: Vec<usize>,
+}
+
+/// Precision, recall and F1 of one class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassMetrics {
+    /// Photos of this class.
+    pub support: usize,
+    /// Photos predicted as this class.
+    pub predicted: usize,
+    /// Photos of this class predicted as this class.
+    pub correct: usize,
+    /// `correct / predicted` (0 when nothing was predicted).
+    pub precision: f64,
+    /// `correct / support`; `None` for a class with no photos.
+    pub recall: Option<f64>,
+    /// Harmonic mean of precision and recall (0 when both are 0).
+    pub f1: f64,
+}
+
+/// Accuracy figures of one evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// Photos scored.
+    pub n: usize,
+    /// Fraction whose best class is right.
+    pub top1: f64,
+    /// Fraction with the right class among the best five.
+    pub top5: f64,
+    /// Per class, in label-file order.
+    pub per_class: Vec<ClassMetrics>,
+    /// Mean precision over the classes that have photos or predictions.
+    pub macro_precision: f64,
+    /// Mean recall over the classes that have photos.
+    pub macro_recall: f64,
+    /// Mean F1 over the classes that have photos or predictions (as scikit-learn's macro F1).
+    pub macro_f1: f64,
+    /// `confusion[truth][predicted]` photo counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Computes the metrics of `scored` photos over `classes` classes.
+pub fn metrics(classes: usize, scored: &[Scored]) -> Metrics {
+    let mut confusion = vec![vec![0usize; classes]; classes];
+    let mut top5 = 0;
+    for s in scored {
+        confusion[s.truth][s.ranked[0]] += 1;
+        top5 += usize::from(s.ranked.iter().take(5).any(|&c| c == s.truth));
+    }
+    let per_class: Vec<ClassMetrics> = (0..classes)
+        .map(|c| {
+            let support: usize = confusion[c].iter().sum();
+            let predicted: usize = confusion.iter().map(|row| row[c]).sum();
+            let correct = confusion[c][c];
+            let precision = ratio(correct, predicted).unwrap_or(0.0);
+            let recall = ratio(correct, support);
+            let r = recall.unwrap_or(0.0);
+            let f1 = if precision + r > 0.0 {
+                2.0 * precision * r / (precision + r)
+            } else {
+                0.0
+            };
+            ClassMetrics {
+                support,
+                predicted,
+                correct,
+                precision,
+                recall,
+                f1,
+            }
+        })
+        .collect();
+    let present: Vec<&ClassMetrics> = per_class
+        .iter()
+        .filter(|m| m.support > 0 || m.predicted > 0)
+        .collect();
+    let mean = |values: Vec<f64>| {
+        let n = values.len();
+        values.into_iter().sum::<f64>() / n.max(1) as f64
+    };
+    let n = scored.len();
+    let correct: usize = (0..classes).map(|c| confusion[c][c]).sum();
+    Metrics {
+        n,
+        top1: ratio(correct, n).unwrap_or(0.0),
+        top5: ratio(top5, n).unwrap_or(0.0),
+        macro_precision: mean(present.iter().map(|m| m.precision).collect()),
+        macro_recall: mean(per_class.iter().filter_map(|m| m.recall).collect()),
+        macro_f1: mean(present.iter().map(|m| m.f1).collect()),
+        per_class,
+        confusion,
+    }
+}
+
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// A (true, predicted) pair of different classes and how many photos it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confusion {
+    /// The true class.
+    pub truth: usize,
+    /// The class predicted instead.
+    pub predicted: usize,
+    /// Photos.
+    pub count: usize,
+}
+
+impl Metrics {
+    /// The `n` most frequent errors, most frequent first (ties in class order).
+    pub fn top_confusions(&self, n: usize) -> Vec<Confusion> {
+        let mut out: Vec<Confusion> = Vec::new();
+        for (truth, row) in self.confusion.iter().enumerate() {
+            for (predicted, &count) in row.iter().enumerate() {
+                if truth != predicted && count > 0 {
+                    out.push(Confusion {
+                        truth,
+                        predicted,
+                        count,
+                    });
+                }
+            }
+        }
+        out.sort_by_key(|c| std::cmp::Reverse(c.count));
+        out.truncate(n);
+        out
+    }
+
+    /// Errors within the true class's group and across groups, for classes with groups.
+    pub fn group_errors(&self, groups: &[Option<usize>]) -> (usize, usize) {
+        let (mut same, mut cross) = (0, 0);
+        for (truth, row) in self.confusion.iter().enumerate() {
+            for (predicted, &count) in row.iter().enumerate() {
+                if truth == predicted {
+                    continue;
+                }
+                match (groups[truth], groups[predicted]) {
+                    (Some(a), Some(b)) if a == b => same += count,
+                    _ => cross += count,
+                }
+            }
+        }
+        (same, cross)
+    }
+}
+
+/// One threshold of the precision/coverage trade-off.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Operating {
+    /// Answer `unknown` below this top-1 probability.
+    pub threshold: f32,
+    /// Of the answers that are not `unknown`, the fraction that are right.
+    pub precision: f64,
+    /// Fraction of the photos of listed dishes that get an answer.
+    pub coverage: f64,
+    /// Fraction of the photos of unlisted dishes that are answered `unknown`.
+    pub unknown_rejected: f64,
+}
+
+/// The trade-off at every distinct confidence: `known` holds (top-1 probability, whether the
+/// top-1 class is right) for photos of listed dishes, `unknown` the top-1 probabilities of photos
+/// of unlisted dishes. Thresholds rise, so coverage falls.
+pub fn calibrate(known: &[(f32, bool)], unknown: &[f32]) -> Vec<Operating> {
+    let mut thresholds: Vec<f32> = known
+        .iter()
+        .map(|&(p, _)| p)
+        .chain(unknown.iter().copied())
+        .collect();
+    thresholds.sort_by(f32::total_cmp);
+    thresholds.dedup();
+    thresholds
+        .into_iter()
+        .map(|t| {
+            let answered = known.iter().filter(|&&(p, _)| p >= t).count();
+            let right = known.iter().filter(|&&(p, ok)| p >= t && ok).count();
+            let wrong_unknown = unknown.iter().filter(|&&p| p >= t).count();
+            Operating {
+                threshold: t,
+                precision: ratio(right, answered + wrong_unknown).unwrap_or(1.0),
+                coverage: ratio(answered, known.len()).unwrap_or(0.0),
+                unknown_rejected: ratio(unknown.len() - wrong_unknown, unknown.len())
+                    .unwrap_or(1.0),
+            }
+        })
+        .collect()
+}
+
+/// The lowest threshold (so the widest coverage) whose precision reaches `target`.
+pub fn threshold_for(points: &[Operating], target: f64) -> Option<&Operating> {
+    points.iter().find(|p| p.precision >= target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(truth: usize, ranked: &[usize]) -> Scored {
+        Scored {
+            truth,
+            ranked: ranked.to_vec(),
+        }
+    }
+
+    #[test]
+    fn metrics_match_hand_computed_values() {
+        // Classes 0, 1, 2, 3; class 3 has no photos and is never predicted.
+        // truth 0: predicted 0, 0, 1      truth 1: predicted 1, 2      truth 2: predicted 0
+        let scored = [
+            s(0, &[0, 1]),
+            s(0, &[0, 2]),
+            s(0, &[1, 0]),
+            s(1, &[1, 0]),
+            s(1, &[2, 3]),
+            s(2, &[0, 1]),
+        ];
+        let m = metrics(4, &scored);
+        assert_eq!(m.n, 6);
+        assert!((m.top1 - 3.0 / 6.0).abs() < 1e-12);
+        // Right class in the top 5: all but the class-1 photo ranked [2, 3] and the class-2
+        // photo ranked [0, 1].
+        assert!((m.top5 - 4.0 / 6.0).abs() < 1e-12);
+        let c0 = &m.per_class[0];
+        assert_eq!((c0.support, c0.predicted, c0.correct), (3, 3, 2));
+        assert!((c0.precision - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(c0.recall, Some(2.0 / 3.0));
+        assert!((c0.f1 - 2.0 / 3.0).abs() < 1e-12);
+        let c1 = &m.per_class[1];
+        assert_eq!((c1.support, c1.predicted, c1.correct), (2, 2, 1));
+        assert!((c1.f1 - 0.5).abs() < 1e-12);
+        let c2 = &m.per_class[2];
+        assert_eq!((c2.precision, c2.recall, c2.f1), (0.0, Some(0.0), 0.0));
+        assert_eq!(m.per_class[3].recall, None);
+        // Macro over classes 0-2 (class 3 has neither photos nor predictions).
+        assert!((m.macro_f1 - (2.0 / 3.0 + 0.5 + 0.0) / 3.0).abs() < 1e-12);
+        assert!((m.macro_precision - (2.0 / 3.0 + 0.5 + 0.0) / 3.0).abs() < 1e-12);
+        assert!((m.macro_recall - (2.0 / 3.0 + 0.5 + 0.0) / 3.0).abs() < 1e-12);
+        assert_eq!(m.confusion[0], [2, 1, 0, 0]);
+        assert_eq!(
+            m.top_confusions(2),
+            [
+                Confusion {
+                    truth: 0,
+                    predicted: 1,
+                    count: 1
+                },
+                Confusion {
+                    truth: 1,
+                    predicted: 2,
+                    count: 1
+                },
+            ]
+        );
+        // Classes 0 and 1 share a group; 2 is alone; 3 has none.
+        assert_eq!(m.group_errors(&[Some(0), Some(0), Some(1), None]), (1, 2));
+    }
+
+    #[test]
+    fn calibration_trades_coverage_for_precision() {
+        let known = [(0.9, true), (0.8, true), (0.6, false), (0.4, true)];
+        let unknown = [0.7, 0.3];
+        let points = calibrate(&known, &unknown);
+        let at = |t: f32| points.iter().find(|p| p.threshold == t).unwrap();
+        // Threshold 0.3: everything answered; right 3 of 6 answers.
+        assert!((at(0.3).precision - 0.5).abs() < 1e-12);
+        assert_eq!(at(0.3).coverage, 1.0);
+        assert_eq!(at(0.3).unknown_rejected, 0.0);
+        // Threshold 0.8: two answers, both right; half the listed photos; both unknowns rejected.
+        assert_eq!(
+            (
+                at(0.8).precision,
+                at(0.8).coverage,
+                at(0.8).unknown_rejected
+            ),
+            (1.0, 0.5, 1.0)
+        );
+        assert_eq!(threshold_for(&points, 0.99).unwrap().threshold, 0.8);
+        assert_eq!(threshold_for(&points, 0.6).unwrap().threshold, 0.4);
+    }
+
+    #[test]
+    fn csv_rows_and_names_are_read_as_data_sets_write_them() {
+        assert_eq!(
+            split_row("\"a, b.jpg\",\"say \"\"hi\"\"\"", ',').unwrap(),
+            ["a, b.jpg", "say \"hi\""]
+        );
+        assert_eq!(
+            split_row("x.jpg\t김치찌개", '\t').unwrap(),
+            ["x.jpg", "김치찌개"]
+        );
+        assert!(split_row("\"open", ',').is_none());
+        // NFD Hangul (as macOS stores folder names), case and underscores.
+        let nfd: String = "김치찌개".nfd().collect();
+        assert_ne!(nfd, "김치찌개");
+        assert_eq!(normalise(&nfd), "김치찌개");
+        assert_eq!(normalise(" Kimchi_Stew "), "kimchi stew");
+    }
+}
