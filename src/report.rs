@@ -64,7 +64,8 @@ fn render(view: &View) -> Result<String> {
         ".bar div{background:#3b6fb6;height:12px}",
         ".matrix{image-rendering:pixelated;border:1px solid #999}",
         ".thumbs{display:flex;flex-wrap:wrap;gap:12px}",
-        ".thumb{width:180px;font-size:12px}.thumb img{max-width:160px;max-height:160px;display:block}",
+        ".thumb{width:180px;font-size:12px;overflow-wrap:anywhere}",
+        ".thumb img{max-width:160px;max-height:160px;display:block}",
         ".truth{color:#1a7f37}.wrong{color:#b42318}",
         "</style></head><body>\n<h1>foodclip eval</h1>\n"
     ));
@@ -80,7 +81,7 @@ fn render(view: &View) -> Result<String> {
     )?;
 
     let classes = m.confusion.len();
-    let cell = (600 / classes.max(1)).clamp(2, 24) as u32;
+    let cell = (600 / classes.max(1)).clamp(2, 60) as u32;
     writeln!(
         h,
         "<h2>Confusion matrix</h2>\n<p>Rows: true class; columns: predicted class; both in \
@@ -123,10 +124,14 @@ fn render(view: &View) -> Result<String> {
                 format!("<li class=\"{class}\">{} {:.1}%</li>", name(c), p * 100.0)
             })
             .collect();
+        // The file and its folder; the whole path on hover.
+        let short: Vec<&str> = miss.path.rsplit(['/', '\\']).take(2).collect();
+        let short: Vec<&str> = short.into_iter().rev().collect();
         writeln!(
             h,
-            "<div class=\"thumb\">{picture}<div title=\"{0}\">{0}</div><div class=\"truth\">is: {1}</div><ol>{guesses}</ol></div>",
+            "<div class=\"thumb\">{picture}<div title=\"{}\">{}</div><div class=\"truth\">is: {}</div><ol>{guesses}</ol></div>",
             escape(&miss.path),
+            escape(&short.join("/")),
             name(miss.truth)
         )?;
     }
@@ -142,10 +147,18 @@ fn render(view: &View) -> Result<String> {
     Ok(h)
 }
 
-/// The matrix as a heat map: each cell's shade is its share of the row's photos.
+/// The matrix as a heat map: each cell's shade is its share of the row's photos; cells of 8
+/// pixels or more get grid lines.
 fn confusion_image(confusion: &[Vec<usize>], cell: u32) -> RgbImage {
     let n = confusion.len() as u32;
     let mut img = RgbImage::from_pixel(n * cell, n * cell, Rgb([255, 255, 255]));
+    if cell >= 8 {
+        for (x, y, p) in img.enumerate_pixels_mut() {
+            if x % cell == 0 || y % cell == 0 {
+                *p = Rgb([225, 225, 225]);
+            }
+        }
+    }
     for (r, row) in confusion.iter().enumerate() {
         let total: usize = row.iter().sum();
         for (c, &count) in row.iter().enumerate() {
@@ -155,8 +168,9 @@ fn confusion_image(confusion: &[Vec<usize>], cell: u32) -> RgbImage {
             let share = count as f32 / total as f32;
             let shade = |light: f32, dark: f32| (light + (dark - light) * share).round() as u8;
             let color = Rgb([shade(225.0, 20.0), shade(235.0, 60.0), shade(250.0, 140.0)]);
-            for y in 0..cell {
-                for x in 0..cell {
+            let edge = u32::from(cell >= 8);
+            for y in edge..cell {
+                for x in edge..cell {
                     img.put_pixel(c as u32 * cell + x, r as u32 * cell + y, color);
                 }
             }
@@ -201,6 +215,9 @@ mod tests {
         let light = img.get_pixel(2, 0)[0];
         assert!(dark < light && light < 255, "{dark} {light}");
         assert_eq!(img.get_pixel(0, 2), &Rgb([255, 255, 255]));
+        let grid = confusion_image(&[vec![1]], 8);
+        assert_eq!(grid.get_pixel(0, 3), &Rgb([225, 225, 225]));
+        assert_ne!(grid.get_pixel(3, 3), &Rgb([255, 255, 255]));
         assert_eq!(
             escape("<a href=\"x\">&"),
             "&lt;a href=&quot;x&quot;&gt;&amp;"
