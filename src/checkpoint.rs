@@ -2,12 +2,14 @@
 //! checkpoint's own files.
 
 use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel, Precision};
+use crate::output::write_atomically;
 use crate::preprocess::PreprocessConfig;
 use crate::source::{HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use std::fmt::Write as _;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything needed to embed photos and prompts with one checkpoint.
 pub struct Checkpoint {
@@ -135,6 +137,45 @@ impl Checkpoint {
         Ok(format!("blake3:{}", hasher.finalize().to_hex()))
     }
 
+    /// Like [`Checkpoint::fingerprint`], remembering a local checkpoint's hash under `root`
+    /// (`fingerprints-v1/`), keyed by each file's path, size and times (and inode on Unix):
+    /// files that have not changed are not read again.
+    pub fn fingerprint_cached(&self, root: &Path) -> Result<String> {
+        if let Some(commit) = self.hub_commit() {
+            return Ok(commit);
+        }
+        let mut key = String::new();
+        for path in &self.files {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let path = std::fs::canonicalize(path)?;
+            let _ = writeln!(
+                key,
+                "{}\0{}\0{:?}\0{}",
+                path.display(),
+                meta.len(),
+                meta.modified().ok(),
+                change_stamp(&meta)
+            );
+        }
+        let key = blake3::hash(key.as_bytes()).to_hex().to_string();
+        let memo = root
+            .join("fingerprints-v1")
+            .join(format!("{}.txt", &key[..32]));
+        if let Ok(text) = std::fs::read_to_string(&memo) {
+            if let Some((k, v)) = text.trim_end().split_once('\n') {
+                if k == key && v.starts_with("blake3:") && v.len() == 7 + 64 {
+                    return Ok(v.to_string());
+                }
+            }
+        }
+        let value = self.fingerprint()?;
+        // A memo that cannot be written only costs the hash next time.
+        let _ = std::fs::create_dir_all(memo.parent().expect("has a parent"))
+            .and_then(|()| write_atomically(&memo, format!("{key}\n{value}\n").as_bytes()));
+        Ok(value)
+    }
+
     /// `hub:owner/name@<commit>` when every file comes from one hub cache snapshot
     /// (`.../snapshots/<commit>/<file>`).
     fn hub_commit(&self) -> Option<String> {
@@ -153,6 +194,19 @@ impl Checkpoint {
             .all(|p| commit(p).as_ref() == Some(&first))
             .then(|| format!("hub:{}@{first}", hub.repo))
     }
+}
+
+/// What changes whenever a file is rewritten, even with its old modification time restored:
+/// inode and status-change time on Unix.
+#[cfg(unix)]
+fn change_stamp(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!("{}:{}.{}", meta.ino(), meta.ctime(), meta.ctime_nsec())
+}
+
+#[cfg(not(unix))]
+fn change_stamp(_meta: &std::fs::Metadata) -> String {
+    String::new()
 }
 
 /// Fills `buf` from `r` as far as the input goes; returns how many bytes were read.

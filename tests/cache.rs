@@ -138,7 +138,7 @@ fn the_command_line_reuses_repairs_and_bypasses_the_cache() {
     assert_eq!(first.stdout, second.stdout);
 
     // Damage every entry in two ways: the run notices, recomputes, and answers the same.
-    let files = entries(cache.path());
+    let files = entries(&cache.path().join("text-v1"));
     assert!(files.len() > 10);
     for (i, f) in files.iter().enumerate() {
         let mut bytes = std::fs::read(f).unwrap();
@@ -194,11 +194,36 @@ fn concurrent_runs_share_one_cache_safely() {
         assert_eq!(o.stdout, outputs[0].stdout);
     }
     // Every entry is whole (no temporary files left), and a later run finds them all.
-    assert!(entries(cache.path())
+    let files = entries(cache.path());
+    assert!(files
         .iter()
-        .all(|p| p.extension().is_some_and(|e| e == "emb")));
+        .all(|p| p.extension().is_some_and(|e| e == "emb" || e == "txt")));
     let after = classify(cache.path(), &[]);
     assert_eq!(encoded_note(&after), None);
     assert!(!String::from_utf8_lossy(&after.stderr).contains("damaged"));
     assert_eq!(after.stdout, outputs[0].stdout);
+}
+
+#[test]
+fn remembered_fingerprints_follow_file_changes() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_checkpoint("tiny-gelu", dir.path());
+    let ckpt = load(dir.path(), Precision::F32);
+    let hashed = ckpt.fingerprint().unwrap();
+    assert_eq!(ckpt.fingerprint_cached(root.path()).unwrap(), hashed);
+    let memos = entries(root.path());
+    assert_eq!(memos.len(), 1);
+    // The memo is what answers while the files are unchanged: a forged one is believed...
+    let forged = format!("blake3:{}", "0".repeat(64));
+    let text = std::fs::read_to_string(&memos[0]).unwrap();
+    let key = text.lines().next().unwrap();
+    std::fs::write(&memos[0], format!("{key}\n{forged}\n")).unwrap();
+    assert_eq!(ckpt.fingerprint_cached(root.path()).unwrap(), forged);
+    // ...until a file changes, even to the same bytes: then the files are hashed again.
+    let tokenizer = dir.path().join("tokenizer.json");
+    let bytes = std::fs::read(&tokenizer).unwrap();
+    std::fs::remove_file(&tokenizer).unwrap();
+    std::fs::write(&tokenizer, bytes).unwrap();
+    assert_eq!(ckpt.fingerprint_cached(root.path()).unwrap(), hashed);
 }

@@ -415,7 +415,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             }
             let ckpt = model(stored.is_some())?;
             if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
-                check_stored(s, file, &ckpt)?;
+                check_stored(&cli, s, file, &ckpt)?;
             }
             if let Some(entry) = registry.for_source(&ckpt.source) {
                 if let Some(f) = check::language_mismatch(&labels, entry, &registry) {
@@ -441,7 +441,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .stored
                 .save_embeddings
                 .as_deref()
-                .map(|f| EmbeddingSink::new(f, &ckpt))
+                .map(|f| EmbeddingSink::new(f, &ckpt, fingerprint(&cli, &ckpt)?))
                 .transpose()?;
             let embedder = embedder(&ckpt, stored.as_ref(), &args.input.batch, fidelity);
             job.run(embedder, &ui, sink, rows, |printer, path, record| {
@@ -460,14 +460,14 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 .transpose()?;
             let ckpt = model(stored.is_some())?;
             if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
-                check_stored(s, file, &ckpt)?;
+                check_stored(&cli, s, file, &ckpt)?;
             }
             let classifier = build_classifier(&cli, &ui, &ckpt, &labels, &templates)?;
             let sink = args
                 .stored
                 .save_embeddings
                 .as_deref()
-                .map(|f| EmbeddingSink::new(f, &ckpt))
+                .map(|f| EmbeddingSink::new(f, &ckpt, fingerprint(&cli, &ckpt)?))
                 .transpose()?;
             let embedder = embedder(&ckpt, stored.as_ref(), &args.batch, fidelity);
             eval::run(args, &ui, &labels, &classifier, &samples, embedder, sink)
@@ -549,9 +549,17 @@ fn prompt_cache(cli: &Cli, ckpt: &Checkpoint, ui: &Ui) -> Result<Option<TextCach
     };
     Ok(Some(TextCache::new(
         &root,
-        &ckpt.fingerprint()?,
+        &ckpt.fingerprint_cached(&root)?,
         ckpt.precision,
     )))
+}
+
+/// The checkpoint's fingerprint, remembered in the cache directory unless `--no-cache`.
+fn fingerprint(cli: &Cli, ckpt: &Checkpoint) -> Result<String> {
+    match cli.cache_dir.clone().or_else(default_root) {
+        Some(root) if !cli.no_cache => ckpt.fingerprint_cached(&root),
+        _ => ckpt.fingerprint(),
+    }
 }
 
 /// Embeds the classes of `labels` through the prompt cache, telling the user when prompts had
@@ -745,11 +753,11 @@ struct EmbeddingSink {
 }
 
 impl EmbeddingSink {
-    fn new(file: &Path, ckpt: &Checkpoint) -> Result<Self> {
+    fn new(file: &Path, ckpt: &Checkpoint, fingerprint: String) -> Result<Self> {
         Ok(Self {
             file: file.to_path_buf(),
             stored: StoredEmbeddings {
-                checkpoint: ckpt.fingerprint()?,
+                checkpoint: fingerprint,
                 paths: Vec::new(),
                 dim: ckpt.config.projection_dim,
                 values: Vec::new(),
@@ -819,8 +827,13 @@ fn embedder<'a>(
 }
 
 /// Refuses stored embeddings made by another checkpoint.
-fn check_stored(stored: &StoredEmbeddings, file: &Path, ckpt: &Checkpoint) -> Result<()> {
-    let ours = ckpt.fingerprint()?;
+fn check_stored(
+    cli: &Cli,
+    stored: &StoredEmbeddings,
+    file: &Path,
+    ckpt: &Checkpoint,
+) -> Result<()> {
+    let ours = fingerprint(cli, ckpt)?;
     if stored.checkpoint != ours {
         bail!(
             "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
