@@ -89,8 +89,9 @@ impl Checkpoint {
             config.text_config.max_position_embeddings,
         )?;
         let weights_path = files.weights()?;
-        let vb = weights::open(&weights_path, precision.dtype(), device)?;
-        let model = ClipModel::load(vb, &config)
+        let (dtype, matmul) = precision.plan(device);
+        let vb = weights::open(&weights_path, dtype, device)?;
+        let model = ClipModel::load(vb, &config, matmul)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
         Ok(Self {
             identity: source.identity(),

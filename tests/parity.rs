@@ -171,3 +171,53 @@ fn scores_and_probs_match() {
         }
     }
 }
+
+#[test]
+fn half_precision_embeddings_stay_close_to_f32() {
+    use foodclip::model::Precision;
+    use foodclip::source::{HubOptions, ModelSource};
+    for name in CHECKPOINTS {
+        let reference = reference(name);
+        let f32_ckpt = checkpoint(name);
+        let pictures: Vec<image::RgbImage> = reference
+            .images
+            .iter()
+            .map(|i| exact_picture(&f32_ckpt, &i.file))
+            .collect();
+        let prompts: Vec<String> = reference.prompts.iter().map(|p| p.text.clone()).collect();
+        let full = embed_pictures(&f32_ckpt, &pictures)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let full_text = embed_prompts(&f32_ckpt, &prompts, None, |_| {})
+            .unwrap()
+            .0
+            .to_vec2::<f32>()
+            .unwrap();
+        for precision in [Precision::Bf16, Precision::F16] {
+            let half = foodclip::checkpoint::Checkpoint::load_with(
+                &ModelSource::Local(fixtures().join(name)),
+                &HubOptions {
+                    offline: true,
+                    progress: false,
+                },
+                &candle_core::Device::Cpu,
+                precision,
+            )
+            .unwrap();
+            let images = embed_pictures(&half, &pictures)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let text = embed_prompts(&half, &prompts, None, |_| {})
+                .unwrap()
+                .0
+                .to_vec2::<f32>()
+                .unwrap();
+            for (a, b) in images.iter().zip(&full).chain(text.iter().zip(&full_text)) {
+                let cos = cosine(a, b);
+                assert!(cos >= 0.999, "{name} {precision}: cosine {cos}");
+            }
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The pre-norm transformer encoder shared by CLIP's text and vision towers.
 
 use super::config::Activation;
-use super::ops::{attention, Dense};
+use super::ops::{attention, Dense, MatmulKind};
 use anyhow::Result;
 use candle_core::{Module, Tensor, D};
 use candle_nn::{LayerNorm, LayerNormConfig, VarBuilder};
@@ -21,6 +21,8 @@ pub struct EncoderShape {
     pub activation: Activation,
     /// Layer-norm epsilon.
     pub eps: f64,
+    /// How the dense layers multiply.
+    pub matmul: MatmulKind,
 }
 
 pub(crate) fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -50,8 +52,12 @@ impl Attention {
             .map(|n| vb.get(h, &format!("{n}.bias")))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            qkv: Dense::new(Tensor::cat(&weights, 0)?, Some(Tensor::cat(&biases, 0)?))?,
-            out: Dense::load(h, h, true, vb.pp("out_proj"))?,
+            qkv: Dense::new(
+                Tensor::cat(&weights, 0)?,
+                Some(Tensor::cat(&biases, 0)?),
+                shape.matmul,
+            )?,
+            out: Dense::load(h, h, true, vb.pp("out_proj"), shape.matmul)?,
             heads: shape.heads,
         })
     }
@@ -73,8 +79,20 @@ struct Mlp {
 impl Mlp {
     fn load(vb: VarBuilder, shape: &EncoderShape) -> Result<Self> {
         Ok(Self {
-            fc1: Dense::load(shape.hidden, shape.intermediate, true, vb.pp("fc1"))?,
-            fc2: Dense::load(shape.intermediate, shape.hidden, true, vb.pp("fc2"))?,
+            fc1: Dense::load(
+                shape.hidden,
+                shape.intermediate,
+                true,
+                vb.pp("fc1"),
+                shape.matmul,
+            )?,
+            fc2: Dense::load(
+                shape.intermediate,
+                shape.hidden,
+                true,
+                vb.pp("fc2"),
+                shape.matmul,
+            )?,
             activation: shape.activation,
         })
     }

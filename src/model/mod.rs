@@ -7,6 +7,8 @@
 //! draws a random `class_embedding` when the weight is missing.
 //! `tests/candle_transformers_differs.rs` shows the difference on a fixture.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 pub mod config;
 pub mod encoder;
 pub mod ops;
@@ -21,7 +23,7 @@ pub use text::Pooling;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use ops::Dense;
+use ops::{Dense, MatmulKind};
 use std::sync::OnceLock;
 
 /// Number format of the weights and activations.
@@ -37,6 +39,18 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// How the model runs in this precision on `device`: the dtype of its tensors and how its
+    /// dense layers multiply. bf16 on a CPU with AMX keeps f32 tensors and multiplies in bf16 on
+    /// AMX tiles (as PyTorch's bf16 autocast does); elsewhere the tensors themselves are bf16.
+    pub fn plan(self, device: &candle_core::Device) -> (DType, MatmulKind) {
+        #[cfg(target_arch = "x86_64")]
+        if self == Precision::Bf16 && device.is_cpu() && amx::available() {
+            return (DType::F32, MatmulKind::AmxBf16);
+        }
+        let _ = device;
+        (self.dtype(), MatmulKind::Native)
+    }
+
     /// The candle dtype.
     pub fn dtype(self) -> DType {
         match self {
@@ -81,6 +95,7 @@ pub struct ClipModel {
     vision: OnceLock<Projected<vision::VisionTransformer>>,
     logit_scale: f32,
     dtype: DType,
+    matmul: MatmulKind,
 }
 
 /// A tower and its projection into the shared space.
@@ -91,8 +106,8 @@ struct Projected<T> {
 
 impl ClipModel {
     /// Opens the model in `vb` (a `CLIPModel` state dict) with its config; only the logit scale is
-    /// read here.
-    pub fn load(vb: VarBuilder<'static>, config: &ClipConfig) -> Result<Self> {
+    /// read here. `matmul` says how the dense layers multiply.
+    pub fn load(vb: VarBuilder<'static>, config: &ClipConfig, matmul: MatmulKind) -> Result<Self> {
         let dtype = vb.dtype();
         let logit_scale = vb
             .get((), "logit_scale")?
@@ -105,6 +120,7 @@ impl ClipModel {
             vision: OnceLock::new(),
             logit_scale,
             dtype,
+            matmul,
         })
     }
 
@@ -115,12 +131,13 @@ impl ClipModel {
         }
         let t = &self.config.text_config;
         let tower = Projected {
-            encoder: text::TextTransformer::load(self.weights.pp("text_model"), t)?,
+            encoder: text::TextTransformer::load(self.weights.pp("text_model"), t, self.matmul)?,
             projection: Dense::load(
                 t.hidden_size,
                 self.config.projection_dim,
                 false,
                 self.weights.pp("text_projection"),
+                self.matmul,
             )?,
         };
         Ok(self.text.get_or_init(|| tower))
@@ -133,12 +150,17 @@ impl ClipModel {
         }
         let v = &self.config.vision_config;
         let tower = Projected {
-            encoder: vision::VisionTransformer::load(self.weights.pp("vision_model"), v)?,
+            encoder: vision::VisionTransformer::load(
+                self.weights.pp("vision_model"),
+                v,
+                self.matmul,
+            )?,
             projection: Dense::load(
                 v.hidden_size,
                 self.config.projection_dim,
                 false,
                 self.weights.pp("visual_projection"),
+                self.matmul,
             )?,
         };
         Ok(self.vision.get_or_init(|| tower))

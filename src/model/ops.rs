@@ -163,28 +163,75 @@ fn activate(x: Tensor, act: Activation) -> Result<Tensor> {
 /// A dense layer `y = x Wᵀ + b` holding `Wᵀ` contiguous, so that every call is one plain 2-D
 /// matmul over all tokens of the batch.
 pub struct Dense {
-    weight_t: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+/// How a dense layer multiplies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MatmulKind {
+    /// In the weights' own dtype.
+    #[default]
+    Native,
+    /// bf16 products with f32 sums on Intel AMX tiles; weights and activations are f32 tensors
+    /// (only for CPU f32 models on CPUs where [`super::amx::available`]).
+    AmxBf16,
+}
+
+/// A dense layer's weight, as its matmul wants it.
+enum Weight {
+    /// `Wᵀ`, contiguous.
+    Transposed(Tensor),
+    /// Packed into AMX tiles.
+    #[cfg(target_arch = "x86_64")]
+    Amx(super::amx::PackedWeight),
 }
 
 impl Dense {
     /// Loads `weight` `(out, inp)` and, if `with_bias`, `bias` `(out)`.
-    pub fn load(inp: usize, out: usize, with_bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn load(
+        inp: usize,
+        out: usize,
+        with_bias: bool,
+        vb: VarBuilder,
+        kind: MatmulKind,
+    ) -> Result<Self> {
         let weight = vb.get((out, inp), "weight")?;
         let bias = if with_bias {
             Some(vb.get(out, "bias")?)
         } else {
             None
         };
-        Ok(Self::new(weight, bias)?)
+        Ok(Self::new(weight, bias, kind)?)
     }
 
     /// From a weight `(out, inp)` and an optional bias `(out)`.
-    pub fn new(weight: Tensor, bias: Option<Tensor>) -> candle_core::Result<Self> {
-        Ok(Self {
-            weight_t: transpose(&weight)?,
-            bias,
-        })
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        kind: MatmulKind,
+    ) -> candle_core::Result<Self> {
+        let weight = match kind {
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::AmxBf16 => {
+                let (out, inp) = weight.dims2()?;
+                let w = weight.contiguous()?;
+                match with_cpu_f32(&w, |w| super::amx::pack(w, out, inp)) {
+                    Some(packed) => Weight::Amx(packed),
+                    None => candle_core::bail!("AMX layers need CPU f32 weights"),
+                }
+            }
+            _ => Weight::Transposed(transpose(&weight)?),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    fn out(&self) -> candle_core::Result<usize> {
+        match &self.weight {
+            Weight::Transposed(wt) => wt.dim(1),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Amx(p) => Ok(p.out()),
+        }
     }
 
     /// Applies the layer to the last dimension of `x`.
@@ -203,7 +250,7 @@ impl Dense {
         let dims = x.dims();
         let inp = dims[dims.len() - 1];
         let rows = x.elem_count() / inp;
-        let out = self.weight_t.dim(1)?;
+        let out = self.out()?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("at least one dimension") = out;
         let x = x.contiguous()?;
@@ -219,7 +266,10 @@ impl Dense {
                 _ => Ok(y),
             };
         }
-        let mut y = x.reshape((rows, inp))?.matmul(&self.weight_t)?;
+        let Weight::Transposed(weight_t) = &self.weight else {
+            anyhow::bail!("AMX layers take CPU f32 inputs");
+        };
+        let mut y = x.reshape((rows, inp))?.matmul(weight_t)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -262,8 +312,23 @@ impl Dense {
             dst.par_chunks_mut(out)
                 .for_each(|row| row.iter_mut().zip(b).for_each(|(d, b)| *d += b));
         }
+        let weight_t = match &self.weight {
+            Weight::Transposed(wt) => wt,
+            #[cfg(target_arch = "x86_64")]
+            Weight::Amx(packed) => {
+                if with_cpu_f32(x, |xs| super::amx::matmul_acc(xs, rows, packed, &mut dst))
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                if act == Some(Activation::QuickGelu) {
+                    dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
+                }
+                return Ok(Some(dst));
+            }
+        };
         let done = with_cpu_f32(x, |xs| {
-            with_cpu_f32(&self.weight_t, |wt| {
+            with_cpu_f32(weight_t, |wt| {
                 // SAFETY: dst is rows x out, xs rows x inp, wt inp x out, all row-major and
                 // contiguous; the destination is read (it holds bias + residual) and accumulated.
                 unsafe {
@@ -579,10 +644,11 @@ mod tests {
         let bias = Tensor::randn(0f32, 1., 6, &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 5), &dev).unwrap();
         let r = Tensor::randn(0f32, 1., (2, 3, 6), &dev).unwrap();
-        let f32_layer = Dense::new(w.clone(), Some(bias.clone())).unwrap();
+        let f32_layer = Dense::new(w.clone(), Some(bias.clone()), MatmulKind::Native).unwrap();
         let f64_layer = Dense::new(
             w.to_dtype(DType::F64).unwrap(),
             Some(bias.to_dtype(DType::F64).unwrap()),
+            MatmulKind::Native,
         )
         .unwrap();
         let x64 = x.to_dtype(DType::F64).unwrap();
@@ -611,7 +677,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1., (5, 3), &dev).unwrap();
         let b = Tensor::randn(0f32, 1., 5, &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 4, 3), &dev).unwrap();
-        let ours = Dense::new(w.clone(), Some(b.clone()))
+        let ours = Dense::new(w.clone(), Some(b.clone()), MatmulKind::Native)
             .unwrap()
             .forward(&x)
             .unwrap();

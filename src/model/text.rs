@@ -3,6 +3,7 @@
 
 use super::config::TextConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
+use super::ops::MatmulKind;
 use anyhow::{bail, Result};
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
@@ -58,7 +59,7 @@ pub struct TextTransformer {
 
 impl TextTransformer {
     /// Loads the tower from `vb` (pointing at `text_model`).
-    pub fn load(vb: VarBuilder, c: &TextConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, c: &TextConfig, matmul: MatmulKind) -> Result<Self> {
         let emb = vb.pp("embeddings");
         let token_embedding = Embedding::new(
             emb.get((c.vocab_size, c.hidden_size), "token_embedding.weight")?,
@@ -75,6 +76,7 @@ impl TextTransformer {
             layers: c.num_hidden_layers,
             activation: c.hidden_act,
             eps: c.layer_norm_eps,
+            matmul,
         };
         Ok(Self {
             token_embedding,

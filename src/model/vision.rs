@@ -3,7 +3,7 @@
 
 use super::config::VisionConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
-use super::ops::{patchify, Dense};
+use super::ops::{patchify, Dense, MatmulKind};
 use anyhow::{bail, Result};
 use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
@@ -24,7 +24,7 @@ pub struct VisionTransformer {
 
 impl VisionTransformer {
     /// Loads the tower from `vb` (pointing at `vision_model`).
-    pub fn load(vb: VarBuilder, c: &VisionConfig) -> Result<Self> {
+    pub fn load(vb: VarBuilder, c: &VisionConfig, matmul: MatmulKind) -> Result<Self> {
         let emb = vb.pp("embeddings");
         let (h, p) = (c.hidden_size, c.patch_size);
         let grid = c.image_size / p;
@@ -38,9 +38,10 @@ impl VisionTransformer {
             layers: c.num_hidden_layers,
             activation: c.hidden_act,
             eps: c.layer_norm_eps,
+            matmul,
         };
         Ok(Self {
-            patch_embedding: Dense::new(patch_weight, None)?,
+            patch_embedding: Dense::new(patch_weight, None, matmul)?,
             class_embedding: emb.get(h, "class_embedding")?,
             position_embedding: emb.get((grid * grid + 1, h), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(h, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,
