@@ -44,6 +44,9 @@ pub(super) fn run(
         }
     }
     warn_unmatched(ui, labels, &unmatched);
+    if args.calibrate && !scorable.iter().any(|s| s.truth == Truth::Unknown) {
+        ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
+    }
     let paths: Vec<String> = scorable.iter().map(|s| s.path.clone()).collect();
     let interrupted = interrupt_flag();
     let progress = progress_bar(ui, paths.len());
