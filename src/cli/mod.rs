@@ -393,12 +393,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 );
             }
             let open_set = open_set(args.threshold, args.min_margin)?;
-            let stored = args
-                .stored
-                .embeddings
-                .as_deref()
-                .map(StoredEmbeddings::load)
-                .transpose()?;
+            let stored = args.stored.load()?;
             let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
                 Format::Table
             } else {
@@ -414,14 +409,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 job.printer = job.printer.with_decision();
             }
             let ckpt = model(stored.is_some())?;
-            if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
-                check_stored(&cli, s, file, &ckpt)?;
-            }
-            if let Some(entry) = registry.for_source(&ckpt.source) {
-                if let Some(f) = check::language_mismatch(&labels, entry, &registry) {
-                    ui.warn(&f.located(&labels.path));
-                }
-            }
+            let sink = args.stored.prepare(&cli, stored.as_ref(), &ckpt)?;
+            warn_language(&ui, &registry, &ckpt, &labels);
             let classifier = build_classifier(&cli, &ui, &ckpt, &labels, &templates)?;
             let (top_k, group_scores) = (args.top_k, args.group_scores);
             let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
@@ -437,12 +426,6 @@ pub fn run(cli: Cli) -> Result<Outcome> {
                 }
                 Ok(rankings)
             };
-            let sink = args
-                .stored
-                .save_embeddings
-                .as_deref()
-                .map(|f| EmbeddingSink::new(f, &ckpt, fingerprint(&cli, &ckpt)?))
-                .transpose()?;
             let embedder = embedder(&ckpt, stored.as_ref(), &args.input.batch, fidelity);
             job.run(embedder, &ui, sink, rows, |printer, path, record| {
                 printer.predictions(path, &record)
@@ -452,23 +435,11 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let labels = LabelSet::load(&args.labels)?;
             let templates = Templates::from_args(&args.templates.templates)?;
             let samples = crate::eval::load_dataset(&args.dataset, &labels)?;
-            let stored = args
-                .stored
-                .embeddings
-                .as_deref()
-                .map(StoredEmbeddings::load)
-                .transpose()?;
+            let stored = args.stored.load()?;
             let ckpt = model(stored.is_some())?;
-            if let (Some(s), Some(file)) = (&stored, &args.stored.embeddings) {
-                check_stored(&cli, s, file, &ckpt)?;
-            }
+            let sink = args.stored.prepare(&cli, stored.as_ref(), &ckpt)?;
+            warn_language(&ui, &registry, &ckpt, &labels);
             let classifier = build_classifier(&cli, &ui, &ckpt, &labels, &templates)?;
-            let sink = args
-                .stored
-                .save_embeddings
-                .as_deref()
-                .map(|f| EmbeddingSink::new(f, &ckpt, fingerprint(&cli, &ckpt)?))
-                .transpose()?;
             let embedder = embedder(&ckpt, stored.as_ref(), &args.batch, fidelity);
             eval::run(args, &ui, &labels, &classifier, &samples, embedder, sink)
         }
@@ -753,8 +724,8 @@ struct EmbeddingSink {
 }
 
 impl EmbeddingSink {
-    fn new(file: &Path, ckpt: &Checkpoint, fingerprint: String) -> Result<Self> {
-        Ok(Self {
+    fn new(file: &Path, ckpt: &Checkpoint, fingerprint: String) -> Self {
+        Self {
             file: file.to_path_buf(),
             stored: StoredEmbeddings {
                 checkpoint: fingerprint,
@@ -762,7 +733,7 @@ impl EmbeddingSink {
                 dim: ckpt.config.projection_dim,
                 values: Vec::new(),
             },
-        })
+        }
     }
 
     /// Keeps the rows of one batch.
@@ -826,23 +797,47 @@ fn embedder<'a>(
     }
 }
 
-/// Refuses stored embeddings made by another checkpoint.
-fn check_stored(
-    cli: &Cli,
-    stored: &StoredEmbeddings,
-    file: &Path,
-    ckpt: &Checkpoint,
-) -> Result<()> {
-    let ours = fingerprint(cli, ckpt)?;
-    if stored.checkpoint != ours {
-        bail!(
-            "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
-            file.display(),
-            stored.checkpoint,
-            ckpt.identity
-        );
+impl StoredArgs {
+    /// The embeddings of `--embeddings`, if given.
+    fn load(&self) -> Result<Option<StoredEmbeddings>> {
+        self.embeddings
+            .as_deref()
+            .map(StoredEmbeddings::load)
+            .transpose()
     }
-    Ok(())
+
+    /// Refuses `stored` embeddings made by another checkpoint than `ckpt`, and opens the
+    /// `--save-embeddings` sink.
+    fn prepare(
+        &self,
+        cli: &Cli,
+        stored: Option<&StoredEmbeddings>,
+        ckpt: &Checkpoint,
+    ) -> Result<Option<EmbeddingSink>> {
+        if let (Some(stored), Some(file)) = (stored, &self.embeddings) {
+            let ours = fingerprint(cli, ckpt)?;
+            if stored.checkpoint != ours {
+                bail!(
+                    "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
+                    file.display(),
+                    stored.checkpoint,
+                    ckpt.identity
+                );
+            }
+        }
+        Ok(match &self.save_embeddings {
+            Some(file) => Some(EmbeddingSink::new(file, ckpt, fingerprint(cli, ckpt)?)),
+            None => None,
+        })
+    }
+}
+
+/// Warns once when the labels use a language the model's registry entry lacks.
+fn warn_language(ui: &Ui, registry: &Registry, ckpt: &Checkpoint, labels: &LabelSet) {
+    let entry = registry.for_source(&ckpt.source);
+    if let Some(f) = entry.and_then(|e| check::language_mismatch(labels, e, registry)) {
+        ui.warn(&f.located(&labels.path));
+    }
 }
 
 fn summary(stats: &Stats, skipped: usize, interrupted: bool) {
