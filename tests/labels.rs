@@ -277,3 +277,17 @@ fn korean_labels_on_an_english_model_get_one_warning() {
     let o = run(&korean);
     assert!(!String::from_utf8_lossy(&o.stderr).contains("warning:"));
 }
+
+#[test]
+fn labels_check_without_a_model_says_how_to_check_the_file_alone() {
+    // The default model is not in the (empty) hub cache and the network is off.
+    let o = foodclip()
+        .args(["labels", "check"])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--no-model checks the file alone"), "{err}");
+}

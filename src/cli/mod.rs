@@ -487,7 +487,9 @@ pub fn run(cli: Cli) -> Result<Outcome> {
             let templates = Templates::from_args(&args.templates.templates)?;
             let mut pairs = Vec::new();
             if !args.no_model {
-                let ckpt = model(true)?;
+                let ckpt = model(true).map_err(|e| {
+                    e.context("the model checks need a model; --no-model checks the file alone")
+                })?;
                 findings.extend(check::truncated_names(&set, &templates, &ckpt.tokenizer)?);
                 if let Some(entry) = registry.for_source(&ckpt.source) {
                     findings.extend(check::language_mismatch(&set, entry, &registry));
