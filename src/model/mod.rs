@@ -32,7 +32,8 @@ pub enum Precision {
     /// 32-bit floats, as the reference.
     #[default]
     F32,
-    /// bfloat16 weights and activations (embeddings come back as f32).
+    /// bfloat16: on CPUs with AMX, bf16 products with f32 sums and f32 activations (as PyTorch's
+    /// autocast); elsewhere bf16 weights and activations. Embeddings come back as f32.
     Bf16,
     /// IEEE half precision.
     F16,
