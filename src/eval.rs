@@ -5,7 +5,7 @@
 //! holds dishes that are not in the list), or a CSV/TSV file of `path,label` rows.
 
 use crate::labels::LabelSet;
-use crate::pipeline::collect_inputs;
+use crate::pipeline::{collect_inputs, has_image_extension};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -123,10 +123,12 @@ fn load_folder(root: &Path, index: &HashMap<String, usize>) -> Result<Vec<Sample
                 name.into_owned(),
                 collect_inputs(&[entry], false, std::io::empty())?,
             )
-        } else {
+        } else if has_image_extension(&entry) {
             // A photo beside the class folders is in no class.
             let inputs = collect_inputs(&[entry], false, std::io::empty())?;
             (String::new(), inputs)
+        } else {
+            continue; // a README or other file beside the class folders
         };
         let t = truth(&label, index);
         samples.extend(inputs.paths.into_iter().map(|path| Sample {

@@ -60,6 +60,13 @@ pub fn collect_inputs(inputs: &[PathBuf], null: bool, mut stdin: impl Read) -> R
     Ok(out)
 }
 
+/// Whether `path` ends in one of [`IMAGE_EXTENSIONS`] (any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|x| x.to_str())
+        .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
+}
+
 fn walk(dir: &Path, out: &mut Inputs) -> io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -67,11 +74,7 @@ fn walk(dir: &Path, out: &mut Inputs) -> io::Result<()> {
         let path = e.path();
         if path.is_dir() {
             walk(&path, out)?;
-        } else if path
-            .extension()
-            .and_then(|x| x.to_str())
-            .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
-        {
+        } else if has_image_extension(&path) {
             out.paths.push(path.display().to_string());
         } else {
             out.not_images += 1;

@@ -45,6 +45,7 @@ fn dataset(root: &Path) -> PathBuf {
         &fixtures().join("bad"),
     );
     std::fs::copy(images.join("rgb16.png"), ds.join("loose.png")).unwrap();
+    std::fs::write(ds.join("README.txt"), "not a photo").unwrap();
     ds
 }
 
