@@ -1,6 +1,9 @@
 //! `foodclip eval`: score a labelled data set, then print the metrics (and write the report).
 
-use super::{interrupt_flag, progress_bar, report_failures, EmbeddingSink, EvalArgs, Outcome, Ui};
+use super::{
+    interrupt_flag, progress_bar, quiet_on_closed_pipe, report_failures, write_json, EmbeddingSink,
+    EvalArgs, Outcome, Ui,
+};
 use crate::classify::{Classifier, Ranking};
 use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Sample, Scored, Truth};
 use crate::labels::LabelSet;
@@ -190,19 +193,11 @@ fn spread(points: &[Operating]) -> Vec<&Operating> {
 fn print(e: &Evaluation, args: &EvalArgs) -> Result<()> {
     let mut out = io::stdout().lock();
     let r = match args.format {
-        Format::Json | Format::Jsonl => {
-            let value = to_json(e, args);
-            serde_json::to_writer_pretty(&mut out, &value)
-                .map_err(io::Error::from)
-                .and_then(|()| writeln!(out))
-        }
+        Format::Json | Format::Jsonl => write_json(&mut out, &to_json(e, args)),
         Format::Csv | Format::Tsv => print_csv(e, args.format, &mut out),
         Format::Table => print_table(e, args, &mut out),
     };
-    match r {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
+    quiet_on_closed_pipe(r)
 }
 
 fn name<'a>(e: &Evaluation<'a>, class: usize) -> &'a str {

@@ -1,5 +1,6 @@
 //! Printing for `foodclip labels show` and `foodclip labels check`.
 
+use super::{quiet_on_closed_pipe, write_json};
 use crate::labels::check::ConfusablePair;
 use crate::labels::{Finding, LabelSet, Severity, Templates};
 use crate::output::Format;
@@ -27,9 +28,7 @@ pub fn show(set: &LabelSet, templates: &Templates, format: Format) -> Result<()>
                 "prompts": prompts(&c.names),
             })).collect::<Vec<_>>(),
         });
-        serde_json::to_writer_pretty(&mut out, &value)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
+        write_json(&mut out, &value)
     } else {
         (|| {
             writeln!(
@@ -87,9 +86,7 @@ pub fn report(
                 "cosine": p.cosine,
             })).collect::<Vec<_>>(),
         });
-        serde_json::to_writer_pretty(&mut out, &value)
-            .map_err(io::Error::from)
-            .and_then(|()| writeln!(out))
+        write_json(&mut out, &value)
     } else {
         (|| {
             for f in findings {
@@ -124,12 +121,4 @@ pub fn report(
         })()
     };
     quiet_on_closed_pipe(r)
-}
-
-/// A closed pipe (`| head`) is a normal end.
-fn quiet_on_closed_pipe(r: io::Result<()>) -> Result<()> {
-    match r {
-        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
-        _ => Ok(()),
-    }
 }

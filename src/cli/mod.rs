@@ -855,10 +855,7 @@ fn summary(stats: &Stats, skipped: usize, interrupted: bool) {
 fn list_models(registry: &Registry, format: Format) -> Result<()> {
     let mut out = io::stdout().lock();
     let r = match format {
-        Format::Json | Format::Jsonl => {
-            serde_json::to_writer_pretty(&mut out, &registry.entries)?;
-            writeln!(out)
-        }
+        Format::Json | Format::Jsonl => write_json(&mut out, &registry.entries),
         _ => (|| {
             writeln!(
                 out,
@@ -884,6 +881,17 @@ fn list_models(registry: &Registry, format: Format) -> Result<()> {
             Ok(())
         })(),
     };
+    quiet_on_closed_pipe(r)
+}
+
+/// Pretty-printed JSON and a newline.
+fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
+/// A closed pipe (`| head`) is a normal end, as in ripgrep; other write errors are errors.
+fn quiet_on_closed_pipe(r: io::Result<()>) -> Result<()> {
     match r {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
