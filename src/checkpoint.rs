@@ -10,6 +10,7 @@ use candle_core::Device;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// Everything needed to embed photos and prompts with one checkpoint.
 pub struct Checkpoint {
@@ -31,6 +32,8 @@ pub struct Checkpoint {
     pub precision: Precision,
     /// The files read: config, tokenizer (and its config, if any), weights.
     files: Vec<PathBuf>,
+    /// The local files' content hash, computed once per process.
+    content_hash: OnceLock<String>,
 }
 
 impl Checkpoint {
@@ -102,6 +105,7 @@ impl Checkpoint {
             preprocess,
             device: device.clone(),
             precision,
+            content_hash: OnceLock::new(),
             files: [config_path, tokenizer_path]
                 .into_iter()
                 .chain(tokenizer_config)
@@ -117,6 +121,9 @@ impl Checkpoint {
     pub fn fingerprint(&self) -> Result<String> {
         if let Some(commit) = self.hub_commit() {
             return Ok(commit);
+        }
+        if let Some(hash) = self.content_hash.get() {
+            return Ok(hash.clone());
         }
         let mut hasher = blake3::Hasher::new();
         // Read in large chunks (not mapped, so the weights do not count twice in resident memory),
@@ -135,7 +142,8 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(format!("blake3:{}", hasher.finalize().to_hex()))
+        let hash = format!("blake3:{}", hasher.finalize().to_hex());
+        Ok(self.content_hash.get_or_init(|| hash).clone())
     }
 
     /// Like [`Checkpoint::fingerprint`], remembering a local checkpoint's hash under `root`

@@ -9,7 +9,6 @@ use foodclip::checkpoint::Checkpoint;
 use foodclip::classify::Classifier;
 use foodclip::labels::{LabelSet, Templates};
 use foodclip::model::Precision;
-use foodclip::source::{HubOptions, ModelSource};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -19,15 +18,6 @@ fn labels() -> LabelSet {
 
 fn classifier(ckpt: &Checkpoint, cache: &TextCache, templates: &Templates) -> Classifier {
     Classifier::new(ckpt, &labels(), templates, Some(cache), |_| {}).unwrap()
-}
-
-fn load(dir: &Path, precision: Precision) -> Checkpoint {
-    let source = ModelSource::Local(dir.to_path_buf());
-    let hub = HubOptions {
-        offline: true,
-        progress: false,
-    };
-    Checkpoint::load_with(&source, &hub, &candle_core::Device::Cpu, precision).unwrap()
 }
 
 #[test]
@@ -67,7 +57,7 @@ fn other_checkpoints_prompts_and_precisions_miss() {
     };
     let one = Templates::Custom(vec!["{}".into()]);
     let two = Templates::Custom(vec!["{}".into(), "a photo of {}.".into()]);
-    let gelu = load(dir.path(), Precision::F32);
+    let gelu = load_checkpoint(dir.path(), Precision::F32);
     let fingerprint = gelu.fingerprint().unwrap();
     let names = run(&gelu, &one).encoded;
     // Only the new template's prompts are encoded.
@@ -78,14 +68,17 @@ fn other_checkpoints_prompts_and_precisions_miss() {
     assert_eq!(same.fingerprint().unwrap(), fingerprint);
     assert_eq!(run(&same, &two).encoded, 0);
     // Another precision, another checkpoint, or an edited weight file: all miss.
-    assert_eq!(run(&load(dir.path(), Precision::Bf16), &one).cached, 0);
+    assert_eq!(
+        run(&load_checkpoint(dir.path(), Precision::Bf16), &one).cached,
+        0
+    );
     assert_eq!(run(&checkpoint("tiny-openai"), &one).cached, 0);
     let weights = dir.path().join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
     let scale = tensors.get_mut("logit_scale").unwrap();
     *scale = (&*scale + 0.5).unwrap();
     candle_core::safetensors::save(&tensors, &weights).unwrap();
-    let edited = load(dir.path(), Precision::F32);
+    let edited = load_checkpoint(dir.path(), Precision::F32);
     assert_ne!(edited.fingerprint().unwrap(), fingerprint);
     assert_eq!(run(&edited, &one).cached, 0);
 }
@@ -209,7 +202,7 @@ fn remembered_fingerprints_follow_file_changes() {
     let root = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     copy_checkpoint("tiny-gelu", dir.path());
-    let ckpt = load(dir.path(), Precision::F32);
+    let ckpt = load_checkpoint(dir.path(), Precision::F32);
     let hashed = ckpt.fingerprint().unwrap();
     assert_eq!(ckpt.fingerprint_cached(root.path()).unwrap(), hashed);
     let memos = entries(root.path());

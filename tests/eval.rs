@@ -79,10 +79,8 @@ fn classify_top1(paths: &[String]) -> HashMap<String, String> {
         .args(paths)
         .output()
         .unwrap();
-    o.stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+    jsonl_records(&o.stdout)
+        .into_iter()
         .filter(|v| v.get("predictions").is_some())
         .map(|v| {
             (
@@ -257,13 +255,7 @@ fn stored_embeddings_rescore_without_the_photos_and_only_with_their_checkpoint()
         .arg(&store)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stored: Vec<Value> = o
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let stored = records(&o);
     let paths: Vec<String> = stored
         .iter()
         .map(|r| r["path"].as_str().unwrap().into())
@@ -307,11 +299,7 @@ fn classify_open_set(extra: &[&str]) -> Output {
 
 fn records(o: &Output) -> Vec<Value> {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    o.stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect()
+    jsonl_records(&o.stdout)
 }
 
 #[test]

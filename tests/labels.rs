@@ -45,12 +45,7 @@ fn group_scores_sum_their_classes() {
     let labels = write(dir.path(), "grouped.txt", GROUPED);
     let o = classify(&labels, &["--format", "jsonl", "--group-scores"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let records: Vec<Value> = o
-        .stdout
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| serde_json::from_slice(l).unwrap())
-        .collect();
+    let records: Vec<Value> = jsonl_records(&o.stdout);
     assert_eq!(records.len(), 2);
     let expected_group = |label: &str| {
         if ["김치찌개", "된장찌개"].contains(&label) {

@@ -175,7 +175,6 @@ fn scores_and_probs_match() {
 #[test]
 fn half_precision_embeddings_stay_close_to_f32() {
     use foodclip::model::Precision;
-    use foodclip::source::{HubOptions, ModelSource};
     for name in CHECKPOINTS {
         let reference = reference(name);
         let f32_ckpt = checkpoint(name);
@@ -185,36 +184,20 @@ fn half_precision_embeddings_stay_close_to_f32() {
             .map(|i| exact_picture(&f32_ckpt, &i.file))
             .collect();
         let prompts: Vec<String> = reference.prompts.iter().map(|p| p.text.clone()).collect();
-        let full = embed_pictures(&f32_ckpt, &pictures)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let full_text = embed_prompts(&f32_ckpt, &prompts, None, |_| {})
-            .unwrap()
-            .0
-            .to_vec2::<f32>()
-            .unwrap();
+        // Image rows, then prompt rows.
+        let embed = |ckpt: &foodclip::checkpoint::Checkpoint| {
+            let mut rows = embed_pictures(ckpt, &pictures)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let text = embed_prompts(ckpt, &prompts, None, |_| {}).unwrap().0;
+            rows.extend(text.to_vec2::<f32>().unwrap());
+            rows
+        };
+        let full = embed(&f32_ckpt);
         for precision in [Precision::Bf16, Precision::F16] {
-            let half = foodclip::checkpoint::Checkpoint::load_with(
-                &ModelSource::Local(fixtures().join(name)),
-                &HubOptions {
-                    offline: true,
-                    progress: false,
-                },
-                &candle_core::Device::Cpu,
-                precision,
-            )
-            .unwrap();
-            let images = embed_pictures(&half, &pictures)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let text = embed_prompts(&half, &prompts, None, |_| {})
-                .unwrap()
-                .0
-                .to_vec2::<f32>()
-                .unwrap();
-            for (a, b) in images.iter().zip(&full).chain(text.iter().zip(&full_text)) {
+            let half = embed(&load_checkpoint(&fixtures().join(name), precision));
+            for (a, b) in half.iter().zip(&full) {
                 let cos = cosine(a, b);
                 assert!(cos >= 0.999, "{name} {precision}: cosine {cos}");
             }

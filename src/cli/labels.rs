@@ -31,13 +31,7 @@ pub fn show(set: &LabelSet, templates: &Templates, format: Format) -> Result<()>
         write_json(&mut out, &value)
     } else {
         (|| {
-            writeln!(
-                out,
-                "{}: {} classes, {} groups",
-                set.path.display(),
-                set.classes.len(),
-                set.groups.len()
-            )?;
+            writeln!(out, "{}", headline(set))?;
             let mut group = None;
             for c in &set.classes {
                 if c.group != group {
@@ -113,12 +107,20 @@ pub fn report(
             }
             writeln!(
                 out,
-                "{}: {} classes, {} groups: {errors} errors, {warnings} warnings",
-                set.path.display(),
-                set.classes.len(),
-                set.groups.len()
+                "{}: {errors} errors, {warnings} warnings",
+                headline(set)
             )
         })()
     };
     quiet_on_closed_pipe(r)
+}
+
+/// `FILE: N classes, M groups`.
+fn headline(set: &LabelSet) -> String {
+    format!(
+        "{}: {} classes, {} groups",
+        set.path.display(),
+        set.classes.len(),
+        set.groups.len()
+    )
 }

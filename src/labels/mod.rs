@@ -174,11 +174,8 @@ impl LabelSet {
             groups: Vec::new(),
         };
         let mut findings = Vec::new();
-        // Display names, and every name, seen so far, with the line that has them.
-        let mut class_displays: HashMap<String, usize> = HashMap::new();
-        let mut group_displays: HashMap<String, usize> = HashMap::new();
-        let mut class_names: HashMap<String, usize> = HashMap::new();
-        let mut group_names: HashMap<String, usize> = HashMap::new();
+        let mut classes = Names::new("class");
+        let mut groups = Names::new("group");
         for (i, raw) in text.split('\n').enumerate() {
             let line_no = i + 1;
             let line = raw.trim();
@@ -196,15 +193,9 @@ impl LabelSet {
                 let Some(names) = split_names(inner, line_no, &mut findings) else {
                     continue;
                 };
-                if let Some(&first) = group_displays.get(&names[0]) {
-                    findings.push(Finding::error(
-                        line_no,
-                        format!("duplicate group {:?} (first on line {first})", names[0]),
-                    ));
+                if !groups.admit(&names, line_no, &mut findings) {
                     continue;
                 }
-                group_displays.insert(names[0].clone(), line_no);
-                check_unique(&names, line_no, &mut group_names, "group", &mut findings);
                 set.groups.push(LabelGroup {
                     names,
                     line: line_no,
@@ -214,15 +205,9 @@ impl LabelSet {
             let Some(names) = split_names(line, line_no, &mut findings) else {
                 continue;
             };
-            if let Some(&first) = class_displays.get(&names[0]) {
-                findings.push(Finding::error(
-                    line_no,
-                    format!("duplicate class {:?} (first on line {first})", names[0]),
-                ));
+            if !classes.admit(&names, line_no, &mut findings) {
                 continue;
             }
-            class_displays.insert(names[0].clone(), line_no);
-            check_unique(&names, line_no, &mut class_names, "class", &mut findings);
             set.classes.push(LabelClass {
                 names,
                 line: line_no,
@@ -277,28 +262,50 @@ fn split_names(text: &str, line: usize, findings: &mut Vec<Finding>) -> Option<V
     Some(names)
 }
 
-/// Warns about names repeated within a line or already used on another line, then records them.
-fn check_unique(
-    names: &[String],
-    line: usize,
-    seen: &mut HashMap<String, usize>,
-    what: &str,
-    findings: &mut Vec<Finding>,
-) {
-    for (i, name) in names.iter().enumerate() {
-        if names[..i].contains(name) {
-            findings.push(Finding::warning(
-                line,
-                format!("{name:?} is listed twice on this line"),
-            ));
-        } else if let Some(&other) = seen.get(name) {
-            findings.push(Finding::warning(
-                line,
-                format!("{name:?} also names the {what} on line {other}; a name should belong to one {what}"),
-            ));
-        } else {
-            seen.insert(name.clone(), line);
+/// The names of one kind (classes or groups) seen so far, with the line that has each.
+struct Names {
+    what: &'static str,
+    displays: HashMap<String, usize>,
+    all: HashMap<String, usize>,
+}
+
+impl Names {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            displays: HashMap::new(),
+            all: HashMap::new(),
         }
+    }
+
+    /// Records the `names` of `line`, unless its display name is taken (an error). Names repeated
+    /// within the line or used on another line are warnings.
+    fn admit(&mut self, names: &[String], line: usize, findings: &mut Vec<Finding>) -> bool {
+        let what = self.what;
+        if let Some(&first) = self.displays.get(&names[0]) {
+            findings.push(Finding::error(
+                line,
+                format!("duplicate {what} {:?} (first on line {first})", names[0]),
+            ));
+            return false;
+        }
+        self.displays.insert(names[0].clone(), line);
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                findings.push(Finding::warning(
+                    line,
+                    format!("{name:?} is listed twice on this line"),
+                ));
+            } else if let Some(&other) = self.all.get(name) {
+                findings.push(Finding::warning(
+                    line,
+                    format!("{name:?} also names the {what} on line {other}; a name should belong to one {what}"),
+                ));
+            } else {
+                self.all.insert(name.clone(), line);
+            }
+        }
+        true
     }
 }
 

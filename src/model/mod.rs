@@ -125,6 +125,12 @@ impl ClipModel {
         })
     }
 
+    /// The bias-free projection `name` from a tower's width into the shared space.
+    fn projection(&self, hidden: usize, name: &str) -> Result<Dense> {
+        let proj = self.config.projection_dim;
+        Dense::load(hidden, proj, false, self.weights.pp(name), self.matmul)
+    }
+
     /// The text tower, built from the weights on first use.
     fn text_tower(&self) -> Result<&Projected<text::TextTransformer>> {
         if let Some(tower) = self.text.get() {
@@ -133,13 +139,7 @@ impl ClipModel {
         let t = &self.config.text_config;
         let tower = Projected {
             encoder: text::TextTransformer::load(self.weights.pp("text_model"), t, self.matmul)?,
-            projection: Dense::load(
-                t.hidden_size,
-                self.config.projection_dim,
-                false,
-                self.weights.pp("text_projection"),
-                self.matmul,
-            )?,
+            projection: self.projection(t.hidden_size, "text_projection")?,
         };
         Ok(self.text.get_or_init(|| tower))
     }
@@ -156,13 +156,7 @@ impl ClipModel {
                 v,
                 self.matmul,
             )?,
-            projection: Dense::load(
-                v.hidden_size,
-                self.config.projection_dim,
-                false,
-                self.weights.pp("visual_projection"),
-                self.matmul,
-            )?,
+            projection: self.projection(v.hidden_size, "visual_projection")?,
         };
         Ok(self.vision.get_or_init(|| tower))
     }

@@ -78,16 +78,17 @@ pub fn reference(name: &str) -> Reference {
 }
 
 pub fn checkpoint(name: &str) -> Checkpoint {
-    let source = ModelSource::Local(fixtures().join(name));
-    Checkpoint::load(
-        &source,
-        &HubOptions {
-            offline: true,
-            progress: false,
-        },
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
+    load_checkpoint(&fixtures().join(name), foodclip::model::Precision::F32)
+}
+
+/// The checkpoint in `dir`, offline, on the CPU, in `precision`.
+pub fn load_checkpoint(dir: &Path, precision: foodclip::model::Precision) -> Checkpoint {
+    let source = ModelSource::Local(dir.to_path_buf());
+    let hub = HubOptions {
+        offline: true,
+        progress: false,
+    };
+    Checkpoint::load_with(&source, &hub, &candle_core::Device::Cpu, precision).unwrap()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -99,14 +100,18 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 
 /// The `path` of every JSON line in `stdout`.
 pub fn jsonl_paths(stdout: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["path"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
+    jsonl_records(stdout)
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The JSON records of JSON-lines output.
+pub fn jsonl_records(stdout: &[u8]) -> Vec<serde_json::Value> {
+    stdout
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
         .collect()
 }
 
