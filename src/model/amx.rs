@@ -9,14 +9,16 @@
 
 use rayon::prelude::*;
 use std::arch::asm;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
-/// Whether AMX bf16 can be used here: the CPU has it, the OS saves the tile state, and Linux has
-/// granted it to this process.
+/// Whether AMX bf16 can be used here: the CPU has it (and AVX-512 BF16, to convert activations),
+/// the OS saves the tile state, and Linux has granted it to this process.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| cpu_has_amx() && os_grants_tiles())
+    *OK.get_or_init(|| {
+        cpu_has_amx() && std::arch::is_x86_feature_detected!("avx512bf16") && os_grants_tiles()
+    })
 }
 
 fn cpu_has_amx() -> bool {
@@ -99,35 +101,43 @@ fn configure_thread() {
     });
 }
 
+/// One tile row: 32 bf16 values (64 bytes), aligned to a cache line. Tile loads from unaligned
+/// rows (each split over two lines) run about seven times slower.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u16; 32]);
+
+const ZERO_LINE: Line = Line([0; 32]);
+
+/// Lines per tile (16 rows).
+const TILE: usize = 16;
+
 /// A weight `(out, inp)` packed as AMX B tiles: for each block of 16 outputs and 32 inputs, 16
 /// rows of 16 (input pair) bf16 pairs. Outputs are padded to a multiple of 32, inputs of 32.
 pub struct PackedWeight {
-    data: Vec<u16>,
+    data: Vec<Line>,
     inp: usize,
     out: usize,
     k_tiles: usize,
     n_tiles: usize,
 }
 
-const TILE: usize = 16 * 32;
-
 /// Packs a row-major f32 weight `(out, inp)` into bf16 tiles.
 pub fn pack(w: &[f32], out: usize, inp: usize) -> PackedWeight {
     let k_tiles = inp.div_ceil(32);
     let n_tiles = out.div_ceil(32) * 2;
-    let mut data = vec![0u16; n_tiles * k_tiles * TILE];
+    let mut data = vec![ZERO_LINE; n_tiles * k_tiles * TILE];
     data.par_chunks_mut(k_tiles * TILE)
         .enumerate()
         .for_each(|(nt, column)| {
             for (kt, tile) in column.chunks_mut(TILE).enumerate() {
-                for r in 0..16 {
+                for (r, line) in tile.iter_mut().enumerate() {
                     for c in 0..16 {
                         let n = nt * 16 + c;
                         for j in 0..2 {
                             let k = kt * 32 + 2 * r + j;
                             if n < out && k < inp {
-                                tile[r * 32 + c * 2 + j] =
-                                    half::bf16::from_f32(w[n * inp + k]).to_bits();
+                                line.0[c * 2 + j] = half::bf16::from_f32(w[n * inp + k]).to_bits();
                             }
                         }
                     }
@@ -150,78 +160,249 @@ impl PackedWeight {
     }
 }
 
-/// Rows of activations each task multiplies (a multiple of 32).
-const ROWS_PER_TASK: usize = 192;
+thread_local! {
+    /// The packed activations of the last product on this thread, kept so that every call does
+    /// not allocate (and fault in) a fresh buffer.
+    static ACTIVATIONS: RefCell<Vec<Line>> = const { RefCell::new(Vec::new()) };
+}
 
-/// `dst += x · Wᵀ` for `x` `(rows, inp)` and `dst` `(rows, out)`, row-major: bf16 products,
-/// f32 sums. Only call when [`available`].
-pub fn matmul_acc(x: &[f32], rows: usize, w: &PackedWeight, dst: &mut [f32]) {
-    assert!(available(), "AMX is not available");
-    assert_eq!(x.len(), rows * w.inp);
-    assert_eq!(dst.len(), rows * w.out);
-    let kp = w.k_tiles * 32;
-    let padded_rows = rows.div_ceil(32) * 32;
-    // Activations in bf16, padded with zeros to whole tiles.
-    let mut a = vec![0u16; padded_rows * kp];
-    a.par_chunks_mut(kp)
-        .zip(x.par_chunks(w.inp))
-        .for_each(|(dst, src)| {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = half::bf16::from_f32(s).to_bits();
-            }
-        });
-    let out = w.out;
-    dst.par_chunks_mut(ROWS_PER_TASK * out)
+/// Packs activations `(rows, inp)` into `a` in bf16, laid out like the weights: for each group
+/// of 16 rows, `k_tiles` consecutive tiles of 16 rows x 32 values, so that every tile load reads
+/// 1 KiB in one piece. Rows are padded to a multiple of 32, inputs to a multiple of 32, with
+/// zeros. With `norm`, each row is layer-normalised first.
+fn pack_activations(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    k_tiles: usize,
+    norm: Option<Norm>,
+    a: &mut Vec<Line>,
+) {
+    let groups = rows.div_ceil(32) * 2;
+    a.resize(groups * k_tiles * TILE, ZERO_LINE);
+    a.par_chunks_mut(k_tiles * TILE)
         .enumerate()
-        .for_each(|(task, dst)| {
-            configure_thread();
-            let first_row = task * ROWS_PER_TASK;
-            let task_rows = dst.len() / out;
-            let mut block = [0f32; 32 * 32];
-            for np in 0..w.n_tiles / 2 {
-                let b0 = &w.data[(2 * np) * w.k_tiles * TILE..];
-                let b1 = &w.data[(2 * np + 1) * w.k_tiles * TILE..];
-                for mp in (0..task_rows).step_by(32) {
-                    let a0 = &a[(first_row + mp) * kp..];
-                    // SAFETY: the tiles read 16 rows of 64 bytes: a0 holds 32 rows of kp
-                    // values, b0 and b1 k_tiles whole tiles; block has room for 32x32 f32.
-                    unsafe {
-                        block_32x32(
-                            a0.as_ptr(),
-                            kp,
-                            b0.as_ptr(),
-                            b1.as_ptr(),
-                            w.k_tiles,
-                            &mut block,
-                        )
-                    };
-                    let cols = (out - np * 32).min(32);
-                    for r in 0..(task_rows - mp).min(32) {
-                        let d = &mut dst[(mp + r) * out + np * 32..][..cols];
-                        d.iter_mut()
-                            .zip(&block[r * 32..])
-                            .for_each(|(d, v)| *d += v);
-                    }
+        .for_each(|(g, group)| {
+            let valid = 16.min(rows.saturating_sub(g * 16));
+            let mut normed = vec![0f32; if norm.is_some() { inp } else { 0 }];
+            for r in 0..valid {
+                let mut row = &x[(g * 16 + r) * inp..][..inp];
+                if let Some(norm) = &norm {
+                    // SAFETY: AVX-512 F comes with AMX.
+                    unsafe { layer_norm(row, norm, &mut normed) };
+                    row = &normed;
+                }
+                // SAFETY: `available()` checked AVX-512 BF16.
+                unsafe { pack_row(row, &mut group[r..], k_tiles) };
+            }
+            if valid < 16 {
+                // Padding rows (the buffer is reused, so they may hold an earlier product's data).
+                for tile in group.chunks_mut(TILE) {
+                    tile[valid..].fill(ZERO_LINE);
                 }
             }
         });
 }
 
-/// One 32x32 block of `A · B`: A is 32 rows of `kp` bf16 (`a`, row stride `kp`), B two columns
-/// of `k_tiles` packed tiles each.
+/// Layer normalisation of the activations, applied to each row as it is packed.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    /// Scale per input, `(inp)`.
+    pub weight: &'a [f32],
+    /// Shift per input, `(inp)`.
+    pub bias: Option<&'a [f32]>,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
 ///
 /// # Safety
-/// The tile configuration must be loaded on this thread, and the pointers must cover the data
-/// described.
-unsafe fn block_32x32(
-    a: *const u16,
-    kp: usize,
-    b0: *const u16,
-    b1: *const u16,
-    k_tiles: usize,
-    out: &mut [f32; 1024],
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) {
+    #[inline(always)]
+    fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        let mut lanes = [0f32; 16];
+        let chunks = xs.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        for chunk in chunks {
+            lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+    let n = row.len() as f32;
+    let mean = lane_sum(row, |x| x) / n;
+    let var = lane_sum(row, |x| (x - mean) * (x - mean)) / n;
+    let inv = 1.0 / (var + norm.eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(row).zip(norm.weight) {
+        *o = (x - mean) * inv * w;
+    }
+    if let Some(bias) = norm.bias {
+        out.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+    }
+}
+
+/// Converts one row of activations to bf16, 32 values (one tile row) at a time, into every
+/// `TILE`th line of `dst`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_row(row: &[f32], dst: &mut [Line], k_tiles: usize) {
+    use std::arch::x86_64::*;
+    let inp = row.len();
+    let mask = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as u16 };
+    for kt in 0..k_tiles {
+        let k = kt * 32;
+        let n = (inp - k).min(32);
+        // Masked loads read only the values the row has; the rest are zeros.
+        let src = row.as_ptr().add(k);
+        let lo = _mm512_maskz_loadu_ps(mask(n), src);
+        let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
+        let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_store_si512((&mut dst[kt * TILE] as *mut Line).cast(), packed);
+    }
+}
+
+/// What happens to each block of `x · Wᵀ` on its way to the output, while it is still in the
+/// L1 cache: `act(x · Wᵀ + bias) + residual`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every row, `(out)`.
+    pub bias: Option<&'a [f32]>,
+    /// Added after the activation, `(rows, out)`.
+    pub residual: Option<&'a [f32]>,
+    /// Apply quick_gelu before the residual.
+    pub quick_gelu: bool,
+}
+
+/// `act(x · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: bf16 products, f32 sums,
+/// the epilogue in f32. Returns `(rows, out)`. Only call when [`available`].
+pub fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    norm: Option<Norm>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    assert!(available(), "AMX is not available");
+    assert_eq!(x.len(), rows * w.inp);
+    let out = w.out;
+    assert!(epilogue.bias.is_none_or(|b| b.len() == out));
+    assert!(epilogue.residual.is_none_or(|r| r.len() == rows * out));
+    let mut a = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+    assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
+    pack_activations(x, rows, w.inp, w.k_tiles, norm, &mut a);
+    let mut y = Vec::with_capacity(rows * out);
+    // One even share of 32-row blocks per thread, so no thread waits on a last small task.
+    let per_thread = rows.div_ceil(32).div_ceil(rayon::current_num_threads()) * 32;
+    // Within a share, rows go in chunks whose activations stay in the core's L2 cache while
+    // every weight column passes over them.
+    let block_bytes = 32 * w.k_tiles * 32 * 2; // one 32-row block of bf16 activations
+    let chunk = (CHUNK_BYTES / block_bytes).clamp(1, 16) * 32;
+    y.spare_capacity_mut()[..rows * out]
+        .par_chunks_mut(per_thread * out)
+        .enumerate()
+        .for_each(|(share, dst)| {
+            configure_thread();
+            let share_rows = dst.len() / out;
+            let mut block = Block([0f32; 32 * 32]);
+            for c0 in (0..share_rows).step_by(chunk) {
+                for np in 0..w.n_tiles / 2 {
+                    for mp in (c0..(c0 + chunk).min(share_rows)).step_by(32) {
+                        let row = share * per_thread + mp;
+                        let a = &a[(row / 16) * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
+                        let b = &w.data[2 * np * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
+                        let place = Place {
+                            row,
+                            col: np * 32,
+                            rows: (share_rows - mp).min(32),
+                            cols: (out - np * 32).min(32),
+                            out,
+                        };
+                        // SAFETY: a and b hold two strips of k_tiles tiles each, and this
+                        // thread loaded the tile configuration.
+                        unsafe {
+                            tile_product(
+                                a.as_ptr().cast(),
+                                b.as_ptr().cast(),
+                                w.k_tiles,
+                                &mut block,
+                            )
+                        };
+                        // SAFETY: AVX-512 F comes with AMX.
+                        unsafe { finish_block(&block, place, &epilogue, &mut dst[mp * out..]) };
+                    }
+                }
+            }
+        });
+    // SAFETY: the blocks cover every row and column of the output exactly once, and
+    // `finish_block` wrote each of their values.
+    unsafe { y.set_len(rows * out) };
+    ACTIVATIONS.with(|buf| *buf.borrow_mut() = a);
+    y
+}
+
+/// A 32x32 f32 block of results, aligned for tile stores.
+#[repr(C, align(64))]
+struct Block([f32; 32 * 32]);
+
+/// Bytes of bf16 activations a thread works on at a time (half of a 2 MiB L2 cache).
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Where a 32x32 block of results goes: its first row and column in the output, how many of its
+/// rows and columns are real (at the edges fewer than 32), and the output's width.
+#[derive(Clone, Copy)]
+struct Place {
+    row: usize,
+    col: usize,
+    rows: usize,
+    cols: usize,
+    out: usize,
+}
+
+/// Writes a finished block through the epilogue into `dst`, whose first row is the block's.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_block(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let a_stride = kp * 2;
+    let zeros = [0f32; 32];
+    let bias = epilogue
+        .bias
+        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
+    for r in 0..at.rows {
+        let d = &mut dst[r * at.out + at.col..][..at.cols];
+        let sums = &block.0[r * 32..][..at.cols];
+        let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
+            &res[(at.row + r) * at.out + at.col..][..at.cols]
+        });
+        if epilogue.quick_gelu {
+            for (((d, s), b), res) in d.iter_mut().zip(sums).zip(bias).zip(residual) {
+                d.write(super::ops::quick_gelu_value(s + b) + res);
+            }
+        } else {
+            for (((d, s), b), res) in d.iter_mut().zip(sums).zip(bias).zip(residual) {
+                d.write(s + b + res);
+            }
+        }
+    }
+}
+
+/// One 32x32 f32 block of `A · B` into `c` (row stride 32): A is two strips of `k_tiles`
+/// packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight tiles
+/// (columns 0-15, then 16-31).
+///
+/// # Safety
+/// The tile configuration must be loaded on this thread, and `a` and `b` must each hold
+/// `2 * k_tiles` tiles.
+unsafe fn tile_product(a: *const Line, b: *const Line, k_tiles: usize, c: &mut Block) {
     // tilezero tmm0..tmm3
     asm!(
         ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc0",
@@ -230,57 +411,46 @@ unsafe fn block_32x32(
         ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xd8",
         options(nostack, nomem)
     );
+    let strip = k_tiles * TILE;
     for kt in 0..k_tiles {
-        // tileloadd tmm4, [rax+rcx]; tmm5, [rdx+rcx]  (rows 0-15 and 16-31 of A)
+        // Loads interleaved with the products that free their registers first:
+        // tileloadd tmm4, [rax+rcx] (A rows 0-15); tileloadd tmm6, [rdx+rcx] (B columns 0-15);
+        // tdpbf16ps tmm0, tmm4, tmm6; tileloadd tmm7, [rsi+rcx] (B columns 16-31);
+        // tdpbf16ps tmm1, tmm4, tmm7; tileloadd tmm5, [rdi+rcx] (A rows 16-31);
+        // tdpbf16ps tmm2, tmm5, tmm6; tdpbf16ps tmm3, tmm5, tmm7
         asm!(
             ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x24, 0x08",
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x2c, 0x0a",
-            in("rax") a.add(kt * 32),
-            in("rdx") a.add(16 * kp + kt * 32),
-            in("rcx") a_stride,
-            options(nostack, readonly)
-        );
-        // tileloadd tmm6, [rax+rcx]; tmm7, [rdx+rcx]  (the two column tiles of B, stride 64)
-        asm!(
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x34, 0x08",
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x3c, 0x0a",
-            in("rax") b0.add(kt * TILE),
-            in("rdx") b1.add(kt * TILE),
+            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x34, 0x0a",
+            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xc4",
+            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x3c, 0x0e",
+            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xcc",
+            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x2c, 0x0f",
+            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xd5",
+            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xdd",
+            in("rax") a.add(kt * TILE),
+            in("rdi") a.add(strip + kt * TILE),
+            in("rdx") b.add(kt * TILE),
+            in("rsi") b.add(strip + kt * TILE),
             in("rcx") 64usize,
             options(nostack, readonly)
         );
-        // tdpbf16ps tmm0, tmm4, tmm6; tmm1, tmm4, tmm7; tmm2, tmm5, tmm6; tmm3, tmm5, tmm7
-        asm!(
-            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xc4",
-            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xcc",
-            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xd5",
-            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xdd",
-            options(nostack, nomem)
-        );
     }
-    let o = out.as_mut_ptr();
-    // tilestored [rax+rcx], tmm0 / tmm1 / tmm2 / tmm3 into the four 16x16 quarters (stride 128).
+    let c = c.0.as_mut_ptr();
+    // tilestored [rax+rcx], tmm0; [rdx+rcx], tmm1  (the top quarters, row stride 128 bytes)
     asm!(
         ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x04, 0x08",
-        in("rax") o,
+        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x0c, 0x0a",
+        in("rax") c,
+        in("rdx") c.add(16),
         in("rcx") 128usize,
         options(nostack)
     );
-    asm!(
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x0c, 0x08",
-        in("rax") o.add(16),
-        in("rcx") 128usize,
-        options(nostack)
-    );
+    // tilestored [rax+rcx], tmm2; [rdx+rcx], tmm3  (the bottom quarters)
     asm!(
         ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x14, 0x08",
-        in("rax") o.add(16 * 32),
-        in("rcx") 128usize,
-        options(nostack)
-    );
-    asm!(
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x1c, 0x08",
-        in("rax") o.add(16 * 32 + 16),
+        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x1c, 0x0a",
+        in("rax") c.add(16 * 32),
+        in("rdx") c.add(16 * 32 + 16),
         in("rcx") 128usize,
         options(nostack)
     );
@@ -297,10 +467,10 @@ mod tests {
         let x = vec![0.5f32; rows * inp];
         let w = vec![0.25f32; out * inp];
         let packed = pack(&w, out, inp);
-        let mut dst = vec![0f32; rows * out];
+        matmul(&x, rows, &packed, None, Epilogue::default()); // warm-up: threads, tile permission
         let start = std::time::Instant::now();
         for _ in 0..10 {
-            matmul_acc(&x, rows, &packed, &mut dst);
+            matmul(&x, rows, &packed, None, Epilogue::default());
         }
         let amx = start.elapsed().as_secs_f64() / 10.0;
         let xt = candle_core::Tensor::from_vec(x, (rows, inp), &candle_core::Device::Cpu).unwrap();
@@ -327,28 +497,66 @@ mod tests {
             eprintln!("skipped: no AMX on this CPU");
             return;
         }
-        // Sizes that are not multiples of the tiles.
-        for (rows, inp, out) in [(1, 32, 16), (50, 70, 45), (100, 768, 96)] {
+        // Sizes that are not multiples of the tiles; the largest first, so that the smaller
+        // ones reuse a packing buffer holding older data. Each with bias and residual, with
+        // bias and quick_gelu, and with a layer norm applied while packing.
+        for (rows, inp, out) in [(100, 768, 96), (1, 32, 16), (50, 70, 45), (333, 96, 70)] {
             let x: Vec<f32> = (0..rows * inp)
                 .map(|i| ((i * 7919) % 201) as f32 / 100.0 - 1.0)
                 .collect();
             let w: Vec<f32> = (0..out * inp)
                 .map(|i| ((i * 104729) % 199) as f32 / 99.0 - 1.0)
                 .collect();
+            let bias: Vec<f32> = (0..out).map(|i| i as f32 / 10.0 - 2.0).collect();
+            let residual: Vec<f32> = (0..rows * out).map(|i| (i % 13) as f32 - 6.0).collect();
             let bf = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
-            let mut dst = vec![1.0f32; rows * out];
-            matmul_acc(&x, rows, &pack(&w, out, inp), &mut dst);
+            let packed = pack(&w, out, inp);
+            let with_residual = Epilogue {
+                bias: Some(&bias),
+                residual: Some(&residual),
+                quick_gelu: false,
+            };
+            let with_gelu = Epilogue {
+                bias: Some(&bias),
+                residual: None,
+                quick_gelu: true,
+            };
+            let gamma: Vec<f32> = (0..inp).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+            let beta: Vec<f32> = (0..inp).map(|i| (i % 5) as f32 / 5.0 - 0.4).collect();
+            let norm = Norm {
+                weight: &gamma,
+                bias: Some(&beta),
+                eps: 1e-5,
+            };
+            let added = matmul(&x, rows, &packed, None, with_residual);
+            let activated = matmul(&x, rows, &packed, None, with_gelu);
+            let normed = matmul(&x, rows, &packed, Some(norm), Epilogue::default());
             for r in 0..rows {
+                let row = &x[r * inp..][..inp];
+                let mean = row.iter().map(|&v| v as f64).sum::<f64>() / inp as f64;
+                let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / inp as f64;
+                let xn: Vec<f32> = (0..inp)
+                    .map(|k| {
+                        let v = (row[k] as f64 - mean) / (var + 1e-5).sqrt();
+                        (v * gamma[k] as f64 + beta[k] as f64) as f32
+                    })
+                    .collect();
                 for n in 0..out {
-                    let want: f64 = 1.0
-                        + (0..inp)
-                            .map(|k| bf(x[r * inp + k]) * bf(w[n * inp + k]))
-                            .sum::<f64>();
-                    let got = dst[r * out + n] as f64;
-                    assert!(
-                        (got - want).abs() <= 1e-3 * (1.0 + want.abs()),
-                        "({rows},{inp},{out}) [{r},{n}]: {got} vs {want}"
-                    );
+                    let dot = |xs: &[f32]| -> f64 {
+                        (0..inp).map(|k| bf(xs[k]) * bf(w[n * inp + k])).sum()
+                    };
+                    let sum = bias[n] as f64 + dot(row);
+                    let gelu = sum / (1.0 + (-1.702 * sum).exp());
+                    for (got, want) in [
+                        (added[r * out + n], sum + residual[r * out + n] as f64),
+                        (activated[r * out + n], gelu),
+                        (normed[r * out + n], dot(&xn)),
+                    ] {
+                        assert!(
+                            (got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
+                            "({rows},{inp},{out}) [{r},{n}]: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

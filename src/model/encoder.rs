@@ -3,7 +3,7 @@
 use super::config::Activation;
 use super::ops::{attention, Dense, MatmulKind};
 use anyhow::Result;
-use candle_core::{Module, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::{LayerNorm, LayerNormConfig, VarBuilder};
 
 /// Shape of one encoder stack.
@@ -62,10 +62,11 @@ impl Attention {
         })
     }
 
-    /// `residual + attention(x)`; `mask` is added to the attention logits, `(batch or 1, 1, seq, seq)`.
-    fn forward(&self, x: &Tensor, residual: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let heads = attention(&self.qkv.forward(x)?, self.heads, mask)?;
-        self.out.forward_with(&heads, Some(residual), None)
+    /// `x + attention(norm(x))`; `mask` is added to the attention logits,
+    /// `(batch or 1, 1, seq, seq)`.
+    fn forward(&self, norm: &LayerNorm, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let heads = attention(&self.qkv.forward_normed(x, norm, None)?, self.heads, mask)?;
+        self.out.forward_with(&heads, Some(x), None)
     }
 }
 
@@ -97,10 +98,10 @@ impl Mlp {
         })
     }
 
-    /// `residual + fc2(act(fc1(x)))`.
-    fn forward(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward_with(x, None, Some(self.activation))?;
-        self.fc2.forward_with(&h, Some(residual), None)
+    /// `x + fc2(act(fc1(norm(x))))`.
+    fn forward(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+        let h = self.fc1.forward_normed(x, norm, Some(self.activation))?;
+        self.fc2.forward_with(&h, Some(x), None)
     }
 }
 
@@ -123,10 +124,8 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let x = self
-            .self_attn
-            .forward(&self.layer_norm1.forward(x)?, x, mask)?;
-        self.mlp.forward(&self.layer_norm2.forward(&x)?, &x)
+        let x = self.self_attn.forward(&self.layer_norm1, x, mask)?;
+        self.mlp.forward(&self.layer_norm2, &x)
     }
 }
 

@@ -15,7 +15,7 @@
 use super::config::Activation;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{LayerNorm, Module, VarBuilder};
 use rayon::prelude::*;
 
 /// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches, calls or
@@ -42,10 +42,16 @@ fn exp(x: f32) -> f32 {
     e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
 }
 
+/// `x * sigmoid(1.702 x)`, vectorisable.
+#[inline(always)]
+pub(super) fn quick_gelu_value(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
+}
+
 #[inline(always)]
 fn quick_gelu_slice(xs: &mut [f32]) {
     for x in xs {
-        *x /= 1.0 + exp(-1.702 * *x);
+        *x = quick_gelu_value(*x);
     }
 }
 
@@ -247,18 +253,42 @@ impl Dense {
         residual: Option<&Tensor>,
         act: Option<Activation>,
     ) -> Result<Tensor> {
+        self.forward_full(x, None, residual, act)
+    }
+
+    /// `act(norm(x) Wᵀ + b)`. With AMX the layer norm is applied to each row as the activations
+    /// are packed, so the normalised tensor is never written out; elsewhere `norm` runs first.
+    pub fn forward_normed(
+        &self,
+        x: &Tensor,
+        norm: &LayerNorm,
+        act: Option<Activation>,
+    ) -> Result<Tensor> {
+        self.forward_full(x, Some(norm), None, act)
+    }
+
+    fn forward_full(
+        &self,
+        x: &Tensor,
+        norm: Option<&LayerNorm>,
+        residual: Option<&Tensor>,
+        act: Option<Activation>,
+    ) -> Result<Tensor> {
+        let (x, norm) = match norm {
+            Some(n) if !self.normalises_in_packing(n) => (n.forward(x)?, None),
+            _ => (x.contiguous()?, norm),
+        };
         let dims = x.dims();
         let inp = dims[dims.len() - 1];
         let rows = x.elem_count() / inp;
         let out = self.out()?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("at least one dimension") = out;
-        let x = x.contiguous()?;
         debug_assert!(
             residual.is_none() || act.is_none(),
             "act and residual are not used together"
         );
-        if let Some(y) = self.fused(&x, rows, inp, out, residual, act)? {
+        if let Some(y) = self.fused(&x, rows, inp, out, norm, residual, act)? {
             let y = Tensor::from_vec(y, shape, x.device())?;
             // quick_gelu is applied inside the fused pass; the other activations here.
             return match act {
@@ -268,6 +298,10 @@ impl Dense {
         }
         let Weight::Transposed(weight_t) = &self.weight else {
             anyhow::bail!("AMX layers take CPU f32 inputs");
+        };
+        let x = match norm {
+            Some(n) => n.forward(&x)?,
+            None => x,
         };
         let mut y = x.reshape((rows, inp))?.matmul(weight_t)?;
         if let Some(b) = &self.bias {
@@ -283,21 +317,40 @@ impl Dense {
         Ok(y)
     }
 
-    /// The CPU f32 path: `None` when a tensor is not CPU f32.
+    /// Whether the matmul applies `norm` itself (AMX layers, plain layer norms).
+    fn normalises_in_packing(&self, norm: &LayerNorm) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Weight::Amx(_) = self.weight {
+            return norm.remove_mean();
+        }
+        let _ = norm;
+        false
+    }
+
+    /// The CPU f32 path: `None` when a tensor is not CPU f32. `norm` is only given to AMX layers.
+    #[allow(clippy::too_many_arguments)]
     fn fused(
         &self,
         x: &Tensor,
         rows: usize,
         inp: usize,
         out: usize,
+        norm: Option<&LayerNorm>,
         residual: Option<&Tensor>,
         act: Option<Activation>,
     ) -> Result<Option<Vec<f32>>> {
-        let residual = match residual {
-            Some(r) => match r.contiguous().map(|r| with_cpu_f32(&r, <[f32]>::to_vec)) {
-                Ok(Some(v)) => Some(v),
-                _ => return Ok(None),
-            },
+        let residual = residual.map(Tensor::contiguous).transpose()?;
+        let weight_t = match &self.weight {
+            Weight::Transposed(wt) => wt,
+            #[cfg(target_arch = "x86_64")]
+            Weight::Amx(packed) => {
+                return Ok(self.amx(x, rows, packed, norm, residual.as_ref(), act));
+            }
+        };
+        debug_assert!(norm.is_none(), "only AMX layers normalise while packing");
+        let residual = match residual.map(|r| with_cpu_f32(&r, <[f32]>::to_vec)) {
+            Some(None) => return Ok(None),
+            Some(Some(v)) => Some(v),
             None => None,
         };
         let bias = match &self.bias {
@@ -312,21 +365,6 @@ impl Dense {
             dst.par_chunks_mut(out)
                 .for_each(|row| row.iter_mut().zip(b).for_each(|(d, b)| *d += b));
         }
-        let weight_t = match &self.weight {
-            Weight::Transposed(wt) => wt,
-            #[cfg(target_arch = "x86_64")]
-            Weight::Amx(packed) => {
-                if with_cpu_f32(x, |xs| super::amx::matmul_acc(xs, rows, packed, &mut dst))
-                    .is_none()
-                {
-                    return Ok(None);
-                }
-                if act == Some(Activation::QuickGelu) {
-                    dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
-                }
-                return Ok(Some(dst));
-            }
-        };
         let done = with_cpu_f32(x, |xs| {
             with_cpu_f32(weight_t, |wt| {
                 // SAFETY: dst is rows x out, xs rows x inp, wt inp x out, all row-major and
@@ -364,6 +402,61 @@ impl Dense {
             dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
         }
         Ok(Some(dst))
+    }
+
+    /// The AMX path: the layer norm is applied as activations are packed, and bias, quick_gelu
+    /// and the residual to each block as it leaves the tiles. `None` when a tensor is not CPU
+    /// f32.
+    #[cfg(target_arch = "x86_64")]
+    fn amx(
+        &self,
+        x: &Tensor,
+        rows: usize,
+        packed: &super::amx::PackedWeight,
+        norm: Option<&LayerNorm>,
+        residual: Option<&Tensor>,
+        act: Option<Activation>,
+    ) -> Option<Vec<f32>> {
+        // The small vectors are copied; the activations and the residual are borrowed.
+        let small = |t: &Tensor| with_cpu_f32(t, <[f32]>::to_vec);
+        let bias = match &self.bias {
+            Some(b) => Some(small(b)?),
+            None => None,
+        };
+        let norm_params = match norm {
+            Some(n) => Some((
+                small(n.weight())?,
+                match n.bias() {
+                    Some(b) => Some(small(b)?),
+                    None => None,
+                },
+                n.eps() as f32,
+            )),
+            None => None,
+        };
+        let norm = norm_params
+            .as_ref()
+            .map(|(weight, bias, eps)| super::amx::Norm {
+                weight,
+                bias: bias.as_deref(),
+                eps: *eps,
+            });
+        let epilogue = super::amx::Epilogue {
+            bias: bias.as_deref(),
+            residual: None,
+            quick_gelu: act == Some(Activation::QuickGelu),
+        };
+        with_cpu_f32(x, |xs| match residual {
+            Some(r) => with_cpu_f32(r, |r| {
+                let epilogue = super::amx::Epilogue {
+                    residual: Some(r),
+                    ..epilogue
+                };
+                super::amx::matmul(xs, rows, packed, norm, epilogue)
+            }),
+            None => Some(super::amx::matmul(xs, rows, packed, norm, epilogue)),
+        })
+        .flatten()
     }
 }
 
