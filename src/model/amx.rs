@@ -277,8 +277,42 @@ pub struct Epilogue<'a> {
     pub quick_gelu: bool,
 }
 
-/// `act(x · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: bf16 products, f32 sums,
-/// the epilogue in f32. Returns `(rows, out)`. Only call when [`available`].
+/// Activations in bf16 tiles, as [`matmul_to_tiles`] leaves them for the next layer: `rows`
+/// rows of `k_tiles` tiles' width, in the layout [`pack_activations`] writes.
+pub struct Tiles {
+    lines: Vec<Line>,
+    rows: usize,
+    k_tiles: usize,
+}
+
+/// Checks the arguments of a product and packs `x` into this thread's reused buffer, then runs
+/// `f` on the packed activations.
+fn with_packed<R>(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    norm: Option<Norm>,
+    epilogue: &Epilogue,
+    f: impl FnOnce(&[Line]) -> R,
+) -> R {
+    assert!(available(), "AMX is not available");
+    assert_eq!(x.len(), rows * w.inp);
+    assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
+    check_epilogue(rows, w, epilogue);
+    let mut a = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+    pack_activations(x, rows, w.inp, w.k_tiles, norm, &mut a);
+    let result = f(&a);
+    ACTIVATIONS.with(|buf| *buf.borrow_mut() = a);
+    result
+}
+
+fn check_epilogue(rows: usize, w: &PackedWeight, epilogue: &Epilogue) {
+    assert!(epilogue.bias.is_none_or(|b| b.len() == w.out));
+    assert!(epilogue.residual.is_none_or(|r| r.len() == rows * w.out));
+}
+
+/// `act(norm(x) · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: bf16 products, f32
+/// sums, the norm and epilogue in f32. Returns `(rows, out)`. Only call when [`available`].
 pub fn matmul(
     x: &[f32],
     rows: usize,
@@ -286,41 +320,110 @@ pub fn matmul(
     norm: Option<Norm>,
     epilogue: Epilogue,
 ) -> Vec<f32> {
+    with_packed(x, rows, w, norm, &epilogue, |a| {
+        product_rows(a, rows, w, &epilogue)
+    })
+}
+
+/// Like [`matmul`], but leaves the result in bf16 tiles, ready to be the input of the next
+/// layer's [`matmul_tiles`] without passing through f32 memory (the hidden layer of an MLP).
+pub fn matmul_to_tiles(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    norm: Option<Norm>,
+    epilogue: Epilogue,
+) -> Tiles {
+    with_packed(x, rows, w, norm, &epilogue, |a| {
+        let k_tiles = w.out.div_ceil(32);
+        let mut lines = vec![ZERO_LINE; rows.div_ceil(32) * 32 * k_tiles];
+        // SAFETY (for `pack_block`): AVX-512 F and BF16 come with `available()`.
+        for_each_block(
+            a,
+            rows,
+            w,
+            &mut lines,
+            k_tiles,
+            |block, at, lines, mp| unsafe {
+                pack_block(
+                    block,
+                    at,
+                    &epilogue,
+                    &mut lines[(mp / 16) * k_tiles * TILE..],
+                    k_tiles,
+                )
+            },
+        );
+        Tiles {
+            lines,
+            rows,
+            k_tiles,
+        }
+    })
+}
+
+/// `act(x · Wᵀ + bias) + residual` for activations already in tiles. Returns `(rows, out)`.
+pub fn matmul_tiles(x: &Tiles, w: &PackedWeight, epilogue: Epilogue) -> Vec<f32> {
     assert!(available(), "AMX is not available");
-    assert_eq!(x.len(), rows * w.inp);
+    assert_eq!(x.k_tiles, w.k_tiles);
+    check_epilogue(x.rows, w, &epilogue);
+    product_rows(&x.lines, x.rows, w, &epilogue)
+}
+
+/// The product of packed activations with `w`, through the epilogue into f32 rows.
+fn product_rows(a: &[Line], rows: usize, w: &PackedWeight, epilogue: &Epilogue) -> Vec<f32> {
     let out = w.out;
-    assert!(epilogue.bias.is_none_or(|b| b.len() == out));
-    assert!(epilogue.residual.is_none_or(|r| r.len() == rows * out));
-    let mut a = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
-    assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
-    pack_activations(x, rows, w.inp, w.k_tiles, norm, &mut a);
     let mut y = Vec::with_capacity(rows * out);
-    // One even share of 32-row blocks per thread, so no thread waits on a last small task.
-    let per_thread = rows.div_ceil(32).div_ceil(rayon::current_num_threads()) * 32;
+    for_each_block(
+        a,
+        rows,
+        w,
+        &mut y.spare_capacity_mut()[..rows * out],
+        out,
+        |block, at, dst, mp| {
+            // SAFETY: AVX-512 F comes with AMX.
+            unsafe { finish_block(block, at, epilogue, &mut dst[mp * out..]) }
+        },
+    );
+    // SAFETY: the blocks cover every row and column of the output exactly once, and
+    // `finish_block` wrote each of their values.
+    unsafe { y.set_len(rows * out) };
+    y
+}
+
+/// Computes every 32x32 block of `A · Wᵀ` and hands it to `finish` with its place and its
+/// thread's share of `y` (`per_row` elements per row of the result) and row in that share.
+/// Each thread gets an even share of 32-row blocks, so none waits on a last small task.
+fn for_each_block<T: Send>(
+    a: &[Line],
+    rows: usize,
+    w: &PackedWeight,
+    y: &mut [T],
+    per_row: usize,
+    finish: impl Fn(&Block, Place, &mut [T], usize) + Sync,
+) {
+    let per_thread = rows
+        .div_ceil(32)
+        .div_ceil(rayon::current_num_threads())
+        .max(1)
+        * 32;
     // Within a share, rows go in chunks whose activations stay in the core's L2 cache while
     // every weight column passes over them.
     let block_bytes = 32 * w.k_tiles * 32 * 2; // one 32-row block of bf16 activations
     let chunk = (CHUNK_BYTES / block_bytes).clamp(1, 16) * 32;
-    y.spare_capacity_mut()[..rows * out]
-        .par_chunks_mut(per_thread * out)
+    y.par_chunks_mut(per_thread * per_row)
         .enumerate()
-        .for_each(|(share, dst)| {
+        .for_each(|(share, y)| {
             configure_thread();
-            let share_rows = dst.len() / out;
+            let first = share * per_thread;
+            let share_rows = (rows - first).min(per_thread);
             let mut block = Block([0f32; 32 * 32]);
             for c0 in (0..share_rows).step_by(chunk) {
                 for np in 0..w.n_tiles / 2 {
                     for mp in (c0..(c0 + chunk).min(share_rows)).step_by(32) {
-                        let row = share * per_thread + mp;
+                        let row = first + mp;
                         let a = &a[(row / 16) * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
                         let b = &w.data[2 * np * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
-                        let place = Place {
-                            row,
-                            col: np * 32,
-                            rows: (share_rows - mp).min(32),
-                            cols: (out - np * 32).min(32),
-                            out,
-                        };
                         // SAFETY: a and b hold two strips of k_tiles tiles each, and this
                         // thread loaded the tile configuration.
                         unsafe {
@@ -331,17 +434,18 @@ pub fn matmul(
                                 &mut block,
                             )
                         };
-                        // SAFETY: AVX-512 F comes with AMX.
-                        unsafe { finish_block(&block, place, &epilogue, &mut dst[mp * out..]) };
+                        let place = Place {
+                            row,
+                            col: np * 32,
+                            rows: (share_rows - mp).min(32),
+                            cols: (w.out - np * 32).min(32),
+                            out: w.out,
+                        };
+                        finish(&block, place, y, mp);
                     }
                 }
             }
         });
-    // SAFETY: the blocks cover every row and column of the output exactly once, and
-    // `finish_block` wrote each of their values.
-    unsafe { y.set_len(rows * out) };
-    ACTIVATIONS.with(|buf| *buf.borrow_mut() = a);
-    y
 }
 
 /// A 32x32 f32 block of results, aligned for tile stores.
@@ -362,6 +466,27 @@ struct Place {
     out: usize,
 }
 
+/// Row `r` of a finished block through the epilogue; columns past the output's edge are zero.
+#[inline(always)]
+fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32; 32] {
+    let mut row = [0f32; 32];
+    let zeros = [0f32; 32];
+    let bias = epilogue
+        .bias
+        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
+    let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
+        &res[(at.row + r) * at.out + at.col..][..at.cols]
+    });
+    let sums = &block.0[r * 32..][..at.cols];
+    let values = row[..at.cols].iter_mut().zip(sums).zip(bias).zip(residual);
+    if epilogue.quick_gelu {
+        values.for_each(|(((v, s), b), res)| *v = super::ops::quick_gelu_value(s + b) + res);
+    } else {
+        values.for_each(|(((v, s), b), res)| *v = s + b + res);
+    }
+    row
+}
+
 /// Writes a finished block through the epilogue into `dst`, whose first row is the block's.
 ///
 /// # Safety
@@ -373,25 +498,33 @@ unsafe fn finish_block(
     epilogue: &Epilogue,
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
-    let zeros = [0f32; 32];
-    let bias = epilogue
-        .bias
-        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
     for r in 0..at.rows {
+        let row = finished_row(block, at, epilogue, r);
         let d = &mut dst[r * at.out + at.col..][..at.cols];
-        let sums = &block.0[r * 32..][..at.cols];
-        let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
-            &res[(at.row + r) * at.out + at.col..][..at.cols]
+        d.iter_mut().zip(&row).for_each(|(d, &v)| {
+            d.write(v);
         });
-        if epilogue.quick_gelu {
-            for (((d, s), b), res) in d.iter_mut().zip(sums).zip(bias).zip(residual) {
-                d.write(super::ops::quick_gelu_value(s + b) + res);
-            }
-        } else {
-            for (((d, s), b), res) in d.iter_mut().zip(sums).zip(bias).zip(residual) {
-                d.write(s + b + res);
-            }
-        }
+    }
+}
+
+/// Writes a finished block through the epilogue into bf16 tiles: `lines` starts at the block's
+/// first group of 16 rows, whose tiles are `k_tiles` wide; the block fills tile `col / 32` of
+/// two groups. Rows past the end are left zero.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_block(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    lines: &mut [Line],
+    k_tiles: usize,
+) {
+    for r in 0..at.rows {
+        let row = finished_row(block, at, epilogue, r);
+        let line = (r / 16) * k_tiles * TILE + (at.col / 32) * TILE + r % 16;
+        pack_row(&row, &mut lines[line..], 1);
     }
 }
 

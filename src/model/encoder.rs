@@ -1,7 +1,7 @@
 //! The pre-norm transformer encoder shared by CLIP's text and vision towers.
 
 use super::config::Activation;
-use super::ops::{attention, Dense, MatmulKind};
+use super::ops::{attention, mlp, Dense, MatmulKind};
 use anyhow::Result;
 use candle_core::{Tensor, D};
 use candle_nn::{LayerNorm, LayerNormConfig, VarBuilder};
@@ -100,8 +100,7 @@ impl Mlp {
 
     /// `x + fc2(act(fc1(norm(x))))`.
     fn forward(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
-        let h = self.fc1.forward_normed(x, norm, Some(self.activation))?;
-        self.fc2.forward_with(&h, Some(x), None)
+        mlp(&self.fc1, &self.fc2, x, norm, self.activation)
     }
 }
 

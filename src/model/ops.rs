@@ -417,35 +417,17 @@ impl Dense {
         residual: Option<&Tensor>,
         act: Option<Activation>,
     ) -> Option<Vec<f32>> {
-        // The small vectors are copied; the activations and the residual are borrowed.
-        let small = |t: &Tensor| with_cpu_f32(t, <[f32]>::to_vec);
-        let bias = match &self.bias {
-            Some(b) => Some(small(b)?),
+        let bias = self.bias_vec()?;
+        let norm = match norm {
+            Some(n) => Some(NormParams::of(n)?),
             None => None,
         };
-        let norm_params = match norm {
-            Some(n) => Some((
-                small(n.weight())?,
-                match n.bias() {
-                    Some(b) => Some(small(b)?),
-                    None => None,
-                },
-                n.eps() as f32,
-            )),
-            None => None,
-        };
-        let norm = norm_params
-            .as_ref()
-            .map(|(weight, bias, eps)| super::amx::Norm {
-                weight,
-                bias: bias.as_deref(),
-                eps: *eps,
-            });
         let epilogue = super::amx::Epilogue {
             bias: bias.as_deref(),
             residual: None,
             quick_gelu: act == Some(Activation::QuickGelu),
         };
+        let norm = norm.as_ref().map(NormParams::as_norm);
         with_cpu_f32(x, |xs| match residual {
             Some(r) => with_cpu_f32(r, |r| {
                 let epilogue = super::amx::Epilogue {
@@ -458,6 +440,104 @@ impl Dense {
         })
         .flatten()
     }
+
+    /// The bias as a vector (`Some(None)` without one; `None` if it is not CPU f32).
+    fn bias_vec(&self) -> Option<Option<Vec<f32>>> {
+        match &self.bias {
+            Some(b) => Some(Some(with_cpu_f32(b, <[f32]>::to_vec)?)),
+            None => Some(None),
+        }
+    }
+}
+
+/// A layer norm's parameters as vectors, for the AMX kernels.
+#[cfg(target_arch = "x86_64")]
+struct NormParams {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    eps: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NormParams {
+    /// `None` if the parameters are not CPU f32.
+    fn of(norm: &LayerNorm) -> Option<Self> {
+        Some(Self {
+            weight: with_cpu_f32(norm.weight(), <[f32]>::to_vec)?,
+            bias: match norm.bias() {
+                Some(b) => Some(with_cpu_f32(b, <[f32]>::to_vec)?),
+                None => None,
+            },
+            eps: norm.eps() as f32,
+        })
+    }
+
+    fn as_norm(&self) -> super::amx::Norm<'_> {
+        super::amx::Norm {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+            eps: self.eps,
+        }
+    }
+}
+
+/// `x + fc2(act(fc1(norm(x))))`, the MLP of an encoder layer. With AMX and quick_gelu the
+/// hidden activations go from `fc1` to `fc2` as bf16 tiles, never written out in f32 (the same
+/// numbers: `fc2` would round them to bf16 anyway).
+pub fn mlp(
+    fc1: &Dense,
+    fc2: &Dense,
+    x: &Tensor,
+    norm: &LayerNorm,
+    act: Activation,
+) -> Result<Tensor> {
+    #[cfg(target_arch = "x86_64")]
+    if let (Weight::Amx(w1), Weight::Amx(w2), Activation::QuickGelu) =
+        (&fc1.weight, &fc2.weight, act)
+    {
+        if let Some(y) = amx_mlp(fc1, w1, fc2, w2, &x.contiguous()?, norm) {
+            return Ok(Tensor::from_vec(y, x.shape(), x.device())?);
+        }
+    }
+    let h = fc1.forward_normed(x, norm, Some(act))?;
+    fc2.forward_with(&h, Some(x), None)
+}
+
+/// The AMX MLP; `None` when a tensor is not CPU f32 or the norm is not a plain layer norm.
+#[cfg(target_arch = "x86_64")]
+fn amx_mlp(
+    fc1: &Dense,
+    w1: &super::amx::PackedWeight,
+    fc2: &Dense,
+    w2: &super::amx::PackedWeight,
+    x: &Tensor,
+    norm: &LayerNorm,
+) -> Option<Vec<f32>> {
+    if !norm.remove_mean() {
+        return None;
+    }
+    let (b1, b2, norm) = (fc1.bias_vec()?, fc2.bias_vec()?, NormParams::of(norm)?);
+    with_cpu_f32(x, |xs| {
+        let rows = xs.len() / x.dim(candle_core::D::Minus1).ok()?;
+        let hidden = super::amx::matmul_to_tiles(
+            xs,
+            rows,
+            w1,
+            Some(norm.as_norm()),
+            super::amx::Epilogue {
+                bias: b1.as_deref(),
+                residual: None,
+                quick_gelu: true,
+            },
+        );
+        let epilogue = super::amx::Epilogue {
+            bias: b2.as_deref(),
+            residual: Some(xs),
+            quick_gelu: false,
+        };
+        Some(super::amx::matmul_tiles(&hidden, w2, epilogue))
+    })
+    .flatten()
 }
 
 /// `wᵀ` of a 2-D tensor, contiguous. On CPU f32 it copies in cache-sized tiles, many times faster
@@ -762,6 +842,41 @@ mod tests {
             .to_dtype(DType::F32)
             .unwrap();
         assert!(max_diff(&fused, &plain) < 1e-4);
+    }
+
+    #[test]
+    fn amx_mlp_passes_tiles_between_layers_without_changing_results() {
+        if !super::super::amx::available() {
+            eprintln!("skipped: no AMX on this CPU");
+            return;
+        }
+        let dev = candle_core::Device::Cpu;
+        // Widths that are not multiples of the tiles; 2 x 25 rows.
+        let (hidden, inter) = (40, 70);
+        let x = Tensor::randn(0f32, 1., (2, 25, hidden), &dev).unwrap();
+        let layer = |out, inp| {
+            let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
+            let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
+            Dense::new(w, Some(b), MatmulKind::AmxBf16).unwrap()
+        };
+        let (fc1, fc2) = (layer(inter, hidden), layer(hidden, inter));
+        let norm = LayerNorm::new(
+            Tensor::randn(1f32, 0.1, hidden, &dev).unwrap(),
+            Tensor::randn(0f32, 0.1, hidden, &dev).unwrap(),
+            1e-5,
+        );
+        let fused = mlp(&fc1, &fc2, &x, &norm, Activation::QuickGelu).unwrap();
+        // The same layers one at a time, the hidden activations in f32 and the norm by candle.
+        let h = fc1
+            .forward_with(
+                &norm.forward(&x).unwrap(),
+                None,
+                Some(Activation::QuickGelu),
+            )
+            .unwrap();
+        let apart = fc2.forward_with(&h, Some(&x), None).unwrap();
+        assert_eq!(fused.dims(), x.dims());
+        assert!(max_diff(&fused, &apart) < 1e-4);
     }
 
     #[test]
