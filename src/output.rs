@@ -14,7 +14,7 @@ pub enum Format {
     Jsonl,
     /// One JSON array (streamed).
     Json,
-    /// Comma-separated: path, [decision,] rank, label, [group, group_prob,] score, prob, error.
+    /// Comma-separated: path, \[decision,\] rank, label, \[group, group_prob,\] score, prob, error.
     Csv,
     /// Tab-separated, same columns as CSV.
     Tsv,

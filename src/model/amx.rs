@@ -3,6 +3,11 @@
 //! while everything else (layer norms, softmax, activations) stays f32, as PyTorch's bf16
 //! autocast does.
 //!
+//! Each product packs its activations into tile order in one AVX-512 BF16 pass (applying the
+//! preceding layer norm on the way), computes 32x32 blocks on the tiles, and runs bias,
+//! quick_gelu and the residual on each block while it is in L1; an MLP hands its hidden layer to
+//! the next product as tiles. All tile buffers are cache-line aligned.
+//!
 //! Stable Rust has no AMX intrinsics, so the few AMX instructions are written as bytes (their
 //! encodings are checked against GNU as in the comments). Linux must grant each process the
 //! tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks once.
@@ -278,7 +283,7 @@ pub struct Epilogue<'a> {
 }
 
 /// Activations in bf16 tiles, as [`matmul_to_tiles`] leaves them for the next layer: `rows`
-/// rows of `k_tiles` tiles' width, in the layout [`pack_activations`] writes.
+/// rows of `k_tiles` tiles' width, laid out as packed activations.
 pub struct Tiles {
     lines: Vec<Line>,
     rows: usize,
