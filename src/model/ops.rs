@@ -296,12 +296,9 @@ impl Dense {
                 _ => Ok(y),
             };
         }
+        // Only AMX layers keep `norm` for themselves, and they need CPU f32 tensors.
         let Weight::Transposed(weight_t) = &self.weight else {
             anyhow::bail!("AMX layers take CPU f32 inputs");
-        };
-        let x = match norm {
-            Some(n) => n.forward(&x)?,
-            None => x,
         };
         let mut y = x.reshape((rows, inp))?.matmul(weight_t)?;
         if let Some(b) = &self.bias {
