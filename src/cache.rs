@@ -11,10 +11,10 @@
 //! or none, and two processes filling the same cache at once are safe (the last rename wins, and
 //! both wrote the same bytes). Nothing is fsynced: an entry torn by a power cut fails its checksum.
 
+use crate::fsutil::write_atomically_unsynced;
 use crate::model::Precision;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// First bytes of every entry; bump the version when the layout changes.
 const MAGIC: &[u8; 8] = b"FCTXTv1\n";
@@ -102,19 +102,7 @@ impl TextCache {
     pub fn put(&self, prompt: &str, embedding: &[f32]) -> io::Result<()> {
         let key = self.key(prompt);
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.entry_path(&key);
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let tmp = path.with_extension(format!(
-            "{}-{}.tmp",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = std::fs::write(&tmp, encode(&key, embedding))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        write_atomically_unsynced(&self.entry_path(&key), &encode(&key, embedding))
     }
 }
 

@@ -1,8 +1,8 @@
 //! A loaded checkpoint: config, model, tokenizer and image preprocessing, all read from the
 //! checkpoint's own files.
 
+use crate::fsutil::write_atomically;
 use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel, Precision};
-use crate::output::write_atomically;
 use crate::preprocess::PreprocessConfig;
 use crate::source::{HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};

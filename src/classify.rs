@@ -125,9 +125,13 @@ pub struct Ranking {
     pub predictions: Vec<Prediction>,
     /// Every group, most probable first; empty without groups.
     pub groups: Vec<GroupScore>,
-    /// The answer under an [`OpenSet`] rule: the best class, or [`crate::eval::UNKNOWN`].
+    /// The answer under an [`OpenSet`] rule: the best class, or [`UNKNOWN`].
     pub decision: Option<String>,
 }
+
+/// The answer for a dish that is not in the list: what an [`OpenSet`] rule answers, and the
+/// label (and folder name) that marks such photos in a data set.
+pub const UNKNOWN: &str = "unknown";
 
 /// When to answer "unknown": the best class is not convincing enough.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -168,7 +172,7 @@ impl OpenSet {
         ranking.decision = Some(if self.accepts(&probs) {
             ranking.predictions[0].label.clone()
         } else {
-            crate::eval::UNKNOWN.to_string()
+            UNKNOWN.to_string()
         });
     }
 }

@@ -8,16 +8,17 @@
 //! - `checkpoint`: the checkpoint's fingerprint
 //!   ([`crate::checkpoint::Checkpoint::fingerprint`]); embeddings from another checkpoint are
 //!   refused;
-//! - `paths`: a JSON array of the photos' paths, one per row.
+//! - `paths`: a JSON array of the photos' paths, one per row: each its text, or
+//!   `{"bytes": "<base64>"}` for a path that is not UTF-8 (see [`crate::fsutil`]).
 //!
 //! Python reads it with `safetensors.safe_open(path, "np")`: `.get_tensor("embeddings")` and
 //! `json.loads(.metadata()["paths"])`.
 
-use crate::output::write_atomically;
+use crate::fsutil::{path_from_json, write_atomically, PathJson};
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "foodclip-embeddings/1";
 
@@ -27,7 +28,7 @@ pub struct StoredEmbeddings {
     /// Fingerprint of the checkpoint.
     pub checkpoint: String,
     /// One path per row.
-    pub paths: Vec<String>,
+    pub paths: Vec<PathBuf>,
     /// Width of each row.
     pub dim: usize,
     /// Row-major `paths.len() x dim` values.
@@ -58,7 +59,10 @@ impl StoredEmbeddings {
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("checkpoint".to_string(), self.checkpoint.clone()),
-            ("paths".to_string(), serde_json::to_string(&self.paths)?),
+            (
+                "paths".to_string(),
+                serde_json::to_string(&self.paths.iter().map(|p| PathJson(p)).collect::<Vec<_>>())?,
+            ),
         ]);
         let file = safetensors::tensor::serialize([("embeddings", view)], Some(metadata))
             .map_err(|e| anyhow!("cannot store embeddings: {e}"))?;
@@ -87,7 +91,11 @@ impl StoredEmbeddings {
             meta.get(k)
                 .ok_or_else(|| anyhow!("no {k:?} in its metadata"))
         };
-        let paths: Vec<String> = serde_json::from_str(field("paths")?)?;
+        let paths: Vec<serde_json::Value> = serde_json::from_str(field("paths")?)?;
+        let paths = paths
+            .iter()
+            .map(|p| path_from_json(p).ok_or_else(|| anyhow!("a path in its metadata is {p}")))
+            .collect::<Result<Vec<PathBuf>>>()?;
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
         let t = tensors.tensor("embeddings").map_err(|e| anyhow!("{e}"))?;
         let [rows, dim] = t.shape() else {
@@ -95,6 +103,12 @@ impl StoredEmbeddings {
         };
         if t.dtype() != Dtype::F32 || *rows != paths.len() {
             bail!("embeddings are not f32 with one row per path");
+        }
+        if rows.checked_mul(*dim) != Some(t.data().len() / 4) {
+            bail!(
+                "embeddings hold {} bytes, not {rows} x {dim} f32",
+                t.data().len()
+            );
         }
         let values = t
             .data()

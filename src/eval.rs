@@ -4,15 +4,13 @@
 //! A data set is a folder of class folders (the folder name is any name of a class; `unknown`
 //! holds dishes that are not in the list), or a CSV/TSV file of `path,label` rows.
 
+use crate::classify::UNKNOWN;
+use crate::inputs::{collect_inputs, has_image_extension};
 use crate::labels::LabelSet;
-use crate::pipeline::{collect_inputs, has_image_extension};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use unicode_normalization::UnicodeNormalization;
-
-/// The label that marks photos of dishes that are not in the list.
-pub const UNKNOWN: &str = "unknown";
 
 /// What a photo of the data set shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +27,7 @@ pub enum Truth {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     /// The photo.
-    pub path: String,
+    pub path: PathBuf,
     /// What it shows.
     pub truth: Truth,
 }
@@ -71,37 +69,47 @@ pub fn load_dataset(path: &Path, labels: &LabelSet) -> Result<Vec<Sample>> {
     if path.is_dir() {
         return load_folder(path, &index);
     }
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read data set {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read data set {}", path.display()))?;
     let sep = if path.extension().is_some_and(|e| e == "tsv") {
-        '\t'
+        b'\t'
     } else {
-        ','
+        b','
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let mut samples = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim_start_matches('\u{feff}');
-        if line.trim().is_empty() {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(sep)
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes));
+    for (i, row) in reader.byte_records().enumerate() {
+        let line = |row: &csv::ByteRecord| row.position().map_or(i + 1, |p| p.line() as usize);
+        let row = row.map_err(|e| {
+            let at = e.position().map_or(i + 1, |p| p.line() as usize);
+            anyhow::anyhow!("{}:{at}: {e}", path.display())
+        })?;
+        if row.iter().all(<[u8]>::is_empty) {
             continue;
         }
-        let fields = split_row(line, sep)
-            .with_context(|| format!("{}:{}: unbalanced quotes", path.display(), i + 1))?;
-        let [photo, label] = fields.as_slice() else {
-            bail!(
-                "{}:{}: expected two fields, path{}label; found {}",
+        let (photo, label) = match (row.len(), row.get(0), row.get(1)) {
+            (2, Some(photo), Some(label)) => (photo, label),
+            (n, ..) => bail!(
+                "{}:{}: expected two fields, path{}label; found {n}",
                 path.display(),
-                i + 1,
-                sep.escape_default(),
-                fields.len()
-            );
+                line(&row),
+                (sep as char).escape_default(),
+            ),
         };
-        if i == 0 && photo == "path" && label == "label" {
+        let label = std::str::from_utf8(label).with_context(|| {
+            format!("{}:{}: the label is not UTF-8", path.display(), line(&row))
+        })?;
+        if i == 0 && photo == b"path" && label == "label" {
             continue;
         }
-        let photo = base.join(photo);
         samples.push(Sample {
-            path: photo.to_string_lossy().into_owned(),
+            path: base.join(crate::fsutil::path_from_bytes(photo.to_vec())),
             truth: truth(label, &index),
         });
     }
@@ -137,31 +145,6 @@ fn load_folder(root: &Path, index: &HashMap<String, usize>) -> Result<Vec<Sample
         }));
     }
     Ok(samples)
-}
-
-/// Splits one CSV/TSV row; fields may be quoted with `"` (`""` inside is a quote).
-fn split_row(line: &str, sep: char) -> Option<Vec<String>> {
-    let mut fields = Vec::new();
-    let mut field = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                field.push('"');
-                chars.next();
-            }
-            '"' if quoted => quoted = false,
-            '"' if field.is_empty() => quoted = true,
-            c if c == sep && !quoted => fields.push(std::mem::take(&mut field)),
-            c => field.push(c),
-        }
-    }
-    if quoted {
-        return None;
-    }
-    fields.push(field);
-    Some(fields.into_iter().map(|f| f.trim().to_string()).collect())
 }
 
 /// One scored photo: its true class and the classes ranked best first (at least the top 5).
@@ -451,16 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn csv_rows_and_names_are_read_as_data_sets_write_them() {
-        assert_eq!(
-            split_row("\"a, b.jpg\",\"say \"\"hi\"\"\"", ',').unwrap(),
-            ["a, b.jpg", "say \"hi\""]
-        );
-        assert_eq!(
-            split_row("x.jpg\t김치찌개", '\t').unwrap(),
-            ["x.jpg", "김치찌개"]
-        );
-        assert!(split_row("\"open", ',').is_none());
+    fn names_are_read_as_data_sets_write_them() {
         // NFD Hangul (as macOS stores folder names), case and underscores.
         let nfd: String = "김치찌개".nfd().collect();
         assert_ne!(nfd, "김치찌개");

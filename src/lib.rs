@@ -11,8 +11,10 @@
 //! - [`classify`]: class embeddings, image embeddings and ranked predictions;
 //! - [`cache`]: the on-disk cache of prompt embeddings; [`embeddings`]: stored image embeddings;
 //! - [`eval`]: data sets, accuracy metrics and open-set calibration;
-//! - [`pipeline`]: inputs, shards, resumed runs, and batches decoded while the model works;
-//! - [`output`]: printing records; [`cli`]: the command line.
+//! - [`inputs`]: files, folders, stdin lists, shards and resumed runs;
+//! - [`pipeline`]: batches decoded while the model works;
+//! - [`output`]: printing records; [`report`]: the HTML report; [`cli`]: the command line;
+//! - [`fsutil`]: atomic writes and lossless paths, shared by all of them.
 
 pub mod cache;
 pub mod checkpoint;
@@ -20,6 +22,8 @@ pub mod classify;
 pub mod cli;
 pub mod embeddings;
 pub mod eval;
+pub mod fsutil;
+pub mod inputs;
 pub mod labels;
 pub mod model;
 pub mod output;

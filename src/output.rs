@@ -1,12 +1,16 @@
-//! Printing results, one record per input, flushed as written; and atomic file writes.
+//! Printing results, one record per input, flushed as written; and reading those records back
+//! for `--resume`. CSV and TSV go through the `csv` crate, paths losslessly (see
+//! [`crate::fsutil`]).
 
 use crate::classify::{GroupScore, Prediction, Ranking};
+use crate::fsutil::{path_from_bytes, path_from_json, PathJson};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Aligned text for people.
     Table,
@@ -20,9 +24,224 @@ pub enum Format {
     Tsv,
 }
 
+impl Format {
+    /// Every format's name, as `--format` takes them.
+    pub const NAMES: [&'static str; 5] = ["table", "jsonl", "json", "csv", "tsv"];
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+
+    /// ```
+    /// use foodclip::output::Format;
+    /// assert_eq!("tsv".parse::<Format>(), Ok(Format::Tsv));
+    /// assert!("xml".parse::<Format>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "table" => Format::Table,
+            "jsonl" => Format::Jsonl,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "tsv" => Format::Tsv,
+            other => {
+                return Err(format!(
+                    "unknown format {other:?} ({})",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+/// One CSV or TSV row as bytes, newline included. CSV quotes as needed; TSV has no quoting, so
+/// tabs and line breaks inside a field become spaces.
+pub fn csv_row<F: AsRef<[u8]>>(format: Format, fields: &[F]) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+        .quote_style(if format == Format::Tsv {
+            csv::QuoteStyle::Never
+        } else {
+            csv::QuoteStyle::Necessary
+        })
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    let flat = |f: &[u8]| -> Vec<u8> {
+        f.iter()
+            .map(|&b| {
+                if matches!(b, b'\t' | b'\n' | b'\r') {
+                    b' '
+                } else {
+                    b
+                }
+            })
+            .collect()
+    };
+    let record: Vec<Vec<u8>> = fields
+        .iter()
+        .map(|f| match format {
+            Format::Tsv => flat(f.as_ref()),
+            _ => f.as_ref().to_vec(),
+        })
+        .collect();
+    w.write_record(&record).expect("writing to memory");
+    w.into_inner().expect("writing to memory")
+}
+
+/// A CSV/TSV reader for records written by [`csv_row`].
+fn csv_reader(format: Format, bytes: &[u8], header: bool) -> csv::Reader<&[u8]> {
+    csv::ReaderBuilder::new()
+        .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
+        .quoting(format != Format::Tsv)
+        .has_headers(header)
+        .flexible(true)
+        .from_reader(bytes)
+}
+
+/// What a printer's records hold: the rankings of `classify` or the embeddings of `embed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Ranked predictions per photo.
+    Predictions,
+    /// One embedding per photo.
+    Embedding,
+}
+
+/// Everything that fixes the shape of a printer's records: format, kind and optional columns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// The format.
+    pub format: Format,
+    /// What the records hold.
+    pub kind: RecordKind,
+    /// `group` and `group_prob` columns in CSV and TSV (for label files with groups).
+    pub groups: bool,
+    /// A `decision` column in CSV and TSV (the class, or `unknown`, under an open-set rule).
+    pub decision: bool,
+}
+
+impl Layout {
+    /// A layout without optional columns.
+    pub fn new(format: Format, kind: RecordKind) -> Self {
+        Self {
+            format,
+            kind,
+            groups: false,
+            decision: false,
+        }
+    }
+
+    /// The CSV/TSV columns of prediction records.
+    fn columns(&self) -> Vec<&'static str> {
+        let mut c = vec!["path"];
+        if self.decision {
+            c.push("decision");
+        }
+        c.extend(["rank", "label"]);
+        if self.groups {
+            c.extend(["group", "group_prob"]);
+        }
+        c.extend(["score", "prob", "error"]);
+        c
+    }
+
+    /// The photos recorded in output this layout wrote (for `--resume`): `whole` holds the
+    /// complete lines, `partial` an unfinished last line. Fails, naming the line, on anything
+    /// that is not such a record, and on an unfinished line that cannot be the start of one.
+    pub fn recorded(&self, whole: &[u8], partial: &[u8]) -> Result<Vec<PathBuf>> {
+        let what = match self.kind {
+            RecordKind::Predictions => "classify",
+            RecordKind::Embedding => "embed",
+        };
+        match (self.format, self.kind) {
+            (Format::Jsonl, _) => {
+                if !partial.is_empty() && !partial.starts_with(b"{\"path\":") {
+                    bail!("its last line is not the start of a foodclip record");
+                }
+                let body = if self.kind == RecordKind::Predictions {
+                    "predictions"
+                } else {
+                    "embedding"
+                };
+                let mut paths = Vec::new();
+                for (i, line) in whole.split_inclusive(|&b| b == b'\n').enumerate() {
+                    let record: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+                    let path = record.as_ref().and_then(|r| {
+                        let has_body = r.get(body).is_some() || r.get("error").is_some();
+                        has_body
+                            .then(|| r.get("path").and_then(path_from_json))
+                            .flatten()
+                    });
+                    match path {
+                        Some(p) => paths.push(p),
+                        None => bail!("line {}: not a foodclip {what} record", i + 1),
+                    }
+                }
+                Ok(paths)
+            }
+            (Format::Csv | Format::Tsv, RecordKind::Predictions) => {
+                let columns = self.columns();
+                let header = csv_row(self.format, &columns);
+                if whole.is_empty() {
+                    if !header.starts_with(partial) {
+                        bail!("line 1 is not the header of this command's CSV/TSV records");
+                    }
+                    return Ok(Vec::new());
+                }
+                if !whole.starts_with(&header) {
+                    bail!(
+                        "line 1 is not this command's header ({}); were other flags given?",
+                        columns.join(",")
+                    );
+                }
+                let rank = columns.iter().position(|&c| c == "rank").expect("a column");
+                let mut paths = Vec::new();
+                let mut reader = csv_reader(self.format, whole, true);
+                for row in reader.byte_records() {
+                    let row = row.context("unreadable CSV")?;
+                    let line = row.position().map_or(0, |p| p.line());
+                    let ok = row.len() == columns.len()
+                        && (std::str::from_utf8(&row[rank])
+                            .is_ok_and(|r| r.parse::<u32>().is_ok())
+                            || (row[rank].is_empty() && !row[row.len() - 1].is_empty()));
+                    if !ok {
+                        bail!("line {line}: not a foodclip {what} record");
+                    }
+                    paths.push(path_from_bytes(row[0].to_vec()));
+                }
+                Ok(paths)
+            }
+            (Format::Csv | Format::Tsv, RecordKind::Embedding) => {
+                if whole.is_empty() && !partial.is_empty() {
+                    bail!("its only line is unfinished, so it cannot be told from another file");
+                }
+                let mut paths = Vec::new();
+                let mut reader = csv_reader(self.format, whole, false);
+                for row in reader.byte_records() {
+                    let row = row.context("unreadable CSV")?;
+                    let line = row.position().map_or(0, |p| p.line());
+                    let number =
+                        |f: &[u8]| std::str::from_utf8(f).is_ok_and(|v| v.parse::<f32>().is_ok());
+                    let ok = row.len() >= 2
+                        && (row.iter().skip(1).all(number)
+                            || (row.len() == 2 && row[1].starts_with(b"error: ")));
+                    if !ok {
+                        bail!("line {line}: not a foodclip {what} record");
+                    }
+                    paths.push(path_from_bytes(row[0].to_vec()));
+                }
+                Ok(paths)
+            }
+            (Format::Table | Format::Json, _) => {
+                bail!("--resume needs a line format: --format jsonl, csv or tsv")
+            }
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct PredictionsRecord<'a> {
-    path: &'a str,
+    path: PathJson<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     label: Option<&'a str>,
     predictions: &'a [Prediction],
@@ -32,13 +251,13 @@ struct PredictionsRecord<'a> {
 
 #[derive(Serialize)]
 struct EmbeddingRecord<'a> {
-    path: &'a str,
+    path: PathJson<'a>,
     embedding: &'a [f32],
 }
 
 #[derive(Serialize)]
 struct ErrorRecord<'a> {
-    path: &'a str,
+    path: PathJson<'a>,
     error: &'a str,
 }
 
@@ -66,62 +285,43 @@ impl Serialize for GroupScore {
     }
 }
 
-/// Writes records in one format to `out`, flushing after each.
+/// Writes records of one [`Layout`] to `out`, flushing after each.
 pub struct Printer<W: Write> {
     out: W,
-    format: Format,
+    layout: Layout,
     records: usize,
     continuing: bool,
-    groups: bool,
-    decision: bool,
 }
 
 impl<W: Write> Printer<W> {
     /// A printer; nothing is written until the first record.
-    pub fn new(out: W, format: Format) -> Self {
+    pub fn new(out: W, layout: Layout) -> Self {
         Self {
             out,
-            format,
+            layout,
             records: 0,
             continuing: false,
-            groups: false,
-            decision: false,
         }
     }
 
-    /// Adds a `decision` column to CSV and TSV (the class, or `unknown`, under an open-set rule).
-    pub fn with_decision(mut self) -> Self {
-        self.decision = true;
-        self
-    }
-
-    /// Adds `group` and `group_prob` columns to CSV and TSV (for label files with groups).
-    pub fn with_groups(mut self) -> Self {
-        self.groups = true;
-        self
-    }
-
     /// A printer appending to output that already has its CSV/TSV header (`--resume`).
-    pub fn continuing(out: W, format: Format) -> Self {
+    pub fn continuing(out: W, layout: Layout) -> Self {
         Self {
-            out,
-            format,
-            records: 0,
             continuing: true,
-            groups: false,
-            decision: false,
+            ..Self::new(out, layout)
         }
     }
 
     /// Starts a record: the JSON array's separator, or the CSV/TSV header before the first
     /// prediction record.
-    fn begin_record(&mut self, header: bool) -> io::Result<()> {
-        match self.format {
+    fn begin_record(&mut self) -> io::Result<()> {
+        let header = self.layout.kind == RecordKind::Predictions;
+        match self.layout.format {
             Format::Json => self
                 .out
                 .write_all(if self.records == 0 { b"[\n" } else { b",\n" })?,
             Format::Csv | Format::Tsv if header && self.records == 0 && !self.continuing => {
-                let columns = self.columns();
+                let columns = self.layout.columns();
                 self.row(&columns)?
             }
             _ => {}
@@ -130,89 +330,69 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
-    /// The CSV/TSV columns of prediction records.
-    fn columns(&self) -> Vec<&'static str> {
-        let mut c = vec!["path"];
-        if self.decision {
-            c.push("decision");
-        }
-        c.extend(["rank", "label"]);
-        if self.groups {
-            c.extend(["group", "group_prob"]);
-        }
-        c.extend(["score", "prob", "error"]);
-        c
-    }
-
     fn json_line<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, value)?;
-        if self.format == Format::Jsonl {
+        if self.layout.format == Format::Jsonl {
             self.out.write_all(b"\n")?;
         }
         Ok(())
     }
 
-    fn row(&mut self, fields: &[&str]) -> io::Result<()> {
-        let line: Vec<String> = match self.format {
-            Format::Csv => fields.iter().map(|f| csv_field(f)).collect(),
-            _ => fields
-                .iter()
-                .map(|f| f.replace(['\t', '\n', '\r'], " "))
-                .collect(),
-        };
-        writeln!(
-            self.out,
-            "{}",
-            line.join(if self.format == Format::Csv {
-                ","
-            } else {
-                "\t"
-            })
-        )
+    fn row<F: AsRef<[u8]>>(&mut self, fields: &[F]) -> io::Result<()> {
+        self.out.write_all(&csv_row(self.layout.format, fields))
     }
 
     /// One photo's ranking (predictions already cut to top-k; `groups` empty unless group
     /// scores were asked for), or its error.
-    pub fn predictions(&mut self, path: &str, result: &Result<Ranking, String>) -> io::Result<()> {
-        self.begin_record(true)?;
-        match (self.format, result) {
+    pub fn predictions(&mut self, path: &Path, result: &Result<Ranking, String>) -> io::Result<()> {
+        self.begin_record()?;
+        let layout = self.layout;
+        match (layout.format, result) {
             (Format::Json | Format::Jsonl, Ok(r)) => self.json_line(&PredictionsRecord {
-                path,
+                path: PathJson(path),
                 label: r.decision.as_deref(),
                 predictions: &r.predictions,
                 groups: &r.groups,
             })?,
-            (Format::Json | Format::Jsonl, Err(e)) => {
-                self.json_line(&ErrorRecord { path, error: e })?
-            }
+            (Format::Json | Format::Jsonl, Err(e)) => self.json_line(&ErrorRecord {
+                path: PathJson(path),
+                error: e,
+            })?,
             (Format::Csv | Format::Tsv, Ok(r)) => {
+                let path = crate::fsutil::path_bytes(path);
                 for (i, p) in r.predictions.iter().enumerate() {
-                    let mut row = vec![path.to_string()];
-                    if self.decision {
-                        row.push(r.decision.clone().unwrap_or_default());
+                    let mut row: Vec<Vec<u8>> = vec![path.to_vec()];
+                    let mut text = |s: String| row.push(s.into_bytes());
+                    if layout.decision {
+                        text(r.decision.clone().unwrap_or_default());
                     }
-                    row.extend([(i + 1).to_string(), p.label.clone()]);
-                    if self.groups {
+                    text((i + 1).to_string());
+                    text(p.label.clone());
+                    if layout.groups {
                         let group = p.group.clone().unwrap_or_default();
                         let group_prob = r
                             .groups
                             .iter()
                             .find(|g| g.group == group)
                             .map_or(String::new(), |g| g.prob.to_string());
-                        row.extend([group, group_prob]);
+                        text(group);
+                        text(group_prob);
                     }
-                    row.extend([p.score.to_string(), p.prob.to_string(), String::new()]);
-                    let row: Vec<&str> = row.iter().map(String::as_str).collect();
+                    text(p.score.to_string());
+                    text(p.prob.to_string());
+                    text(String::new());
                     self.row(&row)?;
                 }
             }
             (Format::Csv | Format::Tsv, Err(e)) => {
-                let mut row = vec![""; self.columns().len()];
-                row[0] = path;
-                *row.last_mut().expect("columns") = e;
+                let mut row: Vec<&[u8]> = vec![b""; layout.columns().len()];
+                let path = crate::fsutil::path_bytes(path);
+                row[0] = &path;
+                *row.last_mut().expect("columns") = e.as_bytes();
                 self.row(&row)?
             }
             (Format::Table, Ok(r)) => {
+                let path = path.display();
                 match &r.decision {
                     Some(d) => writeln!(self.out, "{path}  -> {d}")?,
                     None => writeln!(self.out, "{path}")?,
@@ -241,77 +421,48 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "  groups: {}", top.join(", "))?;
                 }
             }
-            (Format::Table, Err(e)) => writeln!(self.out, "{path}\n  error: {e}")?,
+            (Format::Table, Err(e)) => writeln!(self.out, "{}\n  error: {e}", path.display())?,
         }
         self.out.flush()
     }
 
     /// One photo's embedding, or its error.
-    pub fn embedding(&mut self, path: &str, result: &Result<Vec<f32>, String>) -> io::Result<()> {
-        self.begin_record(false)?;
-        match (self.format, result) {
-            (Format::Json | Format::Jsonl, Ok(e)) => {
-                self.json_line(&EmbeddingRecord { path, embedding: e })?
+    pub fn embedding(&mut self, path: &Path, result: &Result<Vec<f32>, String>) -> io::Result<()> {
+        self.begin_record()?;
+        match (self.layout.format, result) {
+            (Format::Json | Format::Jsonl, Ok(e)) => self.json_line(&EmbeddingRecord {
+                path: PathJson(path),
+                embedding: e,
+            })?,
+            (Format::Json | Format::Jsonl, Err(e)) => self.json_line(&ErrorRecord {
+                path: PathJson(path),
+                error: e,
+            })?,
+            (Format::Csv | Format::Tsv, result) => {
+                let mut row = vec![crate::fsutil::path_bytes(path).into_owned()];
+                match result {
+                    Ok(e) => row.extend(e.iter().map(|v| v.to_string().into_bytes())),
+                    Err(e) => row.push(format!("error: {e}").into_bytes()),
+                }
+                self.row(&row)?
             }
-            (Format::Json | Format::Jsonl, Err(e)) => {
-                self.json_line(&ErrorRecord { path, error: e })?
-            }
-            (Format::Csv | Format::Tsv | Format::Table, Ok(e)) => {
+            (Format::Table, Ok(e)) => {
                 let values: Vec<String> = e.iter().map(f32::to_string).collect();
-                let sep = if self.format == Format::Csv {
-                    ","
-                } else {
-                    "\t"
-                };
-                writeln!(self.out, "{}{sep}{}", csv_field(path), values.join(sep))?
+                writeln!(self.out, "{}\t{}", path.display(), values.join("\t"))?
             }
-            (Format::Csv | Format::Tsv | Format::Table, Err(e)) => {
-                writeln!(self.out, "{path}\terror: {e}")?
-            }
+            (Format::Table, Err(e)) => writeln!(self.out, "{}\terror: {e}", path.display())?,
         }
         self.out.flush()
     }
 
     /// Closes the output (the JSON array's bracket).
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.format == Format::Json {
+        if self.layout.format == Format::Json {
             self.out
                 .write_all(if self.records == 0 { b"[]\n" } else { b"\n]\n" })?;
         }
         self.out.flush()
     }
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
-/// renamed over the target, so readers see the old file or the new one, never half of one.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other("no file name"))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
@@ -332,17 +483,21 @@ mod tests {
         }
     }
 
+    fn printer(format: Format) -> Printer<Vec<u8>> {
+        Printer::new(Vec::new(), Layout::new(format, RecordKind::Predictions))
+    }
+
     #[test]
     fn json_array_is_valid_with_and_without_records() {
-        let mut p = Printer::new(Vec::new(), Format::Json);
+        let mut p = printer(Format::Json);
         p.finish().unwrap();
         assert_eq!(
             serde_json::from_slice::<serde_json::Value>(&p.out).unwrap(),
             serde_json::json!([])
         );
-        let mut p = Printer::new(Vec::new(), Format::Json);
-        p.predictions("a.jpg", &Ok(preds())).unwrap();
-        p.predictions("b.jpg", &Err("bad".into())).unwrap();
+        let mut p = printer(Format::Json);
+        p.predictions("a.jpg".as_ref(), &Ok(preds())).unwrap();
+        p.predictions("b.jpg".as_ref(), &Err("bad".into())).unwrap();
         p.finish().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.out).unwrap();
         assert_eq!(v[0]["predictions"][0]["prob"], 0.75);
@@ -351,15 +506,16 @@ mod tests {
 
     #[test]
     fn csv_quotes_and_tsv_flattens() {
-        let mut p = Printer::new(Vec::new(), Format::Csv);
-        p.predictions("a.jpg", &Ok(preds())).unwrap();
+        let mut p = printer(Format::Csv);
+        p.predictions("a.jpg".as_ref(), &Ok(preds())).unwrap();
         let text = String::from_utf8(p.out).unwrap();
         assert_eq!(
             text,
             "path,rank,label,score,prob,error\na.jpg,1,\"김치, \"\"찌개\"\"\",0.5,0.75,\n"
         );
-        let mut p = Printer::new(Vec::new(), Format::Tsv);
-        p.predictions("a\tb.jpg", &Err("x".into())).unwrap();
+        let mut p = printer(Format::Tsv);
+        p.predictions("a\tb.jpg".as_ref(), &Err("x".into()))
+            .unwrap();
         assert_eq!(
             String::from_utf8(p.out).unwrap().lines().nth(1).unwrap(),
             "a b.jpg\t\t\t\t\tx"
@@ -367,12 +523,45 @@ mod tests {
     }
 
     #[test]
-    fn atomic_write_replaces_whole_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.txt");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"two");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    fn records_read_back_for_resume_and_foreign_lines_are_refused() {
+        for format in [Format::Jsonl, Format::Csv, Format::Tsv] {
+            for kind in [RecordKind::Predictions, RecordKind::Embedding] {
+                let layout = Layout {
+                    groups: true,
+                    ..Layout::new(format, kind)
+                };
+                let mut p = Printer::new(Vec::new(), layout);
+                let paths = ["a,\"b\".jpg", "z.jpg", "c.jpg"];
+                for (i, path) in paths.iter().enumerate() {
+                    let path = Path::new(path);
+                    match (kind, i) {
+                        (_, 1) => match kind {
+                            RecordKind::Predictions => p.predictions(path, &Err("bad".into())),
+                            RecordKind::Embedding => p.embedding(path, &Err("bad".into())),
+                        },
+                        (RecordKind::Predictions, _) => p.predictions(path, &Ok(preds())),
+                        (RecordKind::Embedding, _) => p.embedding(path, &Ok(vec![0.5, -1.0])),
+                    }
+                    .unwrap();
+                }
+                let out = p.out;
+                let cut = out.len() - 4;
+                let whole_end = out[..cut].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+                let got = layout
+                    .recorded(&out[..whole_end], &out[whole_end..cut])
+                    .unwrap();
+                let want: Vec<PathBuf> = paths[..2].iter().map(PathBuf::from).collect();
+                assert_eq!(got, want, "{format:?} {kind:?}");
+                // Lines that are not records, and other columns.
+                let foreign = layout.recorded(b"my notes\n", b"");
+                assert!(foreign.is_err(), "{format:?} {kind:?}");
+                let other = Layout::new(format, kind).recorded(&out[..whole_end], b"");
+                assert_eq!(
+                    other.is_err(),
+                    kind == RecordKind::Predictions && format != Format::Jsonl,
+                    "{format:?} {kind:?}"
+                );
+            }
+        }
     }
 }

@@ -94,14 +94,6 @@ impl Registry {
             .expect("checked on parse")
     }
 
-    /// The entry of a hub source's repository, if registered.
-    pub fn for_source(&self, source: &crate::source::ModelSource) -> Option<&ModelEntry> {
-        match source {
-            crate::source::ModelSource::Hub(h) => self.find(&h.repo),
-            crate::source::ModelSource::Local(_) => None,
-        }
-    }
-
     /// Looks a model up by registry name or hub id.
     pub fn find(&self, name: &str) -> Option<&ModelEntry> {
         self.entries

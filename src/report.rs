@@ -3,8 +3,8 @@
 //! accuracy bars, and thumbnails of misclassified photos with their top-3 guesses.
 
 use crate::eval::Metrics;
+use crate::fsutil::write_atomically;
 use crate::labels::LabelSet;
-use crate::output::write_atomically;
 use crate::preprocess::{decode::decode, DEFAULT_MAX_PIXELS};
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -21,7 +21,7 @@ const THUMBNAIL: u32 = 160;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Misclassified {
     /// The photo.
-    pub path: String,
+    pub path: PathBuf,
     /// Its true class.
     pub truth: usize,
     /// The best three classes with their probabilities.
@@ -112,7 +112,7 @@ fn render(view: &View) -> Result<String> {
         view.misclassified.len()
     )?;
     for miss in view.misclassified.iter().take(MAX_THUMBNAILS) {
-        let picture = match thumbnail(Path::new(&miss.path)) {
+        let picture = match thumbnail(&miss.path) {
             Ok(data) => format!("<img alt=\"\" src=\"data:image/jpeg;base64,{data}\">"),
             Err(e) => format!("<p>({})</p>", escape(&format!("{e:#}"))),
         };
@@ -125,12 +125,18 @@ fn render(view: &View) -> Result<String> {
             })
             .collect();
         // The file and its folder; the whole path on hover.
-        let short: Vec<&str> = miss.path.rsplit(['/', '\\']).take(2).collect();
-        let short: Vec<&str> = short.into_iter().rev().collect();
+        let short: Vec<String> = miss
+            .path
+            .components()
+            .rev()
+            .take(2)
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        let short: Vec<String> = short.into_iter().rev().collect();
         writeln!(
             h,
             "<div class=\"thumb\">{picture}<div title=\"{}\">{}</div><div class=\"truth\">is: {}</div><ol>{guesses}</ol></div>",
-            escape(&miss.path),
+            escape(&miss.path.display().to_string()),
             escape(&short.join("/")),
             name(miss.truth)
         )?;

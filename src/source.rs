@@ -89,6 +89,14 @@ impl ModelSource {
         )
     }
 
+    /// The registry entry of a hub source's repository, if registered.
+    pub fn entry<'r>(&self, registry: &'r Registry) -> Option<&'r crate::registry::ModelEntry> {
+        match self {
+            ModelSource::Hub(h) => registry.find(&h.repo),
+            ModelSource::Local(_) => None,
+        }
+    }
+
     /// A stable identity for caches and outputs: `hub:owner/name@revision` or `local:/abs/dir`.
     pub fn identity(&self) -> String {
         match self {

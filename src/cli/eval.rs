@@ -1,20 +1,21 @@
 //! `foodclip eval`: score a labelled data set, then print the metrics (and write the report).
 
-use super::{
-    interrupt_flag, progress_bar, quiet_on_closed_pipe, report_failures, write_json, EmbeddingSink,
-    EvalArgs, Outcome, Ui,
-};
-use crate::classify::{Classifier, Ranking};
+use super::context::Context;
+use super::flags::EvalArgs;
+use super::job::{embedder, run_photos};
+use super::ui::{to_stdout, write_json, Ui};
+use super::Outcome;
+use crate::classify::Ranking;
 use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Sample, Scored, Truth};
-use crate::labels::LabelSet;
-use crate::output::Format;
-use crate::pipeline::{run_batches, Embedder};
+use crate::fsutil::PathJson;
+use crate::labels::{LabelSet, Templates};
+use crate::output::{csv_row, Format};
 use crate::report::{self, Misclassified};
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::sync::atomic::Ordering;
+use std::path::PathBuf;
 
 /// Everything an evaluation found.
 pub(super) struct Evaluation<'a> {
@@ -22,65 +23,58 @@ pub(super) struct Evaluation<'a> {
     pub metrics: Metrics,
     /// Photos of dishes not in the list that were scored.
     pub unknown_photos: usize,
-    pub unreadable: Vec<(String, String)>,
-    pub unmatched: Vec<(String, String)>,
+    pub unreadable: Vec<(PathBuf, String)>,
+    pub unmatched: Vec<(PathBuf, String)>,
     pub misclassified: Vec<Misclassified>,
     pub calibration: Option<Vec<Operating>>,
 }
 
 /// Runs `eval`: embeds (or looks up) every photo with a known truth, ranks it, and reports.
-pub(super) fn run(
-    args: &EvalArgs,
-    ui: &Ui,
-    labels: &LabelSet,
-    classifier: &Classifier,
-    samples: &[Sample],
-    embedder: Embedder,
-    mut sink: Option<EmbeddingSink>,
-) -> Result<Outcome> {
+pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
+    let labels = LabelSet::load(&args.labels)?;
+    let templates = Templates::from_args(&args.templates.templates)?;
+    let samples = crate::eval::load_dataset(&args.dataset, &labels)?;
+    let stored = args.stored.load()?;
+    let ckpt = cx.model(stored.is_some())?;
+    let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
+    cx.warn_language(&ckpt, &labels);
+    let classifier = cx.classifier(&ckpt, &labels, &templates)?;
+    let embedder = embedder(&ckpt, stored.as_ref(), &args.batch, cx.fidelity);
+    let ui = &cx.ui;
     let mut unmatched = Vec::new();
     let mut scorable = Vec::new();
-    for s in samples {
+    for s in &samples {
         match &s.truth {
             Truth::Unmatched(label) => unmatched.push((s.path.clone(), label.clone())),
             _ => scorable.push(s),
         }
     }
-    warn_unmatched(ui, labels, &unmatched);
+    warn_unmatched(ui, &labels, &unmatched);
     if args.calibrate && !scorable.iter().any(|s| s.truth == Truth::Unknown) {
         ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
     }
-    let paths: Vec<String> = scorable.iter().map(|s| s.path.clone()).collect();
-    let interrupted = interrupt_flag();
-    let progress = progress_bar(ui, paths.len());
+    let paths: Vec<PathBuf> = scorable.iter().map(|s| s.path.clone()).collect();
     let mut rankings: Vec<Result<Ranking, String>> = Vec::with_capacity(paths.len());
-    run_batches(embedder, &paths, &interrupted, |emb, chunk, results| {
-        report_failures(&progress, chunk, &results);
-        if let Some(sink) = &mut sink {
-            sink.add(emb, chunk, &results)?;
-        }
+    let (_, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, _, results| {
         let mut ranked = match emb {
-            Some(e) => classifier.predict(e)?,
+            Some(e) => classifier
+                .predict(e)
+                .context("cannot rank the photos' embeddings")?,
             None => Vec::new(),
         }
         .into_iter();
         for r in results {
             rankings.push(r.map(|()| ranked.next().expect("one ranking per embedding")));
         }
-        progress.inc(chunk.len() as u64);
         Ok(())
     })?;
-    progress.finish_and_clear();
-    if let Some(sink) = sink {
-        sink.save()?;
-    }
-    let evaluation = evaluate(args, labels, &scorable, rankings, unmatched);
+    let evaluation = evaluate(args, &labels, &scorable, rankings, unmatched);
     print(&evaluation, args)?;
     if let Some(dir) = &args.report {
         let index = report::write(dir, &evaluation_view(&evaluation))?;
         ui.note(&format!("wrote {}", index.display()));
     }
-    Ok(if interrupted.load(Ordering::SeqCst) {
+    Ok(if interrupted {
         Outcome::Interrupted
     } else if evaluation.unreadable.is_empty() {
         Outcome::Success
@@ -90,7 +84,7 @@ pub(super) fn run(
 }
 
 /// One warning per label that matches no class.
-fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(String, String)]) {
+fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(PathBuf, String)]) {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, label) in unmatched {
         *counts.entry(label.as_str()).or_default() += 1;
@@ -113,7 +107,7 @@ fn evaluate<'a>(
     labels: &'a LabelSet,
     samples: &[&Sample],
     rankings: Vec<Result<Ranking, String>>,
-    unmatched: Vec<(String, String)>,
+    unmatched: Vec<(PathBuf, String)>,
 ) -> Evaluation<'a> {
     let mut scored = Vec::new();
     let mut unreadable = Vec::new();
@@ -191,13 +185,11 @@ fn spread(points: &[Operating]) -> Vec<&Operating> {
 }
 
 fn print(e: &Evaluation, args: &EvalArgs) -> Result<()> {
-    let mut out = io::stdout().lock();
-    let r = match args.format {
-        Format::Json | Format::Jsonl => write_json(&mut out, &to_json(e, args)),
-        Format::Csv | Format::Tsv => print_csv(e, args.format, &mut out),
-        Format::Table => print_table(e, args, &mut out),
-    };
-    quiet_on_closed_pipe(r)
+    to_stdout(|out| match args.format {
+        Format::Json | Format::Jsonl => write_json(out, &to_json(e, args)),
+        Format::Csv | Format::Tsv => print_csv(e, args.format, out),
+        Format::Table => print_table(e, args, out),
+    })
 }
 
 fn name<'a>(e: &Evaluation<'a>, class: usize) -> &'a str {
@@ -230,8 +222,8 @@ fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
             "rows": m.confusion,
         },
         "unknown_photos": e.unknown_photos,
-        "unreadable": e.unreadable.iter().map(|(p, err)| json!({"path": p, "error": err})).collect::<Vec<_>>(),
-        "unmatched": e.unmatched.iter().map(|(p, l)| json!({"path": p, "label": l})).collect::<Vec<_>>(),
+        "unreadable": e.unreadable.iter().map(|(p, err)| json!({"path": PathJson(p), "error": err})).collect::<Vec<_>>(),
+        "unmatched": e.unmatched.iter().map(|(p, l)| json!({"path": PathJson(p), "label": l})).collect::<Vec<_>>(),
     });
     if !e.labels.groups.is_empty() {
         let groups: Vec<Option<usize>> = e.labels.classes.iter().map(|c| c.group).collect();
@@ -257,31 +249,20 @@ fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
 }
 
 fn print_csv(e: &Evaluation, format: Format, out: &mut impl Write) -> io::Result<()> {
-    let sep = if format == Format::Csv { "," } else { "\t" };
-    writeln!(
-        out,
-        "{}",
-        [
-            "label",
-            "support",
-            "predicted",
-            "correct",
-            "precision",
-            "recall",
-            "f1"
-        ]
-        .join(sep)
-    )?;
+    let header = [
+        "label",
+        "support",
+        "predicted",
+        "correct",
+        "precision",
+        "recall",
+        "f1",
+    ];
+    out.write_all(&csv_row(format, &header))?;
     for (c, m) in e.metrics.per_class.iter().enumerate() {
-        let label = name(e, c);
-        let label = if format == Format::Csv && label.contains([',', '"']) {
-            format!("\"{}\"", label.replace('"', "\"\""))
-        } else {
-            label.replace('\t', " ")
-        };
         let recall = m.recall.map_or(String::new(), |r| r.to_string());
         let fields = [
-            label,
+            name(e, c).to_string(),
             m.support.to_string(),
             m.predicted.to_string(),
             m.correct.to_string(),
@@ -289,7 +270,7 @@ fn print_csv(e: &Evaluation, format: Format, out: &mut impl Write) -> io::Result
             recall,
             m.f1.to_string(),
         ];
-        writeln!(out, "{}", fields.join(sep))?;
+        out.write_all(&csv_row(format, &fields))?;
     }
     Ok(())
 }
@@ -373,10 +354,10 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
         }
     }
     for (path, err) in &e.unreadable {
-        writeln!(out, "unreadable: {path}: {err}")?;
+        writeln!(out, "unreadable: {}: {err}", path.display())?;
     }
     for (path, label) in &e.unmatched {
-        writeln!(out, "in no class: {path} ({label:?})")?;
+        writeln!(out, "in no class: {} ({label:?})", path.display())?;
     }
     Ok(())
 }

@@ -1,36 +1,74 @@
-//! Printing for `foodclip labels show` and `foodclip labels check`.
+//! `foodclip labels show` and `foodclip labels check`.
 
-use super::{quiet_on_closed_pipe, write_json};
-use crate::labels::check::ConfusablePair;
+use super::context::Context;
+use super::flags::{LabelsCheckArgs, LabelsShowArgs};
+use super::ui::{to_stdout, write_json};
+use super::Outcome;
+use crate::labels::check::{self, ConfusablePair};
 use crate::labels::{Finding, LabelSet, Severity, Templates};
 use crate::output::Format;
 use anyhow::Result;
 use serde_json::json;
-use std::io::{self, Write};
+use std::io::Write;
+
+/// `labels show`.
+pub(super) fn show(args: &LabelsShowArgs) -> Result<Outcome> {
+    let set = LabelSet::load(&args.file)?;
+    let templates = Templates::from_args(&args.templates.templates)?;
+    print_set(&set, &templates, args.format)?;
+    Ok(Outcome::Success)
+}
+
+/// `labels check`: exits 1 when the file has errors.
+pub(super) fn check(cx: &Context, args: &LabelsCheckArgs) -> Result<Outcome> {
+    let (set, mut findings) = LabelSet::load_all(&args.file)?;
+    let templates = Templates::from_args(&args.templates.templates)?;
+    let mut pairs = Vec::new();
+    if !args.no_model {
+        let ckpt = cx.model(true).map_err(|e| {
+            e.context("the model checks need a model; --no-model checks the file alone")
+        })?;
+        findings.extend(check::truncated_names(&set, &templates, &ckpt.tokenizer)?);
+        if let Some(entry) = ckpt.source.entry(&cx.registry) {
+            findings.extend(check::language_mismatch(&set, entry, &cx.registry));
+        }
+        if set.classes.len() > 1 {
+            let classifier = cx.classifier(&ckpt, &set, &templates)?;
+            pairs = check::confusable_pairs(classifier.embeddings(), args.pairs)?;
+            findings.extend(check::confusable_findings(&set, &pairs));
+        }
+    }
+    findings.sort_by_key(|f| f.line.unwrap_or(usize::MAX));
+    report(&set, &findings, &pairs, args.format)?;
+    Ok(if findings.iter().any(|f| f.severity == Severity::Error) {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
+}
 
 /// Prints groups, classes, their names and the final prompts.
-pub fn show(set: &LabelSet, templates: &Templates, format: Format) -> Result<()> {
+fn print_set(set: &LabelSet, templates: &Templates, format: Format) -> Result<()> {
     let prompts = |names: &[String]| -> Vec<String> {
         names.iter().flat_map(|n| templates.prompts(n)).collect()
     };
-    let mut out = io::stdout().lock();
-    let r = if matches!(format, Format::Json | Format::Jsonl) {
-        let value = json!({
-            "path": set.path.display().to_string(),
-            "groups": set.groups.iter().map(|g| json!({
-                "name": g.display(), "names": g.names, "line": g.line,
-            })).collect::<Vec<_>>(),
-            "classes": set.classes.iter().map(|c| json!({
-                "name": c.display(),
-                "names": c.names,
-                "line": c.line,
-                "group": c.group.map(|g| set.groups[g].display()),
-                "prompts": prompts(&c.names),
-            })).collect::<Vec<_>>(),
-        });
-        write_json(&mut out, &value)
-    } else {
-        (|| {
+    to_stdout(|out| {
+        if matches!(format, Format::Json | Format::Jsonl) {
+            let value = json!({
+                "path": set.path.display().to_string(),
+                "groups": set.groups.iter().map(|g| json!({
+                    "name": g.display(), "names": g.names, "line": g.line,
+                })).collect::<Vec<_>>(),
+                "classes": set.classes.iter().map(|c| json!({
+                    "name": c.display(),
+                    "names": c.names,
+                    "line": c.line,
+                    "group": c.group.map(|g| set.groups[g].display()),
+                    "prompts": prompts(&c.names),
+                })).collect::<Vec<_>>(),
+            });
+            write_json(out, &value)
+        } else {
             writeln!(out, "{}", headline(set))?;
             let mut group = None;
             for c in &set.classes {
@@ -49,13 +87,12 @@ pub fn show(set: &LabelSet, templates: &Templates, format: Format) -> Result<()>
                 }
             }
             Ok(())
-        })()
-    };
-    quiet_on_closed_pipe(r)
+        }
+    })
 }
 
 /// Prints the findings of `labels check` and the most similar class pairs.
-pub fn report(
+fn report(
     set: &LabelSet,
     findings: &[Finding],
     pairs: &[ConfusablePair],
@@ -63,26 +100,25 @@ pub fn report(
 ) -> Result<()> {
     let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
     let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
-    let mut out = io::stdout().lock();
-    let r = if matches!(format, Format::Json | Format::Jsonl) {
-        let value = json!({
-            "path": set.path.display().to_string(),
-            "classes": set.classes.len(),
-            "groups": set.groups.len(),
-            "errors": errors,
-            "warnings": warnings,
-            "findings": findings.iter().map(|f| json!({
-                "severity": f.severity.to_string(), "line": f.line, "message": f.message,
-            })).collect::<Vec<_>>(),
-            "similar_pairs": pairs.iter().map(|p| json!({
-                "a": set.classes[p.a].display(), "a_line": set.classes[p.a].line,
-                "b": set.classes[p.b].display(), "b_line": set.classes[p.b].line,
-                "cosine": p.cosine,
-            })).collect::<Vec<_>>(),
-        });
-        write_json(&mut out, &value)
-    } else {
-        (|| {
+    to_stdout(|out| {
+        if matches!(format, Format::Json | Format::Jsonl) {
+            let value = json!({
+                "path": set.path.display().to_string(),
+                "classes": set.classes.len(),
+                "groups": set.groups.len(),
+                "errors": errors,
+                "warnings": warnings,
+                "findings": findings.iter().map(|f| json!({
+                    "severity": f.severity.to_string(), "line": f.line, "message": f.message,
+                })).collect::<Vec<_>>(),
+                "similar_pairs": pairs.iter().map(|p| json!({
+                    "a": set.classes[p.a].display(), "a_line": set.classes[p.a].line,
+                    "b": set.classes[p.b].display(), "b_line": set.classes[p.b].line,
+                    "cosine": p.cosine,
+                })).collect::<Vec<_>>(),
+            });
+            write_json(out, &value)
+        } else {
             for f in findings {
                 let place = match f.line {
                     Some(line) => format!("{}:{line}", set.path.display()),
@@ -110,9 +146,8 @@ pub fn report(
                 "{}: {errors} errors, {warnings} warnings",
                 headline(set)
             )
-        })()
-    };
-    quiet_on_closed_pipe(r)
+        }
+    })
 }
 
 /// `FILE: N classes, M groups`.

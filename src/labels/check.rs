@@ -3,7 +3,6 @@
 //! tell apart.
 
 use super::{script_language, Finding, LabelSet, Severity, Templates};
-use crate::classify::Classifier;
 use crate::model::tokenizer::PromptTokenizer;
 use crate::registry::{ModelEntry, Registry};
 use anyhow::Result;
@@ -103,9 +102,9 @@ fn language_name(code: &str) -> &str {
     }
 }
 
-/// The `n` most similar pairs of classes, most similar first.
-pub fn confusable_pairs(classifier: &Classifier, n: usize) -> Result<Vec<ConfusablePair>> {
-    let e = classifier.embeddings();
+/// The `n` most similar pairs of classes, most similar first, from the class embeddings
+/// `(classes, dim)` (unit rows).
+pub fn confusable_pairs(e: &candle_core::Tensor, n: usize) -> Result<Vec<ConfusablePair>> {
     let sims = e.matmul(&e.t()?)?.to_vec2::<f32>()?;
     let mut pairs: Vec<ConfusablePair> = sims
         .iter()

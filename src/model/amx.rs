@@ -11,19 +11,54 @@
 //! Stable Rust has no AMX intrinsics, so the few AMX instructions are written as bytes (their
 //! encodings are checked against GNU as in the comments). Linux must grant each process the
 //! tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks once.
+//!
+//! In tests, an [`Engine::Emulated`] runs the tile product, the bf16 conversion and every
+//! AVX-512 step in plain Rust, so that all the packing, blocking, epilogue and hand-off logic is
+//! tested on any CPU; only the instruction encodings need the hardware.
 
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
 
-/// Whether AMX bf16 can be used here: the CPU has it (and AVX-512 BF16, to convert activations),
-/// the OS saves the tile state, and Linux has granted it to this process.
+/// Whether AMX bf16 can be used here: the CPU has it (and AVX-512 F and BF16, to convert
+/// activations), the OS saves the tile state, and Linux has granted it to this process.
 pub fn available() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
     *OK.get_or_init(|| {
-        cpu_has_amx() && std::arch::is_x86_feature_detected!("avx512bf16") && os_grants_tiles()
+        cpu_has_amx()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+            && os_grants_tiles()
     })
+}
+
+/// What runs a packed weight's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The AMX tiles and AVX-512 BF16 (only where [`available`]).
+    Amx,
+    /// The same steps in plain Rust, for tests on CPUs without AMX.
+    #[cfg(test)]
+    Emulated,
+}
+
+impl Engine {
+    /// AMX where available; in tests elsewhere, the emulation.
+    fn detect() -> Self {
+        #[cfg(test)]
+        if !available() {
+            return Engine::Emulated;
+        }
+        Engine::Amx
+    }
+
+    /// Checks that this engine can run here.
+    fn check(self) {
+        if self == Engine::Amx {
+            assert!(available(), "AMX is not available");
+        }
+    }
 }
 
 fn cpu_has_amx() -> bool {
@@ -125,10 +160,17 @@ pub struct PackedWeight {
     out: usize,
     k_tiles: usize,
     n_tiles: usize,
+    engine: Engine,
 }
 
 /// Packs a row-major f32 weight `(out, inp)` into bf16 tiles.
 pub fn pack(w: &[f32], out: usize, inp: usize) -> PackedWeight {
+    pack_for(w, out, inp, Engine::detect())
+}
+
+/// [`pack`] for a given engine.
+fn pack_for(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
+    assert_eq!(w.len(), out * inp, "the weight is out x inp");
     let k_tiles = inp.div_ceil(32);
     let n_tiles = out.div_ceil(32) * 2;
     let mut data = vec![ZERO_LINE; n_tiles * k_tiles * TILE];
@@ -155,6 +197,7 @@ pub fn pack(w: &[f32], out: usize, inp: usize) -> PackedWeight {
         out,
         k_tiles,
         n_tiles,
+        engine,
     }
 }
 
@@ -162,6 +205,11 @@ impl PackedWeight {
     /// Outputs.
     pub fn out(&self) -> usize {
         self.out
+    }
+
+    /// Inputs.
+    pub fn inp(&self) -> usize {
+        self.inp
     }
 }
 
@@ -181,6 +229,7 @@ fn pack_activations(
     inp: usize,
     k_tiles: usize,
     norm: Option<Norm>,
+    engine: Engine,
     a: &mut Vec<Line>,
 ) {
     let groups = rows.div_ceil(32) * 2;
@@ -193,12 +242,10 @@ fn pack_activations(
             for r in 0..valid {
                 let mut row = &x[(g * 16 + r) * inp..][..inp];
                 if let Some(norm) = &norm {
-                    // SAFETY: AVX-512 F comes with AMX.
-                    unsafe { layer_norm(row, norm, &mut normed) };
+                    layer_norm(engine, row, norm, &mut normed);
                     row = &normed;
                 }
-                // SAFETY: `available()` checked AVX-512 BF16.
-                unsafe { pack_row(row, &mut group[r..], k_tiles) };
+                pack_row(engine, row, &mut group[r..], k_tiles);
             }
             if valid < 16 {
                 // Padding rows (the buffer is reused, so they may hold an earlier product's data).
@@ -221,11 +268,8 @@ pub struct Norm<'a> {
 }
 
 /// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-unsafe fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) {
+#[inline(always)]
+fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
     #[inline(always)]
     fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         let mut lanes = [0f32; 16];
@@ -248,23 +292,70 @@ unsafe fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) {
     }
 }
 
-/// Converts one row of activations to bf16, 32 values (one tile row) at a time, into every
-/// `TILE`th line of `dst`.
+/// [`layer_norm_plain`] compiled for AVX-512.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F and BF16.
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn layer_norm_avx512(row: &[f32], norm: &Norm, out: &mut [f32]) {
+    layer_norm_plain(row, norm, out)
+}
+
+/// Layer-normalises one row with `engine`'s instructions.
+fn layer_norm(engine: Engine, row: &[f32], norm: &Norm, out: &mut [f32]) {
+    match engine {
+        // SAFETY: the Amx engine is only used where `available()`, which checked AVX-512 F.
+        Engine::Amx => unsafe { layer_norm_avx512(row, norm, out) },
+        #[cfg(test)]
+        Engine::Emulated => layer_norm_plain(row, norm, out),
+    }
+}
+
+/// Converts one row of activations to bf16, 32 values (one tile row) at a time, into every
+/// `TILE`th line of `dst`, with `engine`'s instructions.
+fn pack_row(engine: Engine, row: &[f32], dst: &mut [Line], k_tiles: usize) {
+    assert!(row.len() <= k_tiles * 32 && dst.len() > (k_tiles - 1) * TILE);
+    match engine {
+        // SAFETY: `available()` checked AVX-512 F and BF16; the lengths are checked above.
+        Engine::Amx => unsafe { pack_row_avx512(row, dst, k_tiles) },
+        #[cfg(test)]
+        Engine::Emulated => {
+            for kt in 0..k_tiles {
+                let line = &mut dst[kt * TILE].0;
+                *line = [0; 32];
+                for (l, &x) in line.iter_mut().zip(row.iter().skip(kt * 32)) {
+                    *l = half::bf16::from_f32(x).to_bits();
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_row`] with AVX-512 BF16 (`vcvtne2ps2bf16`, round to nearest even).
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BF16, `row` hold at most `k_tiles * 32` values and `dst`
+/// more than `(k_tiles - 1) * TILE` lines.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_row(row: &[f32], dst: &mut [Line], k_tiles: usize) {
+unsafe fn pack_row_avx512(row: &[f32], dst: &mut [Line], k_tiles: usize) {
     use std::arch::x86_64::*;
     let inp = row.len();
     let mask = |n: usize| -> __mmask16 { (((1u32 << n.min(16)) - 1) & 0xffff) as u16 };
     for kt in 0..k_tiles {
         let k = kt * 32;
-        let n = (inp - k).min(32);
-        // Masked loads read only the values the row has; the rest are zeros.
-        let src = row.as_ptr().add(k);
-        let lo = _mm512_maskz_loadu_ps(mask(n), src);
-        let hi = _mm512_maskz_loadu_ps(mask(n.saturating_sub(16)), src.add(16));
+        let n = inp.saturating_sub(k).min(32);
+        // Masked loads read only the values the row has; the rest are zeros. A pointer is
+        // only formed inside the row (never past its end).
+        let lo = if n > 0 {
+            _mm512_maskz_loadu_ps(mask(n), row.as_ptr().add(k))
+        } else {
+            _mm512_setzero_ps()
+        };
+        let hi = if n > 16 {
+            _mm512_maskz_loadu_ps(mask(n - 16), row.as_ptr().add(k + 16))
+        } else {
+            _mm512_setzero_ps()
+        };
         let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_store_si512((&mut dst[kt * TILE] as *mut Line).cast(), packed);
     }
@@ -300,12 +391,12 @@ fn with_packed<R>(
     epilogue: &Epilogue,
     f: impl FnOnce(&[Line]) -> R,
 ) -> R {
-    assert!(available(), "AMX is not available");
+    w.engine.check();
     assert_eq!(x.len(), rows * w.inp);
     assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
     check_epilogue(rows, w, epilogue);
     let mut a = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
-    pack_activations(x, rows, w.inp, w.k_tiles, norm, &mut a);
+    pack_activations(x, rows, w.inp, w.k_tiles, norm, w.engine, &mut a);
     let result = f(&a);
     ACTIVATIONS.with(|buf| *buf.borrow_mut() = a);
     result
@@ -342,23 +433,16 @@ pub fn matmul_to_tiles(
     with_packed(x, rows, w, norm, &epilogue, |a| {
         let k_tiles = w.out.div_ceil(32);
         let mut lines = vec![ZERO_LINE; rows.div_ceil(32) * 32 * k_tiles];
-        // SAFETY (for `pack_block`): AVX-512 F and BF16 come with `available()`.
-        for_each_block(
-            a,
-            rows,
-            w,
-            &mut lines,
-            k_tiles,
-            |block, at, lines, mp| unsafe {
-                pack_block(
-                    block,
-                    at,
-                    &epilogue,
-                    &mut lines[(mp / 16) * k_tiles * TILE..],
-                    k_tiles,
-                )
-            },
-        );
+        for_each_block(a, rows, w, &mut lines, k_tiles, |block, at, lines, mp| {
+            pack_block(
+                w.engine,
+                block,
+                at,
+                &epilogue,
+                &mut lines[(mp / 16) * k_tiles * TILE..],
+                k_tiles,
+            )
+        });
         Tiles {
             lines,
             rows,
@@ -369,7 +453,7 @@ pub fn matmul_to_tiles(
 
 /// `act(x · Wᵀ + bias) + residual` for activations already in tiles. Returns `(rows, out)`.
 pub fn matmul_tiles(x: &Tiles, w: &PackedWeight, epilogue: Epilogue) -> Vec<f32> {
-    assert!(available(), "AMX is not available");
+    w.engine.check();
     assert_eq!(x.k_tiles, w.k_tiles);
     check_epilogue(x.rows, w, &epilogue);
     product_rows(&x.lines, x.rows, w, &epilogue)
@@ -385,10 +469,7 @@ fn product_rows(a: &[Line], rows: usize, w: &PackedWeight, epilogue: &Epilogue) 
         w,
         &mut y.spare_capacity_mut()[..rows * out],
         out,
-        |block, at, dst, mp| {
-            // SAFETY: AVX-512 F comes with AMX.
-            unsafe { finish_block(block, at, epilogue, &mut dst[mp * out..]) }
-        },
+        |block, at, dst, mp| finish_block(w.engine, block, at, epilogue, &mut dst[mp * out..]),
     );
     // SAFETY: the blocks cover every row and column of the output exactly once, and
     // `finish_block` wrote each of their values.
@@ -419,7 +500,9 @@ fn for_each_block<T: Send>(
     y.par_chunks_mut(per_thread * per_row)
         .enumerate()
         .for_each(|(share, y)| {
-            configure_thread();
+            if w.engine == Engine::Amx {
+                configure_thread();
+            }
             let first = share * per_thread;
             let share_rows = (rows - first).min(per_thread);
             let mut block = Block([0f32; 32 * 32]);
@@ -429,16 +512,7 @@ fn for_each_block<T: Send>(
                         let row = first + mp;
                         let a = &a[(row / 16) * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
                         let b = &w.data[2 * np * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
-                        // SAFETY: a and b hold two strips of k_tiles tiles each, and this
-                        // thread loaded the tile configuration.
-                        unsafe {
-                            tile_product(
-                                a.as_ptr().cast(),
-                                b.as_ptr().cast(),
-                                w.k_tiles,
-                                &mut block,
-                            )
-                        };
+                        tile_product(w.engine, a, b, w.k_tiles, &mut block);
                         let place = Place {
                             row,
                             col: np * 32,
@@ -485,7 +559,7 @@ fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32
     let sums = &block.0[r * 32..][..at.cols];
     let values = row[..at.cols].iter_mut().zip(sums).zip(bias).zip(residual);
     if epilogue.quick_gelu {
-        values.for_each(|(((v, s), b), res)| *v = super::ops::quick_gelu_value(s + b) + res);
+        values.for_each(|(((v, s), b), res)| *v = super::math::quick_gelu_value(s + b) + res);
     } else {
         values.for_each(|(((v, s), b), res)| *v = s + b + res);
     }
@@ -493,11 +567,23 @@ fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32
 }
 
 /// Writes a finished block through the epilogue into `dst`, whose first row is the block's.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-unsafe fn finish_block(
+fn finish_block(
+    engine: Engine,
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    match engine {
+        // SAFETY: the Amx engine is only used where `available()`, which checked AVX-512 F.
+        Engine::Amx => unsafe { finish_block_avx512(block, at, epilogue, dst) },
+        #[cfg(test)]
+        Engine::Emulated => finish_block_plain(block, at, epilogue, dst),
+    }
+}
+
+#[inline(always)]
+fn finish_block_plain(
     block: &Block,
     at: Place,
     epilogue: &Epilogue,
@@ -512,14 +598,25 @@ unsafe fn finish_block(
     }
 }
 
+/// [`finish_block_plain`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_block_avx512(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    finish_block_plain(block, at, epilogue, dst)
+}
+
 /// Writes a finished block through the epilogue into bf16 tiles: `lines` starts at the block's
 /// first group of 16 rows, whose tiles are `k_tiles` wide; the block fills tile `col / 32` of
 /// two groups. Rows past the end are left zero.
-///
-/// # Safety
-/// The CPU must have AVX-512 F and BF16.
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_block(
+fn pack_block(
+    engine: Engine,
     block: &Block,
     at: Place,
     epilogue: &Epilogue,
@@ -529,18 +626,55 @@ unsafe fn pack_block(
     for r in 0..at.rows {
         let row = finished_row(block, at, epilogue, r);
         let line = (r / 16) * k_tiles * TILE + (at.col / 32) * TILE + r % 16;
-        pack_row(&row, &mut lines[line..], 1);
+        pack_row(engine, &row, &mut lines[line..], 1);
     }
 }
 
-/// One 32x32 f32 block of `A · B` into `c` (row stride 32): A is two strips of `k_tiles`
-/// packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight tiles
-/// (columns 0-15, then 16-31).
+/// One 32x32 f32 block of `A · B` into `c` with `engine`: A is two strips of `k_tiles` packed
+/// activation tiles (rows 0-15, then 16-31), B two strips of packed weight tiles (columns 0-15,
+/// then 16-31).
+fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Block) {
+    assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
+    match engine {
+        // SAFETY: a and b hold two strips of k_tiles tiles each (checked above), and this
+        // thread loaded the tile configuration (`for_each_block`).
+        Engine::Amx => unsafe { tile_product_amx(a.as_ptr(), b.as_ptr(), k_tiles, c) },
+        #[cfg(test)]
+        Engine::Emulated => tile_product_emulated(a, b, k_tiles, c),
+    }
+}
+
+/// What `tdpbf16ps` computes, in plain Rust: for each 16x16 quarter of `c`, the sum over the
+/// tiles of `A[m][2k] B[k][2n] + A[m][2k+1] B[k][2n+1]`, in f32.
+#[cfg(test)]
+fn tile_product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Block) {
+    let strip = k_tiles * TILE;
+    let bf = |bits: u16| half::bf16::from_bits(bits).to_f32();
+    c.0 = [0.0; 32 * 32];
+    for (qa, qb) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+        for kt in 0..k_tiles {
+            let ta = &a[qa * strip + kt * TILE..][..TILE];
+            let tb = &b[qb * strip + kt * TILE..][..TILE];
+            for (m, arow) in ta.iter().enumerate() {
+                for n in 0..16 {
+                    let mut sum = c.0[(qa * 16 + m) * 32 + qb * 16 + n];
+                    for (k, brow) in tb.iter().enumerate() {
+                        sum += bf(arow.0[2 * k]) * bf(brow.0[2 * n])
+                            + bf(arow.0[2 * k + 1]) * bf(brow.0[2 * n + 1]);
+                    }
+                    c.0[(qa * 16 + m) * 32 + qb * 16 + n] = sum;
+                }
+            }
+        }
+    }
+}
+
+/// [`tile_product`] on the AMX tiles (row stride 32 in `c`).
 ///
 /// # Safety
 /// The tile configuration must be loaded on this thread, and `a` and `b` must each hold
 /// `2 * k_tiles` tiles.
-unsafe fn tile_product(a: *const Line, b: *const Line, k_tiles: usize, c: &mut Block) {
+unsafe fn tile_product_amx(a: *const Line, b: *const Line, k_tiles: usize, c: &mut Block) {
     // tilezero tmm0..tmm3
     asm!(
         ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc0",
@@ -629,12 +763,24 @@ mod tests {
         );
     }
 
+    /// The emulation everywhere, and the hardware where it exists (said on stderr otherwise).
+    fn engines() -> Vec<Engine> {
+        if available() {
+            vec![Engine::Emulated, Engine::Amx]
+        } else {
+            eprintln!("no AMX on this CPU: the tile instructions run emulated only");
+            vec![Engine::Emulated]
+        }
+    }
+
     #[test]
     fn matches_a_bf16_reference_product() {
-        if !available() {
-            eprintln!("skipped: no AMX on this CPU");
-            return;
+        for engine in engines() {
+            bf16_reference_product(engine);
         }
+    }
+
+    fn bf16_reference_product(engine: Engine) {
         // Sizes that are not multiples of the tiles; the largest first, so that the smaller
         // ones reuse a packing buffer holding older data. Each with bias and residual, with
         // bias and quick_gelu, and with a layer norm applied while packing.
@@ -648,7 +794,7 @@ mod tests {
             let bias: Vec<f32> = (0..out).map(|i| i as f32 / 10.0 - 2.0).collect();
             let residual: Vec<f32> = (0..rows * out).map(|i| (i % 13) as f32 - 6.0).collect();
             let bf = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
-            let packed = pack(&w, out, inp);
+            let packed = pack_for(&w, out, inp, engine);
             let with_residual = Epilogue {
                 bias: Some(&bias),
                 residual: Some(&residual),
@@ -692,10 +838,60 @@ mod tests {
                     ] {
                         assert!(
                             (got as f64 - want).abs() <= 1e-3 * (1.0 + want.abs()),
-                            "({rows},{inp},{out}) [{r},{n}]: {got} vs {want}"
+                            "{engine:?} ({rows},{inp},{out}) [{r},{n}]: {got} vs {want}"
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn tiles_hand_off_equals_two_products_and_engines_agree() {
+        let (rows, inp, hidden) = (45, 40, 70);
+        let x: Vec<f32> = (0..rows * inp)
+            .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+            .collect();
+        let w1: Vec<f32> = (0..hidden * inp)
+            .map(|i| ((i * 7) % 23) as f32 / 20.0 - 0.5)
+            .collect();
+        let w2: Vec<f32> = (0..inp * hidden)
+            .map(|i| ((i * 11) % 19) as f32 / 18.0 - 0.5)
+            .collect();
+        let b1: Vec<f32> = (0..hidden).map(|i| i as f32 / 50.0 - 0.7).collect();
+        let gelu = Epilogue {
+            bias: Some(&b1),
+            residual: None,
+            quick_gelu: true,
+        };
+        let add_x = Epilogue {
+            bias: None,
+            residual: Some(&x),
+            quick_gelu: false,
+        };
+        let mut results = Vec::new();
+        for engine in engines() {
+            let (p1, p2) = (
+                pack_for(&w1, hidden, inp, engine),
+                pack_for(&w2, inp, hidden, engine),
+            );
+            let handed = matmul_tiles(&matmul_to_tiles(&x, rows, &p1, None, gelu), &p2, add_x);
+            // The hidden layer through f32 memory: the same numbers, as fc2 rounds it to bf16.
+            let h = matmul(&x, rows, &p1, None, gelu);
+            let apart = matmul(&h, rows, &p2, None, add_x);
+            assert_eq!(handed.len(), rows * inp);
+            for (a, b) in handed.iter().zip(&apart) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{engine:?}: {a} vs {b}"
+                );
+            }
+            results.push(handed);
+        }
+        // Hardware and emulation agree up to the order of f32 sums.
+        if let [emulated, amx] = &results[..] {
+            for (a, b) in emulated.iter().zip(amx) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
             }
         }
     }

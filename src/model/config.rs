@@ -137,10 +137,15 @@ impl ClipConfig {
     /// assert_eq!(config.text_config.hidden_act, foodclip::model::Activation::Gelu);
     /// ```
     pub fn from_json(json: &str) -> Result<Self> {
-        let config: ClipConfig = serde_json::from_str(json).map_err(|e| {
-            anyhow::anyhow!(
-                "{e} (foodclip supports CLIP configs with hidden_act quick_gelu, gelu, gelu_new)"
-            )
+        let de = &mut serde_json::Deserializer::from_str(json);
+        let config: ClipConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let hint = if field.ends_with("hidden_act") {
+                " (foodclip supports CLIP configs with hidden_act quick_gelu, gelu, gelu_new)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("field {field}: {}{hint}", e.into_inner())
         })?;
         config.validate()?;
         Ok(config)
@@ -154,6 +159,8 @@ impl ClipConfig {
             .with_context(|| format!("unsupported model config {}", path.display()))
     }
 
+    /// Checks every size, count and id against the others and against sane bounds, so that no
+    /// arithmetic on them can overflow and no tensor is asked for in a shape that makes no sense.
     fn validate(&self) -> Result<()> {
         if let Some(kind) = &self.model_type {
             if kind != "clip" {
@@ -162,38 +169,102 @@ impl ClipConfig {
         }
         let t = &self.text_config;
         let v = &self.vision_config;
-        if t.num_attention_heads == 0 || !t.hidden_size.is_multiple_of(t.num_attention_heads) {
-            bail!(
-                "text hidden_size {} is not a multiple of num_attention_heads {}",
+        within("projection_dim", self.projection_dim, 1, MAX_WIDTH)?;
+        for (tower, width, mlp, layers, heads, eps) in [
+            (
+                "text_config",
                 t.hidden_size,
-                t.num_attention_heads
-            );
-        }
-        if v.num_attention_heads == 0 || !v.hidden_size.is_multiple_of(v.num_attention_heads) {
-            bail!(
-                "vision hidden_size {} is not a multiple of num_attention_heads {}",
+                t.intermediate_size,
+                t.num_hidden_layers,
+                t.num_attention_heads,
+                t.layer_norm_eps,
+            ),
+            (
+                "vision_config",
                 v.hidden_size,
-                v.num_attention_heads
+                v.intermediate_size,
+                v.num_hidden_layers,
+                v.num_attention_heads,
+                v.layer_norm_eps,
+            ),
+        ] {
+            within(&format!("{tower}.hidden_size"), width, 1, MAX_WIDTH)?;
+            within(&format!("{tower}.intermediate_size"), mlp, 1, 8 * MAX_WIDTH)?;
+            within(&format!("{tower}.num_hidden_layers"), layers, 1, MAX_LAYERS)?;
+            within(&format!("{tower}.num_attention_heads"), heads, 1, width)?;
+            if !width.is_multiple_of(heads) {
+                bail!(
+                    "{tower}.hidden_size {width} is not a multiple of num_attention_heads {heads}"
+                );
+            }
+            if !(eps.is_finite() && eps > 0.0 && eps < 1.0) {
+                bail!("{tower}.layer_norm_eps is {eps}; it must be a small positive number such as 1e-5");
+            }
+        }
+        within("text_config.vocab_size", t.vocab_size, 1, MAX_VOCAB)?;
+        within(
+            "text_config.max_position_embeddings",
+            t.max_position_embeddings,
+            1,
+            MAX_TOKENS,
+        )?;
+        within(
+            "text_config.eos_token_id",
+            t.eos_token_id as usize,
+            0,
+            t.vocab_size - 1,
+        )?;
+        within(
+            "text_config.pad_token_id",
+            t.pad_token_id as usize,
+            0,
+            t.vocab_size - 1,
+        )?;
+        if v.num_channels != 3 {
+            bail!(
+                "vision_config.num_channels is {}; foodclip feeds RGB images (3 channels)",
+                v.num_channels
             );
         }
-        if v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
+        within("vision_config.image_size", v.image_size, 1, MAX_IMAGE)?;
+        within("vision_config.patch_size", v.patch_size, 1, v.image_size)?;
+        if !v.image_size.is_multiple_of(v.patch_size) {
             bail!(
-                "vision image_size {} is not a multiple of patch_size {}",
+                "vision_config.image_size {} is not a multiple of patch_size {}",
                 v.image_size,
                 v.patch_size
             );
         }
-        if v.num_channels != 3 {
+        let grid = v.image_size / v.patch_size;
+        if grid * grid > MAX_TOKENS {
             bail!(
-                "vision num_channels is {}; foodclip feeds RGB images (3 channels)",
-                v.num_channels
+                "vision_config: image_size {} / patch_size {} makes {} patches, more than {MAX_TOKENS}",
+                v.image_size,
+                v.patch_size,
+                grid * grid
             );
-        }
-        if t.max_position_embeddings == 0 || t.vocab_size == 0 {
-            bail!("text config has an empty vocabulary or context");
         }
         Ok(())
     }
+}
+
+/// Widths (hidden and projection sizes) above this are refused as absurd.
+const MAX_WIDTH: usize = 16_384;
+/// Encoder layers above this are refused.
+const MAX_LAYERS: usize = 256;
+/// Vocabulary sizes above this are refused.
+const MAX_VOCAB: usize = 1 << 20;
+/// Sequence lengths (text context, image patches) above this are refused.
+const MAX_TOKENS: usize = 16_384;
+/// Input image sides above this are refused.
+const MAX_IMAGE: usize = 4096;
+
+/// Fails, naming `field`, unless `min <= value <= max`.
+fn within(field: &str, value: usize, min: usize, max: usize) -> Result<()> {
+    if value < min || value > max {
+        bail!("{field} is {value}; it must be from {min} to {max}");
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 pub mod amx;
 pub mod config;
 pub mod encoder;
+pub mod math;
 pub mod ops;
 pub mod text;
 pub mod tokenizer;
@@ -27,7 +28,7 @@ use ops::{Dense, MatmulKind};
 use std::sync::OnceLock;
 
 /// Number format of the weights and activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// 32-bit floats, as the reference.
     #[default]

@@ -13,40 +13,11 @@
 //! Other devices and dtypes take candle's ops; unit tests check the two paths agree.
 
 use super::config::Activation;
+use super::math::quick_gelu_value;
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use rayon::prelude::*;
-
-/// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches, calls or
-/// float-to-int conversions so the compiler vectorises loops over it.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const C1: f32 = 0.693_359_4;
-    const C2: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.7);
-    let t = x * LOG2E + MAGIC;
-    let n = t - MAGIC;
-    let n_bits = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = x - n * C1 - n * C2;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
-    let e = p * r * r + r + 1.0;
-    e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
-}
-
-/// `x * sigmoid(1.702 x)`, vectorisable.
-#[inline(always)]
-pub(super) fn quick_gelu_value(x: f32) -> f32 {
-    x / (1.0 + exp(-1.702 * x))
-}
 
 #[inline(always)]
 fn quick_gelu_slice(xs: &mut [f32]) {
@@ -217,6 +188,12 @@ impl Dense {
         bias: Option<Tensor>,
         kind: MatmulKind,
     ) -> candle_core::Result<Self> {
+        let (out, inp) = weight.dims2()?;
+        if let Some(b) = &bias {
+            if b.dims() != [out] {
+                candle_core::bail!("a bias of shape {:?} for a {out} x {inp} weight", b.dims());
+            }
+        }
         let weight = match kind {
             #[cfg(target_arch = "x86_64")]
             MatmulKind::AmxBf16 => {
@@ -232,11 +209,12 @@ impl Dense {
         Ok(Self { weight, bias })
     }
 
-    fn out(&self) -> candle_core::Result<usize> {
+    /// `(inputs, outputs)`.
+    fn dims(&self) -> candle_core::Result<(usize, usize)> {
         match &self.weight {
-            Weight::Transposed(wt) => wt.dim(1),
+            Weight::Transposed(wt) => wt.dims2(),
             #[cfg(target_arch = "x86_64")]
-            Weight::Amx(p) => Ok(p.out()),
+            Weight::Amx(p) => Ok((p.inp(), p.out())),
         }
     }
 
@@ -278,12 +256,23 @@ impl Dense {
             Some(n) if !self.normalises_in_packing(n) => (n.forward(x)?, None),
             _ => (x.contiguous()?, norm),
         };
+        // The shapes are checked before any kernel sees a pointer.
+        let (inp, out) = self.dims()?;
         let dims = x.dims();
-        let inp = dims[dims.len() - 1];
-        let rows = x.elem_count() / inp;
-        let out = self.out()?;
+        if dims.last() != Some(&inp) {
+            anyhow::bail!("a dense layer of {inp} inputs got a tensor of shape {dims:?}");
+        }
+        let rows = x.elem_count() / inp.max(1);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("at least one dimension") = out;
+        if let Some(r) = residual {
+            if r.dims() != shape {
+                anyhow::bail!(
+                    "a residual of shape {:?} for an output of shape {shape:?}",
+                    r.dims()
+                );
+            }
+        }
         debug_assert!(
             residual.is_none() || act.is_none(),
             "act and residual are not used together"
@@ -488,6 +477,14 @@ pub fn mlp(
     norm: &LayerNorm,
     act: Activation,
 ) -> Result<Tensor> {
+    let ((inp1, out1), (inp2, out2)) = (fc1.dims()?, fc2.dims()?);
+    let width = x.dims().last().copied();
+    if width != Some(inp1) || out1 != inp2 || out2 != inp1 {
+        anyhow::bail!(
+            "an MLP of {inp1} -> {out1} and {inp2} -> {out2} got a tensor of shape {:?}",
+            x.dims()
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     if let (Weight::Amx(w1), Weight::Amx(w2), Activation::QuickGelu) =
         (&fc1.weight, &fc2.weight, act)
@@ -718,15 +715,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exp_is_accurate() {
-        for i in -8000..8000 {
-            let x = i as f32 / 100.0;
-            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
-            assert!(rel < 3e-7, "exp({x}): relative error {rel}");
-        }
-    }
-
-    #[test]
     fn fused_quick_gelu_matches_the_formula() {
         let x = Tensor::arange(-3000f32, 3000f32, &candle_core::Device::Cpu).unwrap();
         let x = (x / 100.0).unwrap();
@@ -841,12 +829,10 @@ mod tests {
         assert!(max_diff(&fused, &plain) < 1e-4);
     }
 
+    /// On CPUs without AMX the layers pack for the emulated tiles (see `amx::Engine`).
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn amx_mlp_passes_tiles_between_layers_without_changing_results() {
-        if !super::super::amx::available() {
-            eprintln!("skipped: no AMX on this CPU");
-            return;
-        }
         let dev = candle_core::Device::Cpu;
         // Widths that are not multiples of the tiles; 2 x 25 rows.
         let (hidden, inter) = (40, 70);
@@ -874,6 +860,24 @@ mod tests {
         let apart = fc2.forward_with(&h, Some(&x), None).unwrap();
         assert_eq!(fused.dims(), x.dims());
         assert!(max_diff(&fused, &apart) < 1e-4);
+    }
+
+    #[test]
+    fn dense_refuses_mismatched_shapes() {
+        let dev = candle_core::Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (5, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1., 5, &dev).unwrap();
+        let layer = Dense::new(w.clone(), Some(b), MatmulKind::Native).unwrap();
+        let wide = Tensor::randn(0f32, 1., (2, 4), &dev).unwrap();
+        assert!(
+            layer.forward(&wide).is_err(),
+            "4 inputs for a 3-input layer"
+        );
+        let x = Tensor::randn(0f32, 1., (2, 3), &dev).unwrap();
+        let residual = Tensor::randn(0f32, 1., (2, 4), &dev).unwrap();
+        assert!(layer.forward_with(&x, Some(&residual), None).is_err());
+        let bad_bias = Tensor::randn(0f32, 1., 4, &dev).unwrap();
+        assert!(Dense::new(w, Some(bad_bias), MatmulKind::Native).is_err());
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub fn decode(bytes: &[u8], min_short_edge: Option<u32>) -> Result<RgbImage> {
     if !is_complete(bytes) {
         bail!("truncated image: the JPEG data ends before the picture does");
     }
-    std::panic::catch_unwind(|| decode_unchecked(bytes, min_short_edge))
+    // libjpeg's errors reach Rust as panics of the mozjpeg crate.
+    super::isolated(|| decode_unchecked(bytes, min_short_edge))
         .unwrap_or_else(|_| Err(anyhow!("cannot decode: corrupt JPEG data")))
 }
 

@@ -1,6 +1,10 @@
 //! Turning a photo into the tensor the vision tower takes, as transformers' `CLIPImageProcessor`
 //! does: resize the shortest edge with Pillow's antialiased filter, centre-crop, rescale to
 //! [0, 1], normalise by mean and std. Every number comes from `preprocessor_config.json`.
+//!
+//! Only the part of the resized picture that the crop keeps is ever computed: each output pixel
+//! depends only on its own source span, so the pixels are the same, and a 100000 x 2 strip costs
+//! no more than a square photo.
 
 pub mod decode;
 pub mod jpeg;
@@ -20,10 +24,39 @@ pub enum Fidelity {
 }
 pub use resample::Filter;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use image::RgbImage;
 use serde_json::Value;
+use std::cell::Cell;
 use std::path::Path;
+
+/// The largest size, crop or resize target, that a preprocessor config may ask for.
+pub const MAX_SIZE: u32 = 8192;
+
+thread_local! {
+    static ISOLATING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into `Err(message)`: one photo's decoder or resizer
+/// failing must cost that photo only.
+pub(crate) fn isolated<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    let outer = ISOLATING.with(|i| i.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    ISOLATING.with(|i| i.set(outer));
+    result.map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+/// Whether this thread is inside a photo's isolated decoding, whose panics become that photo's
+/// error (a panic hook stays quiet then).
+pub fn isolating() -> bool {
+    ISOLATING.with(Cell::get)
+}
 
 /// How the image is resized before the crop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,10 +109,13 @@ impl PreprocessConfig {
     /// ```
     pub fn from_json(json: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(json)?;
+        if !v.is_object() {
+            bail!("expected a JSON object");
+        }
         let mut c = Self::default();
         let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(true);
         if let Some(size) = v.get("size") {
-            c.resize = Some(parse_resize(size)?);
+            c.resize = Some(parse_resize(size).context("field \"size\"")?);
         }
         if !flag("do_resize") {
             c.resize = None;
@@ -92,7 +128,7 @@ impl PreprocessConfig {
             };
         }
         if let Some(crop) = v.get("crop_size") {
-            c.crop = Some(match parse_resize(crop)? {
+            c.crop = Some(match parse_resize(crop).context("field \"crop_size\"")? {
                 Resize::ShortestEdge(s) => (s, s),
                 Resize::Exact { width, height } => (width, height),
             });
@@ -101,7 +137,11 @@ impl PreprocessConfig {
             c.crop = None;
         }
         if let Some(f) = v.get("rescale_factor") {
-            c.rescale = Some(f.as_f64().context("rescale_factor must be a number")? as f32);
+            let f = f.as_f64().context("rescale_factor must be a number")? as f32;
+            if !(f.is_finite() && f > 0.0) {
+                bail!("rescale_factor is {f}; it must be a positive number such as 1/255");
+            }
+            c.rescale = Some(f);
         }
         if !flag("do_rescale") {
             c.rescale = None;
@@ -109,7 +149,7 @@ impl PreprocessConfig {
         let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
             match v.get(key) {
                 None => Ok(default),
-                Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(0.0) as f32; 3]),
+                Some(Value::Number(n)) => Ok([n.as_f64().unwrap_or(f64::NAN) as f32; 3]),
                 Some(Value::Array(a)) if a.len() == 3 => {
                     let mut out = [0f32; 3];
                     for (o, x) in out.iter_mut().zip(a) {
@@ -125,8 +165,11 @@ impl PreprocessConfig {
         };
         let mean = triple("image_mean", OPENAI_MEAN)?;
         let std = triple("image_std", OPENAI_STD)?;
-        if std.contains(&0.0) {
-            bail!("image_std has a zero");
+        if mean.iter().chain(&std).any(|x| !x.is_finite()) {
+            bail!("image_mean and image_std must be finite numbers");
+        }
+        if std.iter().any(|&s| s <= 0.0) {
+            bail!("image_std has a zero or negative value");
         }
         c.normalize = flag("do_normalize").then_some((mean, std));
         Ok(c)
@@ -149,10 +192,11 @@ impl PreprocessConfig {
         self.crop.unwrap_or((w, h))
     }
 
-    /// Reads the photo at `path` and prepares the picture the model sees.
+    /// Reads the photo at `path` and prepares the picture the model sees. A panic while
+    /// decoding or preparing it (a decoder bug) is this photo's error, not the run's end.
     pub fn load(&self, path: &Path, max_pixels: u64, fidelity: Fidelity) -> Result<RgbImage> {
         let bytes = std::fs::read(path).context("cannot read")?;
-        match fidelity {
+        isolated(|| match fidelity {
             Fidelity::Exact => Ok(self.prepare(&decode::decode(&bytes, max_pixels, None)?.0)),
             Fidelity::Fast => {
                 let min_short_edge = match self.resize {
@@ -163,6 +207,19 @@ impl PreprocessConfig {
                 let (img, full) = decode::decode(&bytes, max_pixels, min_short_edge)?;
                 Ok(self.prepare_fast(&img, full))
             }
+        })
+        .unwrap_or_else(|panic| {
+            Err(anyhow!(
+                "cannot decode: internal error in the decoder ({panic})"
+            ))
+        })
+    }
+
+    /// Where the crop falls in the resized `(w, h)` picture.
+    fn window(&self, w: u32, h: u32) -> Window {
+        match self.crop {
+            Some((cw, ch)) => Window::center_crop(w, h, cw, ch),
+            None => Window::whole(w, h),
         }
     }
 
@@ -173,30 +230,29 @@ impl PreprocessConfig {
             Some(r) => resize_target(r, full.0, full.1),
             None => full,
         };
-        let resized = if img.dimensions() == target {
-            img.clone()
+        let window = self.window(target.0, target.1);
+        let kept = if img.dimensions() == target {
+            window.cut(img)
         } else {
-            simd_resize(img, target.0, target.1)
+            simd_resize_window(img, target, &window)
         };
-        match self.crop {
-            Some((cw, ch)) => center_crop(&resized, cw, ch),
-            None => resized,
-        }
+        window.place(kept)
     }
 
     /// Resize then crop: the exact 8-bit picture the model sees (before rescale and normalise).
+    /// Only the window the crop keeps is resampled.
     pub fn prepare(&self, img: &RgbImage) -> RgbImage {
-        let resized = match self.resize {
-            Some(r) => {
-                let (w, h) = resize_target(r, img.width(), img.height());
-                resample::resize(img, w, h, self.filter)
-            }
-            None => img.clone(),
+        let target = match self.resize {
+            Some(r) => resize_target(r, img.width(), img.height()),
+            None => img.dimensions(),
         };
-        match self.crop {
-            Some((cw, ch)) => center_crop(&resized, cw, ch),
-            None => resized,
-        }
+        let window = self.window(target.0, target.1);
+        let kept = if target == img.dimensions() {
+            window.cut(img)
+        } else {
+            resample::resize_window(img, target, window.source(), self.filter)
+        };
+        window.place(kept)
     }
 
     /// Rescales and normalises a prepared picture into CHW floats.
@@ -214,28 +270,48 @@ impl PreprocessConfig {
     }
 }
 
-/// Catmull-Rom (Pillow's bicubic kernel) resizing with fast_image_resize's SIMD convolution.
-fn simd_resize(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+/// The `window` of `img` resized to `target` with Catmull-Rom (Pillow's bicubic kernel), by
+/// fast_image_resize's SIMD convolution over a source crop box: only the window is computed.
+fn simd_resize_window(img: &RgbImage, target: (u32, u32), window: &Window) -> RgbImage {
     use fast_image_resize::{
         images::{Image, ImageRef},
         FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
     };
+    let (x, y, w, h) = window.source();
+    if w == 0 || h == 0 {
+        return RgbImage::new(w, h);
+    }
+    let sx = img.width() as f64 / target.0 as f64;
+    let sy = img.height() as f64 / target.1 as f64;
+    let left = x as f64 * sx;
+    let top = y as f64 * sy;
+    let width = (w as f64 * sx).min(img.width() as f64 - left);
+    let height = (h as f64 * sy).min(img.height() as f64 - top);
     let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
         .expect("an RgbImage buffer is U8x3");
-    let mut dst = Image::new(width, height, PixelType::U8x3);
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom));
+    let mut dst = Image::new(w, h, PixelType::U8x3);
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::CatmullRom))
+        .crop(left, top, width, height);
     Resizer::new()
         .resize(&src, &mut dst, &options)
-        .expect("same pixel types");
-    RgbImage::from_raw(width, height, dst.into_vec()).expect("buffer matches its size")
+        .expect("a crop box inside the picture, same pixel types");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("buffer matches its size")
 }
 
 fn parse_resize(v: &Value) -> Result<Resize> {
-    if let Some(s) = v.as_u64() {
-        return Ok(Resize::ShortestEdge(s as u32));
+    // Sizes from 1 to MAX_SIZE; anything else (0, negative, fractional, huge) is refused.
+    let size = |x: &Value, key: &str| -> Result<u32> {
+        match x.as_u64() {
+            Some(n) if (1..=MAX_SIZE as u64).contains(&n) => Ok(n as u32),
+            _ => bail!("{key} is {x}; it must be a whole number of pixels from 1 to {MAX_SIZE}"),
+        }
+    };
+    if v.is_number() {
+        return Ok(Resize::ShortestEdge(size(v, "the size")?));
     }
-    let get = |k: &str| v.get(k).and_then(Value::as_u64).map(|x| x as u32);
-    match (get("shortest_edge"), get("height"), get("width")) {
+    let get = |k: &str| v.get(k).map(|x| size(x, k)).transpose();
+    match (get("shortest_edge")?, get("height")?, get("width")?) {
         (Some(s), _, _) if v.get("longest_edge").is_none() => Ok(Resize::ShortestEdge(s)),
         (None, Some(height), Some(width)) => Ok(Resize::Exact { width, height }),
         _ => bail!("unsupported size {v}: expected an integer, {{\"shortest_edge\": N}} or {{\"height\": H, \"width\": W}}"),
@@ -249,7 +325,8 @@ fn resize_target(r: Resize, w: u32, h: u32) -> (u32, u32) {
         Resize::Exact { width, height } => (width, height),
         Resize::ShortestEdge(s) => {
             let (short, long) = if w <= h { (w, h) } else { (h, w) };
-            let new_long = ((s as f64) * (long as f64) / (short as f64)) as u32;
+            // A saturating cast: a long side beyond u32 (an extreme strip) stays finite.
+            let new_long = ((s as f64) * (long as f64) / (short.max(1) as f64)) as u32;
             if w <= h {
                 (s, new_long)
             } else {
@@ -259,23 +336,75 @@ fn resize_target(r: Resize, w: u32, h: u32) -> (u32, u32) {
     }
 }
 
-/// transformers' centre crop: offsets `(size - crop) / 2` rounded down, zero padding (split the
-/// same way) where the picture is smaller than the crop.
-fn center_crop(img: &RgbImage, cw: u32, ch: u32) -> RgbImage {
-    let (w, h) = (img.width() as i64, img.height() as i64);
-    let (cw_i, ch_i) = (cw as i64, ch as i64);
-    let pad_left = if cw_i > w { (cw_i - w) / 2 } else { 0 };
-    let pad_top = if ch_i > h { (ch_i - h) / 2 } else { 0 };
-    let left = if cw_i > w { 0 } else { (w - cw_i) / 2 } - pad_left;
-    let top = if ch_i > h { 0 } else { (h - ch_i) / 2 } - pad_top;
-    RgbImage::from_fn(cw, ch, |x, y| {
-        let (sx, sy) = (x as i64 + left, y as i64 + top);
-        if sx >= 0 && sy >= 0 && sx < w && sy < h {
-            *img.get_pixel(sx as u32, sy as u32)
-        } else {
-            image::Rgb([0, 0, 0])
+/// Where a centre crop of `(cw, ch)` falls in a `(w, h)` picture, as transformers crops:
+/// offsets `(size - crop) / 2` rounded down, and zero padding (split the same way) where the
+/// picture is smaller than the crop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Window {
+    /// The kept part of the picture: first column and row, width and height.
+    x: u32,
+    y: u32,
+    w: u32,
+    h: u32,
+    /// Where it lands in the output, and the output's size.
+    dx: u32,
+    dy: u32,
+    out: (u32, u32),
+}
+
+impl Window {
+    fn whole(w: u32, h: u32) -> Self {
+        Self {
+            x: 0,
+            y: 0,
+            w,
+            h,
+            dx: 0,
+            dy: 0,
+            out: (w, h),
         }
-    })
+    }
+
+    fn center_crop(w: u32, h: u32, cw: u32, ch: u32) -> Self {
+        // Along one axis: (first kept, kept length, offset in the output).
+        let axis = |size: u32, crop: u32| {
+            if crop <= size {
+                ((size - crop) / 2, crop, 0)
+            } else {
+                (0, size, (crop - size) / 2)
+            }
+        };
+        let ((x, kw, dx), (y, kh, dy)) = (axis(w, cw), axis(h, ch));
+        Self {
+            x,
+            y,
+            w: kw,
+            h: kh,
+            dx,
+            dy,
+            out: (cw, ch),
+        }
+    }
+
+    /// `(x, y, w, h)` of the kept part in the picture.
+    fn source(&self) -> (u32, u32, u32, u32) {
+        (self.x, self.y, self.w, self.h)
+    }
+
+    /// The kept part of a picture of the full size.
+    fn cut(&self, img: &RgbImage) -> RgbImage {
+        image::imageops::crop_imm(img, self.x, self.y, self.w, self.h).to_image()
+    }
+
+    /// The output: the kept part `kept` on black where the crop is larger than the picture.
+    fn place(&self, kept: RgbImage) -> RgbImage {
+        if self.out == kept.dimensions() {
+            return kept;
+        }
+        let mut out = RgbImage::new(self.out.0, self.out.1);
+        image::imageops::replace(&mut out, &kept, self.dx as i64, self.dy as i64);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +441,11 @@ mod tests {
             resize_target(Resize::ShortestEdge(224), 200, 360),
             (224, 403)
         );
+    }
+
+    fn center_crop(img: &RgbImage, cw: u32, ch: u32) -> RgbImage {
+        let window = Window::center_crop(img.width(), img.height(), cw, ch);
+        window.place(window.cut(img))
     }
 
     #[test]

@@ -104,16 +104,22 @@ struct Coefficients {
     weights: Vec<i32>,
 }
 
-/// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`.
-fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients {
+/// Pillow's `precompute_coeffs` followed by `normalize_coeffs_8bpc`, for the output indices in
+/// `window` of an `out_size` axis (each output's taps depend on its own index alone).
+fn coefficients(
+    in_size: usize,
+    out_size: usize,
+    filter: Filter,
+    window: std::ops::Range<usize>,
+) -> Coefficients {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(window.len());
+    let mut weights = vec![0i32; window.len() * ksize];
     let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in window.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's (int) truncates toward zero; negative starts are clamped to 0 right after.
@@ -128,7 +134,7 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coefficients
         for (x, kx) in k.iter().enumerate().take(xmax) {
             let w = if ww != 0.0 { kx / ww } else { *kx };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 {
+            weights[i * ksize + x] = if w < 0.0 {
                 (-0.5 + fixed) as i32
             } else {
                 (0.5 + fixed) as i32
@@ -152,63 +158,83 @@ fn clip8(v: i32) -> u8 {
 /// Resizes `src` to `width x height` exactly as Pillow's `Image.resize(size, filter)` does for an
 /// RGB image (no `reducing_gap`).
 pub fn resize(src: &RgbImage, width: u32, height: u32, filter: Filter) -> RgbImage {
-    let (sw, sh) = (src.width() as usize, src.height() as usize);
-    let (dw, dh) = (width as usize, height as usize);
-    if (sw, sh) == (dw, dh) {
-        return src.clone();
-    }
-    let vert = coefficients(sh, dh, filter);
-    // Rows of the source that the vertical pass reads.
-    let first_row = vert.bounds[0].0;
-    let last_row = vert.bounds[dh - 1].0 + vert.bounds[dh - 1].1;
-    let src_raw = src.as_raw();
+    resize_window(src, (width, height), (0, 0, width, height), filter)
+}
 
-    let (tmp, tmp_w, row_offset) = if sw != dw {
-        let hor = coefficients(sw, dw, filter);
-        let rows = last_row - first_row;
-        let mut tmp = vec![0u8; rows * dw * 3];
-        for y in 0..rows {
-            let in_row = &src_raw[(y + first_row) * sw * 3..(y + first_row + 1) * sw * 3];
-            let out_row = &mut tmp[y * dw * 3..(y + 1) * dw * 3];
-            for xx in 0..dw {
+/// The window `(x, y, w, h)` of `src` resized to `target`, pixel for pixel what cropping
+/// [`resize`]'s result would give, computing only the window: the work and memory follow the
+/// window, not the resized picture, however long a strip the source is.
+pub fn resize_window(
+    src: &RgbImage,
+    target: (u32, u32),
+    (x, y, w, h): (u32, u32, u32, u32),
+    filter: Filter,
+) -> RgbImage {
+    let (sw, sh) = (src.width() as usize, src.height() as usize);
+    let (dw, dh) = (target.0 as usize, target.1 as usize);
+    let (x, y, w, h) = (x as usize, y as usize, w as usize, h as usize);
+    assert!(
+        x + w <= dw && y + h <= dh,
+        "the window lies inside the target"
+    );
+    if w == 0 || h == 0 || sw == 0 || sh == 0 {
+        return RgbImage::new(w as u32, h as u32);
+    }
+    let src_raw = src.as_raw();
+    // Rows of the source that the vertical pass reads (all of the window's rows if none).
+    let vert = (sh != dh).then(|| coefficients(sh, dh, filter, y..y + h));
+    let (first_row, last_row) = match &vert {
+        Some(v) => (v.bounds[0].0, v.bounds[h - 1].0 + v.bounds[h - 1].1),
+        None => (y, y + h),
+    };
+    let rows = last_row - first_row;
+    // Horizontal pass over those rows, the window's columns only, rounded to 8 bits.
+    let tmp = if sw != dw {
+        let hor = coefficients(sw, dw, filter, x..x + w);
+        let mut tmp = vec![0u8; rows * w * 3];
+        for (r, out_row) in tmp.chunks_exact_mut(w * 3).enumerate() {
+            let in_row = &src_raw[(r + first_row) * sw * 3..][..sw * 3];
+            for (xx, out_px) in out_row.chunks_exact_mut(3).enumerate() {
                 let (xmin, n) = hor.bounds[xx];
-                let k = &hor.weights[xx * hor.ksize..xx * hor.ksize + n];
+                let k = &hor.weights[xx * hor.ksize..][..n];
                 let mut acc = [1i32 << (PRECISION_BITS - 1); 3];
-                for (i, &w) in k.iter().enumerate() {
-                    let px = &in_row[(xmin + i) * 3..(xmin + i) * 3 + 3];
+                for (i, &wt) in k.iter().enumerate() {
+                    let px = &in_row[(xmin + i) * 3..][..3];
                     for c in 0..3 {
-                        acc[c] += px[c] as i32 * w;
+                        acc[c] += px[c] as i32 * wt;
                     }
                 }
                 for c in 0..3 {
-                    out_row[xx * 3 + c] = clip8(acc[c]);
+                    out_px[c] = clip8(acc[c]);
                 }
             }
         }
-        (tmp, dw, first_row)
+        tmp
     } else {
-        (src_raw.clone(), sw, 0)
+        let mut tmp = Vec::with_capacity(rows * w * 3);
+        for r in first_row..last_row {
+            tmp.extend_from_slice(&src_raw[(r * sw + x) * 3..][..w * 3]);
+        }
+        tmp
     };
-
-    if sh == dh {
-        return RgbImage::from_raw(width, height, tmp).expect("buffer matches its size");
-    }
-    let mut out = vec![0u8; dw * dh * 3];
-    let stride = tmp_w * 3;
-    for yy in 0..dh {
+    let Some(vert) = vert else {
+        return RgbImage::from_raw(w as u32, h as u32, tmp).expect("buffer matches its size");
+    };
+    let stride = w * 3;
+    let mut out = vec![0u8; h * stride];
+    for (yy, out_row) in out.chunks_exact_mut(stride).enumerate() {
         let (ymin, n) = vert.bounds[yy];
-        let ymin = ymin - row_offset;
-        let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + n];
-        let out_row = &mut out[yy * stride..(yy + 1) * stride];
-        for (x, o) in out_row.iter_mut().enumerate() {
+        let ymin = ymin - first_row;
+        let k = &vert.weights[yy * vert.ksize..][..n];
+        for (col, o) in out_row.iter_mut().enumerate() {
             let mut acc = 1i32 << (PRECISION_BITS - 1);
-            for (i, &w) in k.iter().enumerate() {
-                acc += tmp[(ymin + i) * stride + x] as i32 * w;
+            for (i, &wt) in k.iter().enumerate() {
+                acc += tmp[(ymin + i) * stride + col] as i32 * wt;
             }
             *o = clip8(acc);
         }
     }
-    RgbImage::from_raw(width, height, out).expect("buffer matches its size")
+    RgbImage::from_raw(w as u32, h as u32, out).expect("buffer matches its size")
 }
 
 #[cfg(test)]
@@ -235,16 +261,19 @@ mod tests {
     }
 
     #[test]
-    fn bicubic_weights_match_pillow() {
-        // Downscale 4 -> 2: each output pixel's taps are symmetric and sum to 1 << 22.
-        let c = coefficients(4, 2, Filter::Bicubic);
-        for xx in 0..2 {
-            let (_, n) = c.bounds[xx];
-            let sum: i32 = c.weights[xx * c.ksize..xx * c.ksize + n].iter().sum();
-            assert!((sum - (1 << PRECISION_BITS)).abs() <= 2, "{sum}");
+    fn windows_are_the_same_pixels_as_cropping_the_whole() {
+        let img = RgbImage::from_fn(37, 23, |x, y| {
+            image::Rgb([(x * 7 + y * 3) as u8, (x * y) as u8, (200 - x * 5) as u8])
+        });
+        for f in [Filter::Bicubic, Filter::Lanczos, Filter::Box] {
+            for (tw, th) in [(80, 50), (11, 7), (37, 9), (20, 23)] {
+                let whole = resize(&img, tw, th, f);
+                for (x, y, w, h) in [(0, 0, tw, th), (3, 2, 5, 4), (tw - 1, th - 1, 1, 1)] {
+                    let want = image::imageops::crop_imm(&whole, x, y, w, h).to_image();
+                    let got = resize_window(&img, (tw, th), (x, y, w, h), f);
+                    assert_eq!(got, want, "{f:?} {tw}x{th} window {x},{y} {w}x{h}");
+                }
+            }
         }
-        // Upscale: the filter is not widened (support 2 -> 5 taps at most).
-        let c = coefficients(10, 20, Filter::Bicubic);
-        assert_eq!(c.ksize, 5);
     }
 }

@@ -1,0 +1,158 @@
+//! What every command derives from the global flags, worked out once: the terminal UI, hub
+//! options, the registry, the cache root, and how to load the model and its label embeddings.
+
+use super::flags::{Cli, DeviceKind};
+use super::ui::Ui;
+use crate::cache::{default_root, TextCache};
+use crate::checkpoint::Checkpoint;
+use crate::classify::Classifier;
+use crate::labels::{check, LabelSet, Templates};
+use crate::model::Precision;
+use crate::preprocess::Fidelity;
+use crate::registry::Registry;
+use crate::source::{offline_from_env, HubOptions, ModelSource};
+use anyhow::{bail, Context as _, Result};
+use std::io::{self, IsTerminal};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The global flags, resolved.
+pub(super) struct Context {
+    pub ui: Ui,
+    pub hub: HubOptions,
+    pub registry: Registry,
+    pub fidelity: Fidelity,
+    model: Option<String>,
+    device: DeviceKind,
+    precision: Precision,
+    /// Where prompt embeddings and checkpoint fingerprints are kept; `None` with `--no-cache`
+    /// or on a platform without a cache directory.
+    cache_root: Option<PathBuf>,
+    no_cache_dir: bool,
+}
+
+impl Context {
+    /// Resolves the global flags (and sets up the worker threads).
+    pub fn new(cli: &Cli) -> Result<Self> {
+        if let Some(n) = cli.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            // candle's matmuls read RAYON_NUM_THREADS; decoding runs on the same global pool.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .context("cannot start worker threads")?;
+        }
+        let platform_root = cli.cache_dir.clone().or_else(default_root);
+        Ok(Self {
+            ui: Ui { quiet: cli.quiet },
+            hub: HubOptions {
+                offline: cli.offline || offline_from_env(),
+                progress: !cli.quiet && io::stderr().is_terminal(),
+            },
+            registry: Registry::builtin(),
+            fidelity: if cli.exact_preprocess {
+                Fidelity::Exact
+            } else {
+                Fidelity::Fast
+            },
+            model: cli.model.clone(),
+            device: cli.device,
+            precision: cli.precision,
+            no_cache_dir: !cli.no_cache && platform_root.is_none(),
+            cache_root: platform_root.filter(|_| !cli.no_cache),
+        })
+    }
+
+    /// The checkpoint `--model` names.
+    pub fn source(&self) -> Result<ModelSource> {
+        ModelSource::resolve(self.model.as_deref(), &self.registry)
+    }
+
+    /// Loads the model. `open_only`: build no tower up front (re-scoring stored embeddings
+    /// needs none).
+    pub fn model(&self, open_only: bool) -> Result<Checkpoint> {
+        let source = self.source()?;
+        let device = match self.device {
+            DeviceKind::Cpu => candle_core::Device::Cpu,
+            DeviceKind::Cuda => candle_core::Device::new_cuda(0)
+                .context("--device cuda: no usable GPU (build with `--features cuda`)")?,
+        };
+        let loaded = if open_only {
+            Checkpoint::open(&source, &self.hub, &device, self.precision)
+        } else {
+            Checkpoint::load_with(&source, &self.hub, &device, self.precision)
+        };
+        loaded.with_context(|| format!("cannot load model {}", source.identity()))
+    }
+
+    /// The checkpoint's fingerprint, remembered in the cache directory unless `--no-cache`.
+    pub fn fingerprint(&self, ckpt: &Checkpoint) -> Result<String> {
+        match &self.cache_root {
+            Some(root) => ckpt.fingerprint_cached(root),
+            None => ckpt.fingerprint(),
+        }
+    }
+
+    /// The prompt-embedding cache for `ckpt`, unless `--no-cache`.
+    fn prompt_cache(&self, ckpt: &Checkpoint) -> Result<Option<TextCache>> {
+        if self.no_cache_dir {
+            self.ui.warn(
+                "this platform has no cache directory; set FOODCLIP_CACHE_DIR to cache label embeddings",
+            );
+        }
+        let Some(root) = &self.cache_root else {
+            return Ok(None);
+        };
+        Ok(Some(TextCache::new(
+            root,
+            &ckpt.fingerprint_cached(root)?,
+            ckpt.precision,
+        )))
+    }
+
+    /// Embeds the classes of `labels` through the prompt cache, telling the user when prompts
+    /// had to be encoded.
+    pub fn classifier(
+        &self,
+        ckpt: &Checkpoint,
+        labels: &LabelSet,
+        templates: &Templates,
+    ) -> Result<Classifier> {
+        let ui = &self.ui;
+        let cache = self.prompt_cache(ckpt)?;
+        let start = Instant::now();
+        let classifier = Classifier::new(ckpt, labels, templates, cache.as_ref(), |w| ui.warn(&w))?;
+        let stats = classifier.prompt_stats();
+        if stats.corrupt > 0 {
+            ui.warn(&format!(
+                "{} damaged entries in the prompt cache were recomputed and replaced",
+                stats.corrupt
+            ));
+        }
+        if let Some(e) = &stats.write_error {
+            ui.warn(e);
+        }
+        if stats.encoded > 0 {
+            let kept = cache.map_or(String::new(), |c| {
+                format!("; cached in {}", c.dir().display())
+            });
+            ui.note(&format!(
+                "encoded {} label prompts in {:.1} s{kept}",
+                stats.encoded,
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(classifier)
+    }
+
+    /// Warns once when the labels use a language the model's registry entry lacks.
+    pub fn warn_language(&self, ckpt: &Checkpoint, labels: &LabelSet) {
+        let entry = ckpt.source.entry(&self.registry);
+        if let Some(f) = entry.and_then(|e| check::language_mismatch(labels, e, &self.registry)) {
+            self.ui.warn(&f.located(&labels.path));
+        }
+    }
+}

@@ -1,0 +1,301 @@
+//! The command line's flags, parsed once by clap into plain structs. clap stays in `cli/`:
+//! library types offered as choices implement `FromStr`, and [`choice`] turns them into parsers.
+
+use crate::inputs::Shard;
+use crate::model::Precision;
+use crate::output::Format;
+use crate::preprocess::DEFAULT_MAX_PIXELS;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A parser for a library type that implements `FromStr`, offering `names` (shown in `--help`).
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: FromStr + Clone + Send + Sync + 'static,
+    T::Err: std::fmt::Display,
+{
+    PossibleValuesParser::new(names.iter().copied())
+        .try_map(|s| s.parse::<T>().map_err(|e| e.to_string()))
+}
+
+/// The parser of `--format`.
+fn formats() -> impl TypedValueParser<Value = Format> {
+    choice::<Format>(&Format::NAMES)
+}
+
+/// Zero-shot food photo classification with CLIP models, Korean and English labels.
+#[derive(Debug, Parser)]
+#[command(name = "foodclip", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Model: a registry name (`foodclip models list`), a hub id `owner/name[@revision]`, or a
+    /// local directory with config.json, weights, tokenizer.json and preprocessor_config.json.
+    /// Default: the registry's default (Korean + English).
+    #[arg(long, global = true, env = "FOODCLIP_MODEL")]
+    pub model: Option<String>,
+    /// Never touch the network: use only files already in the Hugging Face cache
+    /// (also HF_HUB_OFFLINE=1).
+    #[arg(long, global = true)]
+    pub offline: bool,
+    /// No warnings or download progress on stderr (errors are still shown).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Where to run the model.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Cpu)]
+    pub device: DeviceKind,
+    /// Number format of the model: f32 (as the reference); bf16, twice as fast on CPUs with
+    /// Intel AMX; or bf16 / f16 on GPUs. Embeddings stay within cosine 0.999 of f32.
+    #[arg(long, global = true, default_value = "f32", value_parser = choice::<Precision>(&["f32", "bf16", "f16"]))]
+    pub precision: Precision,
+    /// Decode and resize exactly as the reference (full JPEG decode, Pillow's resampling)
+    /// instead of the fast path (JPEG DCT scaling, SIMD resize).
+    #[arg(long, global = true)]
+    pub exact_preprocess: bool,
+    /// Worker threads for decoding and the model (default: all cores).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Where label-prompt embeddings are cached (default: the platform cache directory, such as
+    /// ~/.cache/foodclip).
+    #[arg(long, global = true, env = "FOODCLIP_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Neither read nor write the prompt-embedding cache.
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceKind {
+    /// The CPU (always available).
+    Cpu,
+    /// The first CUDA GPU (builds with `--features cuda`).
+    Cuda,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Rank the classes of a label file for each photo.
+    Classify(ClassifyArgs),
+    /// Measure accuracy on labelled photos: top-1/top-5, per-class scores, confusions.
+    Eval(EvalArgs),
+    /// Print L2-normalised image embeddings.
+    Embed(EmbedArgs),
+    /// Write the exact picture the model sees (resized and centre-cropped) for one photo.
+    Preview(PreviewArgs),
+    /// The registry of known checkpoints.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Inspect and check label files.
+    #[command(subcommand)]
+    Labels(LabelsCommand),
+}
+
+/// Photos to read.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Photos or folders (searched recursively); `-` reads paths from stdin, one per line.
+    pub inputs: Vec<PathBuf>,
+    /// Paths on stdin are separated by NUL bytes (as `find -print0` writes them).
+    #[arg(long, short = '0')]
+    pub null: bool,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Process only the K-th of N deterministic parts of the input (K from 0), for splitting an
+    /// archive across machines.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<Shard>,
+    /// Write records to this file instead of stdout, each one flushed as it is finished.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// With --output: skip photos already recorded in that file and append the rest.
+    #[arg(long, requires = "output")]
+    pub resume: bool,
+}
+
+/// How photos are batched and decoded.
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Photos per model call.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: u64,
+    /// Refuse images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// `foodclip classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Photos to classify.
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Label file: one class per line, synonyms after `|`, `#` comments, `[group]` headers.
+    #[arg(long, short)]
+    pub labels: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Predictions per photo; 0 for all classes.
+    #[arg(long, short = 'k', default_value_t = 5)]
+    pub top_k: usize,
+    /// Add group probabilities (the sum over each group's classes) to every record; the label
+    /// file needs `[group]` headers.
+    #[arg(long)]
+    pub group_scores: bool,
+    /// Answer `unknown` when the best class's probability is below P (see `eval --calibrate`).
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// Answer `unknown` when the best two classes' probabilities are less than M apart.
+    #[arg(long, value_name = "M")]
+    pub min_margin: Option<f32>,
+    /// Embeddings.
+    #[command(flatten)]
+    pub stored: StoredArgs,
+    /// Output format (default: table on a terminal, jsonl otherwise).
+    #[arg(long, short, value_parser = formats())]
+    pub format: Option<Format>,
+}
+
+/// Stored image embeddings, for `classify` and `eval`.
+#[derive(Debug, Args)]
+pub struct StoredArgs {
+    /// Also store the image embeddings, with their paths and the checkpoint's fingerprint, in
+    /// FILE (safetensors), to re-score them later with --embeddings.
+    #[arg(long, value_name = "FILE")]
+    pub save_embeddings: Option<PathBuf>,
+    /// Re-score the image embeddings stored in FILE instead of reading photos; refused when
+    /// they come from another checkpoint.
+    #[arg(long, value_name = "FILE", conflicts_with = "save_embeddings")]
+    pub embeddings: Option<PathBuf>,
+}
+
+/// `foodclip eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The data set: a folder of class folders (each named by any name of a class; `unknown` for
+    /// dishes not in the list), or a CSV/TSV file of `path,label` rows.
+    pub dataset: PathBuf,
+    /// Label file.
+    #[arg(long, short)]
+    pub labels: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Embeddings.
+    #[command(flatten)]
+    pub stored: StoredArgs,
+    /// Output format: table, json, or csv (one row per class).
+    #[arg(long, short, default_value = "table", value_parser = formats())]
+    pub format: Format,
+    /// Write a self-contained HTML report with pictures to DIR/index.html.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Print the precision/coverage trade-off of an `unknown` threshold, using the photos in the
+    /// data set's `unknown` folder as dishes that are not in the list.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// The precision --calibrate finds a threshold for.
+    #[arg(long, default_value_t = 0.9, value_name = "P")]
+    pub target_precision: f64,
+    /// How many of the most-confused class pairs to list.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub confusions: usize,
+}
+
+/// `--template`, shared by the commands that build prompts.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    /// Prompt template with `{}` for the class name, or a file of them (one per line);
+    /// repeatable. `'{}'` alone uses the name as written. Default: labels/templates/food.ko.txt
+    /// for Hangul names, food.en.txt for the others (built in).
+    #[arg(long = "template", short = 't', value_name = "TEMPLATE|FILE")]
+    pub templates: Vec<String>,
+}
+
+/// `foodclip embed`.
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Photos to embed.
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Output format.
+    #[arg(long, short, default_value = "jsonl", value_parser = formats())]
+    pub format: Format,
+}
+
+/// `foodclip preview`.
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    /// The photo.
+    pub image: PathBuf,
+    /// Where to write the picture (PNG, or another format by extension).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Refuse images with more pixels than this.
+    #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+}
+
+/// `foodclip models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List registered models with their languages and licences.
+    List {
+        /// Output format (table or json).
+        #[arg(long, short, default_value = "table", value_parser = formats())]
+        format: Format,
+    },
+}
+
+/// `foodclip labels ...`.
+#[derive(Debug, Subcommand)]
+pub enum LabelsCommand {
+    /// Report problems in a label file: duplicates, empty names, names the tokenizer cuts, names
+    /// in a language the model does not know, and classes the model can hardly tell apart.
+    /// Exits 1 when the file has errors.
+    Check(LabelsCheckArgs),
+    /// Print a label file's groups, classes, names and the final prompts.
+    Show(LabelsShowArgs),
+}
+
+/// `foodclip labels check`.
+#[derive(Debug, Args)]
+pub struct LabelsCheckArgs {
+    /// The label file.
+    pub file: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// How many of the most similar class pairs to list.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
+    /// Check the file alone, without loading a model (no truncation, language or similarity
+    /// checks).
+    #[arg(long)]
+    pub no_model: bool,
+    /// Output format (table or json).
+    #[arg(long, short, default_value = "table", value_parser = formats())]
+    pub format: Format,
+}
+
+/// `foodclip labels show`.
+#[derive(Debug, Args)]
+pub struct LabelsShowArgs {
+    /// The label file.
+    pub file: PathBuf,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Output format (table or json).
+    #[arg(long, short, default_value = "table", value_parser = formats())]
+    pub format: Format,
+}

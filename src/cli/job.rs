@@ -1,0 +1,237 @@
+//! One run over many photos, shared by `classify`, `embed` and `eval`: where the embeddings come
+//! from, the inputs and their output file (with `--resume`), the one emit loop, and the
+//! `--save-embeddings` sink.
+
+use super::context::Context;
+use super::flags::{BatchArgs, InputArgs, StoredArgs};
+use super::ui::{interrupt_flag, quiet_on_closed_pipe, report_failures, Ui};
+use super::Outcome;
+use crate::checkpoint::Checkpoint;
+use crate::embeddings::StoredEmbeddings;
+use crate::inputs::{collect_inputs, recorded_paths, Inputs};
+use crate::output::{Layout, Printer};
+use crate::pipeline::{run_batches, BatchOptions, Embedder, InputResult, Stats};
+use crate::preprocess::Fidelity;
+use anyhow::{bail, Context as _, Result};
+use candle_core::Tensor;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// Embeds (or looks up) `paths` batch by batch, with the progress bar, per-photo error lines
+/// and the `--save-embeddings` sink, handing each batch to `on_batch`. The one emit loop.
+/// Returns the run's statistics and whether Ctrl-C stopped it.
+pub(super) fn run_photos(
+    embedder: Embedder,
+    paths: &[PathBuf],
+    ui: &Ui,
+    mut sink: Option<EmbeddingSink>,
+    mut on_batch: impl FnMut(Option<&Tensor>, &[PathBuf], Vec<InputResult>) -> Result<()>,
+) -> Result<(Stats, bool)> {
+    let interrupted = interrupt_flag();
+    let progress = ui.progress_bar(paths.len());
+    let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, results| {
+        report_failures(&progress, chunk, &results);
+        if let Some(sink) = &mut sink {
+            sink.add(emb, chunk, &results)?;
+        }
+        on_batch(emb, chunk, results)?;
+        progress.inc(chunk.len() as u64);
+        Ok(())
+    })?;
+    progress.finish_and_clear();
+    if let Some(sink) = sink {
+        sink.save()?;
+    }
+    Ok((stats, interrupted.load(Ordering::SeqCst)))
+}
+
+/// The photos of one classify or embed run and where their records go.
+pub(super) struct Job {
+    paths: Vec<PathBuf>,
+    /// Left out: non-image files in folders and, with --resume, photos already recorded.
+    skipped: usize,
+    printer: Printer<Box<dyn Write>>,
+}
+
+impl Job {
+    /// Gathers inputs (or takes the `listed` paths of stored embeddings), applies --shard and
+    /// --resume, and opens the output.
+    pub fn prepare(args: &InputArgs, layout: Layout, listed: Option<Vec<PathBuf>>) -> Result<Self> {
+        let inputs = match listed {
+            Some(paths) if args.inputs.is_empty() => Inputs {
+                paths,
+                not_images: 0,
+            },
+            Some(_) => bail!("give either photos or --embeddings, not both"),
+            None if args.inputs.is_empty() => {
+                bail!("no photos given (files, folders, or - for a list on stdin)")
+            }
+            None => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
+        };
+        let mut paths = inputs.paths;
+        if let Some(shard) = args.shard {
+            paths.retain(|p| shard.contains(p));
+        }
+        let mut skipped = inputs.not_images;
+        let mut continuing = false;
+        let out: Box<dyn Write> = match &args.output {
+            None => Box::new(io::stdout().lock()),
+            Some(file) => {
+                if args.resume {
+                    let done =
+                        recorded_paths(file, |whole, partial| layout.recorded(whole, partial))?;
+                    let before = paths.len();
+                    paths.retain(|p| !done.contains(p));
+                    skipped += before - paths.len();
+                    continuing = !done.is_empty();
+                }
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(args.resume)
+                    .write(true)
+                    .truncate(!args.resume)
+                    .open(file)
+                    .with_context(|| format!("cannot open --output {}", file.display()))?;
+                Box::new(io::BufWriter::new(f))
+            }
+        };
+        let printer = if continuing {
+            Printer::continuing(out, layout)
+        } else {
+            Printer::new(out, layout)
+        };
+        Ok(Self {
+            paths,
+            skipped,
+            printer,
+        })
+    }
+
+    /// Runs the batches: `rows` turns a batch's embeddings into one result per decoded photo,
+    /// `print` writes each photo's record in input order; then the summary. Returns the outcome.
+    pub fn run<T>(
+        mut self,
+        embedder: Embedder,
+        ui: &Ui,
+        sink: Option<EmbeddingSink>,
+        rows: impl Fn(&Tensor) -> Result<Vec<T>>,
+        mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Result<T, String>) -> io::Result<()>,
+    ) -> Result<Outcome> {
+        let printer = &mut self.printer;
+        let (stats, interrupted) =
+            run_photos(embedder, &self.paths, ui, sink, |emb, paths, results| {
+                let mut rows = match emb {
+                    Some(e) => rows(e)?,
+                    None => Vec::new(),
+                }
+                .into_iter();
+                for (path, r) in paths.iter().zip(results) {
+                    let record = r.map(|()| rows.next().expect("one row per decoded photo"));
+                    print(printer, path, record).context("cannot write output")?;
+                }
+                Ok(())
+            })?;
+        quiet_on_closed_pipe(self.printer.finish().map_err(anyhow::Error::new))?;
+        ui.summary(&stats, self.skipped, interrupted);
+        Ok(Outcome::of(&stats, interrupted))
+    }
+}
+
+/// Image embeddings gathered as they are made, for `--save-embeddings`.
+pub(super) struct EmbeddingSink {
+    file: PathBuf,
+    stored: StoredEmbeddings,
+}
+
+impl EmbeddingSink {
+    /// Keeps the rows of one batch.
+    fn add(
+        &mut self,
+        emb: Option<&Tensor>,
+        paths: &[PathBuf],
+        results: &[InputResult],
+    ) -> Result<()> {
+        if let Some(e) = emb {
+            self.stored
+                .values
+                .extend(e.flatten_all()?.to_vec1::<f32>()?);
+        }
+        let ok = paths.iter().zip(results).filter(|(_, r)| r.is_ok());
+        self.stored.paths.extend(ok.map(|(p, _)| p.clone()));
+        Ok(())
+    }
+
+    /// Writes the file (atomically), even after Ctrl-C: every finished photo is kept.
+    fn save(self) -> Result<()> {
+        self.stored.save(&self.file)
+    }
+}
+
+/// Where image embeddings come from: stored ones, or photos run through `ckpt`.
+pub(super) fn embedder<'a>(
+    ckpt: &'a Checkpoint,
+    stored: Option<&'a StoredEmbeddings>,
+    batch: &BatchArgs,
+    fidelity: Fidelity,
+) -> Embedder<'a> {
+    let batch_size = batch.batch_size as usize;
+    match stored {
+        Some(stored) => Embedder::Stored {
+            stored,
+            batch_size,
+            device: &ckpt.device,
+        },
+        None => Embedder::Photos {
+            ckpt,
+            options: BatchOptions {
+                batch_size,
+                max_pixels: batch.max_pixels,
+                fidelity,
+            },
+        },
+    }
+}
+
+impl StoredArgs {
+    /// The embeddings of `--embeddings`, if given.
+    pub(super) fn load(&self) -> Result<Option<StoredEmbeddings>> {
+        self.embeddings
+            .as_deref()
+            .map(StoredEmbeddings::load)
+            .transpose()
+    }
+
+    /// Refuses `stored` embeddings made by another checkpoint than `ckpt`, and opens the
+    /// `--save-embeddings` sink.
+    pub(super) fn prepare(
+        &self,
+        cx: &Context,
+        stored: Option<&StoredEmbeddings>,
+        ckpt: &Checkpoint,
+    ) -> Result<Option<EmbeddingSink>> {
+        if let (Some(stored), Some(file)) = (stored, &self.embeddings) {
+            let ours = cx.fingerprint(ckpt)?;
+            if stored.checkpoint != ours {
+                bail!(
+                    "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
+                    file.display(),
+                    stored.checkpoint,
+                    ckpt.identity
+                );
+            }
+        }
+        Ok(match &self.save_embeddings {
+            Some(file) => Some(EmbeddingSink {
+                file: file.clone(),
+                stored: StoredEmbeddings {
+                    checkpoint: cx.fingerprint(ckpt)?,
+                    paths: Vec::new(),
+                    dim: ckpt.config.projection_dim,
+                    values: Vec::new(),
+                },
+            }),
+            None => None,
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! The terminal side of a run: warnings and notes on stderr, the progress bar, per-photo error
+//! lines, the closing summary, Ctrl-C, and pretty JSON on stdout.
+
+use crate::fsutil::is_closed_pipe;
+use crate::pipeline::{InputResult, Stats};
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Stderr messages, honouring `--quiet`.
+pub(super) struct Ui {
+    pub quiet: bool,
+}
+
+impl Ui {
+    /// `foodclip: warning: MSG`.
+    pub fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("foodclip: warning: {msg}");
+        }
+    }
+
+    /// `foodclip: MSG`.
+    pub fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("foodclip: {msg}");
+        }
+    }
+
+    /// A progress bar over `len` photos on stderr, when stderr is a terminal and not `--quiet`.
+    pub fn progress_bar(&self, len: usize) -> ProgressBar {
+        if self.quiet || !io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}")
+                .expect("valid template"),
+        );
+        bar
+    }
+
+    /// The closing line of a run: done, failed, skipped, speed.
+    pub fn summary(&self, stats: &Stats, skipped: usize, interrupted: bool) {
+        // A closed pipe is a normal end, as in ripgrep: nothing more to say.
+        if self.quiet || stats.output_closed {
+            return;
+        }
+        let secs = stats.elapsed.as_secs_f64();
+        let rate = (stats.done + stats.failed) as f64 / secs.max(1e-9);
+        let stopped = if interrupted { ", interrupted" } else { "" };
+        eprintln!(
+            "foodclip: {} done, {} failed, {} skipped in {secs:.1} s ({rate:.2} photos/s){stopped}",
+            stats.done, stats.failed, skipped
+        );
+    }
+}
+
+/// `foodclip: PATH: error` on stderr for each failed photo of a batch (errors are never quiet).
+pub(super) fn report_failures(progress: &ProgressBar, paths: &[PathBuf], results: &[InputResult]) {
+    for (path, r) in paths.iter().zip(results) {
+        if let Err(e) = r {
+            progress.suspend(|| eprintln!("foodclip: {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Set by Ctrl-C: finish the batch in flight, then stop.
+pub(super) fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    // A second Ctrl-C stops at once. Failing to install the handler only loses the clean stop.
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    flag
+}
+
+/// Pretty-printed JSON and a newline.
+pub(super) fn write_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
+/// Prints to stdout with `print`: a closed pipe (`| head`) is a normal end, as in ripgrep; any
+/// other write error is "cannot write output".
+pub(super) fn to_stdout(print: impl FnOnce(&mut io::StdoutLock) -> io::Result<()>) -> Result<()> {
+    let r = print(&mut io::stdout().lock()).and_then(|()| io::stdout().flush());
+    quiet_on_closed_pipe(r.map_err(anyhow::Error::new))
+}
+
+/// `Ok` for a closed pipe, "cannot write output" for other errors of writing records.
+pub(super) fn quiet_on_closed_pipe(r: Result<()>) -> Result<()> {
+    match r {
+        Err(e) if is_closed_pipe(&e) => Ok(()),
+        Err(e) => Err(e.context("cannot write output")),
+        Ok(()) => Ok(()),
+    }
+}

@@ -1,0 +1,47 @@
+//! Scalar activation math written so that loops over it vectorise: no branches, calls or
+//! float-to-int conversions. Shared by the f32 kernels ([`super::ops`]) and the bf16 tile
+//! kernels.
+
+/// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches, calls or
+/// float-to-int conversions so the compiler vectorises loops over it.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const C1: f32 = 0.693_359_4;
+    const C2: f32 = -2.121_944_4e-4;
+    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 88.7);
+    let t = x * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let n_bits = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = x - n * C1 - n * C2;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
+}
+
+/// `x * sigmoid(1.702 x)`, vectorisable.
+#[inline(always)]
+pub fn quick_gelu_value(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in -8000..8000 {
+            let x = i as f32 / 100.0;
+            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            assert!(rel < 3e-7, "exp({x}): relative error {rel}");
+        }
+    }
+}
