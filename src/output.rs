@@ -155,7 +155,11 @@ impl Layout {
         };
         match (self.format, self.kind) {
             (Format::Jsonl, _) => {
-                if !partial.is_empty() && !partial.starts_with(b"{\"path\":") {
+                let starts_a_record = |line: &[u8]| {
+                    let rest = line.strip_prefix(b"{").unwrap_or(b"");
+                    rest.trim_ascii_start().starts_with(b"\"path\"")
+                };
+                if !partial.is_empty() && !starts_a_record(partial) {
                     bail!("its last line is not the start of a foodclip record");
                 }
                 let body = if self.kind == RecordKind::Predictions {
@@ -453,6 +457,11 @@ impl<W: Write> Printer<W> {
             (Format::Table, Err(e)) => writeln!(self.out, "{}\terror: {e}", path.display())?,
         }
         self.out.flush()
+    }
+
+    /// The writer, once the printer is done with it.
+    pub fn into_inner(self) -> W {
+        self.out
     }
 
     /// Closes the output (the JSON array's bracket).

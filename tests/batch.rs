@@ -238,3 +238,138 @@ fn fast_preprocessing_drifts_within_the_documented_bound() {
     }
     eprintln!("worst fast-path drift: {worst:.3}/255");
 }
+
+#[test]
+fn resume_refuses_a_file_it_did_not_write_and_leaves_it_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photo_folder(dir.path(), 2);
+    let labels = fixtures().join("labels/mixed.txt");
+    let notes = dir.path().join("notes.txt");
+    let classify = |format: &str| {
+        let mut cmd = tiny();
+        cmd.args(["classify", "--quiet", "--format", format, "--labels"])
+            .arg(&labels)
+            .arg("--output")
+            .arg(&notes)
+            .arg("--resume")
+            .args(&photos);
+        cmd.output().unwrap()
+    };
+    // Notes whose last line has no newline: nothing may be cut.
+    let foreign: [&[u8]; 4] = [
+        b"shopping list\nrice, kimchi",
+        b"{\"path\": \"a.jpg\", \"note\": \"mine\"}\nlast line",
+        b"path,rank,label,score,prob,error\nnot,a,row\npartial",
+        b"only one unfinished line",
+    ];
+    for (body, format) in foreign.iter().zip(["jsonl", "jsonl", "csv", "csv"]) {
+        std::fs::write(&notes, body).unwrap();
+        let o = classify(format);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("not a file of this command's records"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read(&notes).unwrap(),
+            *body,
+            "the file is untouched"
+        );
+    }
+    // Records of `embed` are not records of `classify`.
+    let o = tiny()
+        .args(["embed", "--quiet", "--output"])
+        .arg(&notes)
+        .args(&photos)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let embedded = std::fs::read(&notes).unwrap();
+    assert_eq!(classify("jsonl").status.code(), Some(2));
+    assert_eq!(std::fs::read(&notes).unwrap(), embedded);
+}
+
+/// A photo whose name is not UTF-8 (EUC-KR, as old Korean archives hold): read, written
+/// losslessly, and recognised again by --resume and stored embeddings.
+#[cfg(unix)]
+#[test]
+fn non_utf8_file_names_are_read_and_round_trip() {
+    use base64::Engine;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let dir = tempfile::tempdir().unwrap();
+    // "김치찌개.jpg" in EUC-KR.
+    let name = std::ffi::OsString::from_vec(b"\xb1\xe8\xc4\xa1\xc2\xee\xb0\xb3.jpg".to_vec());
+    let trays = dir.path().join("trays").tap_mkdir();
+    let photo = trays.join(&name);
+    write_jpeg(&synthetic(64, 48, 7), &photo);
+    let labels = fixtures().join("labels/mixed.txt");
+    let out = dir.path().join("out.jsonl");
+    let store = dir.path().join("emb.safetensors");
+    let classify = |extra: &[&str]| {
+        let format = if extra.contains(&"--format") {
+            &[][..]
+        } else {
+            &["--format", "jsonl"][..]
+        };
+        tiny()
+            .args(["classify", "--labels"])
+            .arg(&labels)
+            .args(format)
+            .args(extra)
+            .arg(&trays)
+            .output()
+            .unwrap()
+    };
+    let o = classify(&[
+        "--output",
+        out.to_str().unwrap(),
+        "--save-embeddings",
+        store.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let recs = records(&out);
+    assert_eq!(recs.len(), 1);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(recs[0]["path"]["bytes"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(bytes, photo.as_os_str().as_bytes());
+    assert_eq!(recs[0]["predictions"].as_array().unwrap().len(), 5);
+    // --resume finds it recorded: nothing is added.
+    let o = classify(&["--output", out.to_str().unwrap(), "--resume"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 done, 0 failed, 1 skipped"));
+    assert_eq!(records(&out).len(), 1);
+    // Stored embeddings keep the name: re-scoring gives the same record.
+    let o = tiny()
+        .args(["classify", "--format", "jsonl", "--labels"])
+        .arg(&labels)
+        .arg("--embeddings")
+        .arg(&store)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let again = jsonl_records(&o.stdout);
+    assert_eq!(again[0]["path"], recs[0]["path"]);
+    assert_eq!(again[0]["predictions"], recs[0]["predictions"]);
+    // CSV holds the raw bytes, and --resume reads them back.
+    let csv = dir.path().join("out.csv");
+    for _ in 0..2 {
+        let o = classify(&[
+            "--format",
+            "csv",
+            "--output",
+            csv.to_str().unwrap(),
+            "--resume",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let text = std::fs::read(&csv).unwrap();
+    let rows: Vec<&[u8]> = text
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(rows.len(), 6, "a header and five predictions, once");
+    assert!(rows[1].starts_with(photo.as_os_str().as_bytes()));
+}

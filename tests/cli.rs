@@ -471,12 +471,195 @@ fn closed_pipe_ends_quietly() {
 fn usage_errors_exit_2() {
     let o = run(&["classify"]);
     assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--labels"), "{}", stderr(&o));
+    let labels = fixtures().join("labels/mixed.txt");
     let o = run(&[
         "--model",
         path(&fixtures().join("tiny-openai")),
         "classify",
         "--labels",
-        "x.txt",
+        path(&labels),
     ]);
+    assert_config_error(&o, "no photos given");
+    let o = run(&["embed", "--format", "xml", "a.jpg"]);
     assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("xml"), "{}", stderr(&o));
+}
+
+/// Every size, count and id in the two config files is checked when the checkpoint is loaded:
+/// exit 2, one line naming the file and the field, never a result.
+#[test]
+fn absurd_config_values_are_refused_naming_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = fixtures().join("labels/mixed.txt");
+    let img = fixtures().join("images/baseline.jpg");
+    let cases: &[(&str, &str, serde_json::Value, &str)] = &[
+        (
+            "preprocessor_config.json",
+            "size",
+            serde_json::json!({"shortest_edge": 0}),
+            "shortest_edge is 0",
+        ),
+        (
+            "preprocessor_config.json",
+            "size",
+            serde_json::json!({"shortest_edge": 4000000000u64}),
+            "shortest_edge is 4000000000",
+        ),
+        (
+            "preprocessor_config.json",
+            "crop_size",
+            serde_json::json!({"height": 0, "width": 224}),
+            "height is 0",
+        ),
+        (
+            "preprocessor_config.json",
+            "size",
+            serde_json::json!(-3),
+            "the size is -3",
+        ),
+        (
+            "preprocessor_config.json",
+            "rescale_factor",
+            serde_json::json!(0),
+            "rescale_factor is 0",
+        ),
+        (
+            "preprocessor_config.json",
+            "image_std",
+            serde_json::json!([0.2, -0.1, 0.3]),
+            "image_std",
+        ),
+        (
+            "config.json",
+            "vision_config.patch_size",
+            serde_json::json!(0),
+            "vision_config.patch_size is 0",
+        ),
+        (
+            "config.json",
+            "vision_config.image_size",
+            serde_json::json!(0),
+            "vision_config.image_size is 0",
+        ),
+        (
+            "config.json",
+            "vision_config.num_attention_heads",
+            serde_json::json!(0),
+            "vision_config.num_attention_heads is 0",
+        ),
+        (
+            "config.json",
+            "text_config.hidden_size",
+            serde_json::json!(0),
+            "text_config.hidden_size is 0",
+        ),
+        (
+            "config.json",
+            "text_config.num_hidden_layers",
+            serde_json::json!(100000),
+            "text_config.num_hidden_layers is 100000",
+        ),
+        (
+            "config.json",
+            "text_config.max_position_embeddings",
+            serde_json::json!(0),
+            "text_config.max_position_embeddings is 0",
+        ),
+        (
+            "config.json",
+            "text_config.eos_token_id",
+            serde_json::json!(99999999),
+            "text_config.eos_token_id",
+        ),
+        (
+            "config.json",
+            "text_config.vocab_size",
+            serde_json::json!(-1),
+            "text_config.vocab_size",
+        ),
+        (
+            "config.json",
+            "projection_dim",
+            serde_json::json!(0),
+            "projection_dim is 0",
+        ),
+        (
+            "config.json",
+            "vision_config.layer_norm_eps",
+            serde_json::json!(0.0),
+            "vision_config.layer_norm_eps",
+        ),
+        (
+            "config.json",
+            "vision_config.image_size",
+            serde_json::json!(1e30),
+            "vision_config.image_size",
+        ),
+    ];
+    for (i, (file, field, value, needle)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("case-{i}"));
+        copy_checkpoint("tiny-openai", &model);
+        let config = model.join(file);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        let mut slot = &mut json;
+        for key in field.split('.') {
+            slot = &mut slot[key];
+        }
+        *slot = value.clone();
+        std::fs::write(&config, serde_json::to_string(&json).unwrap()).unwrap();
+        let o = run(&[
+            "--model",
+            path(&model),
+            "classify",
+            "--labels",
+            path(&labels),
+            path(&img),
+        ]);
+        assert_config_error(&o, needle);
+        assert_config_error(&o, file);
+        assert!(o.stdout.is_empty(), "{field}: no result");
+    }
+}
+
+#[test]
+fn a_tensor_of_the_wrong_shape_is_a_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("wrong-shape");
+    copy_checkpoint("tiny-gelu", &model);
+    let weights = model.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let name = "vision_model.encoder.layers.1.mlp.fc2.weight";
+    let t = tensors.remove(name).unwrap();
+    let (out, inp) = t.dims2().unwrap();
+    tensors.insert(name.to_string(), t.narrow(1, 0, inp - 1).unwrap());
+    assert_eq!(tensors[name].dims(), [out, inp - 1]);
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let o = run(&[
+        "--model",
+        path(&model),
+        "embed",
+        path(&fixtures().join("images/baseline.jpg")),
+    ]);
+    assert_config_error(
+        &o,
+        "shape mismatch for vision_model.encoder.layers.1.mlp.fc2.weight",
+    );
+}
+
+/// A failure after the run has started (here the output device is full) ends the run with
+/// exit 2 and says what failed; it is not a per-photo error.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failure_after_the_run_started_says_what_failed_and_exits_2() {
+    let o = run(&[
+        "--model",
+        path(&fixtures().join("tiny-openai")),
+        "embed",
+        "--output",
+        "/dev/full",
+        path(&fixtures().join("images/baseline.jpg")),
+    ]);
+    assert_config_error(&o, "cannot write output");
 }

@@ -188,8 +188,38 @@ fn eval_scores_a_folder_data_set_and_lists_what_it_could_not() {
         trace += row[i];
     }
     assert_eq!(trace as usize, right);
-    for key in ["macro_f1", "confusions"] {
-        assert!(v.get(key).is_some(), "{key}");
+    // Macro F1 is the mean F1 of the classes with photos or predictions.
+    let present: Vec<f64> = per_class
+        .values()
+        .filter(|c| c["support"].as_u64().unwrap() + c["predicted"].as_u64().unwrap() > 0)
+        .map(|c| c["f1"].as_f64().unwrap())
+        .collect();
+    let mean = present.iter().sum::<f64>() / present.len() as f64;
+    assert!((v["macro_f1"].as_f64().unwrap() - mean).abs() < 1e-9, "{v}");
+    // The confusions list the off-diagonal cells of the matrix, largest first.
+    let index = |name: &str| labels.iter().position(|l| l == name).unwrap();
+    let confusions = v["confusions"].as_array().unwrap();
+    let cells = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            let r = r.as_array().unwrap();
+            (0..r.len()).filter(move |&j| j != i && r[j].as_u64().unwrap() > 0)
+        })
+        .count();
+    assert_eq!(confusions.len(), cells.min(10), "{v}");
+    let counts: Vec<u64> = confusions
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] >= w[1]), "{counts:?}");
+    for c in confusions {
+        let (t, p) = (
+            index(c["truth"].as_str().unwrap()),
+            index(c["predicted"].as_str().unwrap()),
+        );
+        assert_ne!(t, p);
+        assert_eq!(rows[t][p].as_u64(), c["count"].as_u64(), "{c}");
     }
 }
 
@@ -227,8 +257,10 @@ fn a_csv_data_set_gives_the_same_metrics() {
         "per_class",
         "unknown_photos",
     ] {
+        assert!(!folder[key].is_null(), "{key}");
         assert_eq!(folder[key], from_csv[key], "{key}");
     }
+    assert!(folder["n"].as_u64().unwrap() > 0);
     // A row with one field is an error naming the line.
     std::fs::write(dir.path().join("bad.csv"), "path,label\na.jpg,x\nb.jpg\n").unwrap();
     let o = eval(&dir.path().join("bad.csv"), &[]);

@@ -4,18 +4,7 @@
 mod common;
 
 use common::photos::{synthetic, write_jpeg};
-use common::{fixtures, foodclip};
-
-/// Peak resident set (KiB) of the largest child waited for so far.
-fn children_peak_kib() -> i64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    assert_eq!(
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
-        0
-    );
-    usage.ru_maxrss
-}
+use common::{children_peak_kib, fixtures, foodclip};
 
 fn classify_folder(dir: &std::path::Path) {
     let o = foodclip()

@@ -204,3 +204,41 @@ fn half_precision_embeddings_stay_close_to_f32() {
         }
     }
 }
+
+/// The default model's config says `eos_token_id: 2`, which makes transformers pool at the
+/// highest token id (its legacy rule). tiny-openai's weights and tokenizer under that config
+/// must still match transformers.
+#[test]
+fn legacy_eos_config_pools_as_transformers_does() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_checkpoint("tiny-openai", dir.path());
+    std::fs::copy(
+        fixtures().join("tiny-legacy-eos/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let ckpt = load_checkpoint(dir.path(), foodclip::model::Precision::F32);
+    assert_eq!(ckpt.config.text_config.eos_token_id, 2);
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("reference/tiny-legacy-eos.json")).unwrap(),
+    )
+    .unwrap();
+    let prompts: Vec<RefPrompt> = serde_json::from_value(reference["prompts"].clone()).unwrap();
+    assert!(prompts.len() >= 10);
+    let texts: Vec<String> = prompts.iter().map(|p| p.text.clone()).collect();
+    let ours = embed_prompts(&ckpt, &texts, None, |_| {})
+        .unwrap()
+        .0
+        .to_vec2::<f32>()
+        .unwrap();
+    for (p, e) in prompts.iter().zip(&ours) {
+        assert_eq!(
+            ckpt.tokenizer.encode(&p.text).unwrap().ids,
+            p.ids,
+            "{:?}",
+            p.text
+        );
+        let c = cosine(e, &p.embedding);
+        assert!(c >= 0.99999, "{:?}: cosine {c}", p.text);
+    }
+}

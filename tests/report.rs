@@ -10,12 +10,15 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `FOODCLIP_CHROMIUM`, else the first Chromium on `PATH` (as `.ci/run` looks for it).
 fn chromium() -> Option<PathBuf> {
     let from_env = std::env::var_os("FOODCLIP_CHROMIUM").map(PathBuf::from);
-    from_env
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
         .into_iter()
-        .chain(["/usr/bin/chromium", "/usr/bin/chromium-browser"].map(PathBuf::from))
-        .find(|p| p.is_file())
+        .flat_map(|dir| ["chromium", "chromium-browser", "google-chrome"].map(|n| dir.join(n)));
+    from_env.into_iter().chain(on_path).find(|p| p.is_file())
 }
 
 /// Screenshots `page` with headless Chromium into `png`.

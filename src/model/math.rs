@@ -1,5 +1,5 @@
 //! Scalar activation math written so that loops over it vectorise: no branches, calls or
-//! float-to-int conversions. Shared by the f32 kernels ([`super::ops`]) and the bf16 tile
+//! float-to-int conversions. Shared by the f32 kernels (`ops.rs`) and the bf16 tile
 //! kernels.
 
 /// `exp(x)` for f32, Cephes' polynomial (about 1 ulp), written without branches, calls or

@@ -69,7 +69,15 @@ fn describe(e: image::ImageError) -> anyhow::Error {
         image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             anyhow!("truncated image: the file ends before the picture does")
         }
-        other => anyhow!("cannot decode: {other}"),
+        // Some decoders end their messages in a line break: records and stderr get one line.
+        other => anyhow!(
+            "cannot decode: {}",
+            other
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
     }
 }
 

@@ -412,6 +412,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_panic_in_isolation_is_an_error_and_the_flag_is_restored() {
+        assert!(!isolating());
+        let r = isolated(|| -> u32 { panic!("decoder bug at byte {}", 7) });
+        assert_eq!(r, Err("decoder bug at byte 7".to_string()));
+        assert!(!isolating());
+        assert_eq!(isolated(isolating), Ok(true));
+    }
+
+    #[test]
     fn parses_old_hub_layout() {
         // openai/clip-vit-base-patch32's preprocessor_config.json.
         let c = PreprocessConfig::from_json(

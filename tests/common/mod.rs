@@ -125,3 +125,20 @@ pub fn exact_picture(ckpt: &Checkpoint, file: &str) -> image::RgbImage {
         )
         .unwrap()
 }
+
+/// Peak resident set (KiB) of the largest child process waited for so far.
+#[cfg(unix)]
+pub fn children_peak_kib() -> i64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    assert_eq!(
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
+        0
+    );
+    // Linux and the BSDs count KiB; macOS counts bytes.
+    if cfg!(target_os = "macos") {
+        usage.ru_maxrss / 1024
+    } else {
+        usage.ru_maxrss
+    }
+}

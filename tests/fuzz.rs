@@ -1,0 +1,351 @@
+//! A seeded mutation fuzzer on stable Rust: every reader of outside bytes gets thousands of
+//! damaged copies of the fixtures (truncated, bytes flipped or inserted, headers smashed, numbers
+//! swapped for absurd ones) and must answer each with a value or an error: never a panic, never
+//! a value that breaks its own invariants.
+//!
+//! A short run is part of `cargo test`. The long run:
+//!
+//! ```text
+//! FOODCLIP_FUZZ_ITERATIONS=20000 cargo test --release --test fuzz -- --nocapture
+//! ```
+//!
+//! `FOODCLIP_FUZZ_SEED` picks another sequence of mutations; a failure names its seed and case,
+//! so that it can be run again alone.
+
+mod common;
+
+use common::fixtures;
+use foodclip::embeddings::StoredEmbeddings;
+use foodclip::labels::LabelSet;
+use foodclip::model::ClipConfig;
+use foodclip::output::{Format, Layout, Printer, RecordKind};
+use foodclip::preprocess::{Fidelity, PreprocessConfig};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+/// SplitMix64: small, seedable, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn iterations(short: usize) -> usize {
+    std::env::var("FOODCLIP_FUZZ_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(short)
+}
+
+fn seed() -> u64 {
+    std::env::var("FOODCLIP_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_261_130)
+}
+
+/// Values that break sizes and counts.
+const ABSURD: &[&str] = &[
+    "0",
+    "-1",
+    "1",
+    "2",
+    "3",
+    "7",
+    "4294967296",
+    "18446744073709551615",
+    "1e308",
+    "-0.0",
+    "0.5",
+    "null",
+    "true",
+    "\"224\"",
+    "[]",
+    "{}",
+    "NaN",
+];
+
+/// One random damage to `bytes`.
+fn mutate(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    let rounds = 1 + rng.below(4);
+    for _ in 0..rounds {
+        let n = b.len();
+        match rng.below(8) {
+            0 if n > 0 => b.truncate(rng.below(n)),
+            1 if n > 0 => {
+                let i = rng.below(n);
+                b[i] ^= 1 << rng.below(8);
+            }
+            2 if n > 0 => {
+                let i = rng.below(n);
+                b[i] = rng.next() as u8;
+            }
+            3 => {
+                let i = rng.below(n + 1);
+                let junk: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
+                b.splice(i..i, junk);
+            }
+            4 if n > 1 => {
+                let i = rng.below(n);
+                let len = rng.below(n - i).min(64);
+                b.drain(i..i + len);
+            }
+            5 if n > 0 => {
+                // A header smashed: the first bytes overwritten.
+                for x in b.iter_mut().take(1 + rng.below(32)) {
+                    *x = rng.next() as u8;
+                }
+            }
+            6 if n > 0 => {
+                // A chunk copied elsewhere (duplicated markers, lengths).
+                let i = rng.below(n);
+                let len = rng.below(n - i).min(256);
+                let chunk = b[i..i + len].to_vec();
+                let at = rng.below(b.len() + 1);
+                b.splice(at..at, chunk);
+            }
+            _ => {
+                // A number in text swapped for an absurd value.
+                let text = String::from_utf8_lossy(&b).into_owned();
+                let digits: Vec<usize> = text
+                    .char_indices()
+                    .filter(|(_, c)| c.is_ascii_digit())
+                    .map(|(i, _)| i)
+                    .collect();
+                if let Some(&start) = digits.get(rng.below(digits.len())) {
+                    let end = text[start..]
+                        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == 'e' || c == '-'))
+                        .map_or(text.len(), |e| start + e);
+                    let value = ABSURD[rng.below(ABSURD.len())];
+                    b = format!("{}{value}{}", &text[..start], &text[end..]).into_bytes();
+                }
+            }
+        }
+    }
+    b
+}
+
+/// Runs `check` on `cases` mutations of each seed input; a panic (or a failed check) fails the
+/// test, naming the target, seed and case.
+fn fuzz(target: &str, seeds: &[Vec<u8>], cases: usize, mut check: impl FnMut(&[u8])) {
+    let mut rng = Rng(seed()
+        ^ target
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
+    let start = std::time::Instant::now();
+    for case in 0..cases {
+        let input = mutate(&seeds[case % seeds.len()], &mut rng);
+        if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
+            let dump = std::env::temp_dir().join(format!("foodclip-fuzz-{target}-{case}.bin"));
+            let _ = std::fs::write(&dump, &input);
+            panic!(
+                "{target}: case {case} (seed {}) panicked; input saved to {}",
+                seed(),
+                dump.display()
+            );
+        }
+    }
+    eprintln!(
+        "fuzz {target}: {cases} cases in {:.1} s, no panic",
+        start.elapsed().as_secs_f64()
+    );
+}
+
+fn read(path: impl AsRef<Path>) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn images_decode_or_fail_cleanly() {
+    let images = fixtures().join("images");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| read(e.unwrap().path()))
+        .filter(|b| b.len() < 120_000)
+        .collect();
+    seeds.sort();
+    let config =
+        PreprocessConfig::from_file(&fixtures().join("tiny-gelu/preprocessor_config.json"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("photo");
+    let mut internal = 0;
+    fuzz("images", &seeds, iterations(240), |bytes| {
+        std::fs::write(&file, bytes).unwrap();
+        for fidelity in [Fidelity::Exact, Fidelity::Fast] {
+            match config.load(&file, 4_000_000, fidelity) {
+                Ok(img) => assert_eq!(img.dimensions(), (96, 96)),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    assert!(!msg.is_empty() && !msg.contains('\n'), "{msg}");
+                    // A decoder panic, caught by the photo's isolation: counted, not fatal.
+                    internal += usize::from(msg.contains("internal error"));
+                }
+            }
+        }
+    });
+    eprintln!("fuzz images: {internal} decoder panics caught as per-photo errors");
+}
+
+#[test]
+fn label_files_parse_or_name_the_line() {
+    let seeds = vec![
+        read(fixtures().join("labels/mixed.txt")),
+        read(Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/korean.txt")),
+        "[찌개 | stew]\r\n김치찌개 | kimchi stew\n# note\n\n[]\n|x|\n"
+            .as_bytes()
+            .to_vec(),
+    ];
+    fuzz("labels", &seeds, iterations(600), |bytes| {
+        match LabelSet::parse(bytes, Path::new("l.txt")) {
+            Ok(set) => {
+                assert!(!set.classes.is_empty());
+                for c in &set.classes {
+                    assert!(c.names.iter().all(|n| !n.trim().is_empty()));
+                    assert!(c.group.is_none_or(|g| g < set.groups.len()));
+                }
+            }
+            Err(e) => assert!(format!("{e:#}").starts_with("l.txt"), "{e:#}"),
+        }
+        if let Ok((set, findings)) = LabelSet::parse_all(bytes, Path::new("l.txt")) {
+            assert!(findings.iter().all(|f| f.line.is_none_or(|l| l >= 1)));
+            assert!(set.classes.iter().all(|c| c.line >= 1));
+        }
+    });
+}
+
+#[test]
+fn configs_are_valid_or_refused() {
+    let seeds: Vec<Vec<u8>> = ["tiny-openai", "tiny-gelu", "tiny-legacy-eos"]
+        .iter()
+        .map(|c| read(fixtures().join(c).join("config.json")))
+        .collect();
+    fuzz("config.json", &seeds, iterations(600), |bytes| {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            return;
+        };
+        if let Ok(c) = ClipConfig::from_json(text) {
+            let (t, v) = (&c.text_config, &c.vision_config);
+            assert!(t.hidden_size > 0 && t.hidden_size % t.num_attention_heads == 0);
+            assert!(v.patch_size > 0 && v.image_size % v.patch_size == 0);
+            assert!((t.eos_token_id as usize) < t.vocab_size);
+            assert!((t.pad_token_id as usize) < t.vocab_size);
+            assert!(v.image_size <= 4096 && t.max_position_embeddings > 0);
+        }
+    });
+    let seeds: Vec<Vec<u8>> = ["tiny-openai", "tiny-gelu"]
+        .iter()
+        .map(|c| read(fixtures().join(c).join("preprocessor_config.json")))
+        .collect();
+    let mut rng = Rng(seed());
+    fuzz(
+        "preprocessor_config.json",
+        &seeds,
+        iterations(600),
+        |bytes| {
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return;
+            };
+            if let Ok(c) = PreprocessConfig::from_json(text) {
+                // Any photo size, however odd: no overflow, no panic.
+                for _ in 0..8 {
+                    let (w, h) = (1 + rng.below(200_000) as u32, 1 + rng.below(200_000) as u32);
+                    let (ow, oh) = c.output_size(w, h);
+                    if let Some(crop) = c.crop {
+                        assert_eq!((ow, oh), crop);
+                    }
+                }
+                let img = image::RgbImage::from_pixel(
+                    1 + rng.below(40) as u32,
+                    1 + rng.below(40) as u32,
+                    image::Rgb([9, 8, 7]),
+                );
+                let (ow, oh) = c.output_size(img.width(), img.height());
+                if (ow as u64) * (oh as u64) < 4_000_000 {
+                    assert_eq!(c.prepare(&img).dimensions(), (ow, oh));
+                }
+            }
+        },
+    );
+}
+
+/// The records an earlier run wrote, in every line format.
+fn record_seeds() -> Vec<(Layout, Vec<u8>)> {
+    let mut out = Vec::new();
+    for format in [Format::Jsonl, Format::Csv, Format::Tsv] {
+        for kind in [RecordKind::Predictions, RecordKind::Embedding] {
+            let layout = Layout::new(format, kind);
+            let mut p = Printer::new(Vec::new(), layout);
+            for (i, path) in ["a.jpg", "b,\"c\".png", "김치.jpg"].iter().enumerate() {
+                let path = Path::new(path);
+                let r = match (kind, i) {
+                    (RecordKind::Embedding, 1) => p.embedding(path, &Err("bad".into())),
+                    (RecordKind::Embedding, _) => p.embedding(path, &Ok(vec![0.25, -1.5])),
+                    (RecordKind::Predictions, _) => p.predictions(path, &Err("bad".into())),
+                };
+                r.unwrap();
+            }
+            p.finish().unwrap();
+            out.push((layout, p.into_inner()));
+        }
+    }
+    out
+}
+
+#[test]
+fn resume_files_are_read_or_refused_whole() {
+    let seeds = record_seeds();
+    let layouts: Vec<Layout> = seeds.iter().map(|(l, _)| *l).collect();
+    let bytes: Vec<Vec<u8>> = seeds.into_iter().map(|(_, b)| b).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("out");
+    let mut n = 0;
+    fuzz("resume", &bytes, iterations(1200), |input| {
+        let layout = layouts[n % layouts.len()];
+        n += 1;
+        std::fs::write(&file, input).unwrap();
+        match foodclip::inputs::recorded_paths(&file, |w, p| layout.recorded(w, p)) {
+            // Accepted: at most the unfinished last line was cut.
+            Ok(_) => {
+                let now = read(&file);
+                assert!(input.starts_with(&now));
+                assert!(!input[now.len()..].contains(&b'\n'));
+            }
+            // Refused: untouched, byte for byte.
+            Err(_) => assert_eq!(read(&file), input),
+        }
+    });
+}
+
+#[test]
+fn stored_embeddings_load_or_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    StoredEmbeddings {
+        checkpoint: "blake3:abc".into(),
+        paths: vec![PathBuf::from("a.jpg"), PathBuf::from("트레이/b.png")],
+        dim: 3,
+        values: vec![0.6, 0.8, 0.0, 1.0, 0.0, 0.0],
+    }
+    .save(&good)
+    .unwrap();
+    let seeds = vec![read(&good)];
+    let file = dir.path().join("mutated.safetensors");
+    fuzz("embeddings", &seeds, iterations(1200), |bytes| {
+        std::fs::write(&file, bytes).unwrap();
+        if let Ok(stored) = StoredEmbeddings::load(&file) {
+            assert_eq!(stored.values.len(), stored.paths.len() * stored.dim);
+        }
+    });
+}
