@@ -373,3 +373,26 @@ fn non_utf8_file_names_are_read_and_round_trip() {
     assert_eq!(rows.len(), 6, "a header and five predictions, once");
     assert!(rows[1].starts_with(photo.as_os_str().as_bytes()));
 }
+
+#[test]
+fn resume_onto_a_bare_csv_header_writes_no_second_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = photo_folder(dir.path(), 2);
+    let out = dir.path().join("out.csv");
+    std::fs::write(&out, "path,rank,label,score,prob,error\n").unwrap();
+    let o = tiny()
+        .args([
+            "classify", "--quiet", "--format", "csv", "-k", "1", "--labels",
+        ])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .arg("--output")
+        .arg(&out)
+        .arg("--resume")
+        .args(&photos)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.matches("path,rank").count(), 1, "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+}

@@ -84,7 +84,8 @@ impl Job {
                     let before = paths.len();
                     paths.retain(|p| !done.contains(p));
                     skipped += before - paths.len();
-                    continuing = !done.is_empty();
+                    // What is left holds a CSV/TSV header already (checked), maybe no record.
+                    continuing = std::fs::metadata(file).is_ok_and(|m| m.len() > 0);
                 }
                 let f = std::fs::OpenOptions::new()
                     .create(true)

@@ -17,7 +17,8 @@ use crate::pipeline::Stats;
 use anyhow::Result;
 use clap::Parser;
 use context::Context;
-use flags::{Cli, Command, LabelsCommand, ModelsCommand};
+pub use flags::Cli;
+use flags::{Command, LabelsCommand, ModelsCommand};
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
