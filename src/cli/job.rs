@@ -33,7 +33,8 @@ pub(super) fn run_photos(
     let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, results| {
         report_failures(&progress, chunk, &results);
         if let Some(sink) = &mut sink {
-            sink.add(emb, chunk, &results)?;
+            sink.add(emb, chunk, &results)
+                .context("cannot keep the embeddings for --save-embeddings")?;
         }
         on_batch(emb, chunk, results)?;
         progress.inc(chunk.len() as u64);

@@ -895,4 +895,52 @@ mod tests {
             }
         }
     }
+
+    /// The AVX-512 steps of the Amx engine, on any CPU with AVX-512 BF16 (AMD Zen 4 has it
+    /// without AMX): the same bf16 lines and norms as the plain Rust of the emulation.
+    #[test]
+    fn avx512_packing_and_norm_match_the_plain_code() {
+        use std::arch::is_x86_feature_detected;
+        if !(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")) {
+            eprintln!("skipped: no AVX-512 BF16 on this CPU");
+            return;
+        }
+        for len in [1usize, 15, 16, 17, 31, 32, 33, 64, 70] {
+            // Ties (low halves 0x8000) round to even; large, small and negative values.
+            let row: Vec<f32> = (0..len)
+                .map(|i| {
+                    let bits = 0x3f80_0000u32 + (i as u32) * 0x1_8000;
+                    f32::from_bits(bits) * if i % 3 == 0 { -1.0 } else { 1e3 }
+                })
+                .collect();
+            let k_tiles = len.div_ceil(32);
+            let (mut hw, mut plain) = (
+                vec![Line([0xffff; 32]); k_tiles * TILE],
+                vec![Line([0xffff; 32]); k_tiles * TILE],
+            );
+            // SAFETY: the CPU has AVX-512 F and BF16 (checked above); the sizes fit.
+            unsafe { pack_row_avx512(&row, &mut hw, k_tiles) };
+            pack_row(Engine::Emulated, &row, &mut plain, k_tiles);
+            for kt in 0..k_tiles {
+                assert_eq!(hw[kt * TILE].0, plain[kt * TILE].0, "len {len}, tile {kt}");
+            }
+            let weight: Vec<f32> = (0..len).map(|i| 0.5 + i as f32 / 50.0).collect();
+            let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0).collect();
+            let norm = Norm {
+                weight: &weight,
+                bias: Some(&bias),
+                eps: 1e-5,
+            };
+            let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
+            // SAFETY: the CPU has AVX-512 F.
+            unsafe { layer_norm_avx512(&row, &norm, &mut a) };
+            layer_norm_plain(&row, &norm, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "len {len}: {x} vs {y}"
+                );
+            }
+        }
+    }
 }

@@ -569,6 +569,9 @@ fn transpose(w: &Tensor) -> candle_core::Result<Tensor> {
 /// `(b, (size/p)², c·p·p)`, each patch flattened channel-major as a convolution kernel is.
 pub fn patchify(pixels: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, w) = pixels.dims4()?;
+    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
+        anyhow::bail!("{h}x{w} pixels do not divide into {p}x{p} patches");
+    }
     let (gh, gw) = (h / p, w / p);
     let pixels = pixels.contiguous()?;
     let fused = with_cpu_f32(&pixels, |src| {
@@ -600,9 +603,18 @@ pub fn patchify(pixels: &Tensor, p: usize) -> Result<Tensor> {
 /// heads' outputs side by side, `(b, t, c)`.
 pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, t, c3) = qkv.dims3()?;
+    if heads == 0 || !c3.is_multiple_of(3) || !(c3 / 3).is_multiple_of(heads) {
+        anyhow::bail!("qkv of width {c3} is not q, k and v of {heads} equal heads");
+    }
     let c = c3 / 3;
     let d = c / heads;
     let scale = (d as f64).powf(-0.5);
+    if let Some(m) = mask {
+        let rows = m.dim(0)?;
+        if m.dims() != [rows, 1, t, t] || (rows != 1 && rows != b) {
+            anyhow::bail!("a mask of shape {:?} for {b} sequences of {t}", m.dims());
+        }
+    }
     let mask_rows = mask.map_or(1, |m| m.dim(0).unwrap_or(1));
     let mask = mask.map(Tensor::contiguous).transpose()?;
     // Runs the fused kernel with the mask's data borrowed in place (`None` if not CPU f32).

@@ -17,7 +17,19 @@ pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
 /// pixels match the reference exactly; other formats by the `image` crate. With `min_short_edge`,
 /// JPEGs may come back smaller (DCT scaling, see [`jpeg::decode`]). Returns the picture and the
 /// upright size of the full image.
+///
+/// A panic inside a decoder (a bug met on a damaged file) is returned as an error.
 pub fn decode(
+    bytes: &[u8],
+    max_pixels: u64,
+    min_short_edge: Option<u32>,
+) -> Result<(RgbImage, (u32, u32))> {
+    super::guarded("cannot decode", || {
+        decode_any(bytes, max_pixels, min_short_edge)
+    })
+}
+
+fn decode_any(
     bytes: &[u8],
     max_pixels: u64,
     min_short_edge: Option<u32>,

@@ -52,6 +52,11 @@ pub(crate) fn isolated<T>(f: impl FnOnce() -> T) -> std::result::Result<T, Strin
     })
 }
 
+/// Runs `f` [`isolated`]: a panic becomes the error `WHAT: internal error (PANIC)`.
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    isolated(f).unwrap_or_else(|panic| Err(anyhow!("{what}: internal error ({panic})")))
+}
+
 /// Whether this thread is inside a photo's isolated decoding, whose panics become that photo's
 /// error (a panic hook stays quiet then).
 pub fn isolating() -> bool {
@@ -196,7 +201,7 @@ impl PreprocessConfig {
     /// decoding or preparing it (a decoder bug) is this photo's error, not the run's end.
     pub fn load(&self, path: &Path, max_pixels: u64, fidelity: Fidelity) -> Result<RgbImage> {
         let bytes = std::fs::read(path).context("cannot read")?;
-        isolated(|| match fidelity {
+        guarded("cannot prepare the picture", || match fidelity {
             Fidelity::Exact => Ok(self.prepare(&decode::decode(&bytes, max_pixels, None)?.0)),
             Fidelity::Fast => {
                 let min_short_edge = match self.resize {
@@ -207,11 +212,6 @@ impl PreprocessConfig {
                 let (img, full) = decode::decode(&bytes, max_pixels, min_short_edge)?;
                 Ok(self.prepare_fast(&img, full))
             }
-        })
-        .unwrap_or_else(|panic| {
-            Err(anyhow!(
-                "cannot decode: internal error in the decoder ({panic})"
-            ))
         })
     }
 
