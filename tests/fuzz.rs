@@ -136,16 +136,65 @@ fn mutate(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
     b
 }
 
+/// One structural damage to a JSON document: a few of its leaves (sizes, ids, flags) replaced
+/// by absurd values of any type, or removed. Falls back to byte damage for non-JSON.
+fn mutate_json(bytes: &[u8], rng: &mut Rng) -> Vec<u8> {
+    fn leaves(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    leaves(x, format!("{at}/{k}"), out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    leaves(x, format!("{at}/{i}"), out);
+                }
+            }
+            _ => out.push(at),
+        }
+    }
+    let Ok(mut doc) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return mutate(bytes, rng);
+    };
+    let mut paths = Vec::new();
+    leaves(&doc, String::new(), &mut paths);
+    for _ in 0..1 + rng.below(3) {
+        let path = &paths[rng.below(paths.len())];
+        if let Some(slot) = doc.pointer_mut(path) {
+            *slot = serde_json::from_str(ABSURD[rng.below(ABSURD.len())])
+                .unwrap_or(serde_json::Value::Null);
+        }
+    }
+    let out = serde_json::to_vec(&doc).unwrap();
+    if rng.below(4) == 0 {
+        mutate(&out, rng)
+    } else {
+        out
+    }
+}
+
 /// Runs `check` on `cases` mutations of each seed input; a panic (or a failed check) fails the
 /// test, naming the target, seed and case.
-fn fuzz(target: &str, seeds: &[Vec<u8>], cases: usize, mut check: impl FnMut(&[u8])) {
+fn fuzz(target: &str, seeds: &[Vec<u8>], cases: usize, check: impl FnMut(&[u8])) {
+    fuzz_with(target, seeds, cases, mutate, check)
+}
+
+/// [`fuzz`] with another mutator.
+fn fuzz_with(
+    target: &str,
+    seeds: &[Vec<u8>],
+    cases: usize,
+    mutator: fn(&[u8], &mut Rng) -> Vec<u8>,
+    mut check: impl FnMut(&[u8]),
+) {
     let mut rng = Rng(seed()
         ^ target
             .bytes()
             .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)));
     let start = std::time::Instant::now();
     for case in 0..cases {
-        let input = mutate(&seeds[case % seeds.len()], &mut rng);
+        let input = mutator(&seeds[case % seeds.len()], &mut rng);
         if catch_unwind(AssertUnwindSafe(|| check(&input))).is_err() {
             let dump = std::env::temp_dir().join(format!("foodclip-fuzz-{target}-{case}.bin"));
             let _ = std::fs::write(&dump, &input);
@@ -231,33 +280,45 @@ fn configs_are_valid_or_refused() {
         .iter()
         .map(|c| read(fixtures().join(c).join("config.json")))
         .collect();
-    fuzz("config.json", &seeds, iterations(600), |bytes| {
-        let Ok(text) = std::str::from_utf8(bytes) else {
-            return;
-        };
-        if let Ok(c) = ClipConfig::from_json(text) {
-            let (t, v) = (&c.text_config, &c.vision_config);
-            assert!(t.hidden_size > 0 && t.hidden_size % t.num_attention_heads == 0);
-            assert!(v.patch_size > 0 && v.image_size % v.patch_size == 0);
-            assert!((t.eos_token_id as usize) < t.vocab_size);
-            assert!((t.pad_token_id as usize) < t.vocab_size);
-            assert!(v.image_size <= 4096 && t.max_position_embeddings > 0);
-        }
-    });
+    let mut accepted = 0;
+    fuzz_with(
+        "config.json",
+        &seeds,
+        iterations(600),
+        mutate_json,
+        |bytes| {
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                return;
+            };
+            if let Ok(c) = ClipConfig::from_json(text) {
+                accepted += 1;
+                let (t, v) = (&c.text_config, &c.vision_config);
+                assert!(t.hidden_size > 0 && t.hidden_size % t.num_attention_heads == 0);
+                assert!(v.patch_size > 0 && v.image_size % v.patch_size == 0);
+                assert!((t.eos_token_id as usize) < t.vocab_size);
+                assert!((t.pad_token_id as usize) < t.vocab_size);
+                assert!(v.image_size <= 4096 && t.max_position_embeddings > 0);
+            }
+        },
+    );
+    eprintln!("fuzz config.json: {accepted} mutated configs accepted, the rest refused");
     let seeds: Vec<Vec<u8>> = ["tiny-openai", "tiny-gelu"]
         .iter()
         .map(|c| read(fixtures().join(c).join("preprocessor_config.json")))
         .collect();
     let mut rng = Rng(seed());
-    fuzz(
+    let mut accepted = 0;
+    fuzz_with(
         "preprocessor_config.json",
         &seeds,
         iterations(600),
+        mutate_json,
         |bytes| {
             let Ok(text) = std::str::from_utf8(bytes) else {
                 return;
             };
             if let Ok(c) = PreprocessConfig::from_json(text) {
+                accepted += 1;
                 // Any photo size, however odd: no overflow, no panic.
                 for _ in 0..8 {
                     let (w, h) = (1 + rng.below(200_000) as u32, 1 + rng.below(200_000) as u32);
@@ -278,6 +339,7 @@ fn configs_are_valid_or_refused() {
             }
         },
     );
+    eprintln!("fuzz preprocessor_config.json: {accepted} accepted, the rest refused");
 }
 
 /// The records an earlier run wrote, in every line format.
