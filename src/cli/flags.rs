@@ -1,5 +1,5 @@
 //! The command line's flags, parsed once by clap into plain structs. clap stays in `cli/`:
-//! library types offered as choices implement `FromStr`, and [`choice`] turns them into parsers.
+//! library types offered as choices implement `FromStr`, and `choice` turns them into parsers.
 
 use crate::inputs::Shard;
 use crate::model::Precision;

@@ -1,6 +1,6 @@
 //! The command line, shaped like ripgrep's: [`flags`] parses every flag once into plain structs,
-//! [`context`] resolves the global ones, and each command runs in a file of its own against the
-//! library; [`ui`] is the terminal side and [`job`] the loop over many photos.
+//! `context` resolves the global ones, and each command runs in a file of its own against the
+//! library; `ui` is the terminal side and `job` the loop over many photos.
 
 mod classify;
 mod context;

@@ -12,7 +12,7 @@
 //! encodings are checked against GNU as in the comments). Linux must grant each process the
 //! tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`available`] asks once.
 //!
-//! In tests, an [`Engine::Emulated`] runs the tile product, the bf16 conversion and every
+//! In tests, an emulated [`Engine`] runs the tile product, the bf16 conversion and every
 //! AVX-512 step in plain Rust, so that all the packing, blocking, epilogue and hand-off logic is
 //! tested on any CPU; only the instruction encodings need the hardware.
 

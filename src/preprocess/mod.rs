@@ -69,7 +69,12 @@ pub enum Resize {
     /// Shortest edge to this many pixels, the other edge scaled and truncated as transformers does.
     ShortestEdge(u32),
     /// To exactly this width and height.
-    Exact { width: u32, height: u32 },
+    Exact {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
 }
 
 /// The settings of a checkpoint's `preprocessor_config.json`.
