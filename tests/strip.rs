@@ -66,3 +66,32 @@ fn the_strip_window_is_the_crop_of_the_whole_resize() {
     let want = image::imageops::crop_imm(&whole, (w - 96) / 2, (h - 96) / 2, 96, 96).to_image();
     assert_eq!(seen, want);
 }
+
+#[test]
+fn without_a_centre_crop_a_strip_is_refused_not_resized_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.png");
+    strip(&wide, 100_000, 2);
+    let model = dir.path().join("no-crop");
+    common::copy_checkpoint("tiny-gelu", &model);
+    let config = model.join("preprocessor_config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    json["do_center_crop"] = false.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    let o = foodclip()
+        .arg("--model")
+        .arg(&model)
+        .arg("preview")
+        .arg(&wide)
+        .arg("-o")
+        .arg(dir.path().join("seen.png"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("5600000x112 pixels, over 8192 a side"),
+        "{err}"
+    );
+}

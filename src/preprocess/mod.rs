@@ -206,17 +206,27 @@ impl PreprocessConfig {
     /// decoding or preparing it (a decoder bug) is this photo's error, not the run's end.
     pub fn load(&self, path: &Path, max_pixels: u64, fidelity: Fidelity) -> Result<RgbImage> {
         let bytes = std::fs::read(path).context("cannot read")?;
-        guarded("cannot prepare the picture", || match fidelity {
-            Fidelity::Exact => Ok(self.prepare(&decode::decode(&bytes, max_pixels, None)?.0)),
-            Fidelity::Fast => {
-                let min_short_edge = match self.resize {
-                    Some(Resize::ShortestEdge(s)) => Some(s),
-                    Some(Resize::Exact { width, height }) => Some(width.max(height)),
-                    None => None,
-                };
-                let (img, full) = decode::decode(&bytes, max_pixels, min_short_edge)?;
-                Ok(self.prepare_fast(&img, full))
+        let min_short_edge = match (fidelity, self.resize) {
+            (Fidelity::Exact, _) | (_, None) => None,
+            (Fidelity::Fast, Some(Resize::ShortestEdge(s))) => Some(s),
+            (Fidelity::Fast, Some(Resize::Exact { width, height })) => Some(width.max(height)),
+        };
+        guarded("cannot prepare the picture", || {
+            let (img, full) = decode::decode(&bytes, max_pixels, min_short_edge)?;
+            // Without a crop, the whole resized picture is the output: it must stay bounded.
+            let (w, h) = self.output_size(full.0, full.1);
+            if w > MAX_SIZE || h > MAX_SIZE {
+                bail!(
+                    "the model would see this {}x{} photo as {w}x{h} pixels, over {MAX_SIZE} a \
+                     side (the preprocessor config has no centre crop)",
+                    full.0,
+                    full.1
+                );
             }
+            Ok(match fidelity {
+                Fidelity::Exact => self.prepare(&img),
+                Fidelity::Fast => self.prepare_fast(&img, full),
+            })
         })
     }
 
