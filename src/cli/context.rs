@@ -28,7 +28,8 @@ pub(super) struct Context {
     /// Where prompt embeddings and checkpoint fingerprints are kept; `None` with `--no-cache`
     /// or on a platform without a cache directory.
     cache_root: Option<PathBuf>,
-    no_cache_dir: bool,
+    /// The cache was wanted, but the platform has no cache directory (warn when it is used).
+    platform_has_no_cache: bool,
 }
 
 impl Context {
@@ -61,7 +62,7 @@ impl Context {
             model: cli.model.clone(),
             device: cli.device,
             precision: cli.precision,
-            no_cache_dir: !cli.no_cache && platform_root.is_none(),
+            platform_has_no_cache: !cli.no_cache && platform_root.is_none(),
             cache_root: platform_root.filter(|_| !cli.no_cache),
         })
     }
@@ -98,7 +99,7 @@ impl Context {
 
     /// The prompt-embedding cache for `ckpt`, unless `--no-cache`.
     fn prompt_cache(&self, ckpt: &Checkpoint) -> Result<Option<TextCache>> {
-        if self.no_cache_dir {
+        if self.platform_has_no_cache {
             self.ui.warn(
                 "this platform has no cache directory; set FOODCLIP_CACHE_DIR to cache label embeddings",
             );
