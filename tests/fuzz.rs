@@ -230,7 +230,7 @@ fn images_decode_or_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("photo");
     let mut internal = 0;
-    fuzz("images", &seeds, iterations(240), |bytes| {
+    fuzz("images", &seeds, iterations(1000), |bytes| {
         std::fs::write(&file, bytes).unwrap();
         for fidelity in [Fidelity::Exact, Fidelity::Fast] {
             match config.load(&file, 4_000_000, fidelity) {
@@ -256,7 +256,7 @@ fn label_files_parse_or_name_the_line() {
             .as_bytes()
             .to_vec(),
     ];
-    fuzz("labels", &seeds, iterations(600), |bytes| {
+    fuzz("labels", &seeds, iterations(3000), |bytes| {
         match LabelSet::parse(bytes, Path::new("l.txt")) {
             Ok(set) => {
                 assert!(!set.classes.is_empty());
@@ -274,72 +274,57 @@ fn label_files_parse_or_name_the_line() {
     });
 }
 
+/// Fuzzes one config file of the fixture checkpoints `names` with structural JSON damage:
+/// `parse` must refuse or give a value that `check` accepts. Counts what was accepted.
+fn fuzz_config<T>(
+    file: &str,
+    names: &[&str],
+    parse: impl Fn(&str) -> anyhow::Result<T>,
+    mut check: impl FnMut(T),
+) {
+    let seeds: Vec<Vec<u8>> = names
+        .iter()
+        .map(|c| read(fixtures().join(c).join(file)))
+        .collect();
+    let mut accepted = 0;
+    fuzz_with(file, &seeds, iterations(3000), mutate_json, |bytes| {
+        if let Some(config) = std::str::from_utf8(bytes).ok().and_then(|t| parse(t).ok()) {
+            accepted += 1;
+            check(config);
+        }
+    });
+    eprintln!("fuzz {file}: {accepted} mutated configs accepted, the rest refused");
+}
+
 #[test]
 fn configs_are_valid_or_refused() {
-    let seeds: Vec<Vec<u8>> = ["tiny-openai", "tiny-gelu", "tiny-legacy-eos"]
-        .iter()
-        .map(|c| read(fixtures().join(c).join("config.json")))
-        .collect();
-    let mut accepted = 0;
-    fuzz_with(
-        "config.json",
-        &seeds,
-        iterations(600),
-        mutate_json,
-        |bytes| {
-            let Ok(text) = std::str::from_utf8(bytes) else {
-                return;
-            };
-            if let Ok(c) = ClipConfig::from_json(text) {
-                accepted += 1;
-                let (t, v) = (&c.text_config, &c.vision_config);
-                assert!(t.hidden_size > 0 && t.hidden_size % t.num_attention_heads == 0);
-                assert!(v.patch_size > 0 && v.image_size % v.patch_size == 0);
-                assert!((t.eos_token_id as usize) < t.vocab_size);
-                assert!((t.pad_token_id as usize) < t.vocab_size);
-                assert!(v.image_size <= 4096 && t.max_position_embeddings > 0);
-            }
-        },
-    );
-    eprintln!("fuzz config.json: {accepted} mutated configs accepted, the rest refused");
-    let seeds: Vec<Vec<u8>> = ["tiny-openai", "tiny-gelu"]
-        .iter()
-        .map(|c| read(fixtures().join(c).join("preprocessor_config.json")))
-        .collect();
+    let checkpoints = ["tiny-openai", "tiny-gelu", "tiny-legacy-eos"];
+    fuzz_config("config.json", &checkpoints, ClipConfig::from_json, |c| {
+        let (t, v) = (&c.text_config, &c.vision_config);
+        assert!(t.hidden_size > 0 && t.hidden_size % t.num_attention_heads == 0);
+        assert!(v.patch_size > 0 && v.image_size % v.patch_size == 0);
+        assert!((t.eos_token_id as usize) < t.vocab_size);
+        assert!((t.pad_token_id as usize) < t.vocab_size);
+        assert!(v.image_size <= 4096 && t.max_position_embeddings > 0);
+    });
     let mut rng = Rng(seed());
-    let mut accepted = 0;
-    fuzz_with(
-        "preprocessor_config.json",
-        &seeds,
-        iterations(600),
-        mutate_json,
-        |bytes| {
-            let Ok(text) = std::str::from_utf8(bytes) else {
-                return;
-            };
-            if let Ok(c) = PreprocessConfig::from_json(text) {
-                accepted += 1;
-                // Any photo size, however odd: no overflow, no panic.
-                for _ in 0..8 {
-                    let (w, h) = (1 + rng.below(200_000) as u32, 1 + rng.below(200_000) as u32);
-                    let (ow, oh) = c.output_size(w, h);
-                    if let Some(crop) = c.crop {
-                        assert_eq!((ow, oh), crop);
-                    }
-                }
-                let img = image::RgbImage::from_pixel(
-                    1 + rng.below(40) as u32,
-                    1 + rng.below(40) as u32,
-                    image::Rgb([9, 8, 7]),
-                );
-                let (ow, oh) = c.output_size(img.width(), img.height());
-                if (ow as u64) * (oh as u64) < 4_000_000 {
-                    assert_eq!(c.prepare(&img).dimensions(), (ow, oh));
-                }
+    let file = "preprocessor_config.json";
+    fuzz_config(file, &checkpoints[..2], PreprocessConfig::from_json, |c| {
+        // Any photo size, however odd: no overflow, no panic.
+        for _ in 0..8 {
+            let (w, h) = (1 + rng.below(200_000) as u32, 1 + rng.below(200_000) as u32);
+            let (ow, oh) = c.output_size(w, h);
+            if let Some(crop) = c.crop {
+                assert_eq!((ow, oh), crop);
             }
-        },
-    );
-    eprintln!("fuzz preprocessor_config.json: {accepted} accepted, the rest refused");
+        }
+        let (w, h) = (1 + rng.below(40) as u32, 1 + rng.below(40) as u32);
+        let img = image::RgbImage::from_pixel(w, h, image::Rgb([9, 8, 7]));
+        let (ow, oh) = c.output_size(w, h);
+        if (ow as u64) * (oh as u64) < 4_000_000 {
+            assert_eq!(c.prepare(&img).dimensions(), (ow, oh));
+        }
+    });
 }
 
 /// The records an earlier run wrote, in every line format.
@@ -373,7 +358,7 @@ fn resume_files_are_read_or_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("out");
     let mut n = 0;
-    fuzz("resume", &bytes, iterations(1200), |input| {
+    fuzz("resume", &bytes, iterations(4000), |input| {
         let layout = layouts[n % layouts.len()];
         n += 1;
         std::fs::write(&file, input).unwrap();
@@ -404,7 +389,7 @@ fn stored_embeddings_load_or_are_refused() {
     .unwrap();
     let seeds = vec![read(&good)];
     let file = dir.path().join("mutated.safetensors");
-    fuzz("embeddings", &seeds, iterations(1200), |bytes| {
+    fuzz("embeddings", &seeds, iterations(4000), |bytes| {
         std::fs::write(&file, bytes).unwrap();
         if let Ok(stored) = StoredEmbeddings::load(&file) {
             assert_eq!(stored.values.len(), stored.paths.len() * stored.dim);
