@@ -88,14 +88,31 @@ pub fn csv_row<F: AsRef<[u8]>>(format: Format, fields: &[F]) -> Vec<u8> {
     w.into_inner().expect("writing to memory")
 }
 
-/// A CSV/TSV reader for records written by [`csv_row`].
-fn csv_reader(format: Format, bytes: &[u8], header: bool) -> csv::Reader<&[u8]> {
-    csv::ReaderBuilder::new()
+/// The path (first field) of every CSV/TSV row written by [`csv_row`] in `bytes` (after a
+/// header line if `header`), failing on the first row that `is_record` refuses.
+fn csv_paths(
+    format: Format,
+    bytes: &[u8],
+    header: bool,
+    what: &str,
+    is_record: impl Fn(&csv::ByteRecord) -> bool,
+) -> Result<Vec<PathBuf>> {
+    let mut reader = csv::ReaderBuilder::new()
         .delimiter(if format == Format::Tsv { b'\t' } else { b',' })
         .quoting(format != Format::Tsv)
         .has_headers(header)
         .flexible(true)
-        .from_reader(bytes)
+        .from_reader(bytes);
+    let mut paths = Vec::new();
+    for row in reader.byte_records() {
+        let row = row.context("unreadable CSV")?;
+        if !is_record(&row) {
+            let line = row.position().map_or(0, |p| p.line());
+            bail!("line {line}: not a foodclip {what} record");
+        }
+        paths.push(path_from_bytes(row[0].to_vec()));
+    }
+    Ok(paths)
 }
 
 /// What a printer's records hold: the rankings of `classify` or the embeddings of `embed`.
@@ -199,42 +216,23 @@ impl Layout {
                     );
                 }
                 let rank = columns.iter().position(|&c| c == "rank").expect("a column");
-                let mut paths = Vec::new();
-                let mut reader = csv_reader(self.format, whole, true);
-                for row in reader.byte_records() {
-                    let row = row.context("unreadable CSV")?;
-                    let line = row.position().map_or(0, |p| p.line());
-                    let ok = row.len() == columns.len()
-                        && (std::str::from_utf8(&row[rank])
-                            .is_ok_and(|r| r.parse::<u32>().is_ok())
-                            || (row[rank].is_empty() && !row[row.len() - 1].is_empty()));
-                    if !ok {
-                        bail!("line {line}: not a foodclip {what} record");
-                    }
-                    paths.push(path_from_bytes(row[0].to_vec()));
-                }
-                Ok(paths)
+                csv_paths(self.format, whole, true, what, |row| {
+                    row.len() == columns.len()
+                        && (std::str::from_utf8(&row[rank]).is_ok_and(|r| r.parse::<u32>().is_ok())
+                            || (row[rank].is_empty() && !row[row.len() - 1].is_empty()))
+                })
             }
             (Format::Csv | Format::Tsv, RecordKind::Embedding) => {
                 if whole.is_empty() && !partial.is_empty() {
                     bail!("its only line is unfinished, so it cannot be told from another file");
                 }
-                let mut paths = Vec::new();
-                let mut reader = csv_reader(self.format, whole, false);
-                for row in reader.byte_records() {
-                    let row = row.context("unreadable CSV")?;
-                    let line = row.position().map_or(0, |p| p.line());
-                    let number =
-                        |f: &[u8]| std::str::from_utf8(f).is_ok_and(|v| v.parse::<f32>().is_ok());
-                    let ok = row.len() >= 2
+                let number =
+                    |f: &[u8]| std::str::from_utf8(f).is_ok_and(|v| v.parse::<f32>().is_ok());
+                csv_paths(self.format, whole, false, what, |row| {
+                    row.len() >= 2
                         && (row.iter().skip(1).all(number)
-                            || (row.len() == 2 && row[1].starts_with(b"error: ")));
-                    if !ok {
-                        bail!("line {line}: not a foodclip {what} record");
-                    }
-                    paths.push(path_from_bytes(row[0].to_vec()));
-                }
-                Ok(paths)
+                            || (row.len() == 2 && row[1].starts_with(b"error: ")))
+                })
             }
             (Format::Table | Format::Json, _) => {
                 bail!("--resume needs a line format: --format jsonl, csv or tsv")

@@ -109,7 +109,7 @@ impl Context {
         };
         Ok(Some(TextCache::new(
             root,
-            &ckpt.fingerprint_cached(root)?,
+            &self.fingerprint(ckpt)?,
             ckpt.precision,
         )))
     }

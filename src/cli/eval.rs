@@ -55,7 +55,7 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
     }
     let paths: Vec<PathBuf> = scorable.iter().map(|s| s.path.clone()).collect();
     let mut rankings: Vec<Result<Ranking, String>> = Vec::with_capacity(paths.len());
-    let (_, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, _, results| {
+    let (stats, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, _, results| {
         let mut ranked = match emb {
             Some(e) => classifier
                 .predict(e)
@@ -74,13 +74,8 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
         let index = report::write(dir, &evaluation_view(&evaluation))?;
         ui.note(&format!("wrote {}", index.display()));
     }
-    Ok(if interrupted {
-        Outcome::Interrupted
-    } else if evaluation.unreadable.is_empty() {
-        Outcome::Success
-    } else {
-        Outcome::SomeFailed
-    })
+    // Every unreadable photo is a failed one of the run.
+    Ok(Outcome::of(&stats, interrupted))
 }
 
 /// One warning per label that matches no class.

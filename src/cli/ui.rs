@@ -90,7 +90,8 @@ pub(super) fn write_json(out: &mut impl Write, value: &impl serde::Serialize) ->
 /// Prints to stdout with `print`: a closed pipe (`| head`) is a normal end, as in ripgrep; any
 /// other write error is "cannot write output".
 pub(super) fn to_stdout(print: impl FnOnce(&mut io::StdoutLock) -> io::Result<()>) -> Result<()> {
-    let r = print(&mut io::stdout().lock()).and_then(|()| io::stdout().flush());
+    let mut out = io::stdout().lock();
+    let r = print(&mut out).and_then(|()| out.flush());
     quiet_on_closed_pipe(r.map_err(anyhow::Error::new))
 }
 
