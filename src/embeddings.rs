@@ -9,12 +9,16 @@
 //!   ([`crate::checkpoint::Checkpoint::fingerprint`]); embeddings from another checkpoint are
 //!   refused;
 //! - `paths`: a JSON array of the photos' paths, one per row: each its text, or
-//!   `{"bytes": "<base64>"}` for a path that is not UTF-8 (see [`crate::fsutil`]).
+//!   `{"bytes": "<base64>"}` for a path that is not UTF-8 (see [`crate::fsutil`]);
+//! - `regions` (only when rows are regions of photos): a JSON array, one per row, of `null` or
+//!   the region (`index`, `box` `[x1, y1, x2, y2]`, and `name`, `id`, `label`, `image_id` when
+//!   known; see [`crate::regions::Region`]).
 //!
 //! Python reads it with `safetensors.safe_open(path, "np")`: `.get_tensor("embeddings")` and
 //! `json.loads(.metadata()["paths"])`.
 
 use crate::fsutil::{path_from_json, write_atomically, PathJson};
+use crate::regions::Region;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -29,6 +33,8 @@ pub struct StoredEmbeddings {
     pub checkpoint: String,
     /// One path per row.
     pub paths: Vec<PathBuf>,
+    /// One region per row (`None` for a whole photo), or empty when no row is a region.
+    pub regions: Vec<Option<Region>>,
     /// Width of each row.
     pub dim: usize,
     /// Row-major `paths.len() x dim` values.
@@ -45,6 +51,7 @@ impl StoredEmbeddings {
     /// let stored = StoredEmbeddings {
     ///     checkpoint: "hub:openai/clip-vit-base-patch32@3d74acf".into(),
     ///     paths: vec!["a.jpg".into(), "b.jpg".into()],
+    ///     regions: Vec::new(),
     ///     dim: 2,
     ///     values: vec![0.6, 0.8, 1.0, 0.0],
     /// };
@@ -56,7 +63,7 @@ impl StoredEmbeddings {
         let bytes: Vec<u8> = self.values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = TensorView::new(Dtype::F32, vec![self.paths.len(), self.dim], &bytes)
             .map_err(|e| anyhow!("cannot store embeddings: {e}"))?;
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("checkpoint".to_string(), self.checkpoint.clone()),
             (
@@ -64,6 +71,12 @@ impl StoredEmbeddings {
                 serde_json::to_string(&self.paths.iter().map(|p| PathJson(p)).collect::<Vec<_>>())?,
             ),
         ]);
+        if self.regions.iter().any(Option::is_some) {
+            if self.regions.len() != self.paths.len() {
+                bail!("cannot store embeddings: not one region per path");
+            }
+            metadata.insert("regions".to_string(), serde_json::to_string(&self.regions)?);
+        }
         let file = safetensors::tensor::serialize([("embeddings", view)], Some(metadata))
             .map_err(|e| anyhow!("cannot store embeddings: {e}"))?;
         write_atomically(path, &file).with_context(|| format!("cannot write {}", path.display()))
@@ -96,6 +109,17 @@ impl StoredEmbeddings {
             .iter()
             .map(|p| path_from_json(p).ok_or_else(|| anyhow!("a path in its metadata is {p}")))
             .collect::<Result<Vec<PathBuf>>>()?;
+        let regions: Vec<Option<Region>> = match meta.get("regions") {
+            Some(r) => serde_json::from_str(r).context("unreadable regions in its metadata")?,
+            None => Vec::new(),
+        };
+        if !regions.is_empty() && regions.len() != paths.len() {
+            bail!(
+                "its metadata holds {} regions for {} paths",
+                regions.len(),
+                paths.len()
+            );
+        }
         let tensors = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
         let t = tensors.tensor("embeddings").map_err(|e| anyhow!("{e}"))?;
         let [rows, dim] = t.shape() else {
@@ -118,6 +142,7 @@ impl StoredEmbeddings {
         Ok(Self {
             checkpoint: field("checkpoint")?.clone(),
             paths,
+            regions,
             dim: *dim,
             values,
         })

@@ -41,31 +41,70 @@ fn normalise(name: &str) -> String {
         .replace('_', " ")
 }
 
-/// Maps every name of every class (normalised) to its class.
-fn name_index(labels: &LabelSet) -> HashMap<String, usize> {
-    let mut index = HashMap::new();
-    for (c, class) in labels.classes.iter().enumerate() {
-        for name in &class.names {
-            index.entry(normalise(name)).or_insert(c);
+/// Every name of every class (normalised), for matching the labels of data sets and region
+/// files to classes.
+#[derive(Debug, Clone)]
+pub struct ClassNames(HashMap<String, usize>);
+
+impl ClassNames {
+    /// The names of `labels`' classes.
+    pub fn new(labels: &LabelSet) -> Self {
+        let mut index = HashMap::new();
+        for (c, class) in labels.classes.iter().enumerate() {
+            for name in &class.names {
+                index.entry(normalise(name)).or_insert(c);
+            }
+        }
+        Self(index)
+    }
+
+    /// The class that `name` names, spelt as data sets spell it (case, `_` for space, NFD).
+    pub fn class(&self, name: &str) -> Option<usize> {
+        self.0.get(&normalise(name)).copied()
+    }
+
+    /// What `label` means for the label file.
+    pub fn truth(&self, label: &str) -> Truth {
+        match self.class(label) {
+            Some(c) => Truth::Class(c),
+            None if normalise(label) == UNKNOWN => Truth::Unknown,
+            None => Truth::Unmatched(label.to_string()),
         }
     }
-    index
 }
 
-/// What `label` means for `labels`.
-fn truth(label: &str, index: &HashMap<String, usize>) -> Truth {
-    let key = normalise(label);
-    match index.get(&key) {
-        Some(&c) => Truth::Class(c),
-        None if key == UNKNOWN => Truth::Unknown,
-        None => Truth::Unmatched(label.to_string()),
+/// Whether the data set at `path` is a region file with labels (COCO JSON, or CSV/TSV rows of
+/// five or six fields, `path,x1,y1,x2,y2,label`) rather than photos with labels.
+pub fn is_region_file(path: &Path) -> bool {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("json") => true,
+        Some(sep @ ("csv" | "tsv")) => {
+            let Ok(bytes) = std::fs::read(path) else {
+                return false;
+            };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(if sep == "tsv" { b'\t' } else { b',' })
+                .has_headers(false)
+                .flexible(true)
+                .from_reader(bytes.as_slice());
+            let first = reader
+                .byte_records()
+                .flatten()
+                .find(|r| r.iter().any(|f| !f.is_empty()));
+            first.is_some_and(|r| r.len() >= 5)
+        }
+        _ => false,
     }
 }
 
 /// Reads a data set: a folder of class folders, or a CSV/TSV file of `path,label` rows (an
 /// optional `path,label` header; relative paths are relative to the file's folder).
 pub fn load_dataset(path: &Path, labels: &LabelSet) -> Result<Vec<Sample>> {
-    let index = name_index(labels);
+    let index = ClassNames::new(labels);
     if path.is_dir() {
         return load_folder(path, &index);
     }
@@ -110,13 +149,13 @@ pub fn load_dataset(path: &Path, labels: &LabelSet) -> Result<Vec<Sample>> {
         }
         samples.push(Sample {
             path: base.join(crate::fsutil::path_from_bytes(photo.to_vec())),
-            truth: truth(label, &index),
+            truth: index.truth(label),
         });
     }
     Ok(samples)
 }
 
-fn load_folder(root: &Path, index: &HashMap<String, usize>) -> Result<Vec<Sample>> {
+fn load_folder(root: &Path, index: &ClassNames) -> Result<Vec<Sample>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(root)
         .with_context(|| format!("cannot read data set {}", root.display()))?
         .map(|e| e.map(|e| e.path()))
@@ -138,7 +177,7 @@ fn load_folder(root: &Path, index: &HashMap<String, usize>) -> Result<Vec<Sample
         } else {
             continue; // a README or other file beside the class folders
         };
-        let t = truth(&label, index);
+        let t = index.truth(&label);
         samples.extend(inputs.paths.into_iter().map(|path| Sample {
             path,
             truth: t.clone(),

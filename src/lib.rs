@@ -14,21 +14,27 @@
 //! - [`inputs`]: files, folders, stdin lists, shards and resumed runs;
 //! - [`pipeline`]: batches decoded while the model works;
 //! - [`output`]: printing records; [`report`]: the HTML report; [`cli`]: the command line;
-//! - [`fsutil`]: atomic writes and lossless paths, shared by all of them.
+//! - [`regions`]: trays: where a photo's regions come from, and cutting them out;
+//! - [`draw`]: trays drawn with their boxes and answers (SVG);
+//! - [`fsutil`]: atomic writes and lossless paths, shared by all of them; [`markup`]: escaping
+//!   and embedded pictures for the HTML and SVG.
 
 pub mod cache;
 pub mod checkpoint;
 pub mod classify;
 pub mod cli;
+pub mod draw;
 pub mod embeddings;
 pub mod eval;
 pub mod fsutil;
 pub mod inputs;
 pub mod labels;
+pub mod markup;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod preprocess;
+pub mod regions;
 pub mod registry;
 pub mod report;
 pub mod source;

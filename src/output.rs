@@ -4,6 +4,7 @@
 
 use crate::classify::{GroupScore, Prediction, Ranking};
 use crate::fsutil::{path_from_bytes, path_from_json, PathJson};
+use crate::regions::Region;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{self, Write};
@@ -22,11 +23,14 @@ pub enum Format {
     Csv,
     /// Tab-separated, same columns as CSV.
     Tsv,
+    /// A COCO results array (`image_id`, `bbox`, `category_id`, `score`), for regions read
+    /// from COCO JSON.
+    Coco,
 }
 
 impl Format {
     /// Every format's name, as `--format` takes them.
-    pub const NAMES: [&'static str; 5] = ["table", "jsonl", "json", "csv", "tsv"];
+    pub const NAMES: [&'static str; 6] = ["table", "jsonl", "json", "csv", "tsv", "coco"];
 }
 
 impl std::str::FromStr for Format {
@@ -44,6 +48,7 @@ impl std::str::FromStr for Format {
             "json" => Format::Json,
             "csv" => Format::Csv,
             "tsv" => Format::Tsv,
+            "coco" => Format::Coco,
             other => {
                 return Err(format!(
                     "unknown format {other:?} ({})",
@@ -135,6 +140,8 @@ pub struct Layout {
     pub groups: bool,
     /// A `decision` column in CSV and TSV (the class, or `unknown`, under an open-set rule).
     pub decision: bool,
+    /// Records are regions of photos: `region,x1,y1,x2,y2` columns in CSV and TSV.
+    pub regions: bool,
 }
 
 impl Layout {
@@ -145,12 +152,22 @@ impl Layout {
             kind,
             groups: false,
             decision: false,
+            regions: false,
         }
+    }
+
+    /// The leading CSV/TSV columns of every record: the path, and the region.
+    fn lead(&self) -> Vec<&'static str> {
+        let mut c = vec!["path"];
+        if self.regions {
+            c.extend(["region", "x1", "y1", "x2", "y2"]);
+        }
+        c
     }
 
     /// The CSV/TSV columns of prediction records.
     fn columns(&self) -> Vec<&'static str> {
-        let mut c = vec!["path"];
+        let mut c = self.lead();
         if self.decision {
             c.push("decision");
         }
@@ -228,13 +245,14 @@ impl Layout {
                 }
                 let number =
                     |f: &[u8]| std::str::from_utf8(f).is_ok_and(|v| v.parse::<f32>().is_ok());
+                let lead = self.lead().len();
                 csv_paths(self.format, whole, false, what, |row| {
-                    row.len() >= 2
-                        && (row.iter().skip(1).all(number)
-                            || (row.len() == 2 && row[1].starts_with(b"error: ")))
+                    row.len() > lead
+                        && (row.iter().skip(lead).all(number)
+                            || (row.len() == lead + 1 && row[lead].starts_with(b"error: ")))
                 })
             }
-            (Format::Table | Format::Json, _) => {
+            (Format::Table | Format::Json | Format::Coco, _) => {
                 bail!("--resume needs a line format: --format jsonl, csv or tsv")
             }
         }
@@ -245,6 +263,8 @@ impl Layout {
 struct PredictionsRecord<'a> {
     path: PathJson<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a Region>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     label: Option<&'a str>,
     predictions: &'a [Prediction],
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -254,12 +274,16 @@ struct PredictionsRecord<'a> {
 #[derive(Serialize)]
 struct EmbeddingRecord<'a> {
     path: PathJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a Region>,
     embedding: &'a [f32],
 }
 
 #[derive(Serialize)]
 struct ErrorRecord<'a> {
     path: PathJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a Region>,
     error: &'a str,
 }
 
@@ -287,12 +311,23 @@ impl Serialize for GroupScore {
     }
 }
 
-/// Writes records of one [`Layout`] to `out`, flushing after each.
+/// One result of a COCO results array.
+#[derive(Serialize)]
+struct CocoResult {
+    image_id: u64,
+    bbox: [u32; 4],
+    category_id: u64,
+    score: f32,
+}
+
+/// Writes records of one [`Layout`] to `out`; [`Printer::flush`] after each photo's records.
 pub struct Printer<W: Write> {
     out: W,
     layout: Layout,
     records: usize,
     continuing: bool,
+    /// For [`Format::Coco`]: each class's COCO category id, if it has one.
+    categories: Vec<Option<u64>>,
 }
 
 impl<W: Write> Printer<W> {
@@ -303,7 +338,13 @@ impl<W: Write> Printer<W> {
             layout,
             records: 0,
             continuing: false,
+            categories: Vec::new(),
         }
+    }
+
+    /// Sets each class's COCO category id, for [`Format::Coco`].
+    pub fn with_categories(self, categories: Vec<Option<u64>>) -> Self {
+        Self { categories, ..self }
     }
 
     /// A printer appending to output that already has its CSV/TSV header (`--resume`).
@@ -319,9 +360,10 @@ impl<W: Write> Printer<W> {
     fn begin_record(&mut self) -> io::Result<()> {
         let header = self.layout.kind == RecordKind::Predictions;
         match self.layout.format {
-            Format::Json => self
-                .out
-                .write_all(if self.records == 0 { b"[\n" } else { b",\n" })?,
+            Format::Json | Format::Coco => {
+                self.out
+                    .write_all(if self.records == 0 { b"[\n" } else { b",\n" })?
+            }
             Format::Csv | Format::Tsv if header && self.records == 0 && !self.continuing => {
                 let columns = self.layout.columns();
                 self.row(&columns)?
@@ -344,26 +386,94 @@ impl<W: Write> Printer<W> {
         self.out.write_all(&csv_row(self.layout.format, fields))
     }
 
-    /// One photo's ranking (predictions already cut to top-k; `groups` empty unless group
-    /// scores were asked for), or its error.
-    pub fn predictions(&mut self, path: &Path, result: &Result<Ranking, String>) -> io::Result<()> {
+    /// The leading CSV/TSV fields of a record: the path, and the region's tag and box.
+    fn lead(&self, path: &Path, region: Option<&Region>) -> Vec<Vec<u8>> {
+        let mut row = vec![crate::fsutil::path_bytes(path).into_owned()];
+        if self.layout.regions {
+            row.push(region.map_or(String::new(), Region::tag).into_bytes());
+            let rect = region.and_then(|r| r.rect);
+            for i in 0..4 {
+                row.push(
+                    rect.map_or(String::new(), |b| b[i].to_string())
+                        .into_bytes(),
+                );
+            }
+        }
+        row
+    }
+
+    /// How a record is named in tables: the path, and the region.
+    fn title(path: &Path, region: Option<&Region>) -> String {
+        match region {
+            None => path.display().to_string(),
+            Some(r) => match r.rect {
+                Some([x1, y1, x2, y2]) => {
+                    format!("{}  [{}: {x1},{y1},{x2},{y2}]", path.display(), r.tag())
+                }
+                None => format!("{}  [{}]", path.display(), r.tag()),
+            },
+        }
+    }
+
+    /// One COCO result for a region's ranking: the best class that has a category. Errors and
+    /// rankings without such a class write nothing.
+    fn coco(
+        &mut self,
+        region: Option<&Region>,
+        result: &Result<Ranking, String>,
+    ) -> io::Result<()> {
+        let (Some(r), Ok(ranking)) = (region, result) else {
+            return Ok(());
+        };
+        let (Some(image_id), Some([x1, y1, x2, y2])) = (r.image_id, r.rect) else {
+            return Ok(());
+        };
+        let best = ranking.predictions.iter().find_map(|p| {
+            let category = self.categories.get(p.class).copied().flatten()?;
+            Some((category, p.prob))
+        });
+        if let Some((category_id, score)) = best {
+            self.begin_record()?;
+            self.json_line(&CocoResult {
+                image_id,
+                bbox: [x1, y1, x2 - x1, y2 - y1],
+                category_id,
+                score,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One record's ranking (predictions already cut to top-k; `groups` empty unless group
+    /// scores were asked for), or its error: a photo's, or a region's.
+    pub fn predictions(
+        &mut self,
+        path: &Path,
+        region: Option<&Region>,
+        result: &Result<Ranking, String>,
+    ) -> io::Result<()> {
+        if self.layout.format == Format::Coco {
+            return self.coco(region, result);
+        }
         self.begin_record()?;
         let layout = self.layout;
         match (layout.format, result) {
             (Format::Json | Format::Jsonl, Ok(r)) => self.json_line(&PredictionsRecord {
                 path: PathJson(path),
+                region,
                 label: r.decision.as_deref(),
                 predictions: &r.predictions,
                 groups: &r.groups,
             })?,
             (Format::Json | Format::Jsonl, Err(e)) => self.json_line(&ErrorRecord {
                 path: PathJson(path),
+                region,
                 error: e,
             })?,
             (Format::Csv | Format::Tsv, Ok(r)) => {
-                let path = crate::fsutil::path_bytes(path);
+                let lead = self.lead(path, region);
                 for (i, p) in r.predictions.iter().enumerate() {
-                    let mut row: Vec<Vec<u8>> = vec![path.to_vec()];
+                    let mut row: Vec<Vec<u8>> = lead.clone();
                     let mut text = |s: String| row.push(s.into_bytes());
                     if layout.decision {
                         text(r.decision.clone().unwrap_or_default());
@@ -387,14 +497,13 @@ impl<W: Write> Printer<W> {
                 }
             }
             (Format::Csv | Format::Tsv, Err(e)) => {
-                let mut row: Vec<&[u8]> = vec![b""; layout.columns().len()];
-                let path = crate::fsutil::path_bytes(path);
-                row[0] = &path;
-                *row.last_mut().expect("columns") = e.as_bytes();
+                let mut row = self.lead(path, region);
+                row.resize(layout.columns().len(), Vec::new());
+                *row.last_mut().expect("columns") = e.as_bytes().to_vec();
                 self.row(&row)?
             }
             (Format::Table, Ok(r)) => {
-                let path = path.display();
+                let path = Self::title(path, region);
                 match &r.decision {
                     Some(d) => writeln!(self.out, "{path}  -> {d}")?,
                     None => writeln!(self.out, "{path}")?,
@@ -423,25 +532,39 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "  groups: {}", top.join(", "))?;
                 }
             }
-            (Format::Table, Err(e)) => writeln!(self.out, "{}\n  error: {e}", path.display())?,
+            (Format::Table, Err(e)) => {
+                writeln!(self.out, "{}\n  error: {e}", Self::title(path, region))?
+            }
+            (Format::Coco, _) => unreachable!("written above"),
         }
-        self.out.flush()
+        Ok(())
     }
 
-    /// One photo's embedding, or its error.
-    pub fn embedding(&mut self, path: &Path, result: &Result<Vec<f32>, String>) -> io::Result<()> {
+    /// One record's embedding, or its error: a photo's, or a region's.
+    pub fn embedding(
+        &mut self,
+        path: &Path,
+        region: Option<&Region>,
+        result: &Result<Vec<f32>, String>,
+    ) -> io::Result<()> {
         self.begin_record()?;
         match (self.layout.format, result) {
-            (Format::Json | Format::Jsonl, Ok(e)) => self.json_line(&EmbeddingRecord {
-                path: PathJson(path),
-                embedding: e,
-            })?,
-            (Format::Json | Format::Jsonl, Err(e)) => self.json_line(&ErrorRecord {
-                path: PathJson(path),
-                error: e,
-            })?,
+            (Format::Json | Format::Jsonl | Format::Coco, Ok(e)) => {
+                self.json_line(&EmbeddingRecord {
+                    path: PathJson(path),
+                    region,
+                    embedding: e,
+                })?
+            }
+            (Format::Json | Format::Jsonl | Format::Coco, Err(e)) => {
+                self.json_line(&ErrorRecord {
+                    path: PathJson(path),
+                    region,
+                    error: e,
+                })?
+            }
             (Format::Csv | Format::Tsv, result) => {
-                let mut row = vec![crate::fsutil::path_bytes(path).into_owned()];
+                let mut row = self.lead(path, region);
                 match result {
                     Ok(e) => row.extend(e.iter().map(|v| v.to_string().into_bytes())),
                     Err(e) => row.push(format!("error: {e}").into_bytes()),
@@ -450,10 +573,23 @@ impl<W: Write> Printer<W> {
             }
             (Format::Table, Ok(e)) => {
                 let values: Vec<String> = e.iter().map(f32::to_string).collect();
-                writeln!(self.out, "{}\t{}", path.display(), values.join("\t"))?
+                writeln!(
+                    self.out,
+                    "{}\t{}",
+                    Self::title(path, region),
+                    values.join("\t")
+                )?
             }
-            (Format::Table, Err(e)) => writeln!(self.out, "{}\terror: {e}", path.display())?,
+            (Format::Table, Err(e)) => {
+                writeln!(self.out, "{}\terror: {e}", Self::title(path, region))?
+            }
         }
+        Ok(())
+    }
+
+    /// Flushes the records written so far: after each photo's records, so that a photo's
+    /// regions reach the file together.
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 
@@ -464,7 +600,7 @@ impl<W: Write> Printer<W> {
 
     /// Closes the output (the JSON array's bracket).
     pub fn finish(&mut self) -> io::Result<()> {
-        if self.layout.format == Format::Json {
+        if matches!(self.layout.format, Format::Json | Format::Coco) {
             self.out
                 .write_all(if self.records == 0 { b"[]\n" } else { b"\n]\n" })?;
         }
@@ -503,8 +639,9 @@ mod tests {
             serde_json::json!([])
         );
         let mut p = printer(Format::Json);
-        p.predictions("a.jpg".as_ref(), &Ok(preds())).unwrap();
-        p.predictions("b.jpg".as_ref(), &Err("bad".into())).unwrap();
+        p.predictions("a.jpg".as_ref(), None, &Ok(preds())).unwrap();
+        p.predictions("b.jpg".as_ref(), None, &Err("bad".into()))
+            .unwrap();
         p.finish().unwrap();
         let v: serde_json::Value = serde_json::from_slice(&p.out).unwrap();
         assert_eq!(v[0]["predictions"][0]["prob"], 0.75);
@@ -514,14 +651,14 @@ mod tests {
     #[test]
     fn csv_quotes_and_tsv_flattens() {
         let mut p = printer(Format::Csv);
-        p.predictions("a.jpg".as_ref(), &Ok(preds())).unwrap();
+        p.predictions("a.jpg".as_ref(), None, &Ok(preds())).unwrap();
         let text = String::from_utf8(p.out).unwrap();
         assert_eq!(
             text,
             "path,rank,label,score,prob,error\na.jpg,1,\"김치, \"\"찌개\"\"\",0.5,0.75,\n"
         );
         let mut p = printer(Format::Tsv);
-        p.predictions("a\tb.jpg".as_ref(), &Err("x".into()))
+        p.predictions("a\tb.jpg".as_ref(), None, &Err("x".into()))
             .unwrap();
         assert_eq!(
             String::from_utf8(p.out).unwrap().lines().nth(1).unwrap(),
@@ -532,22 +669,39 @@ mod tests {
     #[test]
     fn records_read_back_for_resume_and_foreign_lines_are_refused() {
         for format in [Format::Jsonl, Format::Csv, Format::Tsv] {
-            for kind in [RecordKind::Predictions, RecordKind::Embedding] {
+            for (kind, regions) in [
+                (RecordKind::Predictions, false),
+                (RecordKind::Embedding, false),
+                (RecordKind::Predictions, true),
+                (RecordKind::Embedding, true),
+            ] {
                 let layout = Layout {
                     groups: true,
+                    regions,
                     ..Layout::new(format, kind)
                 };
+                let region = regions.then(|| Region {
+                    index: 2,
+                    name: Some("밥, rice".into()),
+                    rect: Some([0, 1, 20, 30]),
+                    ..Region::default()
+                });
+                let region = region.as_ref();
                 let mut p = Printer::new(Vec::new(), layout);
                 let paths = ["a,\"b\".jpg", "z.jpg", "c.jpg"];
                 for (i, path) in paths.iter().enumerate() {
                     let path = Path::new(path);
                     match (kind, i) {
                         (_, 1) => match kind {
-                            RecordKind::Predictions => p.predictions(path, &Err("bad".into())),
-                            RecordKind::Embedding => p.embedding(path, &Err("bad".into())),
+                            RecordKind::Predictions => {
+                                p.predictions(path, region, &Err("bad".into()))
+                            }
+                            RecordKind::Embedding => p.embedding(path, region, &Err("bad".into())),
                         },
-                        (RecordKind::Predictions, _) => p.predictions(path, &Ok(preds())),
-                        (RecordKind::Embedding, _) => p.embedding(path, &Ok(vec![0.5, -1.0])),
+                        (RecordKind::Predictions, _) => p.predictions(path, region, &Ok(preds())),
+                        (RecordKind::Embedding, _) => {
+                            p.embedding(path, region, &Ok(vec![0.5, -1.0]))
+                        }
                     }
                     .unwrap();
                 }
@@ -558,15 +712,15 @@ mod tests {
                     .recorded(&out[..whole_end], &out[whole_end..cut])
                     .unwrap();
                 let want: Vec<PathBuf> = paths[..2].iter().map(PathBuf::from).collect();
-                assert_eq!(got, want, "{format:?} {kind:?}");
+                assert_eq!(got, want, "{format:?} {kind:?} {regions}");
                 // Lines that are not records, and other columns.
                 let foreign = layout.recorded(b"my notes\n", b"");
                 assert!(foreign.is_err(), "{format:?} {kind:?}");
                 let other = Layout::new(format, kind).recorded(&out[..whole_end], b"");
                 assert_eq!(
                     other.is_err(),
-                    kind == RecordKind::Predictions && format != Format::Jsonl,
-                    "{format:?} {kind:?}"
+                    (kind == RecordKind::Predictions || regions) && format != Format::Jsonl,
+                    "{format:?} {kind:?} {regions}"
                 );
             }
         }

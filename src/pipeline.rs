@@ -7,6 +7,7 @@ use crate::classify::embed_pictures;
 use crate::embeddings::StoredEmbeddings;
 use crate::fsutil::is_closed_pipe;
 use crate::preprocess::Fidelity;
+use crate::regions::{pieces, Region, Regions};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -30,9 +31,11 @@ pub struct BatchOptions {
 /// What became of a run's photos.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    /// Photos with a result.
+    /// Photos read (or looked up).
+    pub photos: usize,
+    /// Records (photos, or regions) with a result.
     pub done: usize,
-    /// Photos that could not be read.
+    /// Records that failed (a photo that could not be read, a region without a valid box).
     pub failed: usize,
     /// Stopped early because the output was closed (`| head`).
     pub output_closed: bool,
@@ -40,8 +43,20 @@ pub struct Stats {
     pub elapsed: Duration,
 }
 
-/// The result of one input in a batch: `Ok(())` when it has a row in the batch's embeddings.
-pub type InputResult = Result<(), String>;
+/// One record of a batch: a photo, or one region of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    /// The region, `None` for a whole photo.
+    pub region: Option<Region>,
+    /// `Ok(())` when it has a row in the batch's embeddings (rows follow the items' order), or
+    /// why it has none.
+    pub result: Result<(), String>,
+    /// Something to tell the user (a clipped box).
+    pub warning: Option<String>,
+}
+
+/// The records of each photo of a batch.
+pub type Items = Vec<Vec<Item>>;
 
 /// Where a run's image embeddings come from.
 pub enum Embedder<'a> {
@@ -51,8 +66,11 @@ pub enum Embedder<'a> {
         ckpt: &'a Checkpoint,
         /// Batching and decoding.
         options: BatchOptions,
+        /// The photos' regions; `None` for one record per photo.
+        regions: Option<&'a Regions>,
     },
-    /// Look them up in stored embeddings (`--embeddings`); a path not stored fails.
+    /// Look them up in stored embeddings (`--embeddings`), with the regions stored beside
+    /// them; a path not stored fails.
     Stored {
         /// The stored embeddings.
         stored: &'a StoredEmbeddings,
@@ -64,7 +82,7 @@ pub enum Embedder<'a> {
 }
 
 /// Embeds `paths` in batches and hands every batch to `emit` in input order: the embeddings of
-/// the photos that have one (`None` if none has), the batch's paths and each one's result.
+/// the records that have one (`None` if none has), the batch's paths and each photo's records.
 /// Photos are decoded on the rayon pool while the previous batch is embedded. Stops after the
 /// batch in flight when `interrupted` is set, or when `emit` fails with a broken pipe (a normal
 /// end); any other error of `emit` is returned as it is.
@@ -72,16 +90,18 @@ pub fn run_batches(
     embedder: Embedder,
     paths: &[PathBuf],
     interrupted: &AtomicBool,
-    mut emit: impl FnMut(Option<&Tensor>, &[PathBuf], Vec<InputResult>) -> Result<()>,
+    mut emit: impl FnMut(Option<&Tensor>, &[PathBuf], Items) -> Result<()>,
 ) -> Result<Stats> {
     let start = Instant::now();
     let mut stats = Stats::default();
     // Hands one batch on; `Ok(true)` means stop.
-    let mut deliver = |emb: Option<Tensor>, chunk: &[PathBuf], results: Vec<InputResult>| {
-        let ok = results.iter().filter(|r| r.is_ok()).count();
-        stats.failed += results.len() - ok;
+    let mut deliver = |emb: Option<Tensor>, chunk: &[PathBuf], items: Items| {
+        let all = items.iter().flatten();
+        let ok = all.clone().filter(|i| i.result.is_ok()).count();
+        stats.photos += chunk.len();
+        stats.failed += all.count() - ok;
         stats.done += ok;
-        match emit(emb.as_ref(), chunk, results) {
+        match emit(emb.as_ref(), chunk, items) {
             Err(e) if is_closed_pipe(&e) => {
                 stats.output_closed = true;
                 Ok(true)
@@ -91,39 +111,50 @@ pub fn run_batches(
         }
     };
     match embedder {
-        Embedder::Photos { ckpt, options } => {
-            decode_and_embed(ckpt, paths, options, interrupted, &mut deliver)?
-        }
+        Embedder::Photos {
+            ckpt,
+            options,
+            regions,
+        } => decode_and_embed(ckpt, paths, options, regions, interrupted, &mut deliver)?,
         Embedder::Stored {
             stored,
             batch_size,
             device,
         } => {
-            let rows: HashMap<&Path, usize> = stored
-                .paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (p.as_path(), i))
-                .collect();
+            let mut rows: HashMap<&Path, Vec<usize>> = HashMap::new();
+            for (i, p) in stored.paths.iter().enumerate() {
+                rows.entry(p.as_path()).or_default().push(i);
+            }
             for chunk in paths.chunks(batch_size.max(1)) {
                 let mut values = Vec::new();
-                let results: Vec<InputResult> = chunk
+                let items: Items = chunk
                     .iter()
                     .map(|p| match rows.get(p.as_path()) {
-                        Some(&r) => {
-                            values.extend_from_slice(
-                                &stored.values[r * stored.dim..(r + 1) * stored.dim],
-                            );
-                            Ok(())
-                        }
-                        None => Err("not in the embeddings file".to_string()),
+                        Some(rows) => rows
+                            .iter()
+                            .map(|&r| {
+                                values.extend_from_slice(
+                                    &stored.values[r * stored.dim..(r + 1) * stored.dim],
+                                );
+                                Item {
+                                    region: stored.regions.get(r).cloned().flatten(),
+                                    result: Ok(()),
+                                    warning: None,
+                                }
+                            })
+                            .collect(),
+                        None => vec![Item {
+                            region: None,
+                            result: Err("not in the embeddings file".to_string()),
+                            warning: None,
+                        }],
                     })
                     .collect();
                 let n = values.len() / stored.dim.max(1);
                 let emb = (n > 0)
                     .then(|| Tensor::from_vec(values, (n, stored.dim), device))
                     .transpose()?;
-                if deliver(emb, chunk, results)? {
+                if deliver(emb, chunk, items)? {
                     break;
                 }
             }
@@ -134,28 +165,30 @@ pub fn run_batches(
 }
 
 /// The [`Embedder::Photos`] loop: a decoding thread feeds batches through a bounded channel.
+/// A batch is `batch_size` photos; their pictures (one per region) go through the model
+/// `batch_size` at a time.
 fn decode_and_embed(
     ckpt: &Checkpoint,
     paths: &[PathBuf],
     options: BatchOptions,
+    regions: Option<&Regions>,
     interrupted: &AtomicBool,
-    deliver: &mut impl FnMut(Option<Tensor>, &[PathBuf], Vec<InputResult>) -> Result<bool>,
+    deliver: &mut impl FnMut(Option<Tensor>, &[PathBuf], Items) -> Result<bool>,
 ) -> Result<()> {
     let batch_size = options.batch_size.max(1);
     std::thread::scope(|scope| -> Result<()> {
         // One decoded batch may wait while the next is decoded: bounded memory.
-        let (tx, rx) = sync_channel::<Vec<Result<image::RgbImage, String>>>(1);
+        let (tx, rx) = sync_channel(1);
         scope.spawn(move || {
             for chunk in paths.chunks(batch_size) {
                 if interrupted.load(Ordering::Relaxed) {
                     break;
                 }
-                let decoded = chunk
+                let decoded: Vec<_> = chunk
                     .par_iter()
                     .map(|p| {
-                        ckpt.preprocess
-                            .load(p, options.max_pixels, options.fidelity)
-                            .map_err(|e| format!("{e:#}"))
+                        let max = options.max_pixels;
+                        pieces(regions, &ckpt.preprocess, p, max, options.fidelity)
                     })
                     .collect();
                 if tx.send(decoded).is_err() {
@@ -165,22 +198,30 @@ fn decode_and_embed(
         });
         for (chunk, decoded) in paths.chunks(batch_size).zip(rx.iter()) {
             let mut pictures = Vec::new();
-            let mut results = Vec::with_capacity(chunk.len());
-            for d in decoded {
-                match d {
-                    Ok(pic) => {
-                        pictures.push(pic);
-                        results.push(Ok(()));
-                    }
-                    Err(e) => results.push(Err(e)),
+            let mut items = Vec::with_capacity(chunk.len());
+            for photo in decoded {
+                let mut records = Vec::with_capacity(photo.len());
+                for piece in photo {
+                    let result = piece.picture.map(|p| pictures.push(p));
+                    records.push(Item {
+                        region: piece.region,
+                        result,
+                        warning: piece.warning,
+                    });
                 }
+                items.push(records);
             }
             let emb = if pictures.is_empty() {
                 None
             } else {
-                Some(embed_pictures(ckpt, &pictures).context("the image tower failed")?)
+                let parts = pictures
+                    .chunks(batch_size)
+                    .map(|part| embed_pictures(ckpt, part))
+                    .collect::<Result<Vec<_>>>()
+                    .context("the image tower failed")?;
+                Some(Tensor::cat(&parts, 0)?)
             };
-            if deliver(emb, chunk, results)? {
+            if deliver(emb, chunk, items)? {
                 return Ok(());
             }
         }

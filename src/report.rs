@@ -5,9 +5,10 @@
 use crate::eval::Metrics;
 use crate::fsutil::write_atomically;
 use crate::labels::LabelSet;
-use crate::preprocess::{decode::decode, DEFAULT_MAX_PIXELS};
+use crate::markup::{base64_image, escape};
+use crate::preprocess::{decode::decode, jpeg::reduction, Rect, DEFAULT_MAX_PIXELS};
+use crate::regions::Region;
 use anyhow::{Context, Result};
-use base64::Engine;
 use image::{imageops::FilterType, ImageFormat, Rgb, RgbImage};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ const THUMBNAIL: u32 = 160;
 pub struct Misclassified {
     /// The photo.
     pub path: PathBuf,
+    /// The region of it, when regions were scored: its box is the thumbnail.
+    pub region: Option<Region>,
     /// Its true class.
     pub truth: usize,
     /// The best three classes with their probabilities.
@@ -112,7 +115,8 @@ fn render(view: &View) -> Result<String> {
         view.misclassified.len()
     )?;
     for miss in view.misclassified.iter().take(MAX_THUMBNAILS) {
-        let picture = match thumbnail(&miss.path) {
+        let area = miss.region.as_ref().and_then(Region::area);
+        let picture = match thumbnail(&miss.path, area) {
             Ok(data) => format!("<img alt=\"\" src=\"data:image/jpeg;base64,{data}\">"),
             Err(e) => format!("<p>({})</p>", escape(&format!("{e:#}"))),
         };
@@ -132,12 +136,15 @@ fn render(view: &View) -> Result<String> {
             .take(2)
             .map(|c| c.as_os_str().to_string_lossy().into_owned())
             .collect();
-        let short: Vec<String> = short.into_iter().rev().collect();
+        let mut short: Vec<String> = short.into_iter().rev().collect();
+        if let Some(r) = &miss.region {
+            short.push(format!(" [{}]", r.tag()));
+        }
         writeln!(
             h,
             "<div class=\"thumb\">{picture}<div title=\"{}\">{}</div><div class=\"truth\">is: {}</div><ol>{guesses}</ol></div>",
             escape(&miss.path.display().to_string()),
-            escape(&short.join("/")),
+            escape(&short.join("/").replace("/ [", " [")),
             name(miss.truth)
         )?;
     }
@@ -185,28 +192,37 @@ fn confusion_image(confusion: &[Vec<usize>], cell: u32) -> RgbImage {
     img
 }
 
-/// A JPEG thumbnail of a photo, upright, base64.
-fn thumbnail(path: &Path) -> Result<String> {
+/// A JPEG thumbnail of a photo, upright, or of the `area` of it, base64.
+fn thumbnail(path: &Path, area: Option<Rect>) -> Result<String> {
     let bytes = std::fs::read(path).context("cannot read")?;
-    let (img, _) = decode(&bytes, DEFAULT_MAX_PIXELS, Some(THUMBNAIL))?;
+    let short = |(w, h): (u32, u32)| match area {
+        Some(a) => a.size().0.min(a.size().1),
+        None => w.min(h),
+    };
+    let (img, full) = decode(&bytes, DEFAULT_MAX_PIXELS, |f| {
+        reduction(short(f), THUMBNAIL)
+    })?;
+    let img = match area {
+        // The area in the pixels of the (maybe shrunk) picture.
+        Some(a) => {
+            let (kx, ky) = (
+                img.width() as f64 / full.0 as f64,
+                img.height() as f64 / full.1 as f64,
+            );
+            let scaled = Rect {
+                x1: (a.x1 as f64 * kx) as u32,
+                y1: (a.y1 as f64 * ky) as u32,
+                x2: ((a.x2 as f64 * kx).ceil() as u32).min(img.width()),
+                y2: ((a.y2 as f64 * ky).ceil() as u32).min(img.height()),
+            };
+            scaled.cut(&img)
+        }
+        None => img,
+    };
     let small = image::DynamicImage::ImageRgb8(img)
         .resize(THUMBNAIL, THUMBNAIL, FilterType::Triangle)
         .to_rgb8();
     base64_image(&small, ImageFormat::Jpeg)
-}
-
-fn base64_image(img: &RgbImage, format: ImageFormat) -> Result<String> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, format)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(buf.get_ref()))
-}
-
-/// Escapes text for HTML content and attributes.
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -224,9 +240,5 @@ mod tests {
         let grid = confusion_image(&[vec![1]], 8);
         assert_eq!(grid.get_pixel(0, 3), &Rgb([225, 225, 225]));
         assert_ne!(grid.get_pixel(3, 3), &Rgb([255, 255, 255]));
-        assert_eq!(
-            escape("<a href=\"x\">&"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;"
-        );
     }
 }

@@ -20,6 +20,7 @@ use foodclip::labels::LabelSet;
 use foodclip::model::ClipConfig;
 use foodclip::output::{Format, Layout, Printer, RecordKind};
 use foodclip::preprocess::{Fidelity, PreprocessConfig};
+use foodclip::regions::Regions;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -337,9 +338,9 @@ fn record_seeds() -> Vec<(Layout, Vec<u8>)> {
             for (i, path) in ["a.jpg", "b,\"c\".png", "김치.jpg"].iter().enumerate() {
                 let path = Path::new(path);
                 let r = match (kind, i) {
-                    (RecordKind::Embedding, 1) => p.embedding(path, &Err("bad".into())),
-                    (RecordKind::Embedding, _) => p.embedding(path, &Ok(vec![0.25, -1.5])),
-                    (RecordKind::Predictions, _) => p.predictions(path, &Err("bad".into())),
+                    (RecordKind::Embedding, 1) => p.embedding(path, None, &Err("bad".into())),
+                    (RecordKind::Embedding, _) => p.embedding(path, None, &Ok(vec![0.25, -1.5])),
+                    (RecordKind::Predictions, _) => p.predictions(path, None, &Err("bad".into())),
                 };
                 r.unwrap();
             }
@@ -382,6 +383,15 @@ fn stored_embeddings_load_or_are_refused() {
     StoredEmbeddings {
         checkpoint: "blake3:abc".into(),
         paths: vec![PathBuf::from("a.jpg"), PathBuf::from("트레이/b.png")],
+        regions: vec![
+            None,
+            Some(foodclip::regions::Region {
+                index: 0,
+                name: Some("밥".into()),
+                rect: Some([0, 0, 10, 20]),
+                ..Default::default()
+            }),
+        ],
         dim: 3,
         values: vec![0.6, 0.8, 0.0, 1.0, 0.0, 0.0],
     }
@@ -395,4 +405,84 @@ fn stored_embeddings_load_or_are_refused() {
             assert_eq!(stored.values.len(), stored.paths.len() * stored.dim);
         }
     });
+}
+
+#[test]
+fn region_files_parse_or_name_their_file() {
+    let coco = r#"{"images": [{"id": 1, "file_name": "trays/a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [{"id": 7, "image_id": 1, "bbox": [10.5, 20, 300, 240], "category_id": 3},
+          {"id": 8, "image_id": 2, "bbox": [0, 0, 1e9, -5]}],
+        "categories": [{"id": 3, "name": "김치찌개"}]}"#;
+    let seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("json", coco.as_bytes().to_vec()),
+        (
+            "csv",
+            "path,x1,y1,x2,y2,label\ntrays/a.jpg,0,0,100,80,밥\n\"b,1.jpg\",-5,2,1e6,9\n".into(),
+        ),
+        (
+            "tsv",
+            "a.jpg\t1\t2\t3\t4\na.jpg\tNaN\t2\t3\t4\tsoup\n".into(),
+        ),
+        (
+            "toml",
+            std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/trays/school-5.toml"))
+                .unwrap(),
+        ),
+        ("txt", "0 0.5 0.5 0.25 0.4\n3 0.1 0.9 2 0.01 0.77\n".into()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let yolo = dir.path().join("yolo");
+    std::fs::create_dir(&yolo).unwrap();
+    let mut accepted = 0;
+    for (ext, seed) in &seeds {
+        let file = match *ext {
+            "txt" => yolo.join("a.txt"),
+            ext => dir.path().join(format!("regions.{ext}")),
+        };
+        let target = format!("regions-{ext}");
+        let mutator = if *ext == "json" { mutate_json } else { mutate };
+        fuzz_with(
+            &target,
+            std::slice::from_ref(seed),
+            iterations(1500),
+            mutator,
+            |bytes| {
+                std::fs::write(&file, bytes).unwrap();
+                let read = match *ext {
+                    "toml" => Regions::layout(&file),
+                    "txt" => Regions::from_file(&yolo),
+                    _ => Regions::from_file(&file),
+                };
+                match read {
+                    Ok(regions) => {
+                        accepted += 1;
+                        // Placing every box on odd picture sizes gives boxes inside or errors.
+                        for photo in ["trays/a.jpg", "b.jpg", "a.jpg", "b,1.jpg"] {
+                            let photo = dir.path().join(photo);
+                            for size in [(1, 1), (640, 480), (7, 100_000)] {
+                                for (r, placed) in regions.place(&photo, size).unwrap_or_default() {
+                                    match (placed, r.rect) {
+                                        (Ok(_), Some([x1, y1, x2, y2])) => {
+                                            assert!(
+                                                x1 < x2 && x2 <= size.0 && y1 < y2 && y2 <= size.1
+                                            )
+                                        }
+                                        (Err(e), None) => assert!(!e.contains('\n'), "{e}"),
+                                        other => panic!("{other:?}"),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let msg = format!("{e:#}");
+                        assert!(!msg.contains('\n'), "{msg}");
+                        let named = if *ext == "txt" { "a.txt" } else { "regions." };
+                        assert!(msg.contains(named) || msg.contains("yolo"), "{msg}");
+                    }
+                }
+            },
+        );
+    }
+    eprintln!("fuzz regions: {accepted} mutated region files accepted, the rest refused");
 }

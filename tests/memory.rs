@@ -6,19 +6,23 @@ mod common;
 use common::photos::{synthetic, write_jpeg};
 use common::{children_peak_kib, fixtures, foodclip};
 
+/// Embeds the photos of `dir`, whole and as the six regions of a 2x3 grid.
 fn classify_folder(dir: &std::path::Path) {
-    let o = foodclip()
-        .args(["--quiet", "--exact-preprocess", "--model"])
-        .arg(fixtures().join("tiny-openai"))
-        .args(["embed", "--batch-size", "4", "--format", "jsonl"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    for regions in [&[][..], &["--grid", "2x3"]] {
+        let o = foodclip()
+            .args(["--quiet", "--exact-preprocess", "--model"])
+            .arg(fixtures().join("tiny-openai"))
+            .args(["embed", "--batch-size", "4", "--format", "jsonl"])
+            .args(regions)
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
 }
 
 #[test]
-fn peak_memory_does_not_grow_with_the_folder() {
+fn peak_memory_does_not_grow_with_the_folder_for_photos_or_regions() {
     // 1600x1200 photos: 5.8 MB each decoded, so holding a folder of 96 would take 550 MB.
     let small = tempfile::tempdir().unwrap();
     let large = tempfile::tempdir().unwrap();

@@ -2,12 +2,16 @@
 
 use super::context::Context;
 use super::flags::ClassifyArgs;
-use super::job::{embedder, Job};
+use super::job::{embedder, Job, Record};
 use super::Outcome;
-use crate::classify::OpenSet;
+use crate::classify::{OpenSet, Ranking};
+use crate::draw::{file_for, write_svg, Mark};
+use crate::eval::ClassNames;
 use crate::labels::{LabelSet, Templates};
 use crate::output::{Format, Layout, RecordKind};
+use crate::regions::Regions;
 use anyhow::{bail, Context as _, Result};
+use std::collections::HashSet;
 use std::io::{self, IsTerminal};
 
 pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
@@ -20,22 +24,26 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
         );
     }
     let open_set = open_set(args.threshold, args.min_margin)?;
-    let stored = args.stored.load()?;
+    let regions = args.input.regions.load()?;
+    let stored = args.stored.load(regions.as_ref())?;
     let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
         Format::Table
     } else {
         Format::Jsonl
     };
+    let format = args.format.unwrap_or(default_format);
+    let categories = match format {
+        Format::Coco => coco_categories(regions.as_ref(), &labels)?,
+        _ => Vec::new(),
+    };
     let layout = Layout {
         groups: !labels.groups.is_empty(),
         decision: open_set.is_active(),
-        ..Layout::new(
-            args.format.unwrap_or(default_format),
-            RecordKind::Predictions,
-        )
+        regions: regions.is_some() || stored.as_ref().is_some_and(|s| !s.regions.is_empty()),
+        ..Layout::new(format, RecordKind::Predictions)
     };
-    let listed = stored.as_ref().map(|s| s.paths.clone());
-    let job = Job::prepare(&args.input, layout, listed)?;
+    let listed = stored.as_ref().map(|s| s.photos());
+    let job = Job::prepare(&args.input, layout, listed, regions.as_ref())?;
     let ckpt = cx.model(stored.is_some())?;
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
@@ -56,10 +64,76 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
         }
         Ok(rankings)
     };
-    let embedder = embedder(&ckpt, stored.as_ref(), &args.input.batch, cx.fidelity);
-    job.run(embedder, &cx.ui, sink, rows, |printer, path, record| {
-        printer.predictions(path, &record)
+    let batch = &args.input.batch;
+    let embedder = embedder(&ckpt, stored.as_ref(), regions.as_ref(), batch, cx.fidelity);
+    if let Some(dir) = &args.draw {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--draw: cannot create {}", dir.display()))?;
+    }
+    let mut drawn = HashSet::new();
+    let job = job.with_categories(categories);
+    job.run(embedder, &cx.ui, sink, rows, |printer, path, records| {
+        for (region, record) in &records {
+            printer
+                .predictions(path, region.as_ref(), record)
+                .context("cannot write output")?;
+        }
+        if let Some(dir) = &args.draw {
+            let file = file_for(dir, path, &mut drawn);
+            if let Err(e) = write_svg(&file, path, &marks(&records), batch.max_pixels) {
+                cx.ui.warn(&format!("--draw: {}: {e:#}", path.display()));
+            }
+        }
+        Ok(())
     })
+}
+
+/// The boxes of a photo's records with their best labels (whole photos: a box around it all).
+fn marks(records: &[Record<Ranking>]) -> Vec<Mark> {
+    records
+        .iter()
+        .filter_map(|(region, record)| {
+            let rect = match region {
+                Some(r) => r.rect?,
+                None => [0, 0, u32::MAX, u32::MAX],
+            };
+            let (text, ok) = match record {
+                Ok(r) => {
+                    let best = r
+                        .decision
+                        .clone()
+                        .unwrap_or_else(|| r.predictions[0].label.clone());
+                    let prob = r.predictions[0].prob * 100.0;
+                    (format!("{best} {prob:.0}%"), true)
+                }
+                Err(e) => (e.clone(), false),
+            };
+            let prefix = region.as_ref().and_then(|r| r.name.clone());
+            let text = prefix.map_or(text.clone(), |p| format!("{p}: {text}"));
+            Some(Mark { rect, text, ok })
+        })
+        .collect()
+}
+
+/// Each class's COCO category id (by name or synonym), for `--format coco`.
+fn coco_categories(regions: Option<&Regions>, labels: &LabelSet) -> Result<Vec<Option<u64>>> {
+    let Some(categories) = regions.and_then(|r| r.categories.as_ref()) else {
+        bail!("--format coco writes results for regions read from COCO JSON: give --regions FILE.json");
+    };
+    let names = ClassNames::new(labels);
+    let mut by_class = vec![None; labels.classes.len()];
+    for (id, name) in categories {
+        if let Some(c) = names.class(name) {
+            by_class[c].get_or_insert(*id);
+        }
+    }
+    if by_class.iter().all(Option::is_none) {
+        bail!(
+            "--format coco: no category of the COCO file names a class of {}",
+            labels.path.display()
+        );
+    }
+    Ok(by_class)
 }
 
 /// Checks `--threshold` and `--min-margin` (probabilities, in [0, 1]).

@@ -4,19 +4,34 @@ use super::context::Context;
 use super::flags::EmbedArgs;
 use super::job::{embedder, Job};
 use super::Outcome;
-use crate::output::{Layout, RecordKind};
-use anyhow::Result;
+use crate::output::{Format, Layout, RecordKind};
+use anyhow::{bail, Context as _, Result};
 
 pub(super) fn run(cx: &Context, args: &EmbedArgs) -> Result<Outcome> {
-    let job = Job::prepare(
-        &args.input,
-        Layout::new(args.format, RecordKind::Embedding),
-        None,
-    )?;
+    if args.format == Format::Coco {
+        bail!("--format coco is for classify results; embed writes table, jsonl, json, csv or tsv");
+    }
+    let regions = args.input.regions.load()?;
+    let layout = Layout {
+        regions: regions.is_some(),
+        ..Layout::new(args.format, RecordKind::Embedding)
+    };
+    let job = Job::prepare(&args.input, layout, None, regions.as_ref())?;
     let ckpt = cx.model(false)?;
     let rows = |e: &candle_core::Tensor| Ok(e.to_vec2::<f32>()?);
-    let embedder = embedder(&ckpt, None, &args.input.batch, cx.fidelity);
-    job.run(embedder, &cx.ui, None, rows, |printer, path, record| {
-        printer.embedding(path, &record)
+    let embedder = embedder(
+        &ckpt,
+        None,
+        regions.as_ref(),
+        &args.input.batch,
+        cx.fidelity,
+    );
+    job.run(embedder, &cx.ui, None, rows, |printer, path, records| {
+        for (region, record) in &records {
+            printer
+                .embedding(path, region.as_ref(), record)
+                .context("cannot write output")?;
+        }
+        Ok(())
     })
 }

@@ -6,14 +6,18 @@ use super::job::{embedder, run_photos};
 use super::ui::{to_stdout, write_json, Ui};
 use super::Outcome;
 use crate::classify::Ranking;
-use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Sample, Scored, Truth};
+use crate::eval::{
+    calibrate, is_region_file, metrics, threshold_for, ClassNames, Metrics, Operating, Sample,
+    Scored, Truth,
+};
 use crate::fsutil::PathJson;
 use crate::labels::{LabelSet, Templates};
 use crate::output::{csv_row, Format};
+use crate::regions::{Region, Regions};
 use crate::report::{self, Misclassified};
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -21,7 +25,9 @@ use std::path::PathBuf;
 pub(super) struct Evaluation<'a> {
     pub labels: &'a LabelSet,
     pub metrics: Metrics,
-    /// Photos of dishes not in the list that were scored.
+    /// What was scored: `photos`, or `regions`.
+    pub unit: &'static str,
+    /// Photos (or regions) of dishes not in the list that were scored.
     pub unknown_photos: usize,
     pub unreadable: Vec<(PathBuf, String)>,
     pub unmatched: Vec<(PathBuf, String)>,
@@ -29,33 +35,70 @@ pub(super) struct Evaluation<'a> {
     pub calibration: Option<Vec<Operating>>,
 }
 
-/// Runs `eval`: embeds (or looks up) every photo with a known truth, ranks it, and reports.
+/// One scored record: a photo or a region, what it shows, and its ranking or error.
+struct Case {
+    path: PathBuf,
+    region: Option<Region>,
+    truth: Truth,
+    ranking: Result<Ranking, String>,
+}
+
+/// Runs `eval`: embeds (or looks up) every photo (or region) with a known truth, ranks it, and
+/// reports.
 pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
+    if args.format == Format::Coco {
+        bail!("--format coco is for classify results; eval writes table, json, csv or tsv");
+    }
     let labels = LabelSet::load(&args.labels)?;
     let templates = Templates::from_args(&args.templates.templates)?;
-    let samples = crate::eval::load_dataset(&args.dataset, &labels)?;
-    let stored = args.stored.load()?;
+    let names = ClassNames::new(&labels);
+    let asked = args.regions.load()?;
+    let stored = args.stored.load(asked.as_ref())?;
+    // A region file as the data set: its photos, and a truth per region.
+    let (samples, regions) = if is_region_file(&args.dataset) {
+        if asked.is_some() {
+            bail!(
+                "{} holds the regions already; leave out --regions, --layout and --grid",
+                args.dataset.display()
+            );
+        }
+        let regions = Regions::from_file(&args.dataset)?;
+        let photos = regions.listed_photos().unwrap_or_default();
+        let samples = photos
+            .into_iter()
+            .map(|path| Sample {
+                path,
+                truth: Truth::Unmatched(String::new()),
+            })
+            .collect();
+        (samples, stored.is_none().then_some(regions))
+    } else {
+        (crate::eval::load_dataset(&args.dataset, &labels)?, asked)
+    };
+    let by_regions = regions.is_some() || stored.as_ref().is_some_and(|s| !s.regions.is_empty());
     let ckpt = cx.model(stored.is_some())?;
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.classifier(&ckpt, &labels, &templates)?;
-    let embedder = embedder(&ckpt, stored.as_ref(), &args.batch, cx.fidelity);
+    let embedder = embedder(
+        &ckpt,
+        stored.as_ref(),
+        regions.as_ref(),
+        &args.batch,
+        cx.fidelity,
+    );
     let ui = &cx.ui;
-    let mut unmatched = Vec::new();
-    let mut scorable = Vec::new();
-    for s in &samples {
-        match &s.truth {
-            Truth::Unmatched(label) => unmatched.push((s.path.clone(), label.clone())),
-            _ => scorable.push(s),
-        }
-    }
-    warn_unmatched(ui, &labels, &unmatched);
-    if args.calibrate && !scorable.iter().any(|s| s.truth == Truth::Unknown) {
-        ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
-    }
-    let paths: Vec<PathBuf> = scorable.iter().map(|s| s.path.clone()).collect();
-    let mut rankings: Vec<Result<Ranking, String>> = Vec::with_capacity(paths.len());
-    let (stats, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, _, results| {
+    // Whole photos in no class are not scored; regions carry their own truth, known later.
+    let (scorable, mut unmatched): (Vec<Sample>, Vec<Sample>) = samples
+        .into_iter()
+        .partition(|s| by_regions || !matches!(s.truth, Truth::Unmatched(_)));
+    let truths: HashMap<PathBuf, Truth> = scorable
+        .iter()
+        .map(|s| (s.path.clone(), s.truth.clone()))
+        .collect();
+    let paths: Vec<PathBuf> = scorable.into_iter().map(|s| s.path).collect();
+    let mut cases = Vec::with_capacity(paths.len());
+    let (stats, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, chunk, items| {
         let mut ranked = match emb {
             Some(e) => classifier
                 .predict(e)
@@ -63,12 +106,47 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
             None => Vec::new(),
         }
         .into_iter();
-        for r in results {
-            rankings.push(r.map(|()| ranked.next().expect("one ranking per embedding")));
+        for (path, photo) in chunk.iter().zip(items) {
+            for item in photo {
+                let ranking = item
+                    .result
+                    .map(|()| ranked.next().expect("one ranking per embedding"));
+                let truth = match item.region.as_ref().and_then(|r| r.label.as_deref()) {
+                    Some(label) => names.truth(label),
+                    None => truths[path].clone(),
+                };
+                cases.push(Case {
+                    path: path.clone(),
+                    region: item.region,
+                    truth,
+                    ranking,
+                });
+            }
         }
         Ok(())
     })?;
-    let evaluation = evaluate(args, &labels, &scorable, rankings, unmatched);
+    let (cases, regions_unmatched): (Vec<Case>, Vec<Case>) = cases
+        .into_iter()
+        .partition(|c| !matches!(c.truth, Truth::Unmatched(_)));
+    unmatched.extend(regions_unmatched.into_iter().map(|c| Sample {
+        path: match &c.region {
+            Some(r) => PathBuf::from(format!("{} [region {}]", c.path.display(), r.tag())),
+            None => c.path,
+        },
+        truth: c.truth,
+    }));
+    let unmatched: Vec<(PathBuf, String)> = unmatched
+        .into_iter()
+        .map(|s| match s.truth {
+            Truth::Unmatched(label) => (s.path, label),
+            _ => unreachable!("only unmatched samples"),
+        })
+        .collect();
+    warn_unmatched(ui, &labels, &unmatched, by_regions);
+    if args.calibrate && !cases.iter().any(|c| c.truth == Truth::Unknown) {
+        ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
+    }
+    let evaluation = evaluate(args, &labels, cases, unmatched, by_regions);
     print(&evaluation, args)?;
     if let Some(dir) = &args.report {
         let index = report::write(dir, &evaluation_view(&evaluation))?;
@@ -79,50 +157,62 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
 }
 
 /// One warning per label that matches no class.
-fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(PathBuf, String)]) {
+fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(PathBuf, String)], regions: bool) {
+    let what = if regions { "region(s)" } else { "photo(s)" };
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, label) in unmatched {
         *counts.entry(label.as_str()).or_default() += 1;
     }
     for (label, n) in counts {
-        let what = if label.is_empty() {
-            "outside every class folder".to_string()
+        let where_ = if label.is_empty() {
+            if regions {
+                "without a label".to_string()
+            } else {
+                "outside every class folder".to_string()
+            }
         } else {
             format!(
                 "labelled {label:?}, which names no class of {}",
                 labels.path.display()
             )
         };
-        ui.warn(&format!("{n} photo(s) {what}: not scored"));
+        ui.warn(&format!("{n} {what} {where_}: not scored"));
     }
 }
 
 fn evaluate<'a>(
     args: &EvalArgs,
     labels: &'a LabelSet,
-    samples: &[&Sample],
-    rankings: Vec<Result<Ranking, String>>,
+    cases: Vec<Case>,
     unmatched: Vec<(PathBuf, String)>,
+    regions: bool,
 ) -> Evaluation<'a> {
     let mut scored = Vec::new();
     let mut unreadable = Vec::new();
     let mut misclassified = Vec::new();
     let (mut known, mut unknown) = (Vec::new(), Vec::new());
-    for (sample, ranking) in samples.iter().zip(rankings) {
-        let ranking = match ranking {
+    for case in cases {
+        let ranking = match case.ranking {
             Ok(r) => r,
             Err(e) => {
-                unreadable.push((sample.path.clone(), e));
+                let path = match &case.region {
+                    Some(r) => {
+                        PathBuf::from(format!("{} [region {}]", case.path.display(), r.tag()))
+                    }
+                    None => case.path,
+                };
+                unreadable.push((path, e));
                 continue;
             }
         };
         let top = &ranking.predictions[0];
-        match sample.truth {
+        match case.truth {
             Truth::Class(truth) => {
                 known.push((top.prob, top.class == truth));
                 if top.class != truth {
                     misclassified.push(Misclassified {
-                        path: sample.path.clone(),
+                        path: case.path.clone(),
+                        region: case.region.clone(),
                         truth,
                         guesses: ranking
                             .predictions
@@ -143,12 +233,13 @@ fn evaluate<'a>(
                 });
             }
             Truth::Unknown => unknown.push(top.prob),
-            Truth::Unmatched(_) => unreachable!("unmatched photos are not scored"),
+            Truth::Unmatched(_) => unreachable!("unmatched records are not scored"),
         }
     }
     Evaluation {
         labels,
         metrics: metrics(labels.classes.len(), &scored),
+        unit: if regions { "regions" } else { "photos" },
         unknown_photos: unknown.len(),
         unreadable,
         unmatched,
@@ -183,7 +274,7 @@ fn print(e: &Evaluation, args: &EvalArgs) -> Result<()> {
     to_stdout(|out| match args.format {
         Format::Json | Format::Jsonl => write_json(out, &to_json(e, args)),
         Format::Csv | Format::Tsv => print_csv(e, args.format, out),
-        Format::Table => print_table(e, args, out),
+        Format::Table | Format::Coco => print_table(e, args, out), // coco: refused above
     })
 }
 
@@ -216,6 +307,7 @@ fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
             "labels": (0..m.confusion.len()).map(|c| name(e, c)).collect::<Vec<_>>(),
             "rows": m.confusion,
         },
+        "unit": e.unit,
         "unknown_photos": e.unknown_photos,
         "unreadable": e.unreadable.iter().map(|(p, err)| json!({"path": PathJson(p), "error": err})).collect::<Vec<_>>(),
         "unmatched": e.unmatched.iter().map(|(p, l)| json!({"path": PathJson(p), "label": l})).collect::<Vec<_>>(),
@@ -274,8 +366,9 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
     let m = &e.metrics;
     writeln!(
         out,
-        "{} photos scored; {} of unlisted dishes, {} unreadable, {} in no class",
+        "{} {} scored; {} of unlisted dishes, {} unreadable, {} in no class",
         m.n,
+        e.unit,
         e.unknown_photos,
         e.unreadable.len(),
         e.unmatched.len()

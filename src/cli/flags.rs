@@ -5,6 +5,7 @@ use crate::inputs::Shard;
 use crate::model::Precision;
 use crate::output::Format;
 use crate::preprocess::DEFAULT_MAX_PIXELS;
+use crate::regions::Grid;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -116,6 +117,26 @@ pub struct InputArgs {
     /// With --output: skip photos already recorded in that file and append the rest.
     #[arg(long, requires = "output")]
     pub resume: bool,
+    /// Regions of the photos (trays).
+    #[command(flatten)]
+    pub regions: RegionArgs,
+}
+
+/// Where the regions of each photo come from: one record per region instead of per photo.
+#[derive(Debug, Args)]
+pub struct RegionArgs {
+    /// The boxes of each photo: COCO JSON, CSV/TSV rows `path,x1,y1,x2,y2[,label]` (paths
+    /// relative to the file), or a folder of YOLO .txt files named after the photos. Pixels of
+    /// the photo as displayed (after EXIF rotation), x2/y2 exclusive.
+    #[arg(long, value_name = "FILE|DIR")]
+    pub regions: Option<PathBuf>,
+    /// A tray layout: named compartments as fractions of the photo (TOML; an example in
+    /// labels/trays/).
+    #[arg(long, value_name = "FILE", conflicts_with = "regions")]
+    pub layout: Option<PathBuf>,
+    /// An even grid of ROWSxCOLS regions, named r1c1, r1c2, ...
+    #[arg(long, value_name = "RxC", conflicts_with_all = ["regions", "layout"])]
+    pub grid: Option<Grid>,
 }
 
 /// How photos are batched and decoded.
@@ -157,9 +178,14 @@ pub struct ClassifyArgs {
     /// Embeddings.
     #[command(flatten)]
     pub stored: StoredArgs,
-    /// Output format (default: table on a terminal, jsonl otherwise).
+    /// Output format (default: table on a terminal, jsonl otherwise); `coco` writes a COCO
+    /// results array for regions read from COCO JSON.
     #[arg(long, short, value_parser = formats())]
     pub format: Option<Format>,
+    /// Also draw each photo with its regions' boxes, best labels and probabilities as
+    /// DIR/<name>.svg.
+    #[arg(long, value_name = "DIR")]
+    pub draw: Option<PathBuf>,
 }
 
 /// Stored image embeddings, for `classify` and `eval`.
@@ -179,7 +205,8 @@ pub struct StoredArgs {
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// The data set: a folder of class folders (each named by any name of a class; `unknown` for
-    /// dishes not in the list), or a CSV/TSV file of `path,label` rows.
+    /// dishes not in the list), a CSV/TSV file of `path,label` rows, or regions with labels: a
+    /// COCO JSON with categories, or CSV/TSV rows `path,x1,y1,x2,y2,label`.
     pub dataset: PathBuf,
     /// Label file.
     #[arg(long, short)]
@@ -190,6 +217,9 @@ pub struct EvalArgs {
     /// Batching and decoding.
     #[command(flatten)]
     pub batch: BatchArgs,
+    /// Regions of the photos (trays); a COCO JSON or CSV region file may also be the data set.
+    #[command(flatten)]
+    pub regions: RegionArgs,
     /// Embeddings.
     #[command(flatten)]
     pub stored: StoredArgs,
@@ -243,6 +273,10 @@ pub struct PreviewArgs {
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
+    /// Draw these regions' boxes on the photo instead (to fit a layout to your trays); an
+    /// .svg output also names them.
+    #[command(flatten)]
+    pub regions: RegionArgs,
 }
 
 /// `foodclip models ...`.

@@ -3,40 +3,45 @@
 //! `--save-embeddings` sink.
 
 use super::context::Context;
-use super::flags::{BatchArgs, InputArgs, StoredArgs};
-use super::ui::{interrupt_flag, quiet_on_closed_pipe, report_failures, Ui};
+use super::flags::{BatchArgs, InputArgs, RegionArgs, StoredArgs};
+use super::ui::{interrupt_flag, quiet_on_closed_pipe, Ui};
 use super::Outcome;
 use crate::checkpoint::Checkpoint;
 use crate::embeddings::StoredEmbeddings;
 use crate::inputs::{collect_inputs, recorded_paths, Inputs};
 use crate::output::{Layout, Printer};
-use crate::pipeline::{run_batches, BatchOptions, Embedder, InputResult, Stats};
+use crate::pipeline::{run_batches, BatchOptions, Embedder, Items, Stats};
 use crate::preprocess::Fidelity;
+use crate::regions::{Region, Regions};
 use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-/// Embeds (or looks up) `paths` batch by batch, with the progress bar, per-photo error lines
-/// and the `--save-embeddings` sink, handing each batch to `on_batch`. The one emit loop.
-/// Returns the run's statistics and whether Ctrl-C stopped it.
+/// One record of a photo as a command sees it: its region (`None` for the whole photo) and its
+/// row or error.
+pub(super) type Record<T> = (Option<Region>, Result<T, String>);
+
+/// Embeds (or looks up) `paths` batch by batch, with the progress bar, per-record error and
+/// warning lines and the `--save-embeddings` sink, handing each batch to `on_batch`. The one
+/// emit loop. Returns the run's statistics and whether Ctrl-C stopped it.
 pub(super) fn run_photos(
     embedder: Embedder,
     paths: &[PathBuf],
     ui: &Ui,
     mut sink: Option<EmbeddingSink>,
-    mut on_batch: impl FnMut(Option<&Tensor>, &[PathBuf], Vec<InputResult>) -> Result<()>,
+    mut on_batch: impl FnMut(Option<&Tensor>, &[PathBuf], Items) -> Result<()>,
 ) -> Result<(Stats, bool)> {
     let interrupted = interrupt_flag();
     let progress = ui.progress_bar(paths.len());
-    let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, results| {
-        report_failures(&progress, chunk, &results);
+    let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, items| {
+        ui.report(&progress, chunk, &items);
         if let Some(sink) = &mut sink {
-            sink.add(emb, chunk, &results)
+            sink.add(emb, chunk, &items)
                 .context("cannot keep the embeddings for --save-embeddings")?;
         }
-        on_batch(emb, chunk, results)?;
+        on_batch(emb, chunk, items)?;
         progress.inc(chunk.len() as u64);
         Ok(())
     })?;
@@ -52,13 +57,20 @@ pub(super) struct Job {
     paths: Vec<PathBuf>,
     /// Left out: non-image files in folders and, with --resume, photos already recorded.
     skipped: usize,
+    /// With regions from a file: how many it lists for photos not given (ignored).
+    ignored: Option<usize>,
     printer: Printer<Box<dyn Write>>,
 }
 
 impl Job {
     /// Gathers inputs (or takes the `listed` paths of stored embeddings), applies --shard and
-    /// --resume, and opens the output.
-    pub fn prepare(args: &InputArgs, layout: Layout, listed: Option<Vec<PathBuf>>) -> Result<Self> {
+    /// --resume, and opens the output. `regions`: where the photos' regions come from.
+    pub fn prepare(
+        args: &InputArgs,
+        layout: Layout,
+        listed: Option<Vec<PathBuf>>,
+        regions: Option<&Regions>,
+    ) -> Result<Self> {
         let inputs = match listed {
             Some(paths) if args.inputs.is_empty() => Inputs {
                 paths,
@@ -71,6 +83,7 @@ impl Job {
             None => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
         };
         let mut paths = inputs.paths;
+        let ignored = regions.map(|r| r.unmatched(&paths));
         if let Some(shard) = args.shard {
             paths.retain(|p| shard.contains(p));
         }
@@ -95,7 +108,8 @@ impl Job {
                     .truncate(!args.resume)
                     .open(file)
                     .with_context(|| format!("cannot open --output {}", file.display()))?;
-                Box::new(io::BufWriter::new(f))
+                // Room for a photo's records: they reach the file in one write (`--resume`).
+                Box::new(io::BufWriter::with_capacity(1 << 20, f))
             }
         };
         let printer = if continuing {
@@ -106,37 +120,66 @@ impl Job {
         Ok(Self {
             paths,
             skipped,
+            ignored,
             printer,
         })
     }
 
-    /// Runs the batches: `rows` turns a batch's embeddings into one result per decoded photo,
-    /// `print` writes each photo's record in input order; then the summary. Returns the outcome.
+    /// Sets each class's COCO category id, for `--format coco`.
+    pub fn with_categories(self, categories: Vec<Option<u64>>) -> Self {
+        Self {
+            printer: self.printer.with_categories(categories),
+            ..self
+        }
+    }
+
+    /// Runs the batches: `rows` turns a batch's embeddings into one result per embedded
+    /// record, `print` writes each photo's records in input order (then they are flushed
+    /// together); then the summary. Returns the outcome.
     pub fn run<T>(
         mut self,
         embedder: Embedder,
         ui: &Ui,
         sink: Option<EmbeddingSink>,
         rows: impl Fn(&Tensor) -> Result<Vec<T>>,
-        mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Result<T, String>) -> io::Result<()>,
+        mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Vec<Record<T>>) -> Result<()>,
     ) -> Result<Outcome> {
         let printer = &mut self.printer;
         let (stats, interrupted) =
-            run_photos(embedder, &self.paths, ui, sink, |emb, paths, results| {
+            run_photos(embedder, &self.paths, ui, sink, |emb, paths, items| {
                 let mut rows = match emb {
                     Some(e) => rows(e)?,
                     None => Vec::new(),
                 }
                 .into_iter();
-                for (path, r) in paths.iter().zip(results) {
-                    let record = r.map(|()| rows.next().expect("one row per decoded photo"));
-                    print(printer, path, record).context("cannot write output")?;
+                for (path, photo) in paths.iter().zip(items) {
+                    let records = photo
+                        .into_iter()
+                        .map(|i| {
+                            let row = i.result.map(|()| rows.next().expect("one row per record"));
+                            (i.region, row)
+                        })
+                        .collect();
+                    print(printer, path, records)?;
+                    printer.flush().context("cannot write output")?;
                 }
                 Ok(())
             })?;
         quiet_on_closed_pipe(self.printer.finish().map_err(anyhow::Error::new))?;
-        ui.summary(&stats, self.skipped, interrupted);
+        ui.summary(&stats, self.skipped, self.ignored, interrupted);
         Ok(Outcome::of(&stats, interrupted))
+    }
+}
+
+impl RegionArgs {
+    /// The regions asked for, if any.
+    pub(super) fn load(&self) -> Result<Option<Regions>> {
+        Ok(match (&self.regions, &self.layout, self.grid) {
+            (Some(file), _, _) => Some(Regions::from_file(file)?),
+            (_, Some(file), _) => Some(Regions::layout(file)?),
+            (_, _, Some(grid)) => Some(Regions::grid(grid)),
+            _ => None,
+        })
     }
 }
 
@@ -147,33 +190,37 @@ pub(super) struct EmbeddingSink {
 }
 
 impl EmbeddingSink {
-    /// Keeps the rows of one batch.
-    fn add(
-        &mut self,
-        emb: Option<&Tensor>,
-        paths: &[PathBuf],
-        results: &[InputResult],
-    ) -> Result<()> {
+    /// Keeps the rows of one batch, with their regions.
+    fn add(&mut self, emb: Option<&Tensor>, paths: &[PathBuf], items: &Items) -> Result<()> {
         if let Some(e) = emb {
             self.stored
                 .values
                 .extend(e.flatten_all()?.to_vec1::<f32>()?);
         }
-        let ok = paths.iter().zip(results).filter(|(_, r)| r.is_ok());
-        self.stored.paths.extend(ok.map(|(p, _)| p.clone()));
+        for (path, photo) in paths.iter().zip(items) {
+            for item in photo.iter().filter(|i| i.result.is_ok()) {
+                self.stored.paths.push(path.clone());
+                self.stored.regions.push(item.region.clone());
+            }
+        }
         Ok(())
     }
 
     /// Writes the file (atomically), even after Ctrl-C: every finished photo is kept.
-    fn save(self) -> Result<()> {
+    fn save(mut self) -> Result<()> {
+        if self.stored.regions.iter().all(Option::is_none) {
+            self.stored.regions.clear();
+        }
         self.stored.save(&self.file)
     }
 }
 
-/// Where image embeddings come from: stored ones, or photos run through `ckpt`.
+/// Where image embeddings come from: stored ones (with their regions), or photos (or their
+/// `regions`) run through `ckpt`.
 pub(super) fn embedder<'a>(
     ckpt: &'a Checkpoint,
     stored: Option<&'a StoredEmbeddings>,
+    regions: Option<&'a Regions>,
     batch: &BatchArgs,
     fidelity: Fidelity,
 ) -> Embedder<'a> {
@@ -191,13 +238,18 @@ pub(super) fn embedder<'a>(
                 max_pixels: batch.max_pixels,
                 fidelity,
             },
+            regions,
         },
     }
 }
 
 impl StoredArgs {
-    /// The embeddings of `--embeddings`, if given.
-    pub(super) fn load(&self) -> Result<Option<StoredEmbeddings>> {
+    /// The embeddings of `--embeddings`, if given. Their regions are stored with them, so
+    /// `regions` (asked for on the command line) must be `None` then.
+    pub(super) fn load(&self, regions: Option<&Regions>) -> Result<Option<StoredEmbeddings>> {
+        if self.embeddings.is_some() && regions.is_some() {
+            bail!("--embeddings brings the regions it was made with; leave out --regions, --layout and --grid");
+        }
         self.embeddings
             .as_deref()
             .map(StoredEmbeddings::load)
@@ -229,11 +281,21 @@ impl StoredArgs {
                 stored: StoredEmbeddings {
                     checkpoint: cx.fingerprint(ckpt)?,
                     paths: Vec::new(),
+                    regions: Vec::new(),
                     dim: ckpt.config.projection_dim,
                     values: Vec::new(),
                 },
             }),
             None => None,
         })
+    }
+}
+
+impl StoredEmbeddings {
+    /// Each stored photo once, in the file's order (a photo has a row per region).
+    pub(super) fn photos(&self) -> Vec<PathBuf> {
+        let mut seen = std::collections::HashSet::new();
+        let unique = self.paths.iter().filter(|p| seen.insert(p.as_path()));
+        unique.cloned().collect()
     }
 }

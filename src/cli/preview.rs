@@ -1,27 +1,99 @@
-//! `foodclip preview`: write the exact picture the model sees for one photo.
+//! `foodclip preview`: write the exact picture the model sees for one photo, or the photo with
+//! its regions' boxes drawn (to fit a tray layout before a run).
 
 use super::context::Context;
 use super::flags::PreviewArgs;
 use super::Outcome;
 use crate::checkpoint::load_preprocess;
+use crate::draw::{self, Mark};
 use crate::fsutil::write_atomically;
+use crate::regions::Regions;
 use anyhow::{Context as _, Result};
 use std::io;
 
 pub(super) fn run(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
-    let preprocess = load_preprocess(&cx.source()?, &cx.hub)?;
-    let seen = match preprocess.load(&args.image, args.max_pixels, cx.fidelity) {
-        Ok(img) => img,
+    let regions = args.regions.load()?;
+    let mut failed = false;
+    let seen = match &regions {
+        Some(regions) => boxes(cx, args, regions, &mut failed),
+        None => {
+            let preprocess = load_preprocess(&cx.source()?, &cx.hub)?;
+            preprocess
+                .load(&args.image, args.max_pixels, cx.fidelity)
+                .map(Seen::Picture)
+        }
+    };
+    let seen = match seen {
+        Ok(seen) => seen,
         Err(e) => {
             eprintln!("foodclip: {}: {e:#}", args.image.display());
             return Ok(Outcome::SomeFailed);
         }
     };
-    let format = image::ImageFormat::from_path(&args.output).unwrap_or(image::ImageFormat::Png);
-    let mut bytes = io::Cursor::new(Vec::new());
-    seen.write_to(&mut bytes, format)
-        .with_context(|| format!("cannot encode {} as {format:?}", args.output.display()))?;
-    write_atomically(&args.output, bytes.get_ref())
+    let bytes = match seen {
+        Seen::Svg(text) => text.into_bytes(),
+        Seen::Picture(img) => {
+            let format =
+                image::ImageFormat::from_path(&args.output).unwrap_or(image::ImageFormat::Png);
+            let mut bytes = io::Cursor::new(Vec::new());
+            img.write_to(&mut bytes, format).with_context(|| {
+                format!("cannot encode {} as {format:?}", args.output.display())
+            })?;
+            bytes.into_inner()
+        }
+    };
+    write_atomically(&args.output, &bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    Ok(Outcome::Success)
+    Ok(if failed {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// What preview writes.
+enum Seen {
+    /// A picture, in the output's format.
+    Picture(image::RgbImage),
+    /// An SVG drawing.
+    Svg(String),
+}
+
+/// The photo with the boxes of `regions` (SVG, named, when the output ends in `.svg`), and one
+/// line per region on stderr: its name, box, and any problem.
+/// `failed` is set when a region has no valid box.
+fn boxes(cx: &Context, args: &PreviewArgs, regions: &Regions, failed: &mut bool) -> Result<Seen> {
+    let (mut img, full) = draw::picture(&args.image, args.max_pixels)?;
+    let placed = regions
+        .place(&args.image, full)
+        .ok_or_else(|| anyhow::anyhow!("no regions for this photo"))?;
+    let mut marks = Vec::new();
+    for (region, result) in &placed {
+        let tag = region.tag();
+        match result {
+            Ok(clipped) => {
+                let rect = region.rect.expect("a placed region has its box");
+                let note = if *clipped { " (clipped)" } else { "" };
+                cx.ui.note(&format!("region {tag}: {rect:?}{note}"));
+                marks.push(Mark {
+                    rect,
+                    text: tag,
+                    ok: true,
+                });
+            }
+            Err(e) => {
+                *failed = true;
+                eprintln!("foodclip: {} [region {tag}]: {e}", args.image.display());
+            }
+        }
+    }
+    let svg = args
+        .output
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    if svg {
+        return Ok(Seen::Svg(draw::svg(&img, full, &marks)?));
+    }
+    draw::boxes(&mut img, full, &marks);
+    Ok(Seen::Picture(img))
 }

@@ -2,7 +2,8 @@
 //! lines, the closing summary, Ctrl-C, and pretty JSON on stdout.
 
 use crate::fsutil::is_closed_pipe;
-use crate::pipeline::{InputResult, Stats};
+use crate::pipeline::{Items, Stats};
+use crate::regions::Region;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{self, IsTerminal, Write};
@@ -43,27 +44,60 @@ impl Ui {
         bar
     }
 
-    /// The closing line of a run: done, failed, skipped, speed.
-    pub fn summary(&self, stats: &Stats, skipped: usize, interrupted: bool) {
+    /// The closing line of a run: done, failed, skipped, speed; with regions from a file,
+    /// `ignored` counts the regions it lists for photos not given.
+    pub fn summary(
+        &self,
+        stats: &Stats,
+        skipped: usize,
+        ignored: Option<usize>,
+        interrupted: bool,
+    ) {
         // A closed pipe is a normal end, as in ripgrep: nothing more to say.
         if self.quiet || stats.output_closed {
             return;
         }
-        let secs = stats.elapsed.as_secs_f64();
-        let rate = (stats.done + stats.failed) as f64 / secs.max(1e-9);
+        let secs = stats.elapsed.as_secs_f64().max(1e-9);
         let stopped = if interrupted { ", interrupted" } else { "" };
-        eprintln!(
-            "foodclip: {} done, {} failed, {} skipped in {secs:.1} s ({rate:.2} photos/s){stopped}",
-            stats.done, stats.failed, skipped
-        );
+        let (done, failed) = (stats.done, stats.failed);
+        match ignored {
+            None => eprintln!(
+                "foodclip: {done} done, {failed} failed, {skipped} skipped in {secs:.1} s \
+                 ({:.2} photos/s){stopped}",
+                stats.photos as f64 / secs
+            ),
+            Some(ignored) => {
+                let ignored = match ignored {
+                    0 => String::new(),
+                    n => format!("; {n} listed for photos not given, ignored"),
+                };
+                eprintln!(
+                    "foodclip: {done} regions done, {failed} failed, of {} photos; {skipped} \
+                     skipped{ignored}; in {secs:.1} s ({:.2} photos/s, {:.2} regions/s){stopped}",
+                    stats.photos,
+                    stats.photos as f64 / secs,
+                    (done + failed) as f64 / secs
+                )
+            }
+        }
     }
-}
 
-/// `foodclip: PATH: error` on stderr for each failed photo of a batch (errors are never quiet).
-pub(super) fn report_failures(progress: &ProgressBar, paths: &[PathBuf], results: &[InputResult]) {
-    for (path, r) in paths.iter().zip(results) {
-        if let Err(e) = r {
-            progress.suspend(|| eprintln!("foodclip: {}: {e}", path.display()));
+    /// On stderr for each record of a batch: `foodclip: PATH: error` for a failure (errors are
+    /// never quiet), and warnings (a clipped box).
+    pub fn report(&self, progress: &ProgressBar, paths: &[PathBuf], items: &Items) {
+        let name = |path: &PathBuf, region: &Option<Region>| match region {
+            Some(r) => format!("{} [region {}]", path.display(), r.tag()),
+            None => path.display().to_string(),
+        };
+        for (path, photo) in paths.iter().zip(items) {
+            for item in photo {
+                if let Err(e) = &item.result {
+                    progress.suspend(|| eprintln!("foodclip: {}: {e}", name(path, &item.region)));
+                }
+                if let Some(w) = &item.warning {
+                    progress.suspend(|| self.warn(&format!("{}: {w}", name(path, &item.region))));
+                }
+            }
         }
     }
 }

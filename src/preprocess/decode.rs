@@ -14,25 +14,23 @@ pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
 /// Decodes an encoded image (format guessed from the content, not the file name).
 ///
 /// JPEGs are decoded by libjpeg-turbo's decoder (through mozjpeg), the decoder PIL uses, so the
-/// pixels match the reference exactly; other formats by the `image` crate. With `min_short_edge`,
-/// JPEGs may come back smaller (DCT scaling, see [`jpeg::decode`]). Returns the picture and the
-/// upright size of the full image.
+/// pixels match the reference exactly; other formats by the `image` crate. JPEGs come back
+/// smaller by the DCT reduction that `reduction` gives for the upright size of the full image
+/// (1 for none; see [`jpeg::reduction`]). Returns the picture and that upright full size.
 ///
 /// A panic inside a decoder (a bug met on a damaged file) is returned as an error.
 pub fn decode(
     bytes: &[u8],
     max_pixels: u64,
-    min_short_edge: Option<u32>,
+    reduction: impl FnOnce((u32, u32)) -> u8,
 ) -> Result<(RgbImage, (u32, u32))> {
-    super::guarded("cannot decode", || {
-        decode_any(bytes, max_pixels, min_short_edge)
-    })
+    super::guarded("cannot decode", || decode_any(bytes, max_pixels, reduction))
 }
 
 fn decode_any(
     bytes: &[u8],
     max_pixels: u64,
-    min_short_edge: Option<u32>,
+    reduction: impl FnOnce((u32, u32)) -> u8,
 ) -> Result<(RgbImage, (u32, u32))> {
     if bytes.is_empty() {
         bail!("empty file");
@@ -56,13 +54,6 @@ fn decode_any(
         );
     }
     let orientation = decoder.orientation().map_err(describe)?;
-    let mut img = if format == ImageFormat::Jpeg {
-        drop(decoder);
-        DynamicImage::ImageRgb8(jpeg::decode(bytes, min_short_edge)?)
-    } else {
-        DynamicImage::from_decoder(decoder).map_err(describe)?
-    };
-    img.apply_orientation(orientation);
     let full = match orientation {
         Orientation::Rotate90
         | Orientation::Rotate270
@@ -70,6 +61,13 @@ fn decode_any(
         | Orientation::Rotate270FlipH => (h, w),
         _ => (w, h),
     };
+    let mut img = if format == ImageFormat::Jpeg {
+        drop(decoder);
+        DynamicImage::ImageRgb8(jpeg::decode(bytes, reduction(full))?)
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(describe)?
+    };
+    img.apply_orientation(orientation);
     Ok((to_rgb8(img), full))
 }
 

@@ -8,32 +8,39 @@ use image::RgbImage;
 /// Decodes a JPEG held in memory to 8-bit RGB. Grayscale is expanded; CMYK (Adobe, inverted
 /// samples) is converted as PIL's `convert("RGB")` does.
 ///
-/// `min_short_edge`: if given, the decoder's DCT scaling (1/2, 1/4 or 1/8) shrinks the picture
-/// while it decodes, as far as its shorter side stays at least this long. That skips most of the
-/// decoding work for large photos, at the price of pixels that differ slightly from a full decode.
-pub fn decode(bytes: &[u8], min_short_edge: Option<u32>) -> Result<RgbImage> {
+/// `reduction`: the decoder's DCT scaling shrinks the picture by this denominator (1, 2, 4 or 8;
+/// see [`reduction`]) while it decodes. That skips most of the decoding work for large photos,
+/// at the price of pixels that differ slightly from a full decode.
+pub fn decode(bytes: &[u8], reduction: u8) -> Result<RgbImage> {
     if !is_complete(bytes) {
         bail!("truncated image: the JPEG data ends before the picture does");
     }
     // libjpeg's errors reach Rust as panics of the mozjpeg crate.
-    super::isolated(|| decode_unchecked(bytes, min_short_edge))
+    super::isolated(|| decode_unchecked(bytes, reduction))
         .unwrap_or_else(|_| Err(anyhow!("cannot decode: corrupt JPEG data")))
 }
 
-/// The largest DCT scale denominator (1, 2, 4 or 8) that keeps `min(w, h) / d >= target`.
-fn dct_scale(w: usize, h: usize, target: u32) -> u8 {
-    let short = w.min(h);
+/// The strongest DCT reduction (a denominator of 8, 4 or 2; else 1) that keeps a side of
+/// `short` pixels at `target` or more: `ceil(short / d) >= target`.
+///
+/// ```
+/// use foodclip::preprocess::jpeg::reduction;
+/// assert_eq!(reduction(3000, 224), 8);
+/// assert_eq!(reduction(800, 224), 2);
+/// assert_eq!(reduction(200, 224), 1);
+/// ```
+pub fn reduction(short: u32, target: u32) -> u8 {
     [8u8, 4, 2]
         .into_iter()
-        .find(|&d| short.div_ceil(d as usize) >= target as usize)
+        .find(|&d| short.div_ceil(d as u32) >= target)
         .unwrap_or(1)
 }
 
-fn decode_unchecked(bytes: &[u8], min_short_edge: Option<u32>) -> Result<RgbImage> {
+fn decode_unchecked(bytes: &[u8], reduction: u8) -> Result<RgbImage> {
     let corrupt = |e: std::io::Error| anyhow!("cannot decode JPEG: {e}");
     let mut d = mozjpeg::Decompress::new_mem(bytes).map_err(corrupt)?;
-    if let Some(target) = min_short_edge {
-        d.scale(8 / dct_scale(d.width(), d.height(), target));
+    if matches!(reduction, 2 | 4 | 8) {
+        d.scale(8 / reduction);
     }
     let rgb = match d.image().map_err(corrupt)? {
         mozjpeg::Format::RGB(mut s) => {
@@ -95,12 +102,12 @@ mod tests {
     }
 
     #[test]
-    fn dct_scale_keeps_the_short_edge() {
-        assert_eq!(dct_scale(4000, 3000, 224), 8);
-        assert_eq!(dct_scale(1000, 800, 224), 2);
-        assert_eq!(dct_scale(1000, 447, 224), 2);
-        assert_eq!(dct_scale(1000, 446, 224), 1);
-        assert_eq!(dct_scale(300, 200, 224), 1);
+    fn reduction_keeps_the_short_edge() {
+        assert_eq!(reduction(3000, 224), 8);
+        assert_eq!(reduction(800, 224), 2);
+        assert_eq!(reduction(447, 224), 2);
+        assert_eq!(reduction(446, 224), 1);
+        assert_eq!(reduction(200, 224), 1);
     }
 
     #[test]

@@ -205,27 +205,63 @@ impl PreprocessConfig {
     /// Reads the photo at `path` and prepares the picture the model sees. A panic while
     /// decoding or preparing it (a decoder bug) is this photo's error, not the run's end.
     pub fn load(&self, path: &Path, max_pixels: u64, fidelity: Fidelity) -> Result<RgbImage> {
+        let photo = self.decode_for(path, max_pixels, fidelity, |(w, h)| w.min(h))?;
+        self.prepare_area(&photo, Rect::whole(photo.full), fidelity)
+    }
+
+    /// Reads and decodes the photo at `path` once, for areas of it to be prepared with
+    /// [`PreprocessConfig::prepare_area`]. On the fast path a JPEG is shrunk while it decodes
+    /// (DCT scaling) as far as `shortest(full)`, the shortest side of any area to be cut from
+    /// the upright `full`-sized picture, stays at or above the resize target.
+    pub fn decode_for(
+        &self,
+        path: &Path,
+        max_pixels: u64,
+        fidelity: Fidelity,
+        shortest: impl FnOnce((u32, u32)) -> u32,
+    ) -> Result<Decoded> {
         let bytes = std::fs::read(path).context("cannot read")?;
-        let min_short_edge = match (fidelity, self.resize) {
+        let target = match (fidelity, self.resize) {
             (Fidelity::Exact, _) | (_, None) => None,
             (Fidelity::Fast, Some(Resize::ShortestEdge(s))) => Some(s),
             (Fidelity::Fast, Some(Resize::Exact { width, height })) => Some(width.max(height)),
         };
+        let reduction = |full| target.map_or(1, |t| jpeg::reduction(shortest(full), t));
+        let (img, full) = decode::decode(&bytes, max_pixels, reduction)?;
+        Ok(Decoded { img, full })
+    }
+
+    /// The picture the model sees for `area` of a decoded photo (the whole photo, or a region
+    /// cut from it): exactly what it would see for that area saved as its own photo. A panic
+    /// while preparing it is an error.
+    pub fn prepare_area(
+        &self,
+        photo: &Decoded,
+        area: Rect,
+        fidelity: Fidelity,
+    ) -> Result<RgbImage> {
         guarded("cannot prepare the picture", || {
-            let (img, full) = decode::decode(&bytes, max_pixels, min_short_edge)?;
+            let size = area.size();
+            if !area.within(photo.full) || size.0 == 0 || size.1 == 0 {
+                bail!(
+                    "the area {area:?} is not inside the {:?} picture",
+                    photo.full
+                );
+            }
             // Without a crop, the whole resized picture is the output: it must stay bounded.
-            let (w, h) = self.output_size(full.0, full.1);
+            let (w, h) = self.output_size(size.0, size.1);
             if w > MAX_SIZE || h > MAX_SIZE {
                 bail!(
-                    "the model would see this {}x{} photo as {w}x{h} pixels, over {MAX_SIZE} a \
+                    "the model would see this {}x{} picture as {w}x{h} pixels, over {MAX_SIZE} a \
                      side (the preprocessor config has no centre crop)",
-                    full.0,
-                    full.1
+                    size.0,
+                    size.1
                 );
             }
             Ok(match fidelity {
-                Fidelity::Exact => self.prepare(&img),
-                Fidelity::Fast => self.prepare_fast(&img, full),
+                Fidelity::Exact if area == Rect::whole(photo.full) => self.prepare(&photo.img),
+                Fidelity::Exact => self.prepare(&area.cut(&photo.img)),
+                Fidelity::Fast => self.prepare_fast(&photo.img, photo.full, area),
             })
         })
     }
@@ -238,18 +274,21 @@ impl PreprocessConfig {
         }
     }
 
-    /// The fast twin of [`PreprocessConfig::prepare`]: `img` may be a shrunken decode of a
-    /// `full`-sized photo; the output has exactly the geometry the full photo would get.
-    pub fn prepare_fast(&self, img: &RgbImage, full: (u32, u32)) -> RgbImage {
+    /// The fast twin of [`PreprocessConfig::prepare`] for `area` of a picture: `img` may be a
+    /// shrunken decode of a `full`-sized photo; the output has exactly the geometry the area
+    /// would get at full size.
+    fn prepare_fast(&self, img: &RgbImage, full: (u32, u32), area: Rect) -> RgbImage {
+        let size = area.size();
         let target = match self.resize {
-            Some(r) => resize_target(r, full.0, full.1),
-            None => full,
+            Some(r) => resize_target(r, size.0, size.1),
+            None => size,
         };
         let window = self.window(target.0, target.1);
-        let kept = if img.dimensions() == target {
-            window.cut(img)
+        let kept = if img.dimensions() == full && size == target {
+            let (x, y, w, h) = window.source();
+            image::imageops::crop_imm(img, area.x1 + x, area.y1 + y, w, h).to_image()
         } else {
-            simd_resize_window(img, target, &window)
+            simd_resize_window(img, full, area, target, &window)
         };
         window.place(kept)
     }
@@ -285,9 +324,16 @@ impl PreprocessConfig {
     }
 }
 
-/// The `window` of `img` resized to `target` with Catmull-Rom (Pillow's bicubic kernel), by
+/// The `window` of `area` resized to `target` with Catmull-Rom (Pillow's bicubic kernel), by
 /// fast_image_resize's SIMD convolution over a source crop box: only the window is computed.
-fn simd_resize_window(img: &RgbImage, target: (u32, u32), window: &Window) -> RgbImage {
+/// `img` is the `full`-sized picture, maybe shrunk: the area is scaled to it.
+fn simd_resize_window(
+    img: &RgbImage,
+    full: (u32, u32),
+    area: Rect,
+    target: (u32, u32),
+    window: &Window,
+) -> RgbImage {
     use fast_image_resize::{
         images::{Image, ImageRef},
         FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
@@ -296,10 +342,14 @@ fn simd_resize_window(img: &RgbImage, target: (u32, u32), window: &Window) -> Rg
     if w == 0 || h == 0 {
         return RgbImage::new(w, h);
     }
-    let sx = img.width() as f64 / target.0 as f64;
-    let sy = img.height() as f64 / target.1 as f64;
-    let left = x as f64 * sx;
-    let top = y as f64 * sy;
+    // Picture pixels per full pixel, then per target pixel.
+    let kx = img.width() as f64 / full.0 as f64;
+    let ky = img.height() as f64 / full.1 as f64;
+    let (aw, ah) = area.size();
+    let sx = aw as f64 * kx / target.0 as f64;
+    let sy = ah as f64 * ky / target.1 as f64;
+    let left = area.x1 as f64 * kx + x as f64 * sx;
+    let top = area.y1 as f64 * ky + y as f64 * sy;
     let width = (w as f64 * sx).min(img.width() as f64 - left);
     let height = (h as f64 * sy).min(img.height() as f64 - top);
     let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
@@ -312,6 +362,67 @@ fn simd_resize_window(img: &RgbImage, target: (u32, u32), window: &Window) -> Rg
         .resize(&src, &mut dst, &options)
         .expect("a crop box inside the picture, same pixel types");
     RgbImage::from_raw(w, h, dst.into_vec()).expect("buffer matches its size")
+}
+
+/// A decoded, upright photo, maybe shrunk while decoding (see
+/// [`PreprocessConfig::decode_for`]).
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The picture.
+    pub img: RgbImage,
+    /// The upright size of the full photo, which areas are given in.
+    pub full: (u32, u32),
+}
+
+/// A rectangle of a picture in pixels, `x2` and `y2` exclusive.
+///
+/// ```
+/// use foodclip::preprocess::Rect;
+/// let r = Rect { x1: 10, y1: 20, x2: 110, y2: 70 };
+/// assert_eq!(r.size(), (100, 50));
+/// assert!(r.within((110, 70)) && !r.within((100, 100)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rect {
+    /// First column.
+    pub x1: u32,
+    /// First row.
+    pub y1: u32,
+    /// Column after the last.
+    pub x2: u32,
+    /// Row after the last.
+    pub y2: u32,
+}
+
+impl Rect {
+    /// The whole of a `(w, h)` picture.
+    pub fn whole((w, h): (u32, u32)) -> Self {
+        Self {
+            x1: 0,
+            y1: 0,
+            x2: w,
+            y2: h,
+        }
+    }
+
+    /// `(width, height)`; zero when inverted.
+    pub fn size(&self) -> (u32, u32) {
+        (
+            self.x2.saturating_sub(self.x1),
+            self.y2.saturating_sub(self.y1),
+        )
+    }
+
+    /// Whether it lies inside a `(w, h)` picture.
+    pub fn within(&self, (w, h): (u32, u32)) -> bool {
+        self.x1 <= self.x2 && self.y1 <= self.y2 && self.x2 <= w && self.y2 <= h
+    }
+
+    /// This part of `img`, as its own picture.
+    pub fn cut(&self, img: &RgbImage) -> RgbImage {
+        let (w, h) = self.size();
+        image::imageops::crop_imm(img, self.x1, self.y1, w, h).to_image()
+    }
 }
 
 fn parse_resize(v: &Value) -> Result<Resize> {

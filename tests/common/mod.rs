@@ -1,6 +1,7 @@
 //! Shared fixture helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod photos;
 
 use foodclip::checkpoint::Checkpoint;
