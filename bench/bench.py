@@ -10,8 +10,8 @@ transformers and a set of 12-megapixel JPEG tray photos (a third with EXIF rotat
 1. model only: image embeddings from preprocessed tensors, batch 32, all cores; PyTorch fp32 and
    bf16 autocast vs `cargo bench --bench model` in f32 and bf16;
 2. end to end: paths in, labels out (labels/korean.txt, 150 classes): the transformers pipeline
-   (PIL decode + CLIPImageProcessor + model) vs `foodclip classify` with its prompt cache warm, as
-   photos/s and as the wall time of the whole process;
+   (PIL decode + CLIPImageProcessor + model, fp32) vs `foodclip classify` in f32 and bf16 with its
+   prompt cache warm, as photos/s and as the wall time of the whole process;
 3. the prompt cache: `foodclip classify` of one photo with the 150 Korean labels, first with an
    empty cache and then again.
 
@@ -167,14 +167,17 @@ def main():
     peer_wall, peer = run_timed([sys.executable, "-c", PEER_SCRIPT, ckpt, labels, "16"], stdin=listing)
     peer_rate = float(peer.stderr.strip().split()[-1])
     env = dict(os.environ, FOODCLIP_CACHE_DIR=os.path.join(args.workdir, "cache"))
-    cmd = [exe, "--model", ckpt, "classify", "-", "--labels", labels, "--format", "jsonl", "-t", "a photo of {}, a type of food."]
-    run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings if cached)
-    our_wall, ours = run_timed(cmd, stdin=listing, env=env)
-    summary = [l for l in ours.stderr.splitlines() if "photos/s" in l]
-    our_rate = float(summary[-1].split("photos/s")[0].split()[-1].lstrip("(")) if summary else args.photos / our_wall
-    print(f"end to end, {args.photos} photos of 12 MP, 150 labels: foodclip {our_rate:.2f} photos/s, "
-          f"transformers {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
-    print(f"whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, ratio {peer_wall / our_wall:.2f}x")
+    for precision in ["f32"] + ([] if args.skip_bf16 else ["bf16"]):
+        cmd = [exe, "--model", ckpt, "--precision", precision, "classify", "-", "--labels", labels,
+               "--format", "jsonl", "-t", "a photo of {}, a type of food."]
+        run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings)
+        our_wall, ours = run_timed(cmd, stdin=listing, env=env)
+        summary = [l for l in ours.stderr.splitlines() if "photos/s" in l]
+        our_rate = float(summary[-1].split("photos/s")[0].split()[-1].lstrip("(")) if summary else args.photos / our_wall
+        print(f"end to end, {args.photos} photos of 12 MP, 150 labels, foodclip {precision}: "
+              f"{our_rate:.2f} photos/s, transformers fp32 {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
+        print(f"  whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, "
+              f"ratio {peer_wall / our_wall:.2f}x", flush=True)
 
     # The prompt cache: one photo, the 150 Korean labels with the default templates (every name
     # and synonym), first with an empty cache, then again.

@@ -7,7 +7,8 @@ Uses bench.py's random ViT-B/32 checkpoint and 12-megapixel tray photos (a third
 with EXIF orientation 6), and gives every photo five boxes: the compartments of
 labels/trays/school-5.toml placed on the photo as displayed, written as a CSV region file.
 
-- foodclip: `foodclip classify - --regions boxes.csv` (fast path, prompt cache warm);
+- foodclip: `foodclip classify - --regions boxes.csv` (fast path, prompt cache warm), in f32 and
+  with `--precision bf16` (which runs f32 on a CPU without bf16 arithmetic);
 - peer: PIL open + EXIF transpose (`load_image`) + crop each box + `CLIPImageProcessor` + model,
   16 photos decoded at a time, their regions through the model 16 at a time.
 
@@ -109,19 +110,21 @@ def main():
 
     listing = "\n".join(paths) + "\n"
     env = dict(os.environ, FOODCLIP_CACHE_DIR=os.path.join(args.workdir, "cache"))
-    cmd = [exe, "--model", ckpt, "classify", "-", "--regions", boxes, "--labels", labels,
-           "--format", "jsonl", "-t", "a photo of {}, a type of food."]
-    timed(cmd, stdin=listing, env=env)  # warm the page cache and the prompt cache
-    our_wall, our_peak, ours = timed(cmd, stdin=listing, env=env)
-    summary = [l for l in ours.stderr.splitlines() if "regions/s" in l][-1]
-    our_rate = float(summary.split("regions/s")[0].split()[-1])
     peer_wall, peer_peak, peer = timed([sys.executable, "-c", PEER_SCRIPT, ckpt, labels, boxes, "16"])
     peer_rate = float([l for l in peer.stderr.splitlines() if "REGIONS_PER_SECOND" in l][-1].split()[-1])
-    print(f"regions, {len(paths)} photos of 12 MP x {len(layout)} boxes = {regions}: foodclip {our_rate:.2f} "
-          f"regions/s, transformers {peer_rate:.2f} regions/s, ratio {our_rate / peer_rate:.2f}x")
-    print(f"whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, "
-          f"ratio {peer_wall / our_wall:.2f}x")
-    print(f"peak memory: foodclip {our_peak / 1024:.0f} MiB, transformers {peer_peak / 1024:.0f} MiB")
+    for precision in ("f32", "bf16"):
+        cmd = [exe, "--model", ckpt, "--precision", precision, "classify", "-", "--regions", boxes,
+               "--labels", labels, "--format", "jsonl", "-t", "a photo of {}, a type of food."]
+        timed(cmd, stdin=listing, env=env)  # warm the page cache and the prompt cache
+        our_wall, our_peak, ours = timed(cmd, stdin=listing, env=env)
+        summary = [l for l in ours.stderr.splitlines() if "regions/s" in l][-1]
+        our_rate = float(summary.split("regions/s")[0].split()[-1])
+        print(f"regions, {len(paths)} photos of 12 MP x {len(layout)} boxes = {regions}, foodclip "
+              f"{precision}: {our_rate:.2f} regions/s, transformers fp32 {peer_rate:.2f} regions/s, "
+              f"ratio {our_rate / peer_rate:.2f}x")
+        print(f"  whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, "
+              f"ratio {peer_wall / our_wall:.2f}x; peak memory: foodclip {our_peak / 1024:.0f} MiB, "
+              f"transformers {peer_peak / 1024:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

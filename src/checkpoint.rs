@@ -28,8 +28,10 @@ pub struct Checkpoint {
     pub preprocess: PreprocessConfig,
     /// Where the tensors live.
     pub device: Device,
-    /// Number format the model runs in.
+    /// Number format the model runs in (as planned: `auto` resolved).
     pub precision: Precision,
+    /// Something the user should hear about how it runs (bf16 asked for, f32 run).
+    pub note: Option<String>,
     /// The files read: config, tokenizer (and its config, if any), weights.
     files: Vec<PathBuf>,
     /// The local files' content hash, computed once per process.
@@ -92,9 +94,9 @@ impl Checkpoint {
             config.text_config.max_position_embeddings,
         )?;
         let weights_path = files.weights()?;
-        let (dtype, matmul) = precision.plan(device);
-        let vb = weights::open(&weights_path, dtype, device)?;
-        let model = ClipModel::load(vb, &config, matmul)
+        let plan = precision.plan(device)?;
+        let vb = weights::open(&weights_path, plan.dtype, device)?;
+        let model = ClipModel::load(vb, &config, plan.matmul)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;
         Ok(Self {
             identity: source.identity(),
@@ -104,7 +106,8 @@ impl Checkpoint {
             tokenizer,
             preprocess,
             device: device.clone(),
-            precision,
+            precision: plan.precision,
+            note: plan.note,
             content_hash: OnceLock::new(),
             files: [config_path, tokenizer_path]
                 .into_iter()

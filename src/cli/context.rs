@@ -86,7 +86,11 @@ impl Context {
         } else {
             Checkpoint::load_with(&source, &self.hub, &device, self.precision)
         };
-        loaded.with_context(|| format!("cannot load model {}", source.identity()))
+        let ckpt = loaded.with_context(|| format!("cannot load model {}", source.identity()))?;
+        if let Some(note) = &ckpt.note {
+            self.ui.warn(note);
+        }
+        Ok(ckpt)
     }
 
     /// The checkpoint's fingerprint, remembered in the cache directory unless `--no-cache`.

@@ -8,7 +8,7 @@
 //! `tests/candle_transformers_differs.rs` shows the difference on a fixture.
 
 #[cfg(target_arch = "x86_64")]
-pub mod amx;
+pub mod bf16;
 pub mod config;
 pub mod encoder;
 pub mod math;
@@ -33,24 +33,72 @@ pub enum Precision {
     /// 32-bit floats, as the reference.
     #[default]
     F32,
-    /// bfloat16: on CPUs with AMX, bf16 products with f32 sums and f32 activations (as PyTorch's
-    /// autocast); elsewhere bf16 weights and activations. Embeddings come back as f32.
+    /// bfloat16: on CPUs with AMX or AVX-512 BF16, bf16 products with f32 sums and f32
+    /// activations (as PyTorch's autocast); on other CPUs f32 (see [`Precision::plan`]); on GPUs
+    /// bf16 weights and activations. Embeddings come back as f32.
     Bf16,
     /// IEEE half precision.
     F16,
+    /// bf16 where the CPU has bf16 arithmetic (AMX or AVX-512 BF16), else f32.
+    Auto,
+}
+
+/// How a model runs: chosen by [`Precision::plan`] for a precision and a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The precision it actually runs in (`auto` resolved, bf16 without bf16 arithmetic is f32).
+    pub precision: Precision,
+    /// The dtype of its tensors.
+    pub dtype: DType,
+    /// How its dense layers multiply.
+    pub matmul: MatmulKind,
+    /// What the user should hear about it (bf16 asked for, f32 run).
+    pub note: Option<String>,
 }
 
 impl Precision {
-    /// How the model runs in this precision on `device`: the dtype of its tensors and how its
-    /// dense layers multiply. bf16 on a CPU with AMX keeps f32 tensors and multiplies in bf16 on
-    /// AMX tiles (as PyTorch's bf16 autocast does); elsewhere the tensors themselves are bf16.
-    pub fn plan(self, device: &candle_core::Device) -> (DType, MatmulKind) {
-        #[cfg(target_arch = "x86_64")]
-        if self == Precision::Bf16 && device.is_cpu() && amx::available() {
-            return (DType::F32, MatmulKind::AmxBf16);
+    /// How the model runs in this precision on `device`: see [`Plan`].
+    ///
+    /// bf16 on a CPU keeps f32 tensors and multiplies in bf16 with the best engine the CPU has,
+    /// AMX tiles, else AVX-512 BF16 (as PyTorch's bf16 autocast does; `FOODCLIP_BF16` forces
+    /// one). A CPU with neither has no bf16 arithmetic: bf16 storage would only add conversions,
+    /// so it runs f32, with a note. On a GPU the tensors themselves are bf16. `auto` is bf16 where
+    /// the CPU has bf16 arithmetic and f32 everywhere else (GPUs included). A forced engine this
+    /// CPU lacks is an error.
+    pub fn plan(self, device: &candle_core::Device) -> Result<Plan> {
+        let native = |precision: Precision| Plan {
+            precision,
+            dtype: precision.dtype(),
+            matmul: MatmulKind::Native,
+            note: None,
+        };
+        if !device.is_cpu() {
+            return Ok(native(if self == Precision::Auto {
+                Precision::F32
+            } else {
+                self
+            }));
         }
-        let _ = device;
-        (self.dtype(), MatmulKind::Native)
+        if !matches!(self, Precision::Bf16 | Precision::Auto) {
+            return Ok(native(self));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Some(engine) = bf16::engine().map_err(anyhow::Error::msg)? {
+            return Ok(Plan {
+                precision: Precision::Bf16,
+                dtype: DType::F32,
+                matmul: MatmulKind::PackedBf16(engine),
+                note: None,
+            });
+        }
+        Ok(Plan {
+            note: (self == Precision::Bf16).then(|| {
+                "--precision bf16: this CPU has no bf16 arithmetic (AMX or AVX-512 BF16), so \
+                 the model runs in f32, which is faster here than bf16 storage"
+                    .to_string()
+            }),
+            ..native(Precision::F32)
+        })
     }
 
     /// The candle dtype.
@@ -59,6 +107,7 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
+            Precision::Auto => DType::F32,
         }
     }
 }
@@ -69,6 +118,7 @@ impl std::fmt::Display for Precision {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
+            Precision::Auto => "auto",
         })
     }
 }
@@ -80,7 +130,8 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Precision::F32,
             "bf16" => Precision::Bf16,
             "f16" | "fp16" => Precision::F16,
-            other => bail!("unknown precision {other:?} (f32, bf16, f16)"),
+            "auto" => Precision::Auto,
+            other => bail!("unknown precision {other:?} (f32, bf16, f16, auto)"),
         })
     }
 }
@@ -201,5 +252,36 @@ impl ClipModel {
     /// Whether the text tower has been read (false until a prompt is embedded).
     pub fn text_loaded(&self) -> bool {
         self.text.get().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_resolve_auto_and_run_f32_without_bf16_arithmetic() {
+        let cpu = candle_core::Device::Cpu;
+        let f32 = Precision::F32.plan(&cpu).unwrap();
+        assert_eq!((f32.precision, f32.matmul), (Precision::F32, MatmulKind::Native));
+        let (auto, bf16) = (
+            Precision::Auto.plan(&cpu).unwrap(),
+            Precision::Bf16.plan(&cpu).unwrap(),
+        );
+        // auto is bf16 where bf16 has an engine, f32 elsewhere, and never warns.
+        assert_eq!((auto.precision, auto.matmul), (bf16.precision, bf16.matmul));
+        assert!(auto.note.is_none() && auto.dtype == DType::F32);
+        match bf16.matmul {
+            MatmulKind::Native => {
+                assert_eq!(bf16.precision, Precision::F32);
+                assert!(bf16.note.unwrap().contains("no bf16 arithmetic"));
+            }
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::PackedBf16(_) => {
+                assert_eq!(bf16.precision, Precision::Bf16);
+                assert!(bf16.note.is_none());
+            }
+        }
+        assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
     }
 }

@@ -38,11 +38,20 @@ unsafe fn quick_gelu_avx2(xs: &mut [f32]) {
     quick_gelu_slice(xs)
 }
 
-/// Applies quick_gelu in place, with the widest vectors the CPU offers.
+/// Whether AVX-512 kernels may run: the CPU has AVX-512 F and the build has the `avx512`
+/// feature (without it, foodclip is the AVX2 build).
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Applies quick_gelu in place, with the widest vectors the CPU (and the build) offers.
 fn quick_gelu_in_place(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        if avx512() {
             // SAFETY: the CPU supports AVX-512F, checked just above.
             return unsafe { quick_gelu_avx512(xs) };
         }
@@ -150,18 +159,20 @@ pub enum MatmulKind {
     /// In the weights' own dtype.
     #[default]
     Native,
-    /// bf16 products with f32 sums on Intel AMX tiles; weights and activations are f32 tensors
-    /// (only for CPU f32 models on CPUs where [`super::amx::available`]).
-    AmxBf16,
+    /// bf16 products with f32 sums on the CPU by a [`super::bf16::Engine`] (AMX tiles or
+    /// AVX-512 BF16); weights and activations are f32 tensors (only for CPU f32 models, with an
+    /// engine the CPU has: see [`super::bf16::engine`]).
+    #[cfg(target_arch = "x86_64")]
+    PackedBf16(super::bf16::Engine),
 }
 
 /// A dense layer's weight, as its matmul wants it.
 enum Weight {
     /// `Wᵀ`, contiguous.
     Transposed(Tensor),
-    /// Packed into AMX tiles.
+    /// Packed into bf16 tiles.
     #[cfg(target_arch = "x86_64")]
-    Amx(super::amx::PackedWeight),
+    Packed(super::bf16::PackedWeight),
 }
 
 impl Dense {
@@ -196,12 +207,12 @@ impl Dense {
         }
         let weight = match kind {
             #[cfg(target_arch = "x86_64")]
-            MatmulKind::AmxBf16 => {
+            MatmulKind::PackedBf16(engine) => {
                 let (out, inp) = weight.dims2()?;
                 let w = weight.contiguous()?;
-                match with_cpu_f32(&w, |w| super::amx::pack(w, out, inp)) {
-                    Some(packed) => Weight::Amx(packed),
-                    None => candle_core::bail!("AMX layers need CPU f32 weights"),
+                match with_cpu_f32(&w, |w| super::bf16::pack(w, out, inp, engine)) {
+                    Some(packed) => Weight::Packed(packed),
+                    None => candle_core::bail!("bf16 CPU layers need CPU f32 weights"),
                 }
             }
             _ => Weight::Transposed(transpose(&weight)?),
@@ -214,7 +225,7 @@ impl Dense {
         match &self.weight {
             Weight::Transposed(wt) => wt.dims2(),
             #[cfg(target_arch = "x86_64")]
-            Weight::Amx(p) => Ok((p.inp(), p.out())),
+            Weight::Packed(p) => Ok((p.inp(), p.out())),
         }
     }
 
@@ -234,7 +245,7 @@ impl Dense {
         self.forward_full(x, None, residual, act)
     }
 
-    /// `act(norm(x) Wᵀ + b)`. With AMX the layer norm is applied to each row as the activations
+    /// `act(norm(x) Wᵀ + b)`. With packed bf16 layers the layer norm is applied to each row as the activations
     /// are packed, so the normalised tensor is never written out; elsewhere `norm` runs first.
     pub fn forward_normed(
         &self,
@@ -285,9 +296,9 @@ impl Dense {
                 _ => Ok(y),
             };
         }
-        // Only AMX layers keep `norm` for themselves, and they need CPU f32 tensors.
+        // Only packed bf16 layers keep `norm` for themselves, and they need CPU f32 tensors.
         let Weight::Transposed(weight_t) = &self.weight else {
-            anyhow::bail!("AMX layers take CPU f32 inputs");
+            anyhow::bail!("packed bf16 layers take CPU f32 inputs");
         };
         let mut y = x.reshape((rows, inp))?.matmul(weight_t)?;
         if let Some(b) = &self.bias {
@@ -303,17 +314,17 @@ impl Dense {
         Ok(y)
     }
 
-    /// Whether the matmul applies `norm` itself (AMX layers, plain layer norms).
+    /// Whether the matmul applies `norm` itself (packed bf16 layers, plain layer norms).
     fn normalises_in_packing(&self, norm: &LayerNorm) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Weight::Amx(_) = self.weight {
+        if let Weight::Packed(_) = self.weight {
             return norm.remove_mean();
         }
         let _ = norm;
         false
     }
 
-    /// The CPU f32 path: `None` when a tensor is not CPU f32. `norm` is only given to AMX layers.
+    /// The CPU f32 path: `None` when a tensor is not CPU f32. `norm` is only given to packed bf16 layers.
     #[allow(clippy::too_many_arguments)]
     fn fused(
         &self,
@@ -329,11 +340,14 @@ impl Dense {
         let weight_t = match &self.weight {
             Weight::Transposed(wt) => wt,
             #[cfg(target_arch = "x86_64")]
-            Weight::Amx(packed) => {
-                return Ok(self.amx(x, rows, packed, norm, residual.as_ref(), act));
+            Weight::Packed(packed) => {
+                return Ok(self.packed_bf16(x, rows, packed, norm, residual.as_ref(), act));
             }
         };
-        debug_assert!(norm.is_none(), "only AMX layers normalise while packing");
+        debug_assert!(
+            norm.is_none(),
+            "only packed bf16 layers normalise while packing"
+        );
         let residual = match residual.map(|r| with_cpu_f32(&r, <[f32]>::to_vec)) {
             Some(None) => return Ok(None),
             Some(Some(v)) => Some(v),
@@ -390,15 +404,15 @@ impl Dense {
         Ok(Some(dst))
     }
 
-    /// The AMX path: the layer norm is applied as activations are packed, and bias, quick_gelu
+    /// The packed bf16 path: the layer norm is applied as activations are packed, and bias, quick_gelu
     /// and the residual to each block as it leaves the tiles. `None` when a tensor is not CPU
     /// f32.
     #[cfg(target_arch = "x86_64")]
-    fn amx(
+    fn packed_bf16(
         &self,
         x: &Tensor,
         rows: usize,
-        packed: &super::amx::PackedWeight,
+        packed: &super::bf16::PackedWeight,
         norm: Option<&LayerNorm>,
         residual: Option<&Tensor>,
         act: Option<Activation>,
@@ -408,7 +422,7 @@ impl Dense {
             Some(n) => Some(NormParams::of(n)?),
             None => None,
         };
-        let epilogue = super::amx::Epilogue {
+        let epilogue = super::bf16::Epilogue {
             bias: bias.as_deref(),
             residual: None,
             quick_gelu: act == Some(Activation::QuickGelu),
@@ -416,13 +430,13 @@ impl Dense {
         let norm = norm.as_ref().map(NormParams::as_norm);
         with_cpu_f32(x, |xs| match residual {
             Some(r) => with_cpu_f32(r, |r| {
-                let epilogue = super::amx::Epilogue {
+                let epilogue = super::bf16::Epilogue {
                     residual: Some(r),
                     ..epilogue
                 };
-                super::amx::matmul(xs, rows, packed, norm, epilogue)
+                super::bf16::matmul(xs, rows, packed, norm, epilogue)
             }),
-            None => Some(super::amx::matmul(xs, rows, packed, norm, epilogue)),
+            None => Some(super::bf16::matmul(xs, rows, packed, norm, epilogue)),
         })
         .flatten()
     }
@@ -436,7 +450,7 @@ impl Dense {
     }
 }
 
-/// A layer norm's parameters as vectors, for the AMX kernels.
+/// A layer norm's parameters as vectors, for the packed bf16 kernels.
 #[cfg(target_arch = "x86_64")]
 struct NormParams {
     weight: Vec<f32>,
@@ -458,8 +472,8 @@ impl NormParams {
         })
     }
 
-    fn as_norm(&self) -> super::amx::Norm<'_> {
-        super::amx::Norm {
+    fn as_norm(&self) -> super::bf16::Norm<'_> {
+        super::bf16::Norm {
             weight: &self.weight,
             bias: self.bias.as_deref(),
             eps: self.eps,
@@ -467,7 +481,7 @@ impl NormParams {
     }
 }
 
-/// `x + fc2(act(fc1(norm(x))))`, the MLP of an encoder layer. With AMX and quick_gelu the
+/// `x + fc2(act(fc1(norm(x))))`, the MLP of an encoder layer. With packed bf16 layers and quick_gelu the
 /// hidden activations go from `fc1` to `fc2` as bf16 tiles, never written out in f32 (the same
 /// numbers: `fc2` would round them to bf16 anyway).
 pub fn mlp(
@@ -486,10 +500,10 @@ pub fn mlp(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if let (Weight::Amx(w1), Weight::Amx(w2), Activation::QuickGelu) =
+    if let (Weight::Packed(w1), Weight::Packed(w2), Activation::QuickGelu) =
         (&fc1.weight, &fc2.weight, act)
     {
-        if let Some(y) = amx_mlp(fc1, w1, fc2, w2, &x.contiguous()?, norm) {
+        if let Some(y) = bf16_mlp(fc1, w1, fc2, w2, &x.contiguous()?, norm) {
             return Ok(Tensor::from_vec(y, x.shape(), x.device())?);
         }
     }
@@ -497,13 +511,13 @@ pub fn mlp(
     fc2.forward_with(&h, Some(x), None)
 }
 
-/// The AMX MLP; `None` when a tensor is not CPU f32 or the norm is not a plain layer norm.
+/// The packed bf16 MLP; `None` when a tensor is not CPU f32 or the norm is not a plain layer norm.
 #[cfg(target_arch = "x86_64")]
-fn amx_mlp(
+fn bf16_mlp(
     fc1: &Dense,
-    w1: &super::amx::PackedWeight,
+    w1: &super::bf16::PackedWeight,
     fc2: &Dense,
-    w2: &super::amx::PackedWeight,
+    w2: &super::bf16::PackedWeight,
     x: &Tensor,
     norm: &LayerNorm,
 ) -> Option<Vec<f32>> {
@@ -513,23 +527,23 @@ fn amx_mlp(
     let (b1, b2, norm) = (fc1.bias_vec()?, fc2.bias_vec()?, NormParams::of(norm)?);
     with_cpu_f32(x, |xs| {
         let rows = xs.len() / x.dim(candle_core::D::Minus1).ok()?;
-        let hidden = super::amx::matmul_to_tiles(
+        let hidden = super::bf16::matmul_to_tiles(
             xs,
             rows,
             w1,
             Some(norm.as_norm()),
-            super::amx::Epilogue {
+            super::bf16::Epilogue {
                 bias: b1.as_deref(),
                 residual: None,
                 quick_gelu: true,
             },
         );
-        let epilogue = super::amx::Epilogue {
+        let epilogue = super::bf16::Epilogue {
             bias: b2.as_deref(),
             residual: Some(xs),
             quick_gelu: false,
         };
-        Some(super::amx::matmul_tiles(&hidden, w2, epilogue))
+        Some(super::bf16::matmul_tiles(&hidden, w2, epilogue))
     })
     .flatten()
 }
@@ -735,8 +749,35 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        for (a, b) in fused.iter().zip(&plain) {
-            assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
+        let close = |got: &[f32], what: &str| {
+            for (a, b) in got.iter().zip(&plain) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                    "{what}: {a} vs {b}"
+                );
+            }
+        };
+        close(&fused, "dispatched");
+        // Every variant the CPU can run, whichever one the dispatch picks here.
+        let mut xs = x.to_vec1::<f32>().unwrap();
+        let fresh = xs.clone();
+        quick_gelu_slice(&mut xs);
+        close(&xs, "plain");
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                xs.copy_from_slice(&fresh);
+                // SAFETY: the CPU has AVX2 and FMA (checked).
+                unsafe { quick_gelu_avx2(&mut xs) };
+                close(&xs, "avx2");
+            }
+            if has!("avx512f") {
+                xs.copy_from_slice(&fresh);
+                // SAFETY: the CPU has AVX-512 F (checked).
+                unsafe { quick_gelu_avx512(&mut xs) };
+                close(&xs, "avx512");
+            }
         }
     }
 
@@ -841,10 +882,17 @@ mod tests {
         assert!(max_diff(&fused, &plain) < 1e-4);
     }
 
-    /// On CPUs without AMX the layers pack for the emulated tiles (see `amx::Engine`).
+    /// With every engine: the emulation, and each one the CPU has (see `bf16::Engine`).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn amx_mlp_passes_tiles_between_layers_without_changing_results() {
+    fn bf16_mlp_passes_tiles_between_layers_without_changing_results() {
+        for engine in super::super::bf16::engines() {
+            mlp_hand_off(engine);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn mlp_hand_off(engine: super::super::bf16::Engine) {
         let dev = candle_core::Device::Cpu;
         // Widths that are not multiples of the tiles; 2 x 25 rows.
         let (hidden, inter) = (40, 70);
@@ -852,7 +900,7 @@ mod tests {
         let layer = |out, inp| {
             let w = Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap();
             let b = Tensor::randn(0f32, 0.2, out, &dev).unwrap();
-            Dense::new(w, Some(b), MatmulKind::AmxBf16).unwrap()
+            Dense::new(w, Some(b), MatmulKind::PackedBf16(engine)).unwrap()
         };
         let (fc1, fc2) = (layer(inter, hidden), layer(hidden, inter));
         let norm = LayerNorm::new(
