@@ -263,7 +263,10 @@ mod tests {
     fn plans_resolve_auto_and_run_f32_without_bf16_arithmetic() {
         let cpu = candle_core::Device::Cpu;
         let f32 = Precision::F32.plan(&cpu).unwrap();
-        assert_eq!((f32.precision, f32.matmul), (Precision::F32, MatmulKind::Native));
+        assert_eq!(
+            (f32.precision, f32.matmul),
+            (Precision::F32, MatmulKind::Native)
+        );
         let (auto, bf16) = (
             Precision::Auto.plan(&cpu).unwrap(),
             Precision::Bf16.plan(&cpu).unwrap(),
