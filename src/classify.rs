@@ -1,12 +1,13 @@
 //! Zero-shot classification: class embeddings from prompts, image embeddings from photos, and
 //! their cosine similarities turned into ranked predictions.
 
+use crate::adapter::{Adapter, Cache};
 use crate::cache::{Lookup, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::labels::{LabelSet, Templates};
 use crate::model::encoder::l2_normalize;
 use anyhow::{Context, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use image::RgbImage;
 use std::collections::HashMap;
 
@@ -24,7 +25,7 @@ pub struct Prediction {
     pub group: Option<String>,
     /// Cosine similarity between the photo and the class embedding.
     pub score: f32,
-    /// Softmax over all classes of `exp(logit_scale) * score`.
+    /// Softmax over all classes of `exp(logit_scale) * score` (plus an adapter's cache term).
     pub prob: f32,
 }
 
@@ -189,6 +190,8 @@ pub struct Classifier {
     /// `exp(logit_scale)`.
     temperature: f32,
     stats: PromptStats,
+    /// An adapter's cache term, added to the logits (`prob`); `score` stays zero-shot.
+    cache: Option<Cache>,
 }
 
 impl Classifier {
@@ -236,22 +239,50 @@ impl Classifier {
             .flat_map(|(s, n)| s.into_iter().map(move |v| v / n as f32))
             .collect();
         let means = Tensor::from_vec(flat, (labels.classes.len(), dim), &ckpt.device)?;
-        Ok(Self {
-            labels: labels
-                .classes
-                .iter()
-                .map(|c| c.display().to_string())
-                .collect(),
-            class_groups: labels.classes.iter().map(|c| c.group).collect(),
-            groups: labels
-                .groups
-                .iter()
-                .map(|g| g.display().to_string())
-                .collect(),
-            embeddings: l2_normalize(&means)?,
-            temperature: ckpt.model.logit_scale().exp(),
+        let temperature = ckpt.model.logit_scale().exp();
+        Ok(Self::of(
+            labels,
+            l2_normalize(&means)?,
+            temperature,
             stats,
-        })
+            None,
+        ))
+    }
+
+    /// A classifier of `labels`' classes with these class `embeddings`.
+    fn of(
+        labels: &LabelSet,
+        embeddings: Tensor,
+        temperature: f32,
+        stats: PromptStats,
+        cache: Option<Cache>,
+    ) -> Self {
+        let display = |names: &[String]| names[0].clone();
+        Self {
+            labels: labels.classes.iter().map(|c| display(&c.names)).collect(),
+            class_groups: labels.classes.iter().map(|c| c.group).collect(),
+            groups: labels.groups.iter().map(|g| display(&g.names)).collect(),
+            embeddings,
+            temperature,
+            stats,
+            cache,
+        }
+    }
+
+    /// Scores with an adapter: its classes, their zero-shot embeddings as it stores them, and
+    /// its cache (see [`crate::adapter`]). `temperature` is `exp(logit_scale)` of the model.
+    pub fn from_adapter(adapter: &Adapter, temperature: f32, device: &Device) -> Result<Self> {
+        let labels = &adapter.labels;
+        let (classes, dim) = (labels.classes.len(), adapter.support.dim);
+        let embeddings = Tensor::from_slice(&adapter.text, (classes, dim), device)?;
+        let stats = PromptStats::default();
+        Ok(Self::of(
+            labels,
+            embeddings,
+            temperature,
+            stats,
+            adapter.cache()?,
+        ))
     }
 
     /// The class embeddings, `(classes, dim)`.
@@ -267,13 +298,23 @@ impl Classifier {
     /// Ranks all classes for each row of `images` (normalised image embeddings).
     pub fn predict(&self, images: &Tensor) -> Result<Vec<Ranking>> {
         let scores = images.matmul(&self.embeddings.t()?)?.to_vec2::<f32>()?;
-        Ok(scores.into_iter().map(|row| self.rank(&row)).collect())
+        let extra = match &self.cache {
+            Some(cache) => cache.logits(images)?.to_vec2::<f32>()?,
+            None => Vec::new(),
+        };
+        Ok(scores
+            .iter()
+            .enumerate()
+            .map(|(i, row)| self.rank(row, extra.get(i).map(Vec::as_slice)))
+            .collect())
     }
 
-    fn rank(&self, scores: &[f32]) -> Ranking {
+    /// The ranking of one photo's `scores`, with an adapter's `extra` logits.
+    fn rank(&self, scores: &[f32], extra: Option<&[f32]>) -> Ranking {
         let logits: Vec<f64> = scores
             .iter()
-            .map(|&s| self.temperature as f64 * s as f64)
+            .enumerate()
+            .map(|(c, &s)| self.temperature as f64 * s as f64 + extra.map_or(0.0, |e| e[c] as f64))
             .collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
@@ -292,7 +333,8 @@ impl Classifier {
                 prob: (e / total) as f32,
             })
             .collect();
-        predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+        // Best first by logit: by score for zero-shot, by the adapted logits with an adapter.
+        predictions.sort_by(|a, b| logits[b.class].total_cmp(&logits[a.class]));
         let mut group_probs = vec![0f64; self.groups.len()];
         for (g, e) in self.class_groups.iter().zip(&exps) {
             if let Some(g) = g {

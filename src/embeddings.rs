@@ -41,6 +41,24 @@ pub struct StoredEmbeddings {
     pub values: Vec<f32>,
 }
 
+/// The metadata of a safetensors file whose `format` entry is `format`; anything else is an
+/// error. Shared by the files foodclip writes (stored embeddings, adapters).
+pub(crate) fn metadata(bytes: &[u8], format: &str) -> Result<HashMap<String, String>> {
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{e}"))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(format) {
+        bail!("no format {format:?} in its metadata");
+    }
+    Ok(meta)
+}
+
+/// Little-endian 4-byte values (f32, u32) from a tensor's bytes.
+pub(crate) fn le_values<T>(data: &[u8], from: fn([u8; 4]) -> T) -> Vec<T> {
+    data.chunks_exact(4)
+        .map(|c| from(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
 impl StoredEmbeddings {
     /// Writes the file atomically.
     ///
@@ -95,11 +113,7 @@ impl StoredEmbeddings {
     }
 
     fn parse(bytes: &[u8]) -> Result<Self> {
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| anyhow!("{e}"))?;
-        let meta = header.metadata().clone().unwrap_or_default();
-        if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            bail!("no format {FORMAT:?} in its metadata");
-        }
+        let meta = metadata(bytes, FORMAT)?;
         let field = |k: &str| {
             meta.get(k)
                 .ok_or_else(|| anyhow!("no {k:?} in its metadata"))
@@ -134,11 +148,7 @@ impl StoredEmbeddings {
                 t.data().len()
             );
         }
-        let values = t
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
+        let values = le_values(t.data(), f32::from_le_bytes);
         Ok(Self {
             checkpoint: field("checkpoint")?.clone(),
             paths,

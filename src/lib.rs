@@ -8,7 +8,8 @@
 //! - [`checkpoint`]: a loaded model with its tokenizer and preprocessing;
 //! - [`preprocess`]: decoding photos and preparing the pixels as the reference does;
 //! - [`labels`]: label files and prompt templates;
-//! - [`classify`]: class embeddings, image embeddings and ranked predictions;
+//! - [`classify`]: class embeddings, image embeddings and ranked predictions; [`adapter`]:
+//!   learning a kitchen's dishes from a few photos (Tip-Adapter);
 //! - [`cache`]: the on-disk cache of prompt embeddings; [`embeddings`]: stored image embeddings;
 //! - [`eval`]: data sets, accuracy metrics and open-set calibration;
 //! - [`inputs`]: files, folders, stdin lists, shards and resumed runs;
@@ -19,6 +20,7 @@
 //! - [`fsutil`]: atomic writes and lossless paths, shared by all of them; [`markup`]: escaping
 //!   and embedded pictures for the HTML and SVG.
 
+pub mod adapter;
 pub mod cache;
 pub mod checkpoint;
 pub mod classify;

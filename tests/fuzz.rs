@@ -486,3 +486,46 @@ fn region_files_parse_or_name_their_file() {
     }
     eprintln!("fuzz regions: {accepted} mutated region files accepted, the rest refused");
 }
+
+#[test]
+fn adapters_load_consistent_or_are_refused() {
+    use foodclip::adapter::{cross_validate, Adapter, Choice, Support};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    let support = Support {
+        features: vec![1.0, 0.0, 0.8, 0.6, 0.0, 1.0, 0.6, 0.8],
+        classes: vec![0, 0, 1, 1],
+        dim: 2,
+    };
+    let text = vec![0.0, 1.0, 1.0, 0.0];
+    let (report, keys) =
+        cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+    let mut labels =
+        LabelSet::parse("[밥류]\n밥 | rice\n국\n".as_bytes(), Path::new("l.txt")).unwrap();
+    labels.path = good.clone();
+    Adapter {
+        checkpoint: "blake3:abc".into(),
+        labels,
+        text,
+        support,
+        keys,
+        report,
+    }
+    .save(&good)
+    .unwrap();
+    let file = dir.path().join("mutated.safetensors");
+    fuzz("adapter", &[read(&good)], iterations(4000), |bytes| {
+        std::fs::write(&file, bytes).unwrap();
+        match Adapter::load(&file) {
+            Ok(a) => {
+                // What loads is usable: the cache and the classes fit together.
+                let classes = a.labels.classes.len();
+                assert_eq!(a.text.len(), classes * a.support.dim);
+                assert!(a.support.classes.iter().all(|&c| c < classes));
+                assert_eq!(a.keys.len(), a.support.features.len());
+                a.cache().unwrap();
+            }
+            Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
+        }
+    });
+}

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::io::{self, IsTerminal};
 
 pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
-    let labels = LabelSet::load(&args.labels)?;
+    let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
     let templates = Templates::from_args(&args.templates.templates)?;
     if args.group_scores && labels.groups.is_empty() {
         bail!(
@@ -47,7 +47,7 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let ckpt = cx.model(stored.is_some())?;
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
-    let classifier = cx.classifier(&ckpt, &labels, &templates)?;
+    let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
     let (top_k, group_scores) = (args.top_k, args.group_scores);
     let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
         let mut rankings = classifier

@@ -3,6 +3,7 @@
 
 use super::flags::{Cli, DeviceKind};
 use super::ui::Ui;
+use crate::adapter::Adapter;
 use crate::cache::{default_root, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::classify::Classifier;
@@ -13,7 +14,7 @@ use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
 use anyhow::{bail, Context as _, Result};
 use std::io::{self, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The global flags, resolved.
@@ -151,6 +152,80 @@ impl Context {
             ));
         }
         Ok(classifier)
+    }
+
+    /// The classes of a run: from `--labels`, or from `--adapter` (which brings them; a label
+    /// file beside it must list the same classes). Returns the adapter too.
+    pub fn labels(
+        &self,
+        labels: Option<&Path>,
+        adapter: Option<&Path>,
+    ) -> Result<(LabelSet, Option<Adapter>)> {
+        let adapter = adapter.map(Adapter::load).transpose()?;
+        let labels = match (labels, &adapter) {
+            (Some(file), Some(a)) => {
+                let set = LabelSet::load(file)?;
+                let names = |l: &LabelSet| -> Vec<Vec<String>> {
+                    l.classes.iter().map(|c| c.names.clone()).collect()
+                };
+                if names(&set) != names(&a.labels) {
+                    bail!(
+                        "{} lists other classes than the adapter {} ({} classes); leave out \
+                         --labels, or make the adapter again with this file",
+                        file.display(),
+                        a.labels.path.display(),
+                        a.labels.classes.len()
+                    );
+                }
+                set
+            }
+            (Some(file), None) => LabelSet::load(file)?,
+            (None, Some(a)) => a.labels.clone(),
+            (None, None) => bail!("give --labels FILE (or --adapter FILE)"),
+        };
+        Ok((labels, adapter))
+    }
+
+    /// What ranks the classes: the adapter's classes and cache when there is one (made with this
+    /// checkpoint, or refused), else the label prompts' embeddings.
+    pub fn scorer(
+        &self,
+        ckpt: &Checkpoint,
+        labels: &LabelSet,
+        templates: &Templates,
+        adapter: Option<&Adapter>,
+    ) -> Result<Classifier> {
+        match adapter {
+            None => self.classifier(ckpt, labels, templates),
+            Some(a) => {
+                self.check_adapter(ckpt, a)?;
+                if !matches!(templates, Templates::Default) {
+                    bail!("--adapter brings its class embeddings; leave out --template");
+                }
+                Classifier::from_adapter(a, ckpt.model.logit_scale().exp(), &ckpt.device)
+            }
+        }
+    }
+
+    /// Refuses an adapter made with another checkpoint than `ckpt`.
+    pub fn check_adapter(&self, ckpt: &Checkpoint, adapter: &Adapter) -> Result<()> {
+        let ours = self.fingerprint(ckpt)?;
+        if adapter.checkpoint != ours {
+            bail!(
+                "{} was made with checkpoint {}, but the model is {} ({ours}); pass the --model \
+                 it was made with, or adapt again",
+                adapter.labels.path.display(),
+                adapter.checkpoint,
+                ckpt.identity
+            );
+        }
+        if adapter.support.dim != ckpt.config.projection_dim {
+            bail!(
+                "{} does not fit the model's embeddings",
+                adapter.labels.path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Warns once when the labels use a language the model's registry entry lacks.

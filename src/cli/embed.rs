@@ -18,6 +18,9 @@ pub(super) fn run(cx: &Context, args: &EmbedArgs) -> Result<Outcome> {
     };
     let job = Job::prepare(&args.input, layout, None, regions.as_ref())?;
     let ckpt = cx.model(false)?;
+    if let Some(file) = &args.adapter {
+        cx.check_adapter(&ckpt, &crate::adapter::Adapter::load(file)?)?;
+    }
     let rows = |e: &candle_core::Tensor| Ok(e.to_vec2::<f32>()?);
     let embedder = embedder(
         &ckpt,

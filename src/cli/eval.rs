@@ -1,23 +1,20 @@
 //! `foodclip eval`: score a labelled data set, then print the metrics (and write the report).
 
 use super::context::Context;
+use super::dataset::DataSet;
 use super::flags::EvalArgs;
-use super::job::{embedder, run_photos};
-use super::ui::{to_stdout, write_json, Ui};
+use super::ui::{to_stdout, write_json};
 use super::Outcome;
 use crate::classify::Ranking;
-use crate::eval::{
-    calibrate, is_region_file, metrics, threshold_for, ClassNames, Metrics, Operating, Sample,
-    Scored, Truth,
-};
+use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Scored, Truth};
 use crate::fsutil::PathJson;
 use crate::labels::{LabelSet, Templates};
 use crate::output::{csv_row, Format};
-use crate::regions::{Region, Regions};
+use crate::regions::Region;
 use crate::report::{self, Misclassified};
 use anyhow::{bail, Context as _, Result};
+use candle_core::Tensor;
 use serde_json::json;
-use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::path::PathBuf;
 
@@ -49,135 +46,58 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
     if args.format == Format::Coco {
         bail!("--format coco is for classify results; eval writes table, json, csv or tsv");
     }
-    let labels = LabelSet::load(&args.labels)?;
     let templates = Templates::from_args(&args.templates.templates)?;
-    let names = ClassNames::new(&labels);
-    let asked = args.regions.load()?;
-    let stored = args.stored.load(asked.as_ref())?;
-    // A region file as the data set: its photos, and a truth per region.
-    let (samples, regions) = if is_region_file(&args.dataset) {
-        if asked.is_some() {
-            bail!(
-                "{} holds the regions already; leave out --regions, --layout and --grid",
-                args.dataset.display()
-            );
-        }
-        let regions = Regions::from_file(&args.dataset)?;
-        let photos = regions.listed_photos().unwrap_or_default();
-        let samples = photos
-            .into_iter()
-            .map(|path| Sample {
-                path,
-                truth: Truth::Unmatched(String::new()),
-            })
-            .collect();
-        (samples, stored.is_none().then_some(regions))
-    } else {
-        (crate::eval::load_dataset(&args.dataset, &labels)?, asked)
-    };
-    let by_regions = regions.is_some() || stored.as_ref().is_some_and(|s| !s.regions.is_empty());
-    let ckpt = cx.model(stored.is_some())?;
-    let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
+    let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
+    let source = DataSet::open(&args.data, &labels)?;
+    let ckpt = cx.model(source.stored.is_some())?;
+    let sink = args
+        .data
+        .stored
+        .prepare(cx, source.stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
-    let classifier = cx.classifier(&ckpt, &labels, &templates)?;
-    let embedder = embedder(
-        &ckpt,
-        stored.as_ref(),
-        regions.as_ref(),
-        &args.batch,
-        cx.fidelity,
-    );
-    let ui = &cx.ui;
-    // Whole photos in no class are not scored; regions carry their own truth, known later.
-    let (scorable, mut unmatched): (Vec<Sample>, Vec<Sample>) = samples
-        .into_iter()
-        .partition(|s| by_regions || !matches!(s.truth, Truth::Unmatched(_)));
-    let truths: HashMap<PathBuf, Truth> = scorable
-        .iter()
-        .map(|s| (s.path.clone(), s.truth.clone()))
-        .collect();
-    let paths: Vec<PathBuf> = scorable.into_iter().map(|s| s.path).collect();
-    let mut cases = Vec::with_capacity(paths.len());
-    let (stats, interrupted) = run_photos(embedder, &paths, ui, sink, |emb, chunk, items| {
-        let mut ranked = match emb {
-            Some(e) => classifier
-                .predict(e)
-                .context("cannot rank the photos' embeddings")?,
-            None => Vec::new(),
+    let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
+    let run = source.embed(cx, &ckpt, &args.data.batch, sink)?;
+    if args.calibrate && !run.cases.iter().any(|c| c.truth == Truth::Unknown) {
+        cx.ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
+    }
+    let mut cases = Vec::with_capacity(run.cases.len());
+    for chunk in run.cases.chunks(256) {
+        let rows: Vec<f32> = chunk
+            .iter()
+            .filter_map(|c| c.embedding.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
+        let n = rows.len() / ckpt.config.projection_dim;
+        let mut ranked = if n > 0 {
+            let e = Tensor::from_vec(rows, (n, ckpt.config.projection_dim), &ckpt.device)?;
+            classifier
+                .predict(&e)
+                .context("cannot rank the photos' embeddings")?
+        } else {
+            Vec::new()
         }
         .into_iter();
-        for (path, photo) in chunk.iter().zip(items) {
-            for item in photo {
-                let ranking = item
-                    .result
-                    .map(|()| ranked.next().expect("one ranking per embedding"));
-                let truth = match item.region.as_ref().and_then(|r| r.label.as_deref()) {
-                    Some(label) => names.truth(label),
-                    None => truths[path].clone(),
-                };
-                cases.push(Case {
-                    path: path.clone(),
-                    region: item.region,
-                    truth,
-                    ranking,
-                });
-            }
+        for c in chunk {
+            cases.push(Case {
+                path: c.path.clone(),
+                region: c.region.clone(),
+                truth: c.truth.clone(),
+                ranking: match &c.embedding {
+                    Ok(_) => Ok(ranked.next().expect("one ranking per embedding")),
+                    Err(e) => Err(e.clone()),
+                },
+            });
         }
-        Ok(())
-    })?;
-    let (cases, regions_unmatched): (Vec<Case>, Vec<Case>) = cases
-        .into_iter()
-        .partition(|c| !matches!(c.truth, Truth::Unmatched(_)));
-    unmatched.extend(regions_unmatched.into_iter().map(|c| Sample {
-        path: match &c.region {
-            Some(r) => PathBuf::from(format!("{} [region {}]", c.path.display(), r.tag())),
-            None => c.path,
-        },
-        truth: c.truth,
-    }));
-    let unmatched: Vec<(PathBuf, String)> = unmatched
-        .into_iter()
-        .map(|s| match s.truth {
-            Truth::Unmatched(label) => (s.path, label),
-            _ => unreachable!("only unmatched samples"),
-        })
-        .collect();
-    warn_unmatched(ui, &labels, &unmatched, by_regions);
-    if args.calibrate && !cases.iter().any(|c| c.truth == Truth::Unknown) {
-        ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
     }
-    let evaluation = evaluate(args, &labels, cases, unmatched, by_regions);
+    let evaluation = evaluate(args, &labels, cases, run.unmatched, run.by_regions);
     print(&evaluation, args)?;
     if let Some(dir) = &args.report {
         let index = report::write(dir, &evaluation_view(&evaluation))?;
-        ui.note(&format!("wrote {}", index.display()));
+        cx.ui.note(&format!("wrote {}", index.display()));
     }
     // Every unreadable photo is a failed one of the run.
-    Ok(Outcome::of(&stats, interrupted))
-}
-
-/// One warning per label that matches no class.
-fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(PathBuf, String)], regions: bool) {
-    let what = if regions { "region(s)" } else { "photo(s)" };
-    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
-    for (_, label) in unmatched {
-        *counts.entry(label.as_str()).or_default() += 1;
-    }
-    for (label, n) in counts {
-        let where_ = if label.is_empty() {
-            if regions {
-                "without a label".to_string()
-            } else {
-                "outside every class folder".to_string()
-            }
-        } else {
-            format!(
-                "labelled {label:?}, which names no class of {}",
-                labels.path.display()
-            )
-        };
-        ui.warn(&format!("{n} {what} {where_}: not scored"));
-    }
+    Ok(Outcome::of(&run.stats, run.interrupted))
 }
 
 fn evaluate<'a>(

@@ -87,6 +87,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Print L2-normalised image embeddings.
     Embed(EmbedArgs),
+    /// Learn your dishes from a few labelled photos: an adapter for classify and eval.
+    Adapt(AdaptArgs),
     /// Write the exact picture the model sees (resized and centre-cropped) for one photo.
     Preview(PreviewArgs),
     /// The registry of known checkpoints.
@@ -158,8 +160,11 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// Label file: one class per line, synonyms after `|`, `#` comments, `[group]` headers.
-    #[arg(long, short)]
-    pub labels: PathBuf,
+    #[arg(long, short, required_unless_present = "adapter")]
+    pub labels: Option<PathBuf>,
+    /// An adapter made by `foodclip adapt`: its classes and its cache of your photos.
+    #[arg(long, value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
     /// Prompt templates.
     #[command(flatten)]
     pub templates: TemplateArgs,
@@ -205,25 +210,18 @@ pub struct StoredArgs {
 /// `foodclip eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// The data set: a folder of class folders (each named by any name of a class; `unknown` for
-    /// dishes not in the list), a CSV/TSV file of `path,label` rows, or regions with labels: a
-    /// COCO JSON with categories, or CSV/TSV rows `path,x1,y1,x2,y2,label`.
-    pub dataset: PathBuf,
+    /// The data set.
+    #[command(flatten)]
+    pub data: DataSetArgs,
     /// Label file.
-    #[arg(long, short)]
-    pub labels: PathBuf,
+    #[arg(long, short, required_unless_present = "adapter")]
+    pub labels: Option<PathBuf>,
+    /// An adapter made by `foodclip adapt`: its classes and its cache.
+    #[arg(long, value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
     /// Prompt templates.
     #[command(flatten)]
     pub templates: TemplateArgs,
-    /// Batching and decoding.
-    #[command(flatten)]
-    pub batch: BatchArgs,
-    /// Regions of the photos (trays); a COCO JSON or CSV region file may also be the data set.
-    #[command(flatten)]
-    pub regions: RegionArgs,
-    /// Embeddings.
-    #[command(flatten)]
-    pub stored: StoredArgs,
     /// Output format: table, json, or csv (one row per class).
     #[arg(long, short, default_value = "table", value_parser = formats())]
     pub format: Format,
@@ -260,6 +258,67 @@ pub struct EmbedArgs {
     pub input: InputArgs,
     /// Output format.
     #[arg(long, short, default_value = "jsonl", value_parser = formats())]
+    pub format: Format,
+    /// Refuse to run unless the model is the one this adapter was made with (so that the
+    /// embeddings can go into it).
+    #[arg(long, value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
+}
+
+/// A labelled data set and how its photos are read, for `eval` and `adapt`.
+#[derive(Debug, Args)]
+pub struct DataSetArgs {
+    /// The data set: a folder of class folders (each named by any name of a class; `unknown` for
+    /// dishes not in the list), a CSV/TSV file of `path,label` rows, or regions with labels: a
+    /// COCO JSON with categories, or CSV/TSV rows `path,x1,y1,x2,y2,label`.
+    pub dataset: PathBuf,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Regions of the photos (trays); a COCO JSON or CSV region file may also be the data set.
+    #[command(flatten)]
+    pub regions: RegionArgs,
+    /// Embeddings.
+    #[command(flatten)]
+    pub stored: StoredArgs,
+}
+
+/// `foodclip adapt`.
+#[derive(Debug, Args)]
+pub struct AdaptArgs {
+    /// The labelled photos, in any form `eval` reads.
+    #[command(flatten)]
+    pub data: DataSetArgs,
+    /// Label file (with --update: the classes, old and new; default the adapter's).
+    #[arg(long, short, required_unless_present = "update")]
+    pub labels: Option<PathBuf>,
+    /// Where to write the adapter (safetensors).
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Add the photos (and new classes) to this adapter and choose again.
+    #[arg(long, value_name = "ADAPTER")]
+    pub update: Option<PathBuf>,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Average each photo's embedding over N augmented views (random resized crops of 50-100%,
+    /// flips), drawn from --seed; 0 uses the photo as the model sees it.
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub augment: u32,
+    /// Seed of the augmented views.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also try Tip-Adapter-F (the cache keys fine-tuned) in cross-validation.
+    #[arg(long)]
+    pub fit: bool,
+    /// Fix alpha (the weight of the photos against the names) instead of choosing it.
+    #[arg(long, requires = "beta")]
+    pub alpha: Option<f32>,
+    /// Fix beta (how sharply a photo's pull falls with distance) instead of choosing it.
+    #[arg(long, requires = "alpha")]
+    pub beta: Option<f32>,
+    /// Output format of the report: table or json.
+    #[arg(long, short, default_value = "table", value_parser = formats())]
     pub format: Format,
 }
 

@@ -2,8 +2,10 @@
 //! `context` resolves the global ones, and each command runs in a file of its own against the
 //! library; `ui` is the terminal side and `job` the loop over many photos.
 
+mod adapt;
 mod classify;
 mod context;
+mod dataset;
 mod embed;
 mod eval;
 pub mod flags;
@@ -52,6 +54,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Classify(args) => classify::run(&cx, args),
         Command::Eval(args) => eval::run(&cx, args),
         Command::Embed(args) => embed::run(&cx, args),
+        Command::Adapt(args) => adapt::run(&cx, args),
         Command::Preview(args) => preview::run(&cx, args),
         Command::Models(ModelsCommand::List { format }) => models::list(&cx.registry, *format),
         Command::Labels(LabelsCommand::Show(args)) => labels::show(args),

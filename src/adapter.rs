@@ -1,0 +1,766 @@
+//! Learning a kitchen's dishes from a few labelled photos, with no GPU: Tip-Adapter (arXiv
+//! 2207.09519) and its trained variant Tip-Adapter-F.
+//!
+//! The cache: keys `K` are the support photos' L2-normalised image embeddings, values `V` their
+//! classes (one-hot). For an image embedding `f` and the zero-shot class embeddings `W`:
+//!
+//! ```text
+//! logits = logit_scale * f Wᵀ + alpha * exp(-beta * (1 - f Kᵀ)) V
+//! ```
+//!
+//! `alpha` and `beta` (and whether the keys are fine-tuned, Tip-Adapter-F) are chosen by
+//! cross-validation on the support set alone ([`cross_validate`]): leave-one-out when it is
+//! small, stratified k-fold otherwise, over ranges wide enough that the photos alone decide
+//! when the class names carry nothing. When no choice beats zero-shot, `alpha` is 0.
+//!
+//! An [`Adapter`] is stored as safetensors, bound to the checkpoint's fingerprint.
+
+use crate::embeddings::{le_values, metadata};
+use crate::fsutil::write_atomically;
+use crate::labels::{LabelClass, LabelGroup, LabelSet};
+use crate::preprocess::{Decoded, Fidelity, PreprocessConfig, Rect};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use image::RgbImage;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+const FORMAT: &str = "foodclip-adapter/1";
+
+/// The `alpha` values cross-validation tries (0 is zero-shot): from a nudge to the photos
+/// deciding alone, against `logit_scale` 100.
+pub const ALPHAS: [f32; 10] = [0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0];
+/// The `beta` values cross-validation tries: how sharply affinity falls with distance.
+pub const BETAS: [f32; 8] = [0.5, 1.0, 2.0, 3.5, 5.5, 8.0, 12.0, 20.0];
+/// Up to this many support photos, cross-validation leaves one out; above, it is 5-fold.
+pub const LEAVE_ONE_OUT_UP_TO: usize = 64;
+
+/// How an adapter scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The zero-shot classes alone (adaptation did not beat them in cross-validation).
+    ZeroShot,
+    /// The training-free cache.
+    TipAdapter,
+    /// The cache with fine-tuned keys.
+    TipAdapterF,
+}
+
+/// Support photos: their normalised embeddings and classes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Support {
+    /// Row-major `n x dim`.
+    pub features: Vec<f32>,
+    /// Each row's class.
+    pub classes: Vec<usize>,
+    /// Embedding width.
+    pub dim: usize,
+}
+
+impl Support {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.classes.is_empty()
+    }
+}
+
+/// What cross-validation found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Support photos.
+    pub photos: usize,
+    /// Folds (`photos` for leave-one-out).
+    pub folds: usize,
+    /// Cross-validated top-1 of zero-shot.
+    pub zero_shot_top1: f64,
+    /// Cross-validated top-1 of the best training-free cache.
+    pub cache_top1: f64,
+    /// Cross-validated top-1 with fine-tuned keys, when tried (`--fit`).
+    pub fitted_top1: Option<f64>,
+    /// The method chosen.
+    pub method: Method,
+    /// The chosen `alpha` (0 for zero-shot).
+    pub alpha: f32,
+    /// The chosen `beta`.
+    pub beta: f32,
+}
+
+/// Each photo's fold: its own (leave-one-out) for small sets, else 5 folds stratified by class.
+pub fn folds(classes: &[usize]) -> Vec<usize> {
+    if classes.len() <= LEAVE_ONE_OUT_UP_TO {
+        return (0..classes.len()).collect();
+    }
+    let mut seen: HashMap<usize, usize> = HashMap::new();
+    classes
+        .iter()
+        .map(|c| {
+            let k = seen.entry(*c).or_default();
+            *k += 1;
+            (*k - 1) % 5
+        })
+        .collect()
+}
+
+/// Row-major `a (n x d) · b (m x d)ᵀ`.
+fn dots(a: &[f32], b: &[f32], d: usize) -> Result<Vec<Vec<f32>>> {
+    let (n, m) = (a.len() / d.max(1), b.len() / d.max(1));
+    let ta = Tensor::from_slice(a, (n, d), &Device::Cpu)?;
+    let tb = Tensor::from_slice(b, (m, d), &Device::Cpu)?;
+    Ok(ta.matmul(&tb.t()?)?.to_vec2::<f32>()?)
+}
+
+/// The index of the largest value.
+fn argmax(xs: impl Iterator<Item = f64>) -> usize {
+    let mut best = (0, f64::NEG_INFINITY);
+    for (i, x) in xs.enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best.0
+}
+
+/// How [`cross_validate`] decides.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Choice {
+    /// Search [`ALPHAS`] x [`BETAS`]; with `fit`, also try fine-tuned keys.
+    Search {
+        /// Try Tip-Adapter-F.
+        fit: bool,
+    },
+    /// Use these values (only their cross-validated top-1 is measured).
+    Fixed {
+        /// The weight of the cache.
+        alpha: f32,
+        /// The sharpness of its affinity.
+        beta: f32,
+    },
+}
+
+/// Chooses `alpha`, `beta` and (with `fit`) fine-tuned keys by cross-validation on `support`,
+/// against the zero-shot class embeddings `text` (`classes x dim`) at `temperature`
+/// (`exp(logit_scale)`). Returns the report and the keys to use (fine-tuned on the whole
+/// support set when that won).
+pub fn cross_validate(
+    support: &Support,
+    text: &[f32],
+    temperature: f32,
+    choice: Choice,
+) -> Result<(Report, Vec<f32>)> {
+    let d = support.dim;
+    let classes = text.len() / d;
+    let n = support.len();
+    if n < 2 {
+        bail!("cross-validation needs at least 2 labelled photos, found {n}");
+    }
+    let fold = folds(&support.classes);
+    let zs = dots(&support.features, text, d)?;
+    let sim = dots(&support.features, &support.features, d)?;
+    let top1 = |alpha: f32, cache: &[Vec<f64>]| -> f64 {
+        let right = (0..n)
+            .filter(|&i| {
+                let logits = (0..classes)
+                    .map(|c| temperature as f64 * zs[i][c] as f64 + alpha as f64 * cache[i][c]);
+                argmax(logits) == support.classes[i]
+            })
+            .count();
+        right as f64 / n as f64
+    };
+    let zero_shot = top1(0.0, &vec![vec![0.0; classes]; n]);
+    let (fit, grid): (bool, Vec<(f32, f32)>) = match choice {
+        Choice::Search { fit } => (
+            fit,
+            BETAS
+                .iter()
+                .flat_map(|&b| ALPHAS[1..].iter().map(move |&a| (a, b)))
+                .collect(),
+        ),
+        Choice::Fixed { alpha, beta } => (false, vec![(alpha, beta)]),
+    };
+    let fixed = matches!(choice, Choice::Fixed { .. });
+    let mut best = (
+        if fixed { f64::NEG_INFINITY } else { zero_shot },
+        0.0f32,
+        grid[0].1,
+    );
+    let mut cache = (f32::NAN, Vec::new());
+    for (alpha, beta) in grid {
+        if cache.0 != beta {
+            cache = (
+                beta,
+                cached_affinity(&sim, &support.classes, &fold, classes, beta),
+            );
+        }
+        let t = top1(alpha, &cache.1);
+        if t > best.0 {
+            best = (t, alpha, beta);
+        }
+    }
+    let (cache_top1, mut alpha, beta) = best;
+    let mut report = Report {
+        photos: n,
+        folds: fold.iter().max().map_or(0, |m| m + 1),
+        zero_shot_top1: zero_shot,
+        cache_top1,
+        fitted_top1: None,
+        method: if alpha > 0.0 {
+            Method::TipAdapter
+        } else {
+            Method::ZeroShot
+        },
+        alpha,
+        beta,
+    };
+    let mut keys = support.features.clone();
+    if fit {
+        let alpha_fit = if alpha > 0.0 { alpha } else { 10.0 };
+        let fitted = fitted_top1(support, text, temperature, &fold, alpha_fit, beta)?;
+        report.fitted_top1 = Some(fitted);
+        if fitted > cache_top1.max(zero_shot) {
+            alpha = alpha_fit;
+            keys = fine_tune(support, text, temperature, alpha, beta, None)?;
+            report.method = Method::TipAdapterF;
+            report.alpha = alpha;
+        }
+    }
+    Ok((report, keys))
+}
+
+/// For each photo and class, the cache's affinity from the photos of the other folds:
+/// `sum_j exp(-beta (1 - f_i · f_j)) [class_j = c]`.
+fn cached_affinity(
+    sim: &[Vec<f32>],
+    labels: &[usize],
+    fold: &[usize],
+    classes: usize,
+    beta: f32,
+) -> Vec<Vec<f64>> {
+    sim.iter()
+        .enumerate()
+        .map(|(i, row)| {
+            let mut out = vec![0f64; classes];
+            for (j, &s) in row.iter().enumerate() {
+                if fold[j] != fold[i] {
+                    out[labels[j]] += (-(beta as f64) * (1.0 - s as f64)).exp();
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Cross-validated top-1 of Tip-Adapter-F: keys fine-tuned on each fold's training photos.
+fn fitted_top1(
+    support: &Support,
+    text: &[f32],
+    temperature: f32,
+    fold: &[usize],
+    alpha: f32,
+    beta: f32,
+) -> Result<f64> {
+    let folds = fold.iter().max().map_or(0, |m| m + 1);
+    let mut right = 0;
+    for k in 0..folds {
+        let train: Vec<usize> = (0..support.len()).filter(|&i| fold[i] != k).collect();
+        let test: Vec<usize> = (0..support.len()).filter(|&i| fold[i] == k).collect();
+        let keys = fine_tune(support, text, temperature, alpha, beta, Some(&train))?;
+        let cache = Cache::new(
+            &keys,
+            &train
+                .iter()
+                .map(|&i| support.classes[i])
+                .collect::<Vec<_>>(),
+            support.dim,
+            text.len() / support.dim,
+            alpha,
+            beta,
+        )?;
+        let feats: Vec<f32> = test
+            .iter()
+            .flat_map(|&i| support.features[i * support.dim..][..support.dim].to_vec())
+            .collect();
+        let f = Tensor::from_vec(feats, (test.len(), support.dim), &Device::Cpu)?;
+        let logits = logits(&f, text, support.dim, temperature, Some(&cache))?;
+        for (row, &i) in logits.iter().zip(&test) {
+            if argmax(row.iter().map(|&v| v as f64)) == support.classes[i] {
+                right += 1;
+            }
+        }
+    }
+    Ok(right as f64 / support.len() as f64)
+}
+
+/// Tip-Adapter-F: the cache keys of the photos `rows` (all when `None`) as a trainable layer,
+/// AdamW (lr 0.001, 20 epochs, full batch) on cross-entropy over those photos. Returns the
+/// keys, row-major.
+fn fine_tune(
+    support: &Support,
+    text: &[f32],
+    temperature: f32,
+    alpha: f32,
+    beta: f32,
+    rows: Option<&[usize]>,
+) -> Result<Vec<f32>> {
+    let d = support.dim;
+    let classes = text.len() / d;
+    let all: Vec<usize> = (0..support.len()).collect();
+    let rows = rows.unwrap_or(&all);
+    let dev = Device::Cpu;
+    let feats: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| support.features[i * d..][..d].to_vec())
+        .collect();
+    let labels: Vec<u32> = rows.iter().map(|&i| support.classes[i] as u32).collect();
+    let f = Tensor::from_vec(feats, (rows.len(), d), &dev)?;
+    let y = Tensor::from_vec(labels.clone(), rows.len(), &dev)?;
+    let values = one_hot(&labels, classes)?;
+    let w = Tensor::from_slice(text, (classes, d), &dev)?;
+    let zero_shot = (f.matmul(&w.t()?)? * temperature as f64)?;
+    let keys = Var::from_tensor(&f)?;
+    let mut opt = AdamW::new(
+        vec![keys.clone()],
+        ParamsAdamW {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..20 {
+        let affinity = ((f.matmul(&keys.as_tensor().t()?)? - 1.0)? * beta as f64)?.exp()?;
+        let logits = (&zero_shot + (affinity.matmul(&values)? * alpha as f64)?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        opt.backward_step(&loss)?;
+    }
+    Ok(keys.as_tensor().flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// `(n, classes)` one-hot rows.
+fn one_hot(labels: &[u32], classes: usize) -> Result<Tensor> {
+    let mut v = vec![0f32; labels.len() * classes];
+    for (i, &c) in labels.iter().enumerate() {
+        v[i * classes + c as usize] = 1.0;
+    }
+    Ok(Tensor::from_vec(v, (labels.len(), classes), &Device::Cpu)?)
+}
+
+/// The cache term ready to add to zero-shot logits.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    keys: Tensor,
+    values: Tensor,
+    alpha: f32,
+    beta: f32,
+}
+
+impl Cache {
+    /// A cache of `keys` (`n x dim`, row-major) with their `classes`.
+    pub fn new(
+        keys: &[f32],
+        classes_of: &[usize],
+        dim: usize,
+        classes: usize,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<Self> {
+        let labels: Vec<u32> = classes_of.iter().map(|&c| c as u32).collect();
+        Ok(Self {
+            keys: Tensor::from_slice(keys, (classes_of.len(), dim), &Device::Cpu)?,
+            values: one_hot(&labels, classes)?,
+            alpha,
+            beta,
+        })
+    }
+
+    /// `alpha * exp(-beta (1 - f Kᵀ)) V` for image embeddings `f` `(b, dim)`: `(b, classes)`.
+    pub fn logits(&self, f: &Tensor) -> Result<Tensor> {
+        let f = f.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        let affinity = ((f.matmul(&self.keys.t()?)? - 1.0)? * self.beta as f64)?.exp()?;
+        Ok((affinity.matmul(&self.values)? * self.alpha as f64)?)
+    }
+}
+
+/// `temperature * f Wᵀ` plus the cache term, as rows.
+fn logits(
+    f: &Tensor,
+    text: &[f32],
+    dim: usize,
+    temperature: f32,
+    cache: Option<&Cache>,
+) -> Result<Vec<Vec<f32>>> {
+    let w = Tensor::from_slice(text, (text.len() / dim, dim), &Device::Cpu)?;
+    let mut l = (f.matmul(&w.t()?)? * temperature as f64)?;
+    if let Some(c) = cache {
+        l = (l + c.logits(f)?)?;
+    }
+    Ok(l.to_vec2::<f32>()?)
+}
+
+/// A class as an adapter stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StoredClass {
+    names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<usize>,
+}
+
+/// An adapter: the classes, their zero-shot embeddings, the cache and the choices that made it.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// Fingerprint of the checkpoint whose embeddings it holds.
+    pub checkpoint: String,
+    /// The classes (names, synonyms, groups).
+    pub labels: LabelSet,
+    /// `W`, `classes x dim`, row-major.
+    pub text: Vec<f32>,
+    /// The support photos' embeddings (kept to choose again with `--update`).
+    pub support: Support,
+    /// The cache keys `K`, `n x dim` (the support embeddings, or fine-tuned).
+    pub keys: Vec<f32>,
+    /// What cross-validation chose, and how well each candidate did.
+    pub report: Report,
+}
+
+impl Adapter {
+    /// The cache term to add to the zero-shot logits (`None` for a zero-shot adapter).
+    pub fn cache(&self) -> Result<Option<Cache>> {
+        if self.report.method == Method::ZeroShot || self.report.alpha == 0.0 {
+            return Ok(None);
+        }
+        Cache::new(
+            &self.keys,
+            &self.support.classes,
+            self.support.dim,
+            self.labels.classes.len(),
+            self.report.alpha,
+            self.report.beta,
+        )
+        .map(Some)
+    }
+
+    /// Writes the adapter (safetensors: `text`, `features`, `keys`, `classes`; metadata:
+    /// `format`, `checkpoint`, `labels`, `report`), atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+        let d = self.support.dim;
+        let (text, features, keys) = (
+            bytes(&self.text),
+            bytes(&self.support.features),
+            bytes(&self.keys),
+        );
+        let classes: Vec<u8> = self
+            .support
+            .classes
+            .iter()
+            .flat_map(|&c| (c as u32).to_le_bytes())
+            .collect();
+        let n = self.support.len();
+        let view = |dtype, shape: Vec<usize>, data| {
+            TensorView::new(dtype, shape, data)
+                .map_err(|e| anyhow!("cannot store the adapter: {e}"))
+        };
+        let tensors = [
+            (
+                "text",
+                view(Dtype::F32, vec![self.text.len() / d, d], &text)?,
+            ),
+            ("features", view(Dtype::F32, vec![n, d], &features)?),
+            ("keys", view(Dtype::F32, vec![n, d], &keys)?),
+            ("classes", view(Dtype::U32, vec![n], &classes)?),
+        ];
+        let labels = serde_json::json!({
+            "classes": self.labels.classes.iter().map(|c| StoredClass { names: c.names.clone(), group: c.group }).collect::<Vec<_>>(),
+            "groups": self.labels.groups.iter().map(|g| g.names.clone()).collect::<Vec<_>>(),
+        });
+        let metadata = HashMap::from([
+            ("format".to_string(), FORMAT.to_string()),
+            ("checkpoint".to_string(), self.checkpoint.clone()),
+            ("labels".to_string(), labels.to_string()),
+            ("report".to_string(), serde_json::to_string(&self.report)?),
+        ]);
+        let file = safetensors::tensor::serialize(tensors, Some(metadata))
+            .map_err(|e| anyhow!("cannot store the adapter: {e}"))?;
+        write_atomically(path, &file).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// Reads an adapter written by [`Adapter::save`]; anything else is a one-line error.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        Self::parse(&bytes, path).with_context(|| {
+            format!(
+                "{} is not a foodclip adapter (make one with foodclip adapt)",
+                path.display()
+            )
+        })
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self> {
+        let meta = metadata(bytes, FORMAT)?;
+        let field = |k: &str| {
+            meta.get(k)
+                .ok_or_else(|| anyhow!("no {k:?} in its metadata"))
+        };
+        #[derive(Deserialize)]
+        struct Labels {
+            classes: Vec<StoredClass>,
+            groups: Vec<Vec<String>>,
+        }
+        let labels: Labels = serde_json::from_str(field("labels")?).context("unreadable labels")?;
+        let report: Report = serde_json::from_str(field("report")?).context("unreadable report")?;
+        let tensors = SafeTensors::deserialize(bytes).map_err(|e| anyhow!("{e}"))?;
+        let f32s = |name: &str| -> Result<(Vec<f32>, Vec<usize>)> {
+            let t = tensors.tensor(name).map_err(|e| anyhow!("{name}: {e}"))?;
+            if t.dtype() != Dtype::F32 || t.shape().len() != 2 {
+                bail!("{name} is not an f32 matrix");
+            }
+            Ok((le_values(t.data(), f32::from_le_bytes), t.shape().to_vec()))
+        };
+        let (text, ts) = f32s("text")?;
+        let (features, fs) = f32s("features")?;
+        let (keys, ks) = f32s("keys")?;
+        let c = tensors
+            .tensor("classes")
+            .map_err(|e| anyhow!("classes: {e}"))?;
+        if c.dtype() != Dtype::U32 {
+            bail!("classes are not u32");
+        }
+        let classes: Vec<usize> = le_values(c.data(), u32::from_le_bytes)
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        let n_classes = labels.classes.len();
+        let dim = ts[1];
+        if ts[0] != n_classes
+            || fs != ks
+            || fs[0] != classes.len()
+            || (fs[1] != dim && !classes.is_empty())
+            || classes.iter().any(|&c| c >= n_classes)
+            || labels
+                .classes
+                .iter()
+                .any(|c| c.names.is_empty() || c.group.is_some_and(|g| g >= labels.groups.len()))
+            || labels.groups.iter().any(Vec::is_empty)
+            || !(report.alpha.is_finite() && report.beta.is_finite())
+        {
+            bail!("its tensors and classes do not fit together");
+        }
+        Ok(Self {
+            checkpoint: field("checkpoint")?.clone(),
+            labels: LabelSet {
+                path: path.to_path_buf(),
+                classes: labels
+                    .classes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| LabelClass {
+                        names: c.names,
+                        line: i + 1,
+                        group: c.group,
+                    })
+                    .collect(),
+                groups: labels
+                    .groups
+                    .into_iter()
+                    .map(|names| LabelGroup { names, line: 0 })
+                    .collect(),
+            },
+            text,
+            support: Support {
+                features,
+                classes,
+                dim,
+            },
+            keys,
+            report,
+        })
+    }
+}
+
+/// `n` augmented views of `area` of a decoded photo, as the model sees them: each a random
+/// resized crop (scale 0.5 to 1 of the area, aspect 3/4 to 4/3) flipped left-right half the
+/// time, drawn from `seed` so that a run is reproducible.
+pub fn views(
+    pre: &PreprocessConfig,
+    photo: &Decoded,
+    area: Rect,
+    n: usize,
+    seed: u64,
+    fidelity: Fidelity,
+) -> Result<Vec<RgbImage>> {
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        // SplitMix64.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let (w, h) = area.size();
+    (0..n)
+        .map(|_| {
+            let scale = 0.5 + 0.5 * next();
+            let ratio = ((0.75f64).ln() + next() * ((4.0f64 / 3.0).ln() - (0.75f64).ln())).exp();
+            let cw = ((w as f64 * h as f64 * scale * ratio).sqrt().round() as u32).clamp(1, w);
+            let ch = ((w as f64 * h as f64 * scale / ratio).sqrt().round() as u32).clamp(1, h);
+            let x = area.x1 + ((w - cw) as f64 * next()) as u32;
+            let y = area.y1 + ((h - ch) as f64 * next()) as u32;
+            let crop = Rect {
+                x1: x,
+                y1: y,
+                x2: x + cw,
+                y2: y + ch,
+            };
+            let mut img = pre.prepare_area(photo, crop, fidelity)?;
+            if next() < 0.5 {
+                image::imageops::flip_horizontal_in_place(&mut img);
+            }
+            Ok(img)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two well-separated clusters whose text embeddings say nothing (all equal).
+    fn clusters(per_class: usize) -> (Support, Vec<f32>) {
+        let d = 4;
+        let mut features = Vec::new();
+        let mut classes = Vec::new();
+        for c in 0..2 {
+            for i in 0..per_class {
+                let e = 0.05 * (i as f32 - per_class as f32 / 2.0) / per_class as f32;
+                let mut v = if c == 0 {
+                    vec![1.0, e, 0.3, 0.0]
+                } else {
+                    vec![e, 1.0, 0.3, 0.0]
+                };
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+                features.extend(v);
+                classes.push(c);
+            }
+        }
+        let text = vec![0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        (
+            Support {
+                features,
+                classes,
+                dim: d,
+            },
+            text,
+        )
+    }
+
+    #[test]
+    fn the_cache_wins_when_the_names_carry_nothing() {
+        let (support, text) = clusters(5);
+        let (report, keys) =
+            cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+        assert_eq!(report.folds, 10, "leave-one-out");
+        assert!(report.zero_shot_top1 <= 0.5 + 1e-9);
+        assert_eq!(report.cache_top1, 1.0);
+        assert_eq!(report.method, Method::TipAdapter);
+        assert!(report.alpha > 0.0);
+        assert_eq!(keys, support.features);
+    }
+
+    #[test]
+    fn zero_shot_is_kept_when_the_photos_do_not_help() {
+        // Text embeddings that separate the classes perfectly, photos that do not.
+        let d = 2;
+        let features = vec![1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let support = Support {
+            features,
+            classes: vec![0, 1, 0, 1],
+            dim: d,
+        };
+        let text = vec![1.0, 0.0, 0.0, 1.0];
+        let (report, _) =
+            cross_validate(&support, &text, 100.0, Choice::Search { fit: true }).unwrap();
+        let fixed = Choice::Fixed {
+            alpha: 5.0,
+            beta: 1.0,
+        };
+        let (report_fixed, _) = cross_validate(&support, &text, 100.0, fixed).unwrap();
+        assert_eq!((report_fixed.alpha, report_fixed.beta), (5.0, 1.0));
+        assert_eq!(report_fixed.method, Method::TipAdapter);
+        assert_eq!(report.zero_shot_top1, 0.5);
+        assert_eq!(report.method, Method::ZeroShot);
+        assert_eq!(report.alpha, 0.0);
+    }
+
+    #[test]
+    fn folds_are_leave_one_out_when_small_and_stratified_otherwise() {
+        assert_eq!(folds(&[0, 0, 1]), vec![0, 1, 2]);
+        let classes: Vec<usize> = (0..100).map(|i| i % 4).collect();
+        let f = folds(&classes);
+        assert_eq!(f.iter().max(), Some(&4));
+        for k in 0..5 {
+            let in_fold: Vec<usize> = (0..100)
+                .filter(|&i| f[i] == k)
+                .map(|i| classes[i])
+                .collect();
+            assert_eq!(in_fold.len(), 20);
+            assert!((0..4).all(|c| in_fold.iter().filter(|&&x| x == c).count() == 5));
+        }
+    }
+
+    #[test]
+    fn fine_tuning_runs_and_saving_round_trips() {
+        let (support, text) = clusters(3);
+        let (report, keys) =
+            cross_validate(&support, &text, 100.0, Choice::Search { fit: true }).unwrap();
+        assert!(report.fitted_top1.is_some());
+        let adapter = Adapter {
+            checkpoint: "blake3:x".into(),
+            labels: LabelSet {
+                path: "a.safetensors".into(),
+                classes: vec![
+                    LabelClass {
+                        names: vec!["밥".into(), "rice".into()],
+                        line: 1,
+                        group: None,
+                    },
+                    LabelClass {
+                        names: vec!["국".into()],
+                        line: 2,
+                        group: None,
+                    },
+                ],
+                groups: Vec::new(),
+            },
+            text,
+            support,
+            keys,
+            report,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.safetensors");
+        adapter.save(&file).unwrap();
+        let back = Adapter::load(&file).unwrap();
+        assert_eq!(back.support, adapter.support);
+        assert_eq!(back.report, adapter.report);
+        assert_eq!(
+            back.labels.classes[0].names,
+            adapter.labels.classes[0].names
+        );
+        std::fs::write(&file, b"not an adapter").unwrap();
+        let e = format!("{:#}", Adapter::load(&file).unwrap_err());
+        assert!(
+            e.contains("is not a foodclip adapter") && !e.contains('\n'),
+            "{e}"
+        );
+    }
+}
