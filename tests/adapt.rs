@@ -291,6 +291,9 @@ fn adapters_are_refused_where_they_do_not_belong_and_grow_with_update() {
     std::fs::create_dir_all(held.join("dish-005")).unwrap();
     write_jpeg(&synthetic(90, 90, 555), &held.join("dish-005/a.jpg"));
     write_jpeg(&synthetic(90, 90, 556), &held.join("dish-005/b.jpg"));
+    // A folder that names no class: listed, not used.
+    std::fs::create_dir_all(held.join("mystery")).unwrap();
+    write_jpeg(&synthetic(90, 90, 557), &held.join("mystery/c.jpg"));
     let updated = dir.path().join("b.safetensors");
     let update = ["--update", s(&adapter)];
     let o = adapt(
@@ -301,6 +304,7 @@ fn adapters_are_refused_where_they_do_not_belong_and_grow_with_update() {
     );
     let report: Value = serde_json::from_slice(ok(&o)).unwrap();
     assert_eq!(report["report"]["photos"], 16 + 18);
+    assert_eq!(report["unmatched"][0]["label"], "mystery");
     assert_eq!(report["classes"], 5);
     let o = run(
         "tiny-openai",

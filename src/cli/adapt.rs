@@ -113,7 +113,12 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         report,
     };
     adapter.save(&args.output)?;
-    print(args, &adapter, &without, &unreadable)?;
+    let left = LeftOut {
+        without: &without,
+        unreadable: &unreadable,
+        unmatched: &run.unmatched,
+    };
+    print(args, &adapter, &left)?;
     Ok(Outcome::of(&run.stats, run.interrupted))
 }
 
@@ -194,13 +199,19 @@ fn merge(old: &Adapter, labels: &LabelSet, text: &mut [f32], support: &mut Suppo
     Ok(())
 }
 
+/// What an adapter was made without.
+struct LeftOut<'a> {
+    /// Classes with no photo.
+    without: &'a [String],
+    /// Photos that could not be read, with why.
+    unreadable: &'a [(&'a Labelled, String)],
+    /// Photos (or regions) whose label names no class, with the label.
+    unmatched: &'a [(std::path::PathBuf, String)],
+}
+
 /// The choice, the cross-validated top-1 of zero-shot and of the adapter, and what was left out.
-fn print(
-    args: &AdaptArgs,
-    adapter: &Adapter,
-    without: &[String],
-    unreadable: &[(&Labelled, String)],
-) -> Result<()> {
+fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
+    let (without, unreadable) = (left.without, left.unreadable);
     let r: &Report = &adapter.report;
     let classes = adapter.labels.classes.len();
     to_stdout(|out| {
@@ -213,6 +224,7 @@ fn print(
                     "report": r,
                     "classes_without_photos": without,
                     "unreadable": unreadable.iter().map(|(c, e)| json!({"path": PathJson(&c.path), "error": e})).collect::<Vec<_>>(),
+                    "unmatched": left.unmatched.iter().map(|(p, l)| json!({"path": PathJson(p), "label": l})).collect::<Vec<_>>(),
                 }),
             );
         }
@@ -251,6 +263,9 @@ fn print(
         }
         for (case, e) in unreadable {
             writeln!(out, "unreadable: {}: {e}", case.path.display())?;
+        }
+        for (path, label) in left.unmatched {
+            writeln!(out, "in no class: {} ({label:?})", path.display())?;
         }
         writeln!(out, "wrote {}", args.output.display())
     })
