@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, make_checkpoint, make_photos  # noqa: E402
+from bench import ROOT, setup  # noqa: E402
 
 
 def run(cmd, stdin=None, env=None):
@@ -47,11 +47,7 @@ def main():
     from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
 
-    ckpt = os.path.join(args.workdir, "vit-b32")
-    photos = os.path.join(args.workdir, "photos")
-    make_checkpoint(ckpt)
-    make_photos(photos, 48)
-    paths = sorted(os.path.join(photos, p) for p in os.listdir(photos))[:48]
+    ckpt, paths = setup(args.workdir, 48)
     listing = "\n".join(paths) + "\n"
     labels = os.path.join(ROOT, "labels", "korean.txt")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "foodclip"], cwd=ROOT, check=True)

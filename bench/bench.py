@@ -76,6 +76,16 @@ def make_photos(directory, count):
         img.save(p, quality=90, exif=exif.tobytes())
 
 
+def setup(workdir, count):
+    """The random ViT-B/32 checkpoint and `count` tray photos under `workdir` (made once):
+    `(checkpoint folder, photo paths)`."""
+    ckpt = os.path.join(workdir, "vit-b32")
+    photos = os.path.join(workdir, "photos")
+    make_checkpoint(ckpt)
+    make_photos(photos, count)
+    return ckpt, sorted(os.path.join(photos, p) for p in os.listdir(photos))[:count]
+
+
 def torch_model_only(ckpt, batch, iterations, bf16):
     import torch
     from transformers import CLIPModel
@@ -139,11 +149,7 @@ def main():
     ap.add_argument("--skip-model", action="store_true", help="only the end-to-end comparison")
     args = ap.parse_args()
 
-    ckpt = os.path.join(args.workdir, "vit-b32")
-    photos = os.path.join(args.workdir, "photos")
-    make_checkpoint(ckpt)
-    make_photos(photos, args.photos)
-    paths = sorted(os.path.join(photos, p) for p in os.listdir(photos))[: args.photos]
+    ckpt, paths = setup(args.workdir, args.photos)
     labels = os.path.join(ROOT, "labels", "korean.txt")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "model", "--bin", "foodclip"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target", "release", "foodclip")

@@ -24,7 +24,7 @@ import time
 import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, make_checkpoint, make_photos  # noqa: E402
+from bench import ROOT, setup  # noqa: E402
 
 PEER_SCRIPT = r"""
 import csv, sys, time, torch
@@ -89,11 +89,7 @@ def main():
     ap.add_argument("--photos", type=int, default=48)
     args = ap.parse_args()
 
-    ckpt = os.path.join(args.workdir, "vit-b32")
-    photos = os.path.join(args.workdir, "photos")
-    make_checkpoint(ckpt)
-    make_photos(photos, args.photos)
-    paths = sorted(os.path.join(photos, p) for p in os.listdir(photos))[: args.photos]
+    ckpt, paths = setup(args.workdir, args.photos)
     with open(os.path.join(ROOT, "labels", "trays", "school-5.toml"), "rb") as f:
         layout = tomllib.load(f)["compartment"]
     boxes = os.path.join(args.workdir, "boxes.csv")

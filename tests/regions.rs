@@ -65,6 +65,13 @@ fn classify_with(dir: &Path, fast: bool, photos: &[&str], extra: &[&str]) -> Out
     run(dir, fast, &args)
 }
 
+/// `classify` of both tray photos with `--regions trays.csv --format jsonl` and `extra`.
+fn csv_trays(dir: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["--regions", "trays.csv", "--format", "jsonl"];
+    args.extend(extra);
+    classify_with(dir, false, &["trays/plain.jpg", "trays/rot6.jpg"], &args)
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -550,19 +557,7 @@ fn stored_region_embeddings_and_resume_keep_every_region() {
     let dir = trays();
     let d = dir.path();
     std::fs::write(d.join("trays.csv"), csv_rows()).unwrap();
-    let o = classify_with(
-        d,
-        false,
-        &["trays/plain.jpg", "trays/rot6.jpg"],
-        &[
-            "--regions",
-            "trays.csv",
-            "--format",
-            "jsonl",
-            "--save-embeddings",
-            "e.safetensors",
-        ],
-    );
+    let o = csv_trays(d, &["--save-embeddings", "e.safetensors"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let first = jsonl_records(&o.stdout);
     let o = classify_with(
@@ -631,19 +626,7 @@ fn drawings_show_the_boxes_in_a_browser_and_preview_fits_a_layout() {
     let dir = trays();
     let d = dir.path();
     std::fs::write(d.join("trays.csv"), csv_rows()).unwrap();
-    let o = classify_with(
-        d,
-        false,
-        &["trays/plain.jpg", "trays/rot6.jpg"],
-        &[
-            "--regions",
-            "trays.csv",
-            "--format",
-            "jsonl",
-            "--draw",
-            "drawn",
-        ],
-    );
+    let o = csv_trays(d, &["--draw", "drawn"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let best = top1(&jsonl_records(&o.stdout));
     let svg = std::fs::read_to_string(d.join("drawn/plain.svg")).unwrap();
