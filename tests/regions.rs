@@ -465,6 +465,8 @@ fn eval_scores_regions_from_coco_and_csv() {
             .map(|(i, n)| json!({"id": i + 1, "name": n}))
             .collect(),
     );
+    // A region whose label names no class: listed with its box, not scored.
+    csv.push_str("trays/plain.jpg,0,0,64,48,mystery\n");
     std::fs::write(d.join("truth.csv"), csv).unwrap();
     std::fs::write(d.join("truth.json"), coco.to_string()).unwrap();
     let labels = labels();
@@ -488,6 +490,12 @@ fn eval_scores_regions_from_coco_and_csv() {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["unit"], "regions", "{set}");
         assert_eq!(v["n"], 5, "{set}");
+        if set == "truth.csv" {
+            let unmatched = &v["unmatched"][0];
+            assert_eq!(unmatched["label"], "mystery");
+            assert_eq!(unmatched["path"], "trays/plain.jpg");
+            assert_eq!(unmatched["region"]["box"], json!([0, 0, 64, 48]));
+        }
         assert!(
             (v["top1"].as_f64().unwrap() - 0.4).abs() < 1e-9,
             "{set}: {}",

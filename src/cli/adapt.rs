@@ -2,7 +2,7 @@
 //! choosing by cross-validation on those photos alone, and write the adapter.
 
 use super::context::Context;
-use super::dataset::{DataSet, Labelled};
+use super::dataset::{DataSet, Labelled, Place};
 use super::flags::AdaptArgs;
 use super::ui::{to_stdout, write_json};
 use super::Outcome;
@@ -206,7 +206,7 @@ struct LeftOut<'a> {
     /// Photos that could not be read, with why.
     unreadable: &'a [(&'a Labelled, String)],
     /// Photos (or regions) whose label names no class, with the label.
-    unmatched: &'a [(std::path::PathBuf, String)],
+    unmatched: &'a [(Place, String)],
 }
 
 /// The choice, the cross-validated top-1 of zero-shot and of the adapter, and what was left out.
@@ -224,7 +224,7 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
                     "report": r,
                     "classes_without_photos": without,
                     "unreadable": unreadable.iter().map(|(c, e)| json!({"path": PathJson(&c.path), "error": e})).collect::<Vec<_>>(),
-                    "unmatched": left.unmatched.iter().map(|(p, l)| json!({"path": PathJson(p), "label": l})).collect::<Vec<_>>(),
+                    "unmatched": left.unmatched.iter().map(|(p, l)| p.json("label", l)).collect::<Vec<_>>(),
                 }),
             );
         }
@@ -264,8 +264,8 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
         for (case, e) in unreadable {
             writeln!(out, "unreadable: {}: {e}", case.path.display())?;
         }
-        for (path, label) in left.unmatched {
-            writeln!(out, "in no class: {} ({label:?})", path.display())?;
+        for (place, label) in left.unmatched {
+            writeln!(out, "in no class: {} ({label:?})", place.display())?;
         }
         writeln!(out, "wrote {}", args.output.display())
     })

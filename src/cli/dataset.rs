@@ -10,6 +10,7 @@ use super::ui::Ui;
 use crate::checkpoint::Checkpoint;
 use crate::embeddings::StoredEmbeddings;
 use crate::eval::{is_region_file, ClassNames, Sample, Truth};
+use crate::fsutil::PathJson;
 use crate::labels::LabelSet;
 use crate::pipeline::Stats;
 use crate::regions::{Region, Regions};
@@ -35,11 +36,36 @@ pub(super) struct Labelled {
     pub embedding: Result<Vec<f32>, String>,
 }
 
+/// A photo, or a region of it, as reports list them.
+pub(super) struct Place {
+    pub path: PathBuf,
+    pub region: Option<Region>,
+}
+
+impl Place {
+    /// `PATH`, or `PATH [region TAG]`.
+    pub fn display(&self) -> String {
+        match &self.region {
+            Some(r) => format!("{} [region {}]", self.path.display(), r.tag()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// `{"path": ..., "region": ...}` with `key: value` added.
+    pub fn json(&self, key: &str, value: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({ "path": PathJson(&self.path), key: value });
+        if let Some(r) = &self.region {
+            v["region"] = serde_json::json!(r);
+        }
+        v
+    }
+}
+
 /// A data set after the model: the records with a known truth, those in no class, and the run.
 pub(super) struct Embedded {
     pub cases: Vec<Labelled>,
     /// Photos (or regions) whose label names no class, with the label.
-    pub unmatched: Vec<(PathBuf, String)>,
+    pub unmatched: Vec<(Place, String)>,
     /// Whether the records are regions.
     pub by_regions: bool,
     pub stats: Stats,
@@ -99,9 +125,15 @@ impl DataSet {
             .samples
             .iter()
             .partition(|s| by_regions || !matches!(s.truth, Truth::Unmatched(_)));
-        let mut unmatched: Vec<(PathBuf, String)> = unmatched
+        let mut unmatched: Vec<(Place, String)> = unmatched
             .into_iter()
-            .map(|s| (s.path.clone(), label_of(&s.truth)))
+            .map(|s| {
+                let place = Place {
+                    path: s.path.clone(),
+                    region: None,
+                };
+                (place, label_of(&s.truth))
+            })
             .collect();
         let truths: HashMap<&Path, &Truth> = scorable
             .iter()
@@ -126,11 +158,11 @@ impl DataSet {
                             None => truths[path.as_path()].clone(),
                         };
                         if let Truth::Unmatched(label) = truth {
-                            let name = match &item.region {
-                                Some(r) => format!("{} [region {}]", path.display(), r.tag()),
-                                None => path.display().to_string(),
+                            let place = Place {
+                                path: path.clone(),
+                                region: item.region,
                             };
-                            unmatched.push((PathBuf::from(name), label));
+                            unmatched.push((place, label));
                             continue;
                         }
                         cases.push(Labelled {
@@ -163,7 +195,7 @@ fn label_of(truth: &Truth) -> String {
 }
 
 /// One warning per label that matches no class.
-fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(PathBuf, String)], regions: bool) {
+fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(Place, String)], regions: bool) {
     let what = if regions { "region(s)" } else { "photo(s)" };
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, label) in unmatched {

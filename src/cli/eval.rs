@@ -1,13 +1,12 @@
 //! `foodclip eval`: score a labelled data set, then print the metrics (and write the report).
 
 use super::context::Context;
-use super::dataset::DataSet;
+use super::dataset::{DataSet, Place};
 use super::flags::EvalArgs;
 use super::ui::{to_stdout, write_json};
 use super::Outcome;
 use crate::classify::Ranking;
 use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Scored, Truth};
-use crate::fsutil::PathJson;
 use crate::labels::{LabelSet, Templates};
 use crate::output::{csv_row, Format};
 use crate::regions::Region;
@@ -26,8 +25,8 @@ pub(super) struct Evaluation<'a> {
     pub unit: &'static str,
     /// Photos (or regions) of dishes not in the list that were scored.
     pub unknown_photos: usize,
-    pub unreadable: Vec<(PathBuf, String)>,
-    pub unmatched: Vec<(PathBuf, String)>,
+    pub unreadable: Vec<(Place, String)>,
+    pub unmatched: Vec<(Place, String)>,
     pub misclassified: Vec<Misclassified>,
     pub calibration: Option<Vec<Operating>>,
 }
@@ -104,7 +103,7 @@ fn evaluate<'a>(
     args: &EvalArgs,
     labels: &'a LabelSet,
     cases: Vec<Case>,
-    unmatched: Vec<(PathBuf, String)>,
+    unmatched: Vec<(Place, String)>,
     regions: bool,
 ) -> Evaluation<'a> {
     let mut scored = Vec::new();
@@ -115,13 +114,11 @@ fn evaluate<'a>(
         let ranking = match case.ranking {
             Ok(r) => r,
             Err(e) => {
-                let path = match &case.region {
-                    Some(r) => {
-                        PathBuf::from(format!("{} [region {}]", case.path.display(), r.tag()))
-                    }
-                    None => case.path,
+                let place = Place {
+                    path: case.path,
+                    region: case.region,
                 };
-                unreadable.push((path, e));
+                unreadable.push((place, e));
                 continue;
             }
         };
@@ -229,8 +226,8 @@ fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
         },
         "unit": e.unit,
         "unknown_photos": e.unknown_photos,
-        "unreadable": e.unreadable.iter().map(|(p, err)| json!({"path": PathJson(p), "error": err})).collect::<Vec<_>>(),
-        "unmatched": e.unmatched.iter().map(|(p, l)| json!({"path": PathJson(p), "label": l})).collect::<Vec<_>>(),
+        "unreadable": e.unreadable.iter().map(|(p, err)| p.json("error", err)).collect::<Vec<_>>(),
+        "unmatched": e.unmatched.iter().map(|(p, l)| p.json("label", l)).collect::<Vec<_>>(),
     });
     if !e.labels.groups.is_empty() {
         let groups: Vec<Option<usize>> = e.labels.classes.iter().map(|c| c.group).collect();
@@ -361,11 +358,11 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
             )?,
         }
     }
-    for (path, err) in &e.unreadable {
-        writeln!(out, "unreadable: {}: {err}", path.display())?;
+    for (place, err) in &e.unreadable {
+        writeln!(out, "unreadable: {}: {err}", place.display())?;
     }
-    for (path, label) in &e.unmatched {
-        writeln!(out, "in no class: {} ({label:?})", path.display())?;
+    for (place, label) in &e.unmatched {
+        writeln!(out, "in no class: {} ({label:?})", place.display())?;
     }
     Ok(())
 }

@@ -138,6 +138,8 @@ enum Matching {
 struct Listing {
     /// Key (normalised path, or stem) and regions of each listed photo, in the file's order.
     photos: Vec<(PathBuf, Vec<Entry>)>,
+    /// Each listed photo's path as the file gives it (joined to the file's folder).
+    written: Vec<PathBuf>,
     /// Each key's photo.
     by_key: HashMap<PathBuf, usize>,
     /// File names that only one listed photo has, for [`Matching::PathOrName`].
@@ -158,8 +160,8 @@ impl Listing {
         found.copied()
     }
 
-    /// Adds `entry` to the photo under `key`, listing the photo if new.
-    fn add(&mut self, key: PathBuf, entry: Option<Entry>) {
+    /// Adds `entry` to the photo under `key`, listing the photo (`written` so) if new.
+    fn add(&mut self, key: PathBuf, written: &Path, entry: Option<Entry>) {
         let i = *self.by_key.entry(key.clone()).or_insert_with(|| {
             if let Some(name) = key.file_name() {
                 let n = self.photos.len();
@@ -169,6 +171,7 @@ impl Listing {
                     .or_insert(Some(n));
             }
             self.photos.push((key, Vec::new()));
+            self.written.push(written.to_path_buf());
             self.photos.len() - 1
         });
         if let Some(mut e) = entry {
@@ -313,8 +316,9 @@ impl Regions {
                 listing
                     .photos
                     .iter()
-                    .filter(|(_, entries)| !entries.is_empty())
-                    .map(|(k, _)| k.clone())
+                    .zip(&listing.written)
+                    .filter(|((_, entries), _)| !entries.is_empty())
+                    .map(|(_, written)| written.clone())
                     .collect(),
             ),
             _ => None,

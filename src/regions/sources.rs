@@ -113,14 +113,18 @@ fn coco(bytes: &[u8], base: &Path) -> Result<(Kind, Vec<(u64, String)>)> {
     let mut listing = Listing::default();
     let mut images = HashMap::new();
     for img in &file.images {
-        let key = normalise(&base.join(&img.file_name));
-        if images.insert(img.id, key.clone()).is_some() {
+        let written = base.join(&img.file_name);
+        let key = normalise(&written);
+        if images
+            .insert(img.id, (key.clone(), written.clone()))
+            .is_some()
+        {
             bail!(": images: the id {} is given twice", img.id);
         }
-        listing.add(key, None);
+        listing.add(key, &written, None);
     }
     for (i, a) in file.annotations.iter().enumerate() {
-        let key = images.get(&a.image_id).ok_or_else(|| {
+        let (key, written) = images.get(&a.image_id).ok_or_else(|| {
             anyhow!(
                 ": annotations[{i}].image_id: {} is the id of no image",
                 a.image_id
@@ -153,7 +157,7 @@ fn coco(bytes: &[u8], base: &Path) -> Result<(Kind, Vec<(u64, String)>)> {
             image_id: Some(a.image_id),
             ..Region::default()
         };
-        listing.add(key.clone(), Some(Entry { region, spec: bbox }));
+        listing.add(key.clone(), written, Some(Entry { region, spec: bbox }));
     }
     // Photos listed without annotations keep their image id.
     let categories = file
@@ -204,12 +208,12 @@ fn table(bytes: &[u8], sep: u8, base: &Path) -> Result<Kind> {
             [&row[1], &row[2], &row[3], &row[4]],
             ["x1", "y1", "x2", "y2"],
         );
-        let key = normalise(&base.join(path_from_bytes(row[0].to_vec())));
+        let written = base.join(path_from_bytes(row[0].to_vec()));
         let region = Region {
             label,
             ..Region::default()
         };
-        listing.add(key, Some(Entry { region, spec }));
+        listing.add(normalise(&written), &written, Some(Entry { region, spec }));
     }
     Ok(Kind::Listed(listing, Matching::Path))
 }
@@ -238,7 +242,7 @@ fn yolo(dir: &Path) -> Result<Kind> {
     let mut listing = Listing::default();
     for file in files {
         let stem = PathBuf::from(file.file_stem().expect("a .txt file has a stem"));
-        listing.add(stem.clone(), None);
+        listing.add(stem.clone(), &stem, None);
         for (i, line) in read(&file)?.lines().enumerate() {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields.is_empty() {
@@ -275,7 +279,7 @@ fn yolo(dir: &Path) -> Result<Kind> {
                 name: names.get(class).cloned(),
                 ..Region::default()
             };
-            listing.add(stem.clone(), Some(Entry { region, spec }));
+            listing.add(stem.clone(), &stem, Some(Entry { region, spec }));
         }
     }
     Ok(Kind::Listed(listing, Matching::Stem))
