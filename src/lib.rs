@@ -29,6 +29,7 @@ pub mod draw;
 pub mod embeddings;
 pub mod eval;
 pub mod fsutil;
+pub mod index;
 pub mod inputs;
 pub mod labels;
 pub mod markup;

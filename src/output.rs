@@ -127,6 +127,8 @@ pub enum RecordKind {
     Predictions,
     /// One embedding per photo.
     Embedding,
+    /// Search results: a photo (or region) and its score.
+    Hits,
 }
 
 /// Everything that fixes the shape of a printer's records: format, kind and optional columns.
@@ -165,9 +167,13 @@ impl Layout {
         c
     }
 
-    /// The CSV/TSV columns of prediction records.
+    /// The CSV/TSV columns of prediction records (and of search results).
     fn columns(&self) -> Vec<&'static str> {
         let mut c = self.lead();
+        if self.kind == RecordKind::Hits {
+            c.push("score");
+            return c;
+        }
         if self.decision {
             c.push("decision");
         }
@@ -186,6 +192,7 @@ impl Layout {
         let what = match self.kind {
             RecordKind::Predictions => "classify",
             RecordKind::Embedding => "embed",
+            RecordKind::Hits => bail!("search results are not resumed"),
         };
         match (self.format, self.kind) {
             (Format::Jsonl, _) => {
@@ -217,7 +224,7 @@ impl Layout {
                 }
                 Ok(paths)
             }
-            (Format::Csv | Format::Tsv, RecordKind::Predictions) => {
+            (Format::Csv | Format::Tsv, RecordKind::Predictions | RecordKind::Hits) => {
                 let columns = self.columns();
                 let header = csv_row(self.format, &columns);
                 if whole.is_empty() {
@@ -358,7 +365,7 @@ impl<W: Write> Printer<W> {
     /// Starts a record: the JSON array's separator, or the CSV/TSV header before the first
     /// prediction record.
     fn begin_record(&mut self) -> io::Result<()> {
-        let header = self.layout.kind == RecordKind::Predictions;
+        let header = self.layout.kind != RecordKind::Embedding;
         match self.layout.format {
             Format::Json | Format::Coco => {
                 self.out
@@ -587,6 +594,32 @@ impl<W: Write> Printer<W> {
         Ok(())
     }
 
+    /// One search result: a photo (or region of one) and its score.
+    pub fn hit(&mut self, path: &Path, region: Option<&Region>, score: f32) -> io::Result<()> {
+        #[derive(Serialize)]
+        struct Hit<'a> {
+            path: PathJson<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            region: Option<&'a Region>,
+            score: f32,
+        }
+        self.begin_record()?;
+        match self.layout.format {
+            Format::Json | Format::Jsonl | Format::Coco => self.json_line(&Hit {
+                path: PathJson(path),
+                region,
+                score,
+            })?,
+            Format::Csv | Format::Tsv => {
+                let mut row = self.lead(path, region);
+                row.push(score.to_string().into_bytes());
+                self.row(&row)?
+            }
+            Format::Table => writeln!(self.out, "{score:>8.4}  {}", Self::title(path, region))?,
+        }
+        Ok(())
+    }
+
     /// Flushes the records written so far: after each photo's records, so that a photo's
     /// regions reach the file together.
     pub fn flush(&mut self) -> io::Result<()> {
@@ -697,11 +730,13 @@ mod tests {
                                 p.predictions(path, region, &Err("bad".into()))
                             }
                             RecordKind::Embedding => p.embedding(path, region, &Err("bad".into())),
+                            RecordKind::Hits => unreachable!("search results are not resumed"),
                         },
                         (RecordKind::Predictions, _) => p.predictions(path, region, &Ok(preds())),
                         (RecordKind::Embedding, _) => {
                             p.embedding(path, region, &Ok(vec![0.5, -1.0]))
                         }
+                        (RecordKind::Hits, _) => unreachable!("search results are not resumed"),
                     }
                     .unwrap();
                 }

@@ -341,6 +341,7 @@ fn record_seeds() -> Vec<(Layout, Vec<u8>)> {
                     (RecordKind::Embedding, 1) => p.embedding(path, None, &Err("bad".into())),
                     (RecordKind::Embedding, _) => p.embedding(path, None, &Ok(vec![0.25, -1.5])),
                     (RecordKind::Predictions, _) => p.predictions(path, None, &Err("bad".into())),
+                    (RecordKind::Hits, _) => unreachable!("search results are not resumed"),
                 };
                 r.unwrap();
             }
@@ -526,6 +527,53 @@ fn adapters_load_consistent_or_are_refused() {
                 a.cache().unwrap();
             }
             Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
+        }
+    });
+}
+
+#[test]
+fn index_databases_open_or_are_refused() {
+    use foodclip::index::{FileState, Index, Kind};
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.sqlite");
+    let kind = Kind {
+        checkpoint: "blake3:abc".into(),
+        mode: "fast-f32".into(),
+        source: String::new(),
+    };
+    {
+        let mut index = Index::open(&good, true).unwrap();
+        index
+            .batch(|b| {
+                for i in 0..20u8 {
+                    let state = FileState {
+                        size: 1,
+                        mtime: i as i64,
+                    };
+                    b.file(Path::new(&format!("/a/{i}.jpg")), &state, &[i])?;
+                    b.embedding(&[i], &kind, 0, None, &[0.6, 0.8])?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    let _ = std::fs::remove_file(dir.path().join("good.sqlite-wal"));
+    let file = dir.path().join("mutated.sqlite");
+    fuzz("index", &[read(&good)], iterations(600), |bytes| {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+        std::fs::write(&file, bytes).unwrap();
+        for write in [false, true] {
+            match Index::open(&file, write) {
+                Ok(index) => {
+                    if let Ok(rows) = index.rows(&kind) {
+                        assert!(rows.iter().all(|r| r.vector.len() <= 2));
+                    }
+                    let _ = index.top(&kind, &[1.0, 0.0], |_, _| true, 3);
+                }
+                Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
+            }
         }
     });
 }

@@ -30,7 +30,7 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         (None, None) => bail!("give --labels FILE (or --update ADAPTER)"),
     };
     let templates = Templates::from_args(&args.templates.templates)?;
-    let source = DataSet::open(&args.data, &labels)?;
+    let source = DataSet::open(cx, &args.data, &labels)?;
     if args.augment > 0 && source.stored.is_some() {
         bail!("--augment makes new views of the photos; it cannot work from --embeddings");
     }

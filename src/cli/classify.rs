@@ -25,7 +25,9 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     }
     let open_set = open_set(args.threshold, args.min_margin)?;
     let regions = args.input.regions.load()?;
-    let stored = args.stored.load(regions.as_ref())?;
+    let stored = args
+        .stored
+        .load(cx, &args.input.regions, regions.as_ref())?;
     let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
         Format::Table
     } else {

@@ -1,12 +1,13 @@
 //! What every command derives from the global flags, worked out once: the terminal UI, hub
 //! options, the registry, the cache root, and how to load the model and its label embeddings.
 
-use super::flags::{Cli, DeviceKind};
+use super::flags::{Cli, DeviceKind, RegionArgs};
 use super::ui::Ui;
 use crate::adapter::Adapter;
 use crate::cache::{default_root, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::classify::Classifier;
+use crate::index::Kind;
 use crate::labels::{check, LabelSet, Templates};
 use crate::model::Precision;
 use crate::preprocess::Fidelity;
@@ -226,6 +227,20 @@ impl Context {
             );
         }
         Ok(())
+    }
+
+    /// The kind of index rows this run makes or reads: the checkpoint, the preprocessing and
+    /// precision, and the regions' source.
+    pub fn index_kind(&self, ckpt: &Checkpoint, regions: &RegionArgs) -> Result<Kind> {
+        let fidelity = match self.fidelity {
+            Fidelity::Exact => "exact",
+            Fidelity::Fast => "fast",
+        };
+        Ok(Kind {
+            checkpoint: self.fingerprint(ckpt)?,
+            mode: format!("{fidelity}-{}", ckpt.precision),
+            source: regions.source_id()?,
+        })
     }
 
     /// Warns once when the labels use a language the model's registry entry lacks.

@@ -74,10 +74,10 @@ pub(super) struct Embedded {
 
 impl DataSet {
     /// Reads the data set of `args` for `labels`.
-    pub fn open(args: &DataSetArgs, labels: &LabelSet) -> Result<Self> {
+    pub fn open(cx: &Context, args: &DataSetArgs, labels: &LabelSet) -> Result<Self> {
         let path = &args.dataset;
         let asked = args.regions.load()?;
-        let stored = args.stored.load(asked.as_ref())?;
+        let stored = args.stored.load(cx, &args.regions, asked.as_ref())?;
         // A region file as the data set: its photos, and a truth per region.
         let (samples, regions) = if is_region_file(path) {
             if asked.is_some() {

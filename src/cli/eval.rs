@@ -47,7 +47,7 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
     }
     let templates = Templates::from_args(&args.templates.templates)?;
     let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
-    let source = DataSet::open(&args.data, &labels)?;
+    let source = DataSet::open(cx, &args.data, &labels)?;
     let ckpt = cx.model(source.stored.is_some())?;
     let sink = args
         .data

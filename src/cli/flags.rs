@@ -89,6 +89,10 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Learn your dishes from a few labelled photos: an adapter for classify and eval.
     Adapt(AdaptArgs),
+    /// Embed an archive into a SQLite index, incrementally.
+    Index(IndexArgs),
+    /// Search an index with text (Korean or English) and photos.
+    Search(SearchArgs),
     /// Write the exact picture the model sees (resized and centre-cropped) for one photo.
     Preview(PreviewArgs),
     /// The registry of known checkpoints.
@@ -205,6 +209,70 @@ pub struct StoredArgs {
     /// they come from another checkpoint.
     #[arg(long, value_name = "FILE", conflicts_with = "save_embeddings")]
     pub embeddings: Option<PathBuf>,
+    /// Score the photos (or, with --layout/--grid/--regions, the regions) of this `foodclip
+    /// index` database instead of reading them.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["save_embeddings", "embeddings"])]
+    pub db: Option<PathBuf>,
+}
+
+/// `foodclip index`.
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Folders (or photos) of the archive.
+    #[arg(required_unless_present = "export")]
+    pub dirs: Vec<PathBuf>,
+    /// The database (default: DIR/.foodclip/index.sqlite for a single folder).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// Write the index's embeddings (of this model, mode and regions) to DIR as
+    /// img_emb/img_emb_0.npy with paths.txt and metadata.jsonl, for numpy, autofaiss or
+    /// clip-retrieval, instead of indexing.
+    #[arg(long, value_name = "DIR", requires = "db")]
+    pub export: Option<PathBuf>,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Index regions of the photos (trays).
+    #[command(flatten)]
+    pub regions: RegionArgs,
+}
+
+/// `foodclip search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Query terms, Korean or English: `잡채`, `+rice`, `-soup` (subtracted), `2:kimchi` (a
+    /// weight).
+    pub terms: Vec<String>,
+    /// Photos whose looks to search for (a term of weight 1 each).
+    #[arg(long, value_name = "PHOTO")]
+    pub like: Vec<PathBuf>,
+    /// The database (default: ./.foodclip/index.sqlite).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
+    /// How many results.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub top: usize,
+    /// Only photos under this folder.
+    #[arg(long, value_name = "PATH")]
+    pub under: Option<PathBuf>,
+    /// Only photos modified on or after this day (YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Only photos modified before the end of this day (YYYY-MM-DD, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<String>,
+    /// Prompt templates for the text terms.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Search the regions indexed with these flags.
+    #[command(flatten)]
+    pub regions: RegionArgs,
+    /// Output format (default: table on a terminal, jsonl otherwise).
+    #[arg(long, short, value_parser = formats())]
+    pub format: Option<Format>,
+    /// Print only the paths, one per line (for pipes).
+    #[arg(long, conflicts_with = "format")]
+    pub paths: bool,
 }
 
 /// `foodclip eval`.
@@ -392,4 +460,56 @@ pub struct LabelsShowArgs {
     /// Output format (table or json).
     #[arg(long, short, default_value = "table", value_parser = formats())]
     pub format: Format,
+}
+
+impl Cli {
+    /// Parses `args`. `search` takes `-term` (a term to subtract), which clap would read as a
+    /// flag: any token of a search that is not one of its flags (or their values) and starts
+    /// with `-` is moved behind a `--`, where it is a term.
+    pub fn try_parse_args(
+        args: impl IntoIterator<Item = std::ffi::OsString>,
+    ) -> Result<Self, clap::Error> {
+        use clap::CommandFactory;
+        let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+        let Some(at) = args.iter().position(|a| a == "search") else {
+            return Self::try_parse_from(args);
+        };
+        let mut cmd = Self::command();
+        cmd.build();
+        let search = cmd.find_subcommand("search").expect("a search command");
+        let mut flags = std::collections::HashMap::new();
+        for arg in search.get_arguments().filter(|a| !a.is_positional()) {
+            let takes = arg.get_action().takes_values();
+            for long in arg.get_long_and_visible_aliases().into_iter().flatten() {
+                flags.insert(format!("--{long}"), takes);
+            }
+            for short in arg.get_short_and_visible_aliases().into_iter().flatten() {
+                flags.insert(format!("-{short}"), takes);
+            }
+        }
+        let (mut kept, mut terms) = (args[..=at].to_vec(), Vec::new());
+        let mut rest = args[at + 1..].iter();
+        while let Some(a) = rest.next() {
+            let text = a.to_string_lossy();
+            if text == "--" {
+                terms.extend(rest.by_ref().cloned());
+                break;
+            }
+            match flags.get(text.split('=').next().unwrap_or_default()) {
+                Some(&takes) => {
+                    kept.push(a.clone());
+                    if takes && !text.contains('=') {
+                        kept.extend(rest.next().cloned());
+                    }
+                }
+                None if text.starts_with('-') && text.len() > 1 => terms.push(a.clone()),
+                None => kept.push(a.clone()),
+            }
+        }
+        if !terms.is_empty() {
+            kept.push("--".into());
+            kept.extend(terms);
+        }
+        Self::try_parse_from(kept)
+    }
 }

@@ -172,6 +172,33 @@ impl Job {
 }
 
 impl RegionArgs {
+    /// What the regions come from, for an index's rows: empty for whole photos, else the
+    /// source's kind and a hash of its content (the same layout in another file is the same).
+    pub(super) fn source_id(&self) -> Result<String> {
+        let hash = |bytes: &[u8]| blake3::hash(bytes).to_hex()[..16].to_string();
+        let read =
+            |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        Ok(match (&self.regions, &self.layout, self.grid) {
+            (Some(p), _, _) if p.is_dir() => {
+                let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .collect();
+                files.sort();
+                let mut all = Vec::new();
+                for f in files {
+                    all.extend(crate::fsutil::path_bytes(&f).iter());
+                    all.extend(read(&f)?);
+                }
+                format!("yolo:{}", hash(&all))
+            }
+            (Some(p), _, _) => format!("regions:{}", hash(&read(p)?)),
+            (_, Some(p), _) => format!("layout:{}", hash(&read(p)?)),
+            (_, _, Some(g)) => format!("grid:{}x{}", g.rows, g.cols),
+            _ => String::new(),
+        })
+    }
+
     /// The regions asked for, if any.
     pub(super) fn load(&self) -> Result<Option<Regions>> {
         Ok(match (&self.regions, &self.layout, self.grid) {
@@ -244,9 +271,36 @@ pub(super) fn embedder<'a>(
 }
 
 impl StoredArgs {
-    /// The embeddings of `--embeddings`, if given. Their regions are stored with them, so
-    /// `regions` (asked for on the command line) must be `None` then.
-    pub(super) fn load(&self, regions: Option<&Regions>) -> Result<Option<StoredEmbeddings>> {
+    /// The embeddings of `--embeddings` or `--db`, if given. Those of `--embeddings` bring
+    /// their regions, so `regions` (asked for on the command line) must be `None` then; for
+    /// `--db`, `asked` picks the index's rows (whole photos, or the regions of that source).
+    pub(super) fn load(
+        &self,
+        cx: &Context,
+        asked: &RegionArgs,
+        regions: Option<&Regions>,
+    ) -> Result<Option<StoredEmbeddings>> {
+        if let Some(db) = &self.db {
+            let ckpt = cx.model(true)?;
+            let kind = cx.index_kind(&ckpt, asked)?;
+            let index = crate::index::Index::open(db, false)?;
+            let stored = index.stored(&kind, ckpt.config.projection_dim)?;
+            if stored.paths.is_empty() {
+                bail!(
+                    "{} holds no embeddings of this model with these settings ({}, regions: {}); \
+                     run foodclip index with the same --model, --precision, --exact-preprocess \
+                     and region flags",
+                    db.display(),
+                    kind.mode,
+                    if kind.source.is_empty() {
+                        "none"
+                    } else {
+                        &kind.source
+                    }
+                );
+            }
+            return Ok(Some(stored));
+        }
         if self.embeddings.is_some() && regions.is_some() {
             bail!("--embeddings brings the regions it was made with; leave out --regions, --layout and --grid");
         }
@@ -264,7 +318,8 @@ impl StoredArgs {
         stored: Option<&StoredEmbeddings>,
         ckpt: &Checkpoint,
     ) -> Result<Option<EmbeddingSink>> {
-        if let (Some(stored), Some(file)) = (stored, &self.embeddings) {
+        if let (Some(stored), Some(file)) = (stored, self.embeddings.as_ref().or(self.db.as_ref()))
+        {
             let ours = cx.fingerprint(ckpt)?;
             if stored.checkpoint != ours {
                 bail!(

@@ -9,15 +9,16 @@ mod dataset;
 mod embed;
 mod eval;
 pub mod flags;
+mod index;
 mod job;
 mod labels;
 mod models;
 mod preview;
+mod search;
 mod ui;
 
 use crate::pipeline::Stats;
 use anyhow::Result;
-use clap::Parser;
 use context::Context;
 pub use flags::Cli;
 use flags::{Command, LabelsCommand, ModelsCommand};
@@ -55,6 +56,8 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Eval(args) => eval::run(&cx, args),
         Command::Embed(args) => embed::run(&cx, args),
         Command::Adapt(args) => adapt::run(&cx, args),
+        Command::Index(args) => index::run(&cx, args),
+        Command::Search(args) => search::run(&cx, args),
         Command::Preview(args) => preview::run(&cx, args),
         Command::Models(ModelsCommand::List { format }) => models::list(&cx.registry, *format),
         Command::Labels(LabelsCommand::Show(args)) => labels::show(args),
@@ -90,7 +93,7 @@ pub fn main() -> std::process::ExitCode {
             eprintln!("foodclip: internal error{at}: {}", msg.replace('\n', " "));
         }));
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -111,6 +114,7 @@ pub fn main() -> std::process::ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -145,5 +149,21 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["foodclip", "--precision", "f8", "models", "list"]).is_err());
+        // search: `-term` is a term; flags and their values stay flags, wherever they are.
+        let cli = Cli::try_parse_args(
+            [
+                "foodclip", "search", "잡채", "-국", "--top", "5", "-f", "csv", "-rice", "--db=x",
+            ]
+            .map(Into::into),
+        )
+        .unwrap();
+        let Command::Search(s) = cli.command else {
+            panic!("a search")
+        };
+        assert_eq!(s.terms, ["잡채", "-국", "-rice"]);
+        assert_eq!(
+            (s.top, s.db.as_deref()),
+            (5, Some(std::path::Path::new("x")))
+        );
     }
 }

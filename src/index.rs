@@ -1,0 +1,543 @@
+//! A photo archive's embedding index: one SQLite database (WAL mode) that grows with the
+//! archive, reused across runs and checkpoints.
+//!
+//! - `files`: one row per indexed file: the path (lossless bytes), size, mtime and BLAKE3
+//!   content hash. A file whose size and mtime are unchanged is not read again.
+//! - `embeddings`: one row per (content hash, checkpoint fingerprint, preprocessing mode, region
+//!   source, region): the region's JSON (empty for a whole photo) and the embedding (f32 LE).
+//!   Keyed by content, so a moved or renamed file reuses its embedding.
+//!
+//! The database says what it is with `PRAGMA application_id` and its layout with
+//! `PRAGMA user_version`; any other file is refused untouched.
+
+use crate::embeddings::StoredEmbeddings;
+use crate::fsutil::{path_bytes, path_from_bytes};
+use crate::regions::Region;
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `PRAGMA application_id` of a foodclip index ("fclp").
+const APPLICATION_ID: i64 = 0x6663_6c70;
+/// The layout this foodclip writes (`PRAGMA user_version`).
+const VERSION: i64 = 1;
+
+// One line per statement: SQLite quotes a statement in some of its errors, which stay one line.
+const SCHEMA: &str = concat!(
+    "CREATE TABLE files(path BLOB PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL, ",
+    "hash BLOB NOT NULL);\n",
+    "CREATE INDEX files_hash ON files(hash);\n",
+    "CREATE TABLE embeddings(hash BLOB NOT NULL, checkpoint TEXT NOT NULL, mode TEXT NOT NULL, ",
+    "source TEXT NOT NULL, idx INTEGER NOT NULL, region TEXT NOT NULL, vector BLOB NOT NULL, ",
+    "PRIMARY KEY(hash, checkpoint, mode, source, idx));\n",
+);
+
+/// What a set of embeddings was made with: they are only compared with their own kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kind {
+    /// The checkpoint's fingerprint.
+    pub checkpoint: String,
+    /// Preprocessing and precision, such as `fast-f32`.
+    pub mode: String,
+    /// Where the regions came from (empty for whole photos).
+    pub source: String,
+}
+
+/// A file as the index last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileState {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime: i64,
+}
+
+impl FileState {
+    /// The state of the file at `path` now.
+    pub fn of(path: &Path) -> Result<Self> {
+        let meta = std::fs::metadata(path).context("cannot read")?;
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        Ok(Self {
+            size: meta.len(),
+            mtime,
+        })
+    }
+}
+
+/// One indexed embedding with its photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// The photo.
+    pub path: PathBuf,
+    /// Its modification time (ns since the epoch).
+    pub mtime: i64,
+    /// The region, for region rows.
+    pub region: Option<Region>,
+    /// The embedding.
+    pub vector: Vec<f32>,
+}
+
+/// An open index.
+pub struct Index {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Index {
+    /// Opens the index at `path`: to write (`index`; created if missing, and first checked
+    /// whole by SQLite, so that a damaged file is refused before anything is written), or to
+    /// read (`create` false; damage then fails the query that meets it). A file that is not a
+    /// foodclip index, or one written by a newer foodclip, is refused without being changed.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let exists = path.exists();
+        if !exists && !create {
+            bail!(
+                "{} does not exist: make it with foodclip index",
+                path.display()
+            );
+        }
+        let flags = if exists {
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        } else {
+            OpenFlags::default()
+        };
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Reads through the page cache's mapping rather than a copy per page.
+        conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
+        let index = Self {
+            conn,
+            path: path.to_path_buf(),
+        };
+        if exists {
+            index.check(create).map_err(|e| {
+                // SQLite's messages may span lines (a damaged schema's text): one line here.
+                let msg = format!("{e:#}");
+                anyhow::anyhow!(
+                    "{} is not a foodclip index (or is damaged); nothing was changed: {}",
+                    path.display(),
+                    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+                )
+            })?;
+        } else {
+            index.create()?;
+        }
+        Ok(index)
+    }
+
+    /// Refuses anything but a foodclip index of a layout this foodclip knows; `whole` also has
+    /// SQLite check every page.
+    fn check(&self, whole: bool) -> Result<()> {
+        let id: i64 = self
+            .conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))?;
+        if id != APPLICATION_ID {
+            bail!("no foodclip mark (application_id)");
+        }
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > VERSION {
+            bail!("it was written by a newer foodclip (layout {version}); update foodclip");
+        }
+        if whole {
+            let ok: String = self
+                .conn
+                .pragma_query_value(None, "quick_check", |r| r.get(0))?;
+            if ok != "ok" {
+                let first: Vec<&str> = ok.lines().take(3).collect();
+                bail!("SQLite's check says: {}", first.join("; "));
+            }
+        }
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        Ok(())
+    }
+
+    fn create(&self) -> Result<()> {
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.execute_batch(&format!(
+            "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+             PRAGMA user_version = {VERSION}; COMMIT;"
+        ))?;
+        Ok(())
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state and hash the index holds for `path`.
+    pub fn file(&self, path: &Path) -> Result<Option<(FileState, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT size, mtime, hash FROM files WHERE path = ?1",
+                params![path_bytes(path).as_ref()],
+                |r| {
+                    Ok((
+                        FileState {
+                            size: r.get::<_, i64>(0)? as u64,
+                            mtime: r.get(1)?,
+                        },
+                        r.get(2)?,
+                    ))
+                },
+            )
+            .optional()?)
+    }
+
+    /// Whether embeddings of `kind` exist for the content `hash`.
+    pub fn has(&self, hash: &[u8], kind: &Kind) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM embeddings WHERE hash = ?1 AND checkpoint = ?2 AND mode = ?3 \
+                 AND source = ?4 LIMIT 1",
+                params![hash, kind.checkpoint, kind.mode, kind.source],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Runs `f` in one transaction (one batch: committed whole or not at all).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&Batch) -> Result<T>) -> Result<T> {
+        let tx = self.conn.transaction()?;
+        let out = f(&Batch { tx: &tx })?;
+        tx.commit()
+            .with_context(|| format!("cannot write {}", self.path.display()))?;
+        Ok(out)
+    }
+
+    /// The indexed paths under `root` (a folder prefix, compared as bytes).
+    pub fn paths_under(&self, root: &Path) -> Result<Vec<PathBuf>> {
+        let mut stmt = self.conn.prepare("SELECT path FROM files")?;
+        let prefix = path_bytes(root).into_owned();
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for p in rows {
+            let p = p?;
+            if p.starts_with(&prefix) {
+                out.push(path_from_bytes(p));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every embedding of `kind` with its photos (a content indexed under several paths is a
+    /// row per path), in path order.
+    pub fn rows(&self, kind: &Kind) -> Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.path, f.mtime, e.region, e.vector FROM embeddings e \
+             JOIN files f ON f.hash = e.hash \
+             WHERE e.checkpoint = ?1 AND e.mode = ?2 AND e.source = ?3 ORDER BY f.path, e.idx",
+        )?;
+        let rows = stmt.query_map(params![kind.checkpoint, kind.mode, kind.source], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (path, mtime, region, vector) = row?;
+            let region = if region.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&region).context("a damaged region in the index")?)
+            };
+            out.push(Row {
+                path: path_from_bytes(path),
+                mtime,
+                region,
+                vector: crate::embeddings::le_values(&vector, f32::from_le_bytes),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The `n` rows of `kind` most similar to `query` (cosine: rows and query are unit length)
+    /// among those whose photo `keep` accepts (by path bytes and mtime), best first. Rows are
+    /// streamed: memory holds only the best `n`.
+    pub fn top(
+        &self,
+        kind: &Kind,
+        query: &[f32],
+        keep: impl Fn(&[u8], i64) -> bool,
+        n: usize,
+    ) -> Result<Vec<(f32, Row)>> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut stmt = self.conn.prepare(
+            "SELECT f.path, f.mtime, e.region, e.vector FROM embeddings e \
+             JOIN files f ON f.hash = e.hash \
+             WHERE e.checkpoint = ?1 AND e.mode = ?2 AND e.source = ?3",
+        )?;
+        let mut rows = stmt.query(params![kind.checkpoint, kind.mode, kind.source])?;
+        let mut best: BinaryHeap<Reverse<Candidate>> = BinaryHeap::new();
+        let mut seq = 0u64;
+        while let Some(r) = rows.next()? {
+            let path = r.get_ref(0)?.as_blob()?;
+            let mtime: i64 = r.get(1)?;
+            if n == 0 || !keep(path, mtime) {
+                continue;
+            }
+            let vector = r.get_ref(3)?.as_blob()?;
+            let score: f32 = vector
+                .chunks_exact(4)
+                .zip(query)
+                .map(|(c, q)| f32::from_le_bytes(c.try_into().expect("4 bytes")) * q)
+                .sum();
+            seq += 1;
+            let better = best
+                .peek()
+                .is_none_or(|Reverse(w)| (score, Reverse(seq)) > (w.score, Reverse(w.seq)));
+            if best.len() < n || better {
+                best.push(Reverse(Candidate {
+                    score,
+                    seq,
+                    path: path.to_vec(),
+                    mtime,
+                    region: r.get(2)?,
+                }));
+                if best.len() > n {
+                    best.pop();
+                }
+            }
+        }
+        let mut out: Vec<Candidate> = best.into_iter().map(|Reverse(c)| c).collect();
+        out.sort_by(|a, b| b.cmp(a));
+        out.into_iter()
+            .map(|c| {
+                let region = if c.region.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::from_str(&c.region).context("a damaged region in the index")?)
+                };
+                Ok((
+                    c.score,
+                    Row {
+                        path: path_from_bytes(c.path),
+                        mtime: c.mtime,
+                        region,
+                        vector: Vec::new(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// How many rows of `kind` the index holds.
+    pub fn rows_of(&self, kind: &Kind) -> Result<usize> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM embeddings WHERE checkpoint = ?1 AND mode = ?2 AND source = ?3",
+            params![kind.checkpoint, kind.mode, kind.source],
+            |r| r.get::<_, i64>(0),
+        )? as usize)
+    }
+
+    /// The rows of `kind` as stored embeddings (for `classify --db`, `eval --db`).
+    pub fn stored(&self, kind: &Kind, dim: usize) -> Result<StoredEmbeddings> {
+        let rows = self.rows(kind)?;
+        let mut stored = StoredEmbeddings {
+            checkpoint: kind.checkpoint.clone(),
+            paths: Vec::with_capacity(rows.len()),
+            regions: Vec::new(),
+            dim,
+            values: Vec::with_capacity(rows.len() * dim),
+        };
+        let regions = rows.iter().any(|r| r.region.is_some());
+        for row in rows {
+            if row.vector.len() != dim {
+                bail!("{} holds embeddings of another width", self.path.display());
+            }
+            stored.paths.push(row.path);
+            stored.values.extend(row.vector);
+            if regions {
+                stored.regions.push(row.region);
+            }
+        }
+        Ok(stored)
+    }
+}
+
+/// A row in the running best of [`Index::top`]: ordered by score, then earlier rows first.
+struct Candidate {
+    score: f32,
+    seq: u64,
+    path: Vec<u8>,
+    mtime: i64,
+    region: String,
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.score.total_cmp(&o.score).then(o.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o).is_eq()
+    }
+}
+
+impl Eq for Candidate {}
+
+/// The writes of one batch.
+pub struct Batch<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+impl Batch<'_> {
+    /// Records `path` as it is now, with its content hash.
+    pub fn file(&self, path: &Path, state: &FileState, hash: &[u8]) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO files(path, size, mtime, hash) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                path_bytes(path).as_ref(),
+                state.size as i64,
+                state.mtime,
+                hash
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the embedding of region `idx` (or the whole photo, `region` `None`) of the content
+    /// `hash`.
+    pub fn embedding(
+        &self,
+        hash: &[u8],
+        kind: &Kind,
+        idx: usize,
+        region: Option<&Region>,
+        vector: &[f32],
+    ) -> Result<()> {
+        let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let region = match region {
+            Some(r) => serde_json::to_string(r)?,
+            None => String::new(),
+        };
+        self.tx.execute(
+            "INSERT OR REPLACE INTO embeddings(hash, checkpoint, mode, source, idx, region, vector) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![hash, kind.checkpoint, kind.mode, kind.source, idx as i64, region, bytes],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets `path` (deleted from the archive).
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        self.tx.execute(
+            "DELETE FROM files WHERE path = ?1",
+            params![path_bytes(path).as_ref()],
+        )?;
+        Ok(())
+    }
+
+    /// Drops the embeddings of contents no file has any more.
+    pub fn collect_garbage(&self) -> Result<usize> {
+        Ok(self.tx.execute(
+            "DELETE FROM embeddings WHERE hash NOT IN (SELECT hash FROM files)",
+            [],
+        )?)
+    }
+}
+
+/// The BLAKE3 hash of the file at `path`.
+pub fn content_hash(path: &Path) -> Result<Vec<u8>> {
+    let mut hasher = blake3::Hasher::new();
+    let mut file = std::fs::File::open(path).context("cannot read")?;
+    std::io::copy(&mut file, &mut hasher).context("cannot read")?;
+    Ok(hasher.finalize().as_bytes().to_vec())
+}
+
+/// `values` (`rows x dim`, f32) as a NumPy `.npy` file's bytes (format 1.0, little-endian).
+pub fn npy(values: &[f32], rows: usize, dim: usize) -> Vec<u8> {
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+    let total = (10 + header.len() + 1).div_ceil(64) * 64;
+    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind() -> Kind {
+        Kind {
+            checkpoint: "blake3:x".into(),
+            mode: "fast-f32".into(),
+            source: String::new(),
+        }
+    }
+
+    #[test]
+    fn rows_follow_files_by_content_and_garbage_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("i.sqlite");
+        let mut index = Index::open(&db, true).unwrap();
+        let state = FileState { size: 3, mtime: 7 };
+        index
+            .batch(|b| {
+                b.file(Path::new("/a/x.jpg"), &state, b"h1")?;
+                b.file(Path::new("/a/y.jpg"), &state, b"h1")?;
+                b.embedding(b"h1", &kind(), 0, None, &[0.6, 0.8])
+            })
+            .unwrap();
+        assert!(index.has(b"h1", &kind()).unwrap());
+        let rows = index.rows(&kind()).unwrap();
+        assert_eq!(rows.len(), 2, "one content, two paths");
+        assert_eq!(rows[1].vector, vec![0.6, 0.8]);
+        index.batch(|b| b.remove(Path::new("/a/x.jpg"))).unwrap();
+        assert_eq!(index.batch(|b| b.collect_garbage()).unwrap(), 0);
+        index.batch(|b| b.remove(Path::new("/a/y.jpg"))).unwrap();
+        assert_eq!(index.batch(|b| b.collect_garbage()).unwrap(), 1);
+        drop(index);
+        // Reopened; a newer layout and a foreign file are refused untouched.
+        Index::open(&db, false).unwrap();
+        let other = dir.path().join("other.sqlite");
+        Connection::open(&other)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x); PRAGMA user_version = 3;")
+            .unwrap();
+        let before = std::fs::read(&other).unwrap();
+        let e = format!("{:#}", Index::open(&other, true).err().unwrap());
+        assert!(e.contains("is not a foodclip index"), "{e}");
+        assert_eq!(std::fs::read(&other).unwrap(), before);
+    }
+
+    #[test]
+    fn npy_header_is_aligned() {
+        let bytes = npy(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
+        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+        let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        assert_eq!((10 + len) % 64, 0);
+        let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
+        assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
+        assert_eq!(bytes.len(), 10 + len + 24);
+    }
+}
