@@ -160,6 +160,8 @@ impl Index {
     }
 
     fn create(&self) -> Result<()> {
+        // Pages large enough that a row (a 512-d embedding is 2 KiB) needs no overflow page.
+        self.conn.pragma_update(None, "page_size", 16384)?;
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
         self.conn.execute_batch(&format!(
             "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \

@@ -129,7 +129,15 @@ pub fn run_batches(
                 let mut values = Vec::new();
                 let items: Items = chunk
                     .iter()
-                    .map(|p| match rows.get(p.as_path()) {
+                    .map(|p| {
+                        // An index stores absolute paths: a relative one is looked up as such.
+                        let found = rows.get(p.as_path()).or_else(|| {
+                            let absolute = std::fs::canonicalize(p).ok()?;
+                            rows.get(absolute.as_path())
+                        });
+                        found
+                    })
+                    .map(|found| match found {
                         Some(rows) => rows
                             .iter()
                             .map(|&r| {

@@ -312,6 +312,23 @@ fn classify_db_equals_classify_and_export_reads_back() {
             assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-6);
         }
     }
+    // eval --db: the folders `a` and `b` as classes; the same figures as from the photos.
+    std::fs::write(d.join("ab.txt"), "a\nb\n").unwrap();
+    let eval = |extra: &[&str]| -> Value {
+        let args = [
+            &["eval", "arch", "--labels", "ab.txt", "-f", "json"][..],
+            extra,
+        ]
+        .concat();
+        serde_json::from_slice(ok(&run(d, &args))).unwrap()
+    };
+    let (from_photos, from_index) = (eval(&[]), eval(&["--db", "arch/.foodclip/index.sqlite"]));
+    assert_eq!(from_index["n"], 4);
+    assert_eq!(from_index["top1"], from_photos["top1"]);
+    assert_eq!(
+        from_index["confusion_matrix"],
+        from_photos["confusion_matrix"]
+    );
     // Regions: indexed beside the whole photos, searched and scored by the same flags.
     ok(&run(d, &["index", "arch", "--grid", "1x2"]));
     let grid = ["--db", "arch/.foodclip/index.sqlite", "--grid", "1x2"];
