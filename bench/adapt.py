@@ -24,20 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, setup  # noqa: E402
-
-
-def run(cmd, stdin=None, env=None):
-    start = time.perf_counter()
-    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:4])} failed: {out.stderr}")
-    return time.perf_counter() - start, out
-
-
-def rate(stderr):
-    line = [l for l in stderr.splitlines() if "photos/s" in l][-1]
-    return float(line.split("photos/s")[0].split()[-1].lstrip("("))
+from bench import ROOT, rate, run_timed as run, setup  # noqa: E402
 
 
 def main():

@@ -101,22 +101,30 @@ def torch_model_only(ckpt, batch, iterations, bf16):
     return (time.perf_counter() - start) / iterations
 
 
-PEER_SCRIPT = r"""
+# The peers' preamble: the model, the processor and the zero-shot class embeddings of a label
+# file (group headers and comments skipped), as a transformers user writes it.
+PEER_TEXT = r"""
 import sys, time, torch
 from transformers import CLIPModel, CLIPImageProcessor, CLIPTokenizer
 from transformers.image_utils import load_image
-ckpt, labels_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-paths = sys.stdin.read().split("\n")
-paths = [p for p in paths if p]
 model = CLIPModel.from_pretrained(ckpt).eval()
 processor = CLIPImageProcessor.from_pretrained(ckpt)
 tokenizer = CLIPTokenizer.from_pretrained(ckpt)
-names = [l.split("|")[0].strip() for l in open(labels_file, encoding="utf-8") if l.strip() and not l.startswith("#")]
+names = [l.split("|")[0].strip() for l in open(labels_file, encoding="utf-8")
+         if l.strip() and not l.startswith("#") and not l.startswith("[")]
 with torch.no_grad():
     t = tokenizer([f"a photo of {n}, a type of food." for n in names], padding=True, truncation=True, return_tensors="pt")
     text = model.get_text_features(**t)
     text = getattr(text, "pooler_output", text)
     text = text / text.norm(dim=-1, keepdim=True)
+"""
+
+PEER_SCRIPT = r"""
+import sys
+ckpt, labels_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+paths = [p for p in sys.stdin.read().split("\n") if p]
+""" + PEER_TEXT + r"""
+with torch.no_grad():
     start = time.perf_counter()
     for i in range(0, len(paths), batch):
         images = [load_image(p) for p in paths[i:i + batch]]
@@ -129,6 +137,24 @@ with torch.no_grad():
             print(p, names[int(row.argmax())], flush=True)
 print(f"PHOTOS_PER_SECOND {len(paths) / (time.perf_counter() - start):.3f}", file=sys.stderr)
 """
+
+
+def rate(stderr, unit="photos/s"):
+    """The rate in foodclip's closing summary."""
+    line = [l for l in stderr.splitlines() if unit in l][-1]
+    return float(line.split(unit)[0].split()[-1].lstrip("("))
+
+
+def timed_peak(cmd, stdin=None, env=None):
+    """Runs `cmd` under /usr/bin/time: (wall seconds, peak KiB, completed process)."""
+    start = time.perf_counter()
+    out = subprocess.run(["/usr/bin/time", "-f", "PEAK_KIB %M"] + cmd, input=stdin,
+                         capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:5])} failed: {out.stderr}")
+    peak = int([l for l in out.stderr.splitlines() if l.startswith("PEAK_KIB")][-1].split()[1])
+    return wall, peak, out
 
 
 def run_timed(cmd, stdin=None, env=None):
@@ -178,8 +204,7 @@ def main():
                "--format", "jsonl", "-t", "a photo of {}, a type of food."]
         run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings)
         our_wall, ours = run_timed(cmd, stdin=listing, env=env)
-        summary = [l for l in ours.stderr.splitlines() if "photos/s" in l]
-        our_rate = float(summary[-1].split("photos/s")[0].split()[-1].lstrip("(")) if summary else args.photos / our_wall
+        our_rate = rate(ours.stderr)
         print(f"end to end, {args.photos} photos of 12 MP, 150 labels, foodclip {precision}: "
               f"{our_rate:.2f} photos/s, transformers fp32 {peer_rate:.2f} photos/s, ratio {our_rate / peer_rate:.2f}x")
         print(f"  whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, "

@@ -25,23 +25,11 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, setup  # noqa: E402
+from bench import ROOT, rate, setup, timed_peak  # noqa: E402
 
 
 def timed(cmd, env):
-    start = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-f", "PEAK_KIB %M"] + cmd, capture_output=True,
-                         text=True, env=env)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        sys.exit(f"{' '.join(cmd[:5])} failed: {out.stderr}")
-    peak = int([l for l in out.stderr.splitlines() if l.startswith("PEAK_KIB")][-1].split()[1])
-    return wall, peak, out
-
-
-def rate(stderr):
-    line = [l for l in stderr.splitlines() if "photos/s" in l][-1]
-    return float(line.split("photos/s")[0].split()[-1].lstrip("("))
+    return timed_peak(cmd, env=env)
 
 
 def main():

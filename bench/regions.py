@@ -24,26 +24,17 @@ import time
 import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import ROOT, setup  # noqa: E402
+from bench import PEER_TEXT, ROOT, rate, setup, timed_peak as timed  # noqa: E402
 
 PEER_SCRIPT = r"""
-import csv, sys, time, torch
-from transformers import CLIPModel, CLIPImageProcessor, CLIPTokenizer
-from transformers.image_utils import load_image
+import csv, sys
 ckpt, labels_file, boxes_file, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rows = {}
 for path, x1, y1, x2, y2 in csv.reader(open(boxes_file, encoding="utf-8")):
     rows.setdefault(path, []).append(tuple(int(v) for v in (x1, y1, x2, y2)))
-model = CLIPModel.from_pretrained(ckpt).eval()
-processor = CLIPImageProcessor.from_pretrained(ckpt)
-tokenizer = CLIPTokenizer.from_pretrained(ckpt)
-names = [l.split("|")[0].strip() for l in open(labels_file, encoding="utf-8") if l.strip() and not l.startswith("#") and not l.startswith("[")]
+""" + PEER_TEXT + r"""
 n = 0
 with torch.no_grad():
-    t = tokenizer([f"a photo of {n}, a type of food." for n in names], padding=True, truncation=True, return_tensors="pt")
-    text = model.get_text_features(**t)
-    text = getattr(text, "pooler_output", text)
-    text = text / text.norm(dim=-1, keepdim=True)
     start = time.perf_counter()
     paths = list(rows)
     for i in range(0, len(paths), batch):
@@ -69,18 +60,6 @@ def displayed_size(path):
 
     with Image.open(path) as img:
         return ImageOps.exif_transpose(img).size
-
-
-def timed(cmd, stdin=None, env=None):
-    """Runs `cmd` under /usr/bin/time: (wall seconds, peak KiB, completed process)."""
-    start = time.perf_counter()
-    out = subprocess.run(["/usr/bin/time", "-f", "PEAK_KIB %M"] + cmd, input=stdin,
-                         capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - start
-    if out.returncode != 0:
-        sys.exit(f"{cmd[0]} failed: {out.stderr}")
-    peak = int([l for l in out.stderr.splitlines() if l.startswith("PEAK_KIB")][-1].split()[1])
-    return wall, peak, out
 
 
 def main():
@@ -113,8 +92,7 @@ def main():
                "--labels", labels, "--format", "jsonl", "-t", "a photo of {}, a type of food."]
         timed(cmd, stdin=listing, env=env)  # warm the page cache and the prompt cache
         our_wall, our_peak, ours = timed(cmd, stdin=listing, env=env)
-        summary = [l for l in ours.stderr.splitlines() if "regions/s" in l][-1]
-        our_rate = float(summary.split("regions/s")[0].split()[-1])
+        our_rate = rate(ours.stderr, "regions/s")
         print(f"regions, {len(paths)} photos of 12 MP x {len(layout)} boxes = {regions}, foodclip "
               f"{precision}: {our_rate:.2f} regions/s, transformers fp32 {peer_rate:.2f} regions/s, "
               f"ratio {our_rate / peer_rate:.2f}x")
