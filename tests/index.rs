@@ -453,3 +453,36 @@ fn a_run_killed_mid_way_resumes_without_losing_or_duplicating_rows() {
     paths.dedup();
     assert_eq!(paths.len(), 24);
 }
+
+#[test]
+fn two_runs_on_one_database_cooperate() {
+    let dir = archive(12);
+    let d = dir.path();
+    let spawn = || {
+        foodclip()
+            .current_dir(d)
+            .arg("--model")
+            .arg(fixtures().join("tiny-openai"))
+            .args(["index", "arch", "--db", "i.sqlite", "--batch-size", "1"])
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    // Both finish (or one says the database is locked); neither corrupts it.
+    for o in [&a, &b] {
+        let err = stderr(o);
+        assert!(o.status.success() || err.contains("locked"), "{err}");
+    }
+    let c = counts(&run(d, &["index", "arch", "--db", "i.sqlite"]));
+    assert_eq!((c["unchanged"], c["embedded"]), (12, 0), "{c:?}");
+    let found = hits(&run(
+        d,
+        &[
+            "search", "--db", "i.sqlite", "rice", "--top", "100", "-f", "jsonl",
+        ],
+    ));
+    assert_eq!(found.len(), 12, "every photo once");
+}
