@@ -115,7 +115,11 @@ impl Index {
             conn,
             path: path.to_path_buf(),
         };
-        if exists {
+        // A writer that finds no table (a new file, or one another run created a moment ago and
+        // has not filled yet) makes the schema, under SQLite's write lock so that two runs do
+        // not both make it; anything else is checked.
+        let made = create && index.create_if_empty()?;
+        if !made {
             index.check(create).map_err(|e| {
                 // SQLite's messages may span lines (a damaged schema's text): one line here.
                 let msg = format!("{e:#}");
@@ -125,8 +129,6 @@ impl Index {
                     msg.split_whitespace().collect::<Vec<_>>().join(" ")
                 )
             })?;
-        } else {
-            index.create()?;
         }
         Ok(index)
     }
@@ -159,15 +161,32 @@ impl Index {
         Ok(())
     }
 
-    fn create(&self) -> Result<()> {
+    /// Makes the schema if the database has no table; whether it did. A file that is not an
+    /// SQLite database fails here, unchanged.
+    fn create_if_empty(&self) -> Result<bool> {
+        let empty = |conn: &Connection| -> rusqlite::Result<bool> {
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n == 0)
+        };
+        // A quick look first, without a lock: an existing index is left to `check`.
+        if !empty(&self.conn).unwrap_or(false) {
+            return Ok(false);
+        }
         // Pages large enough that a row (a 512-d embedding is 2 KiB) needs no overflow page.
         self.conn.pragma_update(None, "page_size", 16384)?;
-        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        if !empty(&self.conn)? {
+            self.conn.execute_batch("COMMIT")?;
+            return Ok(false);
+        }
         self.conn.execute_batch(&format!(
-            "BEGIN; {SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+            "{SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
              PRAGMA user_version = {VERSION}; COMMIT;"
         ))?;
-        Ok(())
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        Ok(true)
     }
 
     /// Where it is.
