@@ -58,6 +58,15 @@ pub struct Item {
 /// The records of each photo of a batch.
 pub type Items = Vec<Vec<Item>>;
 
+/// A batch's embeddings as rows, one per record that has one, in the records' order.
+pub fn embedding_rows(emb: Option<&Tensor>) -> Result<std::vec::IntoIter<Vec<f32>>> {
+    Ok(match emb {
+        Some(e) => e.to_vec2::<f32>()?,
+        None => Vec::new(),
+    }
+    .into_iter())
+}
+
 /// Where a run's image embeddings come from.
 pub enum Embedder<'a> {
     /// Decode photos and run them through the checkpoint's image tower.

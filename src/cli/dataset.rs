@@ -12,7 +12,7 @@ use crate::embeddings::StoredEmbeddings;
 use crate::eval::{is_region_file, ClassNames, Sample, Truth};
 use crate::fsutil::PathJson;
 use crate::labels::LabelSet;
-use crate::pipeline::Stats;
+use crate::pipeline::{embedding_rows, Stats};
 use crate::regions::{Region, Regions};
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -143,11 +143,7 @@ impl DataSet {
         let mut cases = Vec::with_capacity(paths.len());
         let (stats, interrupted) =
             run_photos(embedder, &paths, &cx.ui, sink, |emb, chunk, items| {
-                let mut rows = match emb {
-                    Some(e) => e.to_vec2::<f32>()?,
-                    None => Vec::new(),
-                }
-                .into_iter();
+                let mut rows = embedding_rows(emb)?;
                 for (path, photo) in chunk.iter().zip(items) {
                     for item in photo {
                         let embedding = item

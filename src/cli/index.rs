@@ -8,6 +8,7 @@ use super::Outcome;
 use crate::fsutil::{write_atomically, PathJson};
 use crate::index::{content_hash, npy, FileState, Index, Kind};
 use crate::inputs::collect_inputs;
+use crate::pipeline::embedding_rows;
 use anyhow::{bail, Context as _, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -89,11 +90,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     let embedder = embedder(&ckpt, None, regions.as_ref(), &args.batch, cx.fidelity);
     let (stats, interrupted) =
         run_photos(embedder, &todo_paths, &cx.ui, None, |emb, chunk, items| {
-            let mut rows = match emb {
-                Some(e) => e.to_vec2::<f32>()?,
-                None => Vec::new(),
-            }
-            .into_iter();
+            let mut rows = embedding_rows(emb)?;
             index.batch(|b| {
                 for (path, photo) in chunk.iter().zip(items) {
                     let (state, hash) = known[path.as_path()];
