@@ -144,6 +144,26 @@ pub struct OpenSet {
 }
 
 impl OpenSet {
+    /// The rule of a top-1 probability `threshold` and a top-2 `min_margin`, each a probability
+    /// in [0, 1]; the error names the value out of range.
+    ///
+    /// ```
+    /// use foodclip::classify::OpenSet;
+    /// assert!(OpenSet::new(Some(0.4), None).is_ok());
+    /// assert!(OpenSet::new(None, Some(1.5)).unwrap_err().starts_with("min margin"));
+    /// ```
+    pub fn new(threshold: Option<f32>, min_margin: Option<f32>) -> Result<Self, String> {
+        for (name, v) in [("threshold", threshold), ("min margin", min_margin)] {
+            if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return Err(format!("{name} is a probability: give a value from 0 to 1"));
+            }
+        }
+        Ok(Self {
+            threshold,
+            min_margin,
+        })
+    }
+
     /// Whether any rule is set.
     pub fn is_active(&self) -> bool {
         self.threshold.is_some() || self.min_margin.is_some()
@@ -175,6 +195,31 @@ impl OpenSet {
         } else {
             UNKNOWN.to_string()
         });
+    }
+}
+
+/// What a record shows of a ranking: the open-set answer, the best `top_k` classes (0 for
+/// all), and group probabilities or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Shown {
+    /// When to answer "unknown".
+    pub open_set: OpenSet,
+    /// Predictions kept; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the group probabilities.
+    pub group_scores: bool,
+}
+
+impl Shown {
+    /// Decides, then cuts `ranking` to what is shown.
+    pub fn apply(&self, ranking: &mut Ranking) {
+        self.open_set.decide(ranking);
+        if self.top_k > 0 {
+            ranking.predictions.truncate(self.top_k);
+        }
+        if !self.group_scores {
+            ranking.groups.clear();
+        }
     }
 }
 

@@ -16,7 +16,7 @@
 //! - [`pipeline`]: batches decoded while the model works;
 //! - [`output`]: printing records; [`report`]: the HTML report; [`cli`]: the command line;
 //! - [`regions`]: trays: where a photo's regions come from, and cutting them out;
-//! - [`draw`]: trays drawn with their boxes and answers (SVG);
+//! - [`draw`]: trays drawn with their boxes and answers (SVG); [`serve`]: the HTTP API and page;
 //! - [`fsutil`]: atomic writes and lossless paths, shared by all of them; [`markup`]: escaping
 //!   and embedded pictures for the HTML and SVG.
 
@@ -40,4 +40,5 @@ pub mod preprocess;
 pub mod regions;
 pub mod registry;
 pub mod report;
+pub mod serve;
 pub mod source;

@@ -266,9 +266,96 @@ impl Layout {
     }
 }
 
+/// Whose record it is: a photo's path (the commands), or an upload's (the server), with the
+/// form field's file name when it has one.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A photo read from this path.
+    Path(&'a Path),
+    /// A photo sent to the server, and its file name if the form gave one.
+    Upload(Option<&'a str>),
+}
+
+/// One JSON record, as `--format json` and `jsonl` write it: a ranking, an embedding, or the
+/// error that stands in its place.
 #[derive(Serialize)]
-struct PredictionsRecord<'a> {
-    path: PathJson<'a>,
+#[serde(untagged)]
+pub enum JsonRecord<'a> {
+    /// Predictions of a photo or region.
+    Predictions(PredictionsRecord<'a>),
+    /// An embedding of a photo or region.
+    Embedding(EmbeddingRecord<'a>),
+    /// Why a photo or region has no result.
+    Error(ErrorRecord<'a>),
+}
+
+impl<'a> JsonRecord<'a> {
+    /// The record of a ranking (or its error).
+    pub fn predictions(
+        origin: Origin<'a>,
+        region: Option<&'a Region>,
+        result: &'a Result<Ranking, String>,
+    ) -> Self {
+        let (path, file) = origin.fields();
+        match result {
+            Ok(r) => Self::Predictions(PredictionsRecord {
+                path,
+                file,
+                region,
+                label: r.decision.as_deref(),
+                predictions: &r.predictions,
+                groups: &r.groups,
+            }),
+            Err(error) => Self::Error(ErrorRecord {
+                path,
+                file,
+                region,
+                error,
+            }),
+        }
+    }
+
+    /// The record of an embedding (or its error).
+    pub fn embedding(
+        origin: Origin<'a>,
+        region: Option<&'a Region>,
+        result: &'a Result<Vec<f32>, String>,
+    ) -> Self {
+        let (path, file) = origin.fields();
+        match result {
+            Ok(embedding) => Self::Embedding(EmbeddingRecord {
+                path,
+                file,
+                region,
+                embedding,
+            }),
+            Err(error) => Self::Error(ErrorRecord {
+                path,
+                file,
+                region,
+                error,
+            }),
+        }
+    }
+}
+
+impl<'a> Origin<'a> {
+    /// The `path` and `file` fields of a record.
+    fn fields(self) -> (Option<PathJson<'a>>, Option<&'a str>) {
+        match self {
+            Origin::Path(p) => (Some(PathJson(p)), None),
+            Origin::Upload(file) => (None, file),
+        }
+    }
+}
+
+/// The fields of a [`JsonRecord::Predictions`].
+#[derive(Serialize)]
+pub struct PredictionsRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<&'a Region>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -278,17 +365,25 @@ struct PredictionsRecord<'a> {
     groups: &'a [GroupScore],
 }
 
+/// The fields of a [`JsonRecord::Embedding`].
 #[derive(Serialize)]
-struct EmbeddingRecord<'a> {
-    path: PathJson<'a>,
+pub struct EmbeddingRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<&'a Region>,
     embedding: &'a [f32],
 }
 
+/// The fields of a [`JsonRecord::Error`].
 #[derive(Serialize)]
-struct ErrorRecord<'a> {
-    path: PathJson<'a>,
+pub struct ErrorRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     region: Option<&'a Region>,
     error: &'a str,
@@ -465,18 +560,9 @@ impl<W: Write> Printer<W> {
         self.begin_record()?;
         let layout = self.layout;
         match (layout.format, result) {
-            (Format::Json | Format::Jsonl, Ok(r)) => self.json_line(&PredictionsRecord {
-                path: PathJson(path),
-                region,
-                label: r.decision.as_deref(),
-                predictions: &r.predictions,
-                groups: &r.groups,
-            })?,
-            (Format::Json | Format::Jsonl, Err(e)) => self.json_line(&ErrorRecord {
-                path: PathJson(path),
-                region,
-                error: e,
-            })?,
+            (Format::Json | Format::Jsonl, _) => {
+                self.json_line(&JsonRecord::predictions(Origin::Path(path), region, result))?
+            }
             (Format::Csv | Format::Tsv, Ok(r)) => {
                 let lead = self.lead(path, region);
                 for (i, p) in r.predictions.iter().enumerate() {
@@ -556,19 +642,8 @@ impl<W: Write> Printer<W> {
     ) -> io::Result<()> {
         self.begin_record()?;
         match (self.layout.format, result) {
-            (Format::Json | Format::Jsonl | Format::Coco, Ok(e)) => {
-                self.json_line(&EmbeddingRecord {
-                    path: PathJson(path),
-                    region,
-                    embedding: e,
-                })?
-            }
-            (Format::Json | Format::Jsonl | Format::Coco, Err(e)) => {
-                self.json_line(&ErrorRecord {
-                    path: PathJson(path),
-                    region,
-                    error: e,
-                })?
+            (Format::Json | Format::Jsonl | Format::Coco, _) => {
+                self.json_line(&JsonRecord::embedding(Origin::Path(path), region, result))?
             }
             (Format::Csv | Format::Tsv, result) => {
                 let mut row = self.lead(path, region);

@@ -7,7 +7,7 @@ use crate::classify::embed_pictures;
 use crate::embeddings::StoredEmbeddings;
 use crate::fsutil::is_closed_pipe;
 use crate::preprocess::Fidelity;
-use crate::regions::{pieces, Region, Regions};
+use crate::regions::{pieces, Photo, Region, Regions};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -205,7 +205,13 @@ fn decode_and_embed(
                     .par_iter()
                     .map(|p| {
                         let max = options.max_pixels;
-                        pieces(regions, &ckpt.preprocess, p, max, options.fidelity)
+                        pieces(
+                            regions,
+                            &ckpt.preprocess,
+                            Photo::File(p),
+                            max,
+                            options.fidelity,
+                        )
                     })
                     .collect();
                 if tx.send(decoded).is_err() {

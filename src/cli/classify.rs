@@ -4,13 +4,13 @@ use super::context::Context;
 use super::flags::ClassifyArgs;
 use super::job::{embedder, Job, Record};
 use super::Outcome;
-use crate::classify::{OpenSet, Ranking};
+use crate::classify::{OpenSet, Ranking, Shown};
 use crate::draw::{file_for, write_svg, Mark};
 use crate::eval::ClassNames;
 use crate::labels::{LabelSet, Templates};
 use crate::output::{Format, Layout, RecordKind};
 use crate::regions::Regions;
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::HashSet;
 use std::io::{self, IsTerminal};
 
@@ -23,7 +23,8 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
             labels.path.display()
         );
     }
-    let open_set = open_set(args.threshold, args.min_margin)?;
+    let open_set = OpenSet::new(args.threshold, args.min_margin)
+        .map_err(|e| anyhow!("--threshold, --min-margin: {e}"))?;
     let regions = args.input.regions.load()?;
     let stored = args
         .stored
@@ -50,20 +51,16 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
-    let (top_k, group_scores) = (args.top_k, args.group_scores);
+    let shown = Shown {
+        open_set,
+        top_k: args.top_k,
+        group_scores: args.group_scores,
+    };
     let rows = |e: &candle_core::Tensor| -> Result<Vec<_>> {
         let mut rankings = classifier
             .predict(e)
             .context("cannot rank the photos' embeddings")?;
-        for r in &mut rankings {
-            open_set.decide(r);
-            if top_k > 0 {
-                r.predictions.truncate(top_k);
-            }
-            if !group_scores {
-                r.groups.clear();
-            }
-        }
+        rankings.iter_mut().for_each(|r| shown.apply(r));
         Ok(rankings)
     };
     let batch = &args.input.batch;
@@ -136,17 +133,4 @@ fn coco_categories(regions: Option<&Regions>, labels: &LabelSet) -> Result<Vec<O
         );
     }
     Ok(by_class)
-}
-
-/// Checks `--threshold` and `--min-margin` (probabilities, in [0, 1]).
-fn open_set(threshold: Option<f32>, min_margin: Option<f32>) -> Result<OpenSet> {
-    for (flag, v) in [("--threshold", threshold), ("--min-margin", min_margin)] {
-        if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
-            bail!("{flag} is a probability: give a value from 0 to 1");
-        }
-    }
-    Ok(OpenSet {
-        threshold,
-        min_margin,
-    })
 }

@@ -95,6 +95,9 @@ pub enum Command {
     Search(SearchArgs),
     /// Write the exact picture the model sees (resized and centre-cropped) for one photo.
     Preview(PreviewArgs),
+    /// Answer classify and embed requests over HTTP with a warm model, and serve a page to drop
+    /// photos on.
+    Serve(ServeArgs),
     /// The registry of known checkpoints.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -405,6 +408,71 @@ pub struct PreviewArgs {
     /// .svg output also names them.
     #[command(flatten)]
     pub regions: RegionArgs,
+}
+
+/// `foodclip serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Label file: the classes every request is ranked against.
+    #[arg(long, short, required_unless_present = "adapter")]
+    pub labels: Option<PathBuf>,
+    /// An adapter made by `foodclip adapt`: its classes and its cache of your photos.
+    #[arg(long, value_name = "FILE")]
+    pub adapter: Option<PathBuf>,
+    /// Prompt templates.
+    #[command(flatten)]
+    pub templates: TemplateArgs,
+    /// Address to listen on; 0.0.0.0 opens the API to the network (use --token then).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (printed on stderr).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require `Authorization: Bearer TOKEN` on every /v1 request.
+    #[arg(long, env = "FOODCLIP_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Largest request body (bytes, or with a unit: 500KB, 32MB, 1GiB); larger ones get 413.
+    #[arg(long, default_value = "32MB", value_name = "SIZE", value_parser = parse_size)]
+    pub max_body: u64,
+    /// Most photos decoding or waiting for the model at once; beyond it, 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_queue: u64,
+    /// How long a model call may wait for photos still being decoded, to share the call.
+    #[arg(long, default_value_t = 5, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub batch_wait: u64,
+    /// Batching and decoding.
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Regions of every photo (trays), unless a request gives its own `regions`.
+    #[command(flatten)]
+    pub regions: RegionArgs,
+}
+
+/// A size in bytes: a number with an optional unit (KB, MB, GB; KiB, MiB, GiB).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "{s:?}: give bytes, or a size such as 500KB, 32MB or 1GiB"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: give bytes, or a size such as 500KB, 32MB or 1GiB"))?;
+    Ok((value * scale as f64) as u64)
 }
 
 /// `foodclip models ...`.

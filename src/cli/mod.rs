@@ -15,6 +15,7 @@ mod labels;
 mod models;
 mod preview;
 mod search;
+mod serve;
 mod ui;
 
 use crate::pipeline::Stats;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Index(args) => index::run(&cx, args),
         Command::Search(args) => search::run(&cx, args),
         Command::Preview(args) => preview::run(&cx, args),
+        Command::Serve(args) => serve::run(&cx, args),
         Command::Models(ModelsCommand::List { format }) => models::list(&cx.registry, *format),
         Command::Labels(LabelsCommand::Show(args)) => labels::show(args),
         Command::Labels(LabelsCommand::Check(args)) => labels::check(&cx, args),

@@ -221,13 +221,24 @@ impl PreprocessConfig {
         shortest: impl FnOnce((u32, u32)) -> u32,
     ) -> Result<Decoded> {
         let bytes = std::fs::read(path).context("cannot read")?;
+        self.decode_bytes(&bytes, max_pixels, fidelity, shortest)
+    }
+
+    /// [`PreprocessConfig::decode_for`] on a photo's bytes (an upload, say).
+    pub fn decode_bytes(
+        &self,
+        bytes: &[u8],
+        max_pixels: u64,
+        fidelity: Fidelity,
+        shortest: impl FnOnce((u32, u32)) -> u32,
+    ) -> Result<Decoded> {
         let target = match (fidelity, self.resize) {
             (Fidelity::Exact, _) | (_, None) => None,
             (Fidelity::Fast, Some(Resize::ShortestEdge(s))) => Some(s),
             (Fidelity::Fast, Some(Resize::Exact { width, height })) => Some(width.max(height)),
         };
         let reduction = |full| target.map_or(1, |t| jpeg::reduction(shortest(full), t));
-        let (img, full) = decode::decode(&bytes, max_pixels, reduction)?;
+        let (img, full) = decode::decode(bytes, max_pixels, reduction)?;
         Ok(Decoded { img, full })
     }
 

@@ -248,6 +248,19 @@ impl Regions {
         sources::layout(path)
     }
 
+    /// Boxes in pixels that apply to any photo, from a JSON array of `[x1, y1, x2, y2]` or
+    /// `{"name": ..., "box": [x1, y1, x2, y2]}` (at most 256). A box outside the photo, empty
+    /// or inverted is that region's error once placed.
+    ///
+    /// ```
+    /// use foodclip::regions::Regions;
+    /// assert!(Regions::boxes(r#"[[0, 0, 100, 80], {"name": "rice", "box": [0, 80, 100, 160]}]"#).is_ok());
+    /// assert!(Regions::boxes("[[0, 0, 100]]").is_err());
+    /// ```
+    pub fn boxes(json: &str) -> anyhow::Result<Self> {
+        sources::boxes(json)
+    }
+
     /// An even grid.
     pub fn grid(grid: Grid) -> Self {
         let mut entries = Vec::new();
@@ -281,6 +294,16 @@ impl Regions {
         self.file
             .as_ref()
             .map_or("the grid".to_string(), |f| f.display().to_string())
+    }
+
+    /// The regions of `photo`, not yet placed; `None` when the source lists no such photo (or
+    /// lists photos by path, and `photo` has none).
+    fn entries_of(&self, photo: Photo) -> Option<&[Entry]> {
+        match (&self.kind, photo) {
+            (Kind::Fixed(entries), _) => Some(entries),
+            (Kind::Listed(..), Photo::File(path)) => self.entries(path),
+            (Kind::Listed(..), Photo::Bytes(_)) => None,
+        }
     }
 
     /// The regions of `photo`, not yet placed; `None` when the source lists no such photo.
@@ -361,51 +384,70 @@ pub struct Piece {
     pub warning: Option<String>,
 }
 
-/// The pieces of the photo at `path`: the whole photo when `regions` is `None`, else one per
-/// region, from one decode. A photo the source does not list, or lists without a box, is one
-/// failed piece ("no regions").
+/// Where a photo's bytes are.
+#[derive(Debug, Clone, Copy)]
+pub enum Photo<'a> {
+    /// A file, read when its pieces are cut.
+    File(&'a Path),
+    /// Bytes in memory (an upload). Only regions that are the same on every photo (a layout,
+    /// a grid, boxes given with the upload) apply to it: a file listing photos by path has none.
+    Bytes(&'a [u8]),
+}
+
+/// The pieces of `photo`: the whole photo when `regions` is `None`, else one per region, from
+/// one decode. A photo the source does not list, or lists without a box, is one failed piece
+/// ("no regions").
 pub fn pieces(
     regions: Option<&Regions>,
     pre: &PreprocessConfig,
-    path: &Path,
+    photo: Photo,
     max_pixels: u64,
     fidelity: Fidelity,
 ) -> Vec<Piece> {
-    let whole = |picture| {
+    let whole = |picture: Result<RgbImage, String>| {
         vec![Piece {
             region: None,
             picture,
             warning: None,
         }]
     };
-    let Some(regions) = regions else {
-        return whole(
-            pre.load(path, max_pixels, fidelity)
-                .map_err(|e| format!("{e:#}")),
-        );
+    let entries = match regions {
+        None => None,
+        Some(regions) => match regions.entries_of(photo) {
+            Some(e) if !e.is_empty() => Some(e),
+            _ => return whole(Err(format!("no regions in {}", regions.describe()))),
+        },
     };
-    let entries = match regions.entries(path) {
-        Some(e) if !e.is_empty() => e,
-        _ => return whole(Err(format!("no regions in {}", regions.describe()))),
+    let shortest =
+        |full: (u32, u32)| entries.map_or(full.0.min(full.1), |e| shortest_side(e, full));
+    let decoded = match photo {
+        Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, shortest),
+        Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, shortest),
     };
-    let shortest = |full| shortest_side(entries, full);
-    let photo: Decoded = match pre.decode_for(path, max_pixels, fidelity, shortest) {
+    let decoded: Decoded = match decoded {
         Ok(p) => p,
         Err(e) => return whole(Err(format!("{e:#}"))),
     };
-    place(entries, photo.full)
+    let Some(entries) = entries else {
+        let all = Rect::whole(decoded.full);
+        return whole(
+            pre.prepare_area(&decoded, all, fidelity)
+                .map_err(|e| format!("{e:#}")),
+        );
+    };
+    place(entries, decoded.full)
         .into_iter()
         .map(|(region, placed)| match placed {
             Ok(clipped) => {
                 let area = region.area().expect("placed");
                 let picture = pre
-                    .prepare_area(&photo, area, fidelity)
+                    .prepare_area(&decoded, area, fidelity)
                     .map_err(|e| format!("{e:#}"));
                 let warning = clipped.then(|| {
                     format!(
                         "the box crosses the border of the {}x{} picture; clipped to {:?}",
-                        photo.full.0,
-                        photo.full.1,
+                        decoded.full.0,
+                        decoded.full.1,
                         region.rect.expect("placed")
                     )
                 });

@@ -285,6 +285,56 @@ fn yolo(dir: &Path) -> Result<Kind> {
     Ok(Kind::Listed(listing, Matching::Stem))
 }
 
+/// One box of a JSON list: `[x1, y1, x2, y2]`, or `{"name": ..., "box": [...]}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonBox {
+    Bare([f64; 4]),
+    Named {
+        name: Option<String>,
+        #[serde(rename = "box")]
+        rect: [f64; 4],
+    },
+}
+
+/// The most boxes a JSON list may give for one photo.
+pub(super) const MAX_BOXES: usize = 256;
+
+/// Boxes in pixels for any photo, from a JSON array.
+pub(super) fn boxes(json: &str) -> Result<Regions> {
+    let list: Vec<JsonBox> = serde_json::from_str(json).map_err(|e| {
+        anyhow!(
+            "{e}: give a JSON array of boxes, [x1, y1, x2, y2] or {{\"name\": ..., \"box\": [x1, y1, x2, y2]}}, in pixels"
+        )
+    })?;
+    if list.is_empty() || list.len() > MAX_BOXES {
+        bail!("give 1 to {MAX_BOXES} boxes, not {}", list.len());
+    }
+    let entries = list
+        .into_iter()
+        .enumerate()
+        .map(|(index, b)| {
+            let (name, rect) = match b {
+                JsonBox::Bare(rect) => (None, rect),
+                JsonBox::Named { name, rect } => (name, rect),
+            };
+            Entry {
+                region: Region {
+                    index,
+                    name,
+                    ..Region::default()
+                },
+                spec: Spec::Pixels(rect),
+            }
+        })
+        .collect();
+    Ok(Regions {
+        file: None,
+        categories: None,
+        kind: Kind::Fixed(entries),
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LayoutFile {

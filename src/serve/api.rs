@@ -1,0 +1,598 @@
+//! The routes: reading a request's photos, handing them to the decoder pool and the batcher,
+//! and writing the records; errors as `{"error": "..."}` with the right status.
+
+use super::{state_ready, AppState, Ready};
+use crate::classify::{OpenSet, Shown};
+use crate::output::{JsonRecord, Origin};
+use crate::regions::{pieces, Photo, Piece, Region, Regions};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use rayon::prelude::*;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use tower_http::catch_panic::CatchPanicLayer;
+
+/// The page at `/`.
+const PAGE: &str = include_str!("page.html");
+
+/// The routes, with the token check on `/v1`, the body limit and panics turned into 500s.
+pub(super) fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/classify", post(classify))
+        .route("/v1/embed", post(embed))
+        .route("/v1/labels", get(labels))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .merge(v1)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.options.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), limit_body))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }))
+        .with_state(state)
+}
+
+/// An answer that is not a result: a status and `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// Seconds for `Retry-After` (503).
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 503: come back in `seconds`.
+    fn unavailable(message: &str, seconds: u32) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, json_body(&json!({"error": self.message}))).into_response();
+        let headers = response.headers_mut();
+        if let Some(s) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// A JSON body with its content type.
+fn json_body(value: &impl serde::Serialize) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(value).expect("records serialise"),
+    )
+}
+
+/// Refuses `/v1` requests without the token (when one is set), comparing hashes so that the
+/// time taken says nothing about the token.
+async fn authorize(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        // `blake3::Hash` compares in constant time.
+        if blake3::hash(given.trim().as_bytes()) != *token {
+            let message = "missing or wrong token: send Authorization: Bearer TOKEN";
+            let error = ApiError::new(StatusCode::UNAUTHORIZED, message);
+            return refuse(req, state.options.max_body, error)
+                .await
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Refuses a body whose announced length is over `--max-body` before reading it; longer
+/// bodies without a length stop where they cross it (see [`read_uploads`]).
+async fn limit_body(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let max = state.options.max_body;
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = length.filter(|&n| n > max as u64) {
+        return too_large(n, max).into_response();
+    }
+    next.run(req).await
+}
+
+/// Refuses `req` before its body is read: what the client sends of the body (up to `max`
+/// bytes, for at most two seconds) is read and dropped first, so that it gets the answer rather
+/// than a connection reset while it is still sending.
+async fn refuse(req: Request, max: usize, error: ApiError) -> ApiError {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    error
+}
+
+fn too_large(length: u64, max: usize) -> ApiError {
+    let length = if length > 0 {
+        format!("{length} bytes")
+    } else {
+        "too large".to_string()
+    };
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is {length}, over the server's limit of {max} bytes (--max-body)"),
+    )
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src blob: data:; connect-src 'self'",
+            ),
+        ],
+        PAGE,
+    )
+}
+
+async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> ApiError {
+    let message = format!(
+        "no route {} {}: the API is POST /v1/classify, POST /v1/embed, GET /v1/labels, GET /healthz",
+        req.method(),
+        req.uri().path()
+    );
+    let error = ApiError::new(StatusCode::NOT_FOUND, message);
+    refuse(req, state.options.max_body, error).await
+}
+
+/// Ready (200) or still loading the model (503), with the counters.
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let Some(ready) = state_ready(&state) else {
+        let body = json_body(&json!({"status": "loading"}));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    };
+    let c = ready.batcher.counters();
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    json_body(&json!({
+        "status": "ready",
+        "model": ready.model,
+        "photos": load(&c.photos),
+        "pictures": load(&c.pictures),
+        "model_calls": load(&c.model_calls),
+        "waiting": ready.batcher.waiting(),
+    }))
+    .into_response()
+}
+
+async fn labels(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    Ok(json_body(&loaded(&state)?.labels).into_response())
+}
+
+/// The loaded model, or 503 while it loads.
+fn loaded(state: &AppState) -> Result<Arc<Ready>, ApiError> {
+    state
+        .ready
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading", 5))
+}
+
+/// The query of `/v1/classify` (`/v1/embed` takes `regions` only).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Params {
+    top_k: Option<usize>,
+    group_scores: Option<bool>,
+    threshold: Option<f32>,
+    min_margin: Option<f32>,
+    /// A JSON array of boxes.
+    regions: Option<String>,
+}
+
+/// A photo of a request, with the form field's file name.
+struct Upload {
+    file: Option<String>,
+    bytes: Bytes,
+}
+
+/// A request's photos, each cut into its pieces, and the model's answer for the pictures.
+struct Answered {
+    photos: Vec<(Option<String>, Vec<Piece>)>,
+    output: super::batcher::Output,
+}
+
+/// Reads the query: what a classify record shows, and the regions to cut (the request's,
+/// else the server's).
+fn parse_query(
+    req: &Request,
+    ready: &Ready,
+    state: &AppState,
+    rank: bool,
+) -> Result<(Shown, Option<Arc<Regions>>), ApiError> {
+    let Query(params) = Query::<Params>::try_from_uri(req.uri())
+        .map_err(|e| ApiError::bad(format!("bad query: {}", e.body_text())))?;
+    if !rank
+        && (params.top_k.is_some()
+            || params.group_scores.is_some()
+            || params.threshold.is_some()
+            || params.min_margin.is_some())
+    {
+        return Err(ApiError::bad(
+            "top_k, group_scores, threshold and min_margin are for /v1/classify; /v1/embed takes regions",
+        ));
+    }
+    let group_scores = params.group_scores.unwrap_or(false);
+    if group_scores && !ready.has_groups {
+        return Err(ApiError::bad(
+            "group_scores: the server's label file has no [group] header lines",
+        ));
+    }
+    let shown = Shown {
+        open_set: OpenSet::new(params.threshold, params.min_margin).map_err(ApiError::bad)?,
+        top_k: params.top_k.unwrap_or(5),
+        group_scores,
+    };
+    let regions = match &params.regions {
+        Some(text) => Some(Arc::new(
+            Regions::boxes(text).map_err(|e| ApiError::bad(format!("regions: {e:#}")))?,
+        )),
+        None => state.options.regions.clone().map(Arc::new),
+    };
+    Ok((shown, regions))
+}
+
+/// Reads the photos of `req` (its body, or the `image` fields of its form), decodes them on
+/// the worker pool and runs their pictures through the batcher. The queue's place is held
+/// from before the body is read until the answer.
+async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, Answered), ApiError> {
+    let busy = || ApiError::unavailable("the queue is full; try again shortly", 1);
+    let checked = loaded(state).and_then(|ready| {
+        let (shown, regions) = parse_query(&req, &ready, state, rank)?;
+        let ticket = ready.batcher.admit(1).ok_or_else(busy)?;
+        Ok((ready, shown, regions, ticket))
+    });
+    let (ready, shown, regions, ticket) = match checked {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(req, state.options.max_body, e).await),
+    };
+    let mut tickets = vec![ticket];
+    let uploads = read_uploads(req, state.options.max_body, |n| {
+        if n > tickets.len() {
+            tickets.push(ready.batcher.admit(1).ok_or_else(busy)?);
+        }
+        Ok(())
+    })
+    .await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let (options, for_pool) = (state.options.clone(), ready.clone());
+    rayon::spawn(move || {
+        let cut = std::panic::AssertUnwindSafe(|| {
+            uploads
+                .par_iter()
+                .map(|u| {
+                    let photo = Photo::Bytes(&u.bytes);
+                    let pre = &for_pool.preprocess;
+                    let pieces = pieces(
+                        regions.as_deref(),
+                        pre,
+                        photo,
+                        options.max_pixels,
+                        options.fidelity,
+                    );
+                    (u.file.clone(), pieces)
+                })
+                .collect::<Vec<_>>()
+        });
+        let _ = tx.send(std::panic::catch_unwind(cut));
+    });
+    let internal = |m: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
+    let mut photos = rx
+        .await
+        .map_err(|_| internal("decoding stopped"))?
+        .map_err(|_| internal("internal error while decoding"))?;
+    if photos.iter().all(|(_, p)| failed_whole(p)) {
+        let (file, pieces) = &photos[0];
+        let error = pieces[0].picture.as_ref().expect_err("failed");
+        let message = match file {
+            Some(f) => format!("{f}: {error}"),
+            None => error.clone(),
+        };
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
+    }
+    let pictures: Vec<_> = photos
+        .iter_mut()
+        .flat_map(|(_, p)| p.iter_mut())
+        .filter_map(|piece| match &mut piece.picture {
+            Ok(picture) => Some(std::mem::take(picture)),
+            Err(_) => None,
+        })
+        .collect();
+    let output = ready
+        .batcher
+        .run(pictures, rank, &mut tickets)
+        .await
+        .map_err(|e| internal(&e))?;
+    drop(tickets);
+    Ok((shown, Answered { photos, output }))
+}
+
+/// Whether a photo failed as a whole (it could not be read), not region by region.
+fn failed_whole(pieces: &[Piece]) -> bool {
+    matches!(
+        pieces,
+        [Piece {
+            region: None,
+            picture: Err(_),
+            ..
+        }]
+    )
+}
+
+/// The photos of a request: the `image` fields of a multipart form, else the body itself.
+/// `admit(n)` is called as the n-th photo is met, to hold its place in the queue.
+async fn read_uploads(
+    req: Request,
+    max_body: usize,
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Vec<Upload>, ApiError> {
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("multipart/form-data"));
+    if !is_form {
+        let bytes = axum::body::to_bytes(req.into_body(), max_body)
+            .await
+            .map_err(|e| body_error(&e, max_body))?;
+        if bytes.is_empty() {
+            return Err(ApiError::bad(
+                "the body is empty: send a photo's bytes, or a multipart/form-data form with image fields",
+            ));
+        }
+        return Ok(vec![Upload { file: None, bytes }]);
+    }
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad(format!("bad form: {}", e.body_text())))?;
+    let mut uploads = Vec::new();
+    loop {
+        let field = form.next_field().await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                format!("cannot read the form: {}", e.body_text()),
+            )
+        })?;
+        let Some(field) = field else { break };
+        if field.name() != Some("image") {
+            continue;
+        }
+        admit(uploads.len() + 1)?;
+        let file = field.file_name().map(str::to_string);
+        let bytes = field.bytes().await.map_err(|e| {
+            ApiError::new(
+                e.status(),
+                format!("cannot read the form: {}", e.body_text()),
+            )
+        })?;
+        uploads.push(Upload { file, bytes });
+    }
+    if uploads.is_empty() {
+        return Err(ApiError::bad(
+            "the form has no image field: send each photo as a field named image",
+        ));
+    }
+    Ok(uploads)
+}
+
+/// A body that could not be read: over the limit (413), or cut off.
+fn body_error(e: &axum::Error, max_body: usize) -> ApiError {
+    let over =
+        std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+    if over {
+        too_large(0, max_body)
+    } else {
+        ApiError::bad(format!("cannot read the body: {e}"))
+    }
+}
+
+/// Each piece of each photo of `answered`, in order: its origin, region, and its row made by
+/// `row` (from the model's output, in the pictures' order) or its error.
+fn results<T>(
+    answered: &Answered,
+    mut rows: impl Iterator<Item = T>,
+) -> Vec<(Origin<'_>, Option<&Region>, Result<T, String>)> {
+    let mut out = Vec::new();
+    for (file, pieces) in &answered.photos {
+        for piece in pieces {
+            let result = match &piece.picture {
+                Ok(_) => Ok(rows.next().expect("one row per picture")),
+                Err(e) => Err(e.clone()),
+            };
+            out.push((
+                Origin::Upload(file.as_deref()),
+                piece.region.as_ref(),
+                result,
+            ));
+        }
+    }
+    out
+}
+
+async fn classify(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let (shown, mut answered) = answer(&state, req, true).await?;
+    let rankings = std::mem::take(&mut answered.output.rankings);
+    let rows = rankings.into_iter().map(|mut r| {
+        shown.apply(&mut r);
+        r
+    });
+    let results = results(&answered, rows);
+    let records: Vec<JsonRecord> = results
+        .iter()
+        .map(|(origin, region, r)| JsonRecord::predictions(*origin, *region, r))
+        .collect();
+    Ok(json_body(&records).into_response())
+}
+
+async fn embed(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    let (_, mut answered) = answer(&state, req, false).await?;
+    let embeddings = std::mem::take(&mut answered.output.embeddings);
+    let results = results(&answered, embeddings.into_iter());
+    let records: Vec<JsonRecord> = results
+        .iter()
+        .map(|(origin, region, r)| JsonRecord::embedding(*origin, *region, r))
+        .collect();
+    Ok(json_body(&records).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A request whose body comes in `chunks` of `size` bytes, with no length announced.
+    fn streamed(chunks: usize, size: usize) -> Request {
+        let stream = futures_util::stream::iter(
+            (0..chunks).map(move |_| Ok::<_, std::io::Error>(Bytes::from(vec![7u8; size]))),
+        );
+        Request::builder()
+            .method("POST")
+            .uri("/v1/classify")
+            .header(header::CONTENT_TYPE, "image/jpeg")
+            .body(axum::body::Body::from_stream(stream))
+            .unwrap()
+    }
+
+    /// The router over a fake model that embeds a picture as its mean red value and panics on
+    /// pure red pictures; returns the base URL (the server runs on `rt`).
+    fn fake_server(rt: &tokio::runtime::Runtime) -> String {
+        use super::super::batcher::{Batcher, Output};
+        use super::super::{AppState, Options, Ready};
+        let model: super::super::batcher::ModelFn = Box::new(|pictures, _| {
+            let embeddings = pictures
+                .iter()
+                .map(|p| {
+                    let red = p.pixels().map(|px| px.0[0] as f32).sum::<f32>();
+                    assert!(red < 255.0 * p.len() as f32 / 3.0, "a model bug");
+                    vec![red]
+                })
+                .collect();
+            Ok(Output {
+                embeddings,
+                rankings: Vec::new(),
+            })
+        });
+        let options = Options {
+            token: None,
+            max_body: 1 << 20,
+            max_queue: 8,
+            batch_size: 4,
+            batch_wait: std::time::Duration::ZERO,
+            max_pixels: 1 << 20,
+            fidelity: crate::preprocess::Fidelity::Exact,
+            regions: None,
+        };
+        let ready = Ready {
+            batcher: Batcher::start(model, 4, std::time::Duration::ZERO, 8),
+            preprocess: crate::preprocess::PreprocessConfig::default(),
+            labels: json!({}),
+            model: "fake".into(),
+            has_groups: false,
+        };
+        let state = Arc::new(AppState {
+            options,
+            token: None,
+            ready: std::sync::OnceLock::from(Arc::new(ready)),
+        });
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        rt.spawn(async move { axum::serve(listener, router(state)).await });
+        url
+    }
+
+    fn png(colour: [u8; 3]) -> Vec<u8> {
+        let img = image::RgbImage::from_pixel(40, 30, image::Rgb(colour));
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_panic_in_the_model_is_that_requests_500_and_the_server_goes_on() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = fake_server(&rt);
+        let post = |body: Vec<u8>| match ureq::post(&format!("{url}/v1/embed")).send_bytes(&body) {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        };
+        let (status, body) = post(png([255, 0, 0]));
+        assert_eq!(status, 500, "{body}");
+        assert!(body.contains("internal error"), "{body}");
+        let (status, body) = post(png([10, 200, 30]));
+        assert_eq!(status, 200, "{body}");
+        let records: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(records[0]["embedding"][0], 10.0 * 224.0 * 224.0);
+    }
+
+    #[test]
+    fn a_body_without_a_length_stops_at_the_limit() {
+        let over = block_on(read_uploads(streamed(20, 100_000), 1_000_000, |_| Ok(())));
+        let e = over.err().expect("over the limit");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(e.message.contains("--max-body"), "{}", e.message);
+        let under = block_on(read_uploads(streamed(5, 100_000), 1_000_000, |_| Ok(())));
+        let uploads = under.expect("under the limit");
+        assert_eq!(uploads.len(), 1);
+        assert_eq!(uploads[0].bytes.len(), 500_000);
+    }
+}

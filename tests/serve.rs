@@ -1,0 +1,754 @@
+//! `foodclip serve`, started on a free port: answers equal to `classify`, batching under
+//! concurrent clients, errors as JSON with the server going on, the bounded queue, a graceful
+//! stop, and the page used in headless Chromium.
+
+mod common;
+
+use common::{fixtures, foodclip};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    url: String,
+    /// Everything it wrote on stderr so far.
+    log: Arc<Mutex<String>>,
+}
+
+/// An answer: status, `Retry-After`, and the JSON body.
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+impl Server {
+    /// `foodclip --model tiny-openai serve --port 0 ARGS`, once `/healthz` says ready.
+    fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let server = Self::spawn(args, env);
+        let start = Instant::now();
+        while server.get("/healthz").status != 200 {
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "not ready: {}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Starts the server and waits only for its address.
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let model = fixtures().join("tiny-openai");
+        let mut cmd = foodclip();
+        cmd.arg("--model")
+            .arg(&model)
+            .args(["serve", "--port", "0"])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let line = line.unwrap_or_default();
+                if let Some(at) = line.find("listening on http://") {
+                    let url = line[at + "listening on ".len()..]
+                        .split(' ')
+                        .next()
+                        .unwrap();
+                    let _ = tx.send(url.to_string());
+                }
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no address: {}", log.lock().unwrap()));
+        Self { child, url, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        answer(ureq::get(&format!("{}{path}", self.url)).call())
+    }
+
+    /// POSTs `body` as the photo's bytes.
+    fn post(&self, path: &str, body: &[u8]) -> Answer {
+        self.post_with(path, body, &[])
+    }
+
+    fn post_with(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Answer {
+        let mut req = ureq::post(&format!("{}{path}", self.url));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        answer(req.send_bytes(body))
+    }
+
+    /// POSTs a multipart form with an `image` field per `(file name, bytes)`.
+    fn post_form(
+        &self,
+        path: &str,
+        images: &[(&str, Vec<u8>)],
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let boundary = "foodclip-test-boundary-7d1f";
+        let mut body = Vec::new();
+        for (name, bytes) in images {
+            write!(
+                body,
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .unwrap();
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        write!(body, "--{boundary}--\r\n").unwrap();
+        let content_type = format!("multipart/form-data; boundary={boundary}");
+        let mut all = vec![("Content-Type", content_type.as_str())];
+        all.extend_from_slice(headers);
+        self.post_with(path, &body, &all)
+    }
+
+    /// The server's `/healthz` counter `name`.
+    fn counter(&self, name: &str) -> u64 {
+        self.get("/healthz").body[name].as_u64().unwrap()
+    }
+
+    /// Sends `signal` and waits for the exit code.
+    fn stop(&mut self, signal: i32) -> Option<i32> {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.wait()
+    }
+
+    fn wait(&mut self) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "never stopped: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
+    let response = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("no answer: {e}"),
+    };
+    let status = response.status();
+    let retry_after = response.header("Retry-After").map(str::to_string);
+    let text = response.into_string().unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        retry_after,
+        body,
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn mixed() -> PathBuf {
+    fixtures().join("labels/mixed.txt")
+}
+
+fn photos() -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(fixtures().join("images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    all.sort();
+    all
+}
+
+/// `foodclip --model tiny-openai classify --format jsonl ARGS`: the records.
+fn classify(args: &[&str]) -> Vec<Value> {
+    let o = foodclip()
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args(["classify", "--format", "jsonl"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Asserts that two records hold the same answer: region, decision, and every listed class's
+/// score and probability within 1e-5 (in the same order, ties aside), groups too.
+fn assert_same(got: &Value, want: &Value, what: &str) {
+    assert_eq!(got["region"], want["region"], "{what}: region");
+    assert_eq!(got["label"], want["label"], "{what}: decision");
+    for key in ["predictions", "groups"] {
+        let by_name = |v: &Value| -> HashMap<String, (f64, f64)> {
+            let name = if key == "groups" { "group" } else { "label" };
+            v[key]
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    let score = p["score"].as_f64().unwrap_or(0.0);
+                    let prob = p["prob"].as_f64().unwrap();
+                    (p[name].as_str().unwrap().to_string(), (score, prob))
+                })
+                .collect()
+        };
+        let (g, w) = (by_name(got), by_name(want));
+        assert_eq!(
+            g.keys().collect::<std::collections::BTreeSet<_>>(),
+            w.keys().collect(),
+            "{what}: {key}"
+        );
+        for (label, (score, prob)) in &w {
+            let (gs, gp) = g[label];
+            assert!(
+                (gs - score).abs() < 1e-5 && (gp - prob).abs() < 1e-5,
+                "{what}: {label}: {gs} {gp} vs {score} {prob}"
+            );
+        }
+    }
+}
+
+#[test]
+fn answers_equal_classify_for_every_fixture_photo() {
+    let server = Server::start(&["--labels", s(&mixed())]);
+    let all = photos();
+    let labels = mixed();
+    let mut args = vec!["--labels", s(&labels), "-k", "0"];
+    args.extend(all.iter().map(|p| s(p)));
+    let want: HashMap<String, Value> = classify(&args)
+        .into_iter()
+        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
+        .collect();
+    for photo in &all {
+        let a = server.post("/v1/classify?top_k=0", &std::fs::read(photo).unwrap());
+        assert_eq!(a.status, 200, "{}: {}", photo.display(), a.body);
+        let records = a.body.as_array().unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(records[0].get("path").is_none() && records[0].get("file").is_none());
+        assert_same(&records[0], &want[s(photo)], s(photo));
+    }
+    // A form with several photos: one record each, in order, with the fields' file names.
+    let pair = [&all[1], &all[4]];
+    let form: Vec<(&str, Vec<u8>)> = pair
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            (name, std::fs::read(p).unwrap())
+        })
+        .collect();
+    let a = server.post_form("/v1/classify?top_k=0", &form, &[]);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let records = a.body.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    for (record, photo) in records.iter().zip(pair) {
+        assert_eq!(record["file"], photo.file_name().unwrap().to_str().unwrap());
+        assert_same(record, &want[s(photo)], s(photo));
+    }
+    // top_k cuts, and the embeddings are the ones `embed` writes.
+    let a = server.post("/v1/classify", &std::fs::read(&all[0]).unwrap());
+    assert_eq!(a.body[0]["predictions"].as_array().unwrap().len(), 5);
+    let embedded = foodclip()
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args(["embed", s(&all[0])])
+        .output()
+        .unwrap();
+    let want: Value = serde_json::from_slice(&embedded.stdout).unwrap();
+    let got = server.post("/v1/embed", &std::fs::read(&all[0]).unwrap());
+    assert_eq!(got.status, 200);
+    let (g, w) = (&got.body[0]["embedding"], &want["embedding"]);
+    assert_eq!(g.as_array().unwrap().len(), w.as_array().unwrap().len());
+    for (g, w) in g.as_array().unwrap().iter().zip(w.as_array().unwrap()) {
+        assert!((g.as_f64().unwrap() - w.as_f64().unwrap()).abs() < 1e-5);
+    }
+    // The labels in use.
+    let labels = server.get("/v1/labels").body;
+    let names: Vec<&str> = labels["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[..2], ["김치찌개", "bibimbap"]);
+    assert!(labels["model"].as_str().unwrap().contains("tiny-openai"));
+}
+
+#[test]
+fn groups_open_set_regions_and_layouts_answer_as_classify() {
+    let korean = Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/korean.txt");
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/trays/school-5.toml");
+    let photo = fixtures().join("images/exif-orient6.jpg");
+    let bytes = std::fs::read(&photo).unwrap();
+    let server = Server::start(&["--labels", s(&korean), "--layout", s(&layout)]);
+    // The server's layout, with group scores and an open-set threshold.
+    let want = classify(&[
+        "--labels",
+        s(&korean),
+        "--layout",
+        s(&layout),
+        "--group-scores",
+        "-k",
+        "3",
+        "--threshold",
+        "0.02",
+        s(&photo),
+    ]);
+    let got = server.post(
+        "/v1/classify?group_scores=true&top_k=3&threshold=0.02",
+        &bytes,
+    );
+    assert_eq!(got.status, 200, "{}", got.body);
+    let got = got.body.as_array().unwrap().clone();
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_same(g, w, "layout");
+        assert!(!g["groups"].as_array().unwrap().is_empty());
+    }
+    // A request's own boxes replace the layout: those of a 2x2 grid give the grid's answers.
+    let want = classify(&["--labels", s(&korean), "--grid", "2x2", s(&photo)]);
+    let boxes: Vec<Value> = want
+        .iter()
+        .map(|r| serde_json::json!({"name": r["region"]["name"], "box": r["region"]["box"]}))
+        .collect();
+    let query = format!(
+        "/v1/classify?regions={}",
+        percent(&serde_json::to_string(&boxes).unwrap())
+    );
+    let got = server.post(&query, &bytes);
+    assert_eq!(got.status, 200, "{}", got.body);
+    let got = got.body.as_array().unwrap().clone();
+    assert_eq!(got.len(), 4);
+    for (g, w) in got.iter().zip(&want) {
+        assert_same(g, w, "request boxes");
+    }
+    // A box outside the photo is that region's error; the others are answered.
+    let got = server.post(
+        &format!(
+            "/v1/classify?regions={}",
+            percent("[[0,0,50,50],[9000,9000,9100,9100]]")
+        ),
+        &bytes,
+    );
+    assert_eq!(got.status, 200);
+    assert!(got.body[0]["predictions"].is_array());
+    assert!(got.body[1]["error"].as_str().unwrap().contains("empty box"));
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[test]
+fn an_adapter_serves_its_classes_and_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = photos();
+    // Two dishes with three photos each: enough for an adapter that beats nothing.
+    for (class, range) in [("김치찌개", 0..3), ("bibimbap", 3..6)] {
+        let folder = dir.path().join("data").join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        for p in &all[range] {
+            std::fs::copy(p, folder.join(p.file_name().unwrap())).unwrap();
+        }
+    }
+    let adapter = dir.path().join("a.safetensors");
+    let o = foodclip()
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args([
+            "adapt",
+            s(&dir.path().join("data")),
+            "--labels",
+            s(&mixed()),
+        ])
+        .args(["-o", s(&adapter), "--alpha", "2", "--beta", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let server = Server::start(&["--adapter", s(&adapter)]);
+    let photo = &all[8];
+    let want = classify(&["--adapter", s(&adapter), "-k", "0", s(photo)]);
+    let zero_shot = classify(&["--labels", s(&mixed()), "-k", "0", s(photo)]);
+    let got = server.post("/v1/classify?top_k=0", &std::fs::read(photo).unwrap());
+    assert_same(&got.body[0], &want[0], "adapter");
+    // The adapter's cache moved the probabilities.
+    assert_ne!(want[0]["predictions"], zero_shot[0]["predictions"]);
+    assert_eq!(server.get("/v1/labels").body["adapter"], "a.safetensors");
+}
+
+#[test]
+fn sixteen_concurrent_clients_share_model_calls() {
+    // A generous wait, so that photos still decoding join the call however the threads run.
+    let server = Server::start(&["--labels", s(&mixed()), "--batch-wait", "300"]);
+    let all = photos();
+    let labels = mixed();
+    let mut args = vec!["--labels", s(&labels), "-k", "0"];
+    args.extend(all.iter().map(|p| s(p)));
+    let want: HashMap<String, Value> = classify(&args)
+        .into_iter()
+        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
+        .collect();
+    let barrier = Arc::new(std::sync::Barrier::new(16));
+    let server = Arc::new(server);
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            let photo = all[i % all.len()].clone();
+            let (barrier, server) = (barrier.clone(), server.clone());
+            std::thread::spawn(move || {
+                let bytes = std::fs::read(&photo).unwrap();
+                barrier.wait();
+                (photo, server.post("/v1/classify?top_k=0", &bytes))
+            })
+        })
+        .collect();
+    for client in clients {
+        let (photo, a) = client.join().unwrap();
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_same(&a.body[0], &want[s(&photo)], s(&photo));
+    }
+    let (photos, calls) = (server.counter("photos"), server.counter("model_calls"));
+    assert_eq!(photos, 16);
+    assert!(calls < photos, "{calls} model calls for {photos} photos");
+}
+
+/// Sends a request's head and the first `part` bytes of a `length`-byte body, and leaves the
+/// connection open.
+fn partial_request(port: u16, path: &str, length: usize, part: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(part).unwrap();
+    stream.flush().unwrap();
+    stream
+}
+
+/// Reads a whole response from `stream`: status and body.
+fn read_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut text = Vec::new();
+    let _ = stream.read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no response: {text:?}"));
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_the_server_goes_on() {
+    let server = Server::start_with(
+        &["--labels", s(&mixed()), "--max-body", "1MB"],
+        &[("FOODCLIP_TOKEN", "s3cret")],
+    );
+    let auth = [("Authorization", "Bearer s3cret")];
+    let good = std::fs::read(fixtures().join("images/baseline.jpg")).unwrap();
+    let error = |a: &Answer| a.body["error"].as_str().unwrap_or_default().to_string();
+    // 401: no token, a wrong one; /healthz and the page need none.
+    for headers in [&[][..], &[("Authorization", "Bearer wrong")][..]] {
+        let a = server.post_with("/v1/classify", &good, headers);
+        assert_eq!(a.status, 401);
+        assert!(error(&a).contains("token"), "{}", a.body);
+    }
+    assert_eq!(server.get("/v1/labels").status, 401);
+    assert_eq!(server.get("/healthz").status, 200);
+    assert_eq!(server.get("/").status, 200);
+    // 413 before the body is read: the head alone gets the answer.
+    let mut stream = partial_request(server.port(), "/v1/classify", 40_000_000, b"");
+    let (status, body) = read_response(&mut stream);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("--max-body"), "{body}");
+    // 400: an empty body, bad query parameters, a form without images.
+    for (path, body, want) in [
+        ("/v1/classify", &b""[..], "empty"),
+        ("/v1/classify?top_k=many", &good[..], "top_k"),
+        ("/v1/classify?threshold=1.5", &good[..], "probability"),
+        ("/v1/classify?group_scores=true", &good[..], "[group]"),
+        ("/v1/classify?regions=%5B1%2C2%5D", &good[..], "regions"),
+        ("/v1/classify?topk=3", &good[..], "topk"),
+        ("/v1/embed?top_k=3", &good[..], "/v1/classify"),
+    ] {
+        let a = server.post_with(path, body, &auth);
+        assert_eq!(a.status, 400, "{path}: {}", a.body);
+        assert!(error(&a).contains(want), "{path}: {}", a.body);
+    }
+    // 422: not an image, a decompression bomb.
+    for (file, want) in [
+        ("not-an-image.jpg", "not an image"),
+        ("bomb.png", "megapixels"),
+    ] {
+        let bytes = std::fs::read(fixtures().join("bad").join(file)).unwrap();
+        let a = server.post_with("/v1/classify", &bytes, &auth);
+        assert_eq!(a.status, 422, "{file}: {}", a.body);
+        assert!(error(&a).contains(want), "{file}: {}", a.body);
+    }
+    // A form whose only photo is empty.
+    let a = server.post_form("/v1/classify", &[("empty.jpg", Vec::new())], &auth);
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert_eq!(error(&a), "empty.jpg: empty file");
+    // In a form, a bad photo is its own record beside the good one.
+    let form = [
+        ("good.jpg", good.clone()),
+        ("bad.jpg", b"not a photo".to_vec()),
+    ];
+    let a = server.post_form("/v1/classify", &form, &auth);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body[0]["predictions"].is_array());
+    assert_eq!(a.body[1]["file"], "bad.jpg");
+    assert!(a.body[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not an image"));
+    // 404 for anything else, as JSON.
+    let a = server.get("/etc/passwd");
+    assert_eq!(a.status, 404);
+    assert!(error(&a).contains("/v1/classify"));
+    // And the server still answers.
+    let a = server.post_with("/v1/classify", &good, &auth);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body[0]["predictions"].is_array());
+}
+
+#[test]
+fn a_full_queue_answers_503_at_once_and_recovers() {
+    let server = Server::start(&["--labels", s(&mixed()), "--max-queue", "1"]);
+    let good = std::fs::read(fixtures().join("images/baseline.jpg")).unwrap();
+    // A request whose body is still on its way holds the queue's only place.
+    let mut slow = partial_request(server.port(), "/v1/classify", good.len(), &good[..100]);
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let a = server.post("/v1/classify", &good);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.retry_after.as_deref(), Some("1"));
+    assert!(a.body["error"].as_str().unwrap().contains("queue"));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    // Its body arrives: it is answered, and the place is free again.
+    slow.write_all(&good[100..]).unwrap();
+    let (status, body) = read_response(&mut slow);
+    assert_eq!(status, 200, "{body}");
+    let a = server.post("/v1/classify", &good);
+    assert_eq!(a.status, 200, "{}", a.body);
+}
+
+#[test]
+fn a_stop_signal_finishes_the_request_in_flight_then_exits_0() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut server = Server::start(&["--labels", s(&mixed())]);
+        let good = std::fs::read(fixtures().join("images/baseline.jpg")).unwrap();
+        let mut in_flight =
+            partial_request(server.port(), "/v1/classify", good.len(), &good[..100]);
+        std::thread::sleep(Duration::from_millis(300));
+        unsafe { libc::kill(server.child.id() as i32, signal) };
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "it waits for the request"
+        );
+        in_flight.write_all(&good[100..]).unwrap();
+        let (status, body) = read_response(&mut in_flight);
+        assert_eq!(status, 200, "{body}");
+        let records: Value = serde_json::from_str(&body).unwrap();
+        assert!(records[0]["predictions"].is_array());
+        assert_eq!(server.wait(), Some(0), "{}", server.log());
+        assert!(server.log().contains("stopping"));
+    }
+}
+
+#[test]
+fn configuration_errors_exit_2_with_one_line() {
+    let run = |args: &[&str]| {
+        let o = foodclip()
+            .arg("--model")
+            .arg(fixtures().join("tiny-openai"))
+            .arg("serve")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        (o.status.code(), err)
+    };
+    let (code, err) = run(&["--labels", s(&mixed()), "--regions", "boxes.csv"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--layout or --grid"), "{err}");
+    let (code, err) = run(&["--labels", s(&mixed()), "--max-body", "lots"]);
+    assert_eq!(code, Some(2), "{err}");
+    // A port in use.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, err) = run(&["--labels", s(&mixed()), "--port", &port]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("cannot listen on 127.0.0.1"), "{err}");
+    // A model that cannot be named fails before listening; one that does not load ends the
+    // server after it has started listening.
+    let (code, err) = {
+        let o = foodclip()
+            .args(["--model", "/nonexistent/model", "serve", "--port", "0"])
+            .args(["--labels", s(&mixed())])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("listening") && err.contains("no such directory"),
+        "{err}"
+    );
+    let broken = tempfile::tempdir().unwrap();
+    common::copy_checkpoint("tiny-openai", broken.path());
+    std::fs::write(broken.path().join("config.json"), "{ not json").unwrap();
+    let o = foodclip()
+        .arg("--model")
+        .arg(broken.path())
+        .args(["serve", "--port", "0", "--labels", s(&mixed())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("listening") && err.contains("cannot load model"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().last().unwrap().matches("foodclip:").count(),
+        1,
+        "{err}"
+    );
+    // Every interface: a warning, and the server answers.
+    let mut open = Server::spawn(&["--labels", s(&mixed()), "--host", "0.0.0.0"], &[]);
+    assert!(open.log().contains("open to the network"), "{}", open.log());
+    let start = Instant::now();
+    while !open.log().contains("ready") {
+        assert!(start.elapsed().as_secs() < 30, "{}", open.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(open.stop(libc::SIGTERM), Some(0));
+}
+
+#[test]
+fn the_page_classifies_a_picked_photo_in_headless_chromium() {
+    let Some(browser) = common::browser::chromium() else {
+        return;
+    };
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/trays/school-5.toml");
+    let server = Server::start(&["--labels", s(&mixed()), "--layout", s(&layout)]);
+    let photo = fixtures().join("images/wide.jpg");
+    let api = server.post("/v1/classify", &std::fs::read(&photo).unwrap());
+    let profile = tempfile::tempdir().unwrap();
+    let mut page = common::browser::Devtools::open(&browser, profile.path(), (1200, 1400));
+    page.navigate(&format!("{}/", server.url));
+    page.wait_for("document.body.dataset.ready === '1'");
+    page.pick_files("#pick", &[&photo]);
+    page.wait_for("!!document.querySelector('.card[data-done]')");
+    page.wait_for("document.querySelectorAll('.frame svg rect').length === 5");
+    // What the page shows is what the API answers: each region's best dish and its top 5.
+    let shown = page.eval(
+        "[...document.querySelectorAll('.record')].map(r => ({
+            answer: r.querySelector('.answer').textContent,
+            bars: [...r.querySelectorAll('.predictions .bar .label')].map(l => l.textContent),
+            pct: r.querySelector('.predictions .bar .pct').textContent }))",
+    );
+    let shown = shown.as_array().unwrap();
+    let records = api.body.as_array().unwrap();
+    assert_eq!(shown.len(), records.len());
+    for (s, r) in shown.iter().zip(records) {
+        let predictions = r["predictions"].as_array().unwrap();
+        assert_eq!(s["answer"], predictions[0]["label"]);
+        let labels: Vec<&Value> = predictions.iter().map(|p| &p["label"]).collect();
+        let bars: Vec<&Value> = s["bars"].as_array().unwrap().iter().collect();
+        assert_eq!(bars, labels);
+        let pct = format!("{:.1}%", predictions[0]["prob"].as_f64().unwrap() * 100.0);
+        assert_eq!(s["pct"], pct.as_str());
+    }
+    let text = page.eval("document.body.innerText").to_string();
+    assert!(
+        text.contains("김치찌개") && text.contains("side-left"),
+        "{text}"
+    );
+    // Hangul is drawn with a font that has it: as wide as two Latin letters each, not boxes.
+    let ratio = page
+        .eval(
+            "(() => { const c = document.createElement('canvas').getContext('2d');
+               c.font = getComputedStyle(document.body).font;
+               return c.measureText('김치찌개').width / c.measureText('MMMM').width; })()",
+        )
+        .as_f64()
+        .unwrap();
+    assert!(ratio > 0.7, "Hangul width ratio {ratio}");
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    page.screenshot(&png);
+    // The boxes are on screen in the first region's colour.
+    let shot = image::open(&png).unwrap().to_rgb8();
+    let orange = shot
+        .pixels()
+        .filter(|p| p.0[0] > 200 && (70..120).contains(&p.0[1]) && p.0[2] < 40)
+        .count();
+    assert!(orange > 200, "{orange} pixels of the box colour");
+}
