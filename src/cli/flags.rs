@@ -410,8 +410,9 @@ pub struct PreviewArgs {
     pub regions: RegionArgs,
 }
 
-/// `foodclip serve`.
+/// `foodclip serve`. `--regions` is hidden: it lists photos by path, and uploads have none.
 #[derive(Debug, Args)]
+#[command(mut_arg("regions", |a| a.hide(true)))]
 pub struct ServeArgs {
     /// Label file: the classes every request is ranked against.
     #[arg(long, short, required_unless_present = "adapter")]

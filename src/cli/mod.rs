@@ -125,6 +125,24 @@ mod tests {
     }
 
     #[test]
+    fn serve_sizes_parse_with_units() {
+        let max_body = |v: &str| {
+            let cli = Cli::try_parse_from(["foodclip", "serve", "-l", "x.txt", "--max-body", v]);
+            match cli.map(|c| c.command) {
+                Ok(Command::Serve(s)) => Some(s.max_body),
+                _ => None,
+            }
+        };
+        assert_eq!(max_body("1000"), Some(1000));
+        assert_eq!(max_body("500KB"), Some(500_000));
+        assert_eq!(max_body("32MB"), Some(32_000_000));
+        assert_eq!(max_body("1.5 MiB"), Some(1_572_864));
+        assert_eq!(max_body("1GiB"), Some(1 << 30));
+        assert_eq!(max_body("lots"), None);
+        assert_eq!(max_body("3 parsecs"), None);
+    }
+
+    #[test]
     fn model_flag_is_global_and_choices_parse() {
         let cli = Cli::try_parse_from([
             "foodclip", "preview", "a.jpg", "-o", "b.png", "--model", "x/y",

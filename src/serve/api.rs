@@ -306,7 +306,8 @@ async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, An
     })
     .await?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let (options, for_pool) = (state.options.clone(), ready.clone());
+    let (max_pixels, fidelity) = (state.options.max_pixels, state.options.fidelity);
+    let for_pool = ready.clone();
     rayon::spawn(move || {
         let cut = std::panic::AssertUnwindSafe(|| {
             uploads
@@ -314,13 +315,7 @@ async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, An
                 .map(|u| {
                     let photo = Photo::Bytes(&u.bytes);
                     let pre = &for_pool.preprocess;
-                    let pieces = pieces(
-                        regions.as_deref(),
-                        pre,
-                        photo,
-                        options.max_pixels,
-                        options.fidelity,
-                    );
+                    let pieces = pieces(regions.as_deref(), pre, photo, max_pixels, fidelity);
                     (u.file.clone(), pieces)
                 })
                 .collect::<Vec<_>>()

@@ -177,12 +177,13 @@ pub fn run(
             let stop = async move {
                 match on_loaded.await {
                     Ok(Ok(())) => {
-                        let ready = state_ready(&for_stop);
-                        log(&format!(
-                            "ready: {} classes, model {}",
-                            ready.map_or(0, |r| r.labels["classes"].as_array().map_or(0, Vec::len)),
-                            ready.map_or("", |r| r.model.as_str())
-                        ));
+                        if let Some(ready) = state_ready(&for_stop) {
+                            log(&format!(
+                                "ready: {} classes, model {}",
+                                ready.labels["classes"].as_array().map_or(0, Vec::len),
+                                ready.model
+                            ));
+                        }
                         // Until the model is ready, Ctrl-C and SIGTERM end the process at once:
                         // there is nothing in flight to finish.
                         stop_signal().await;
