@@ -142,6 +142,15 @@ impl Server {
         self.get("/healthz").body[name].as_u64().unwrap()
     }
 
+    /// Waits until `n` photos hold places in the queue.
+    fn wait_for_waiting(&self, n: u64) {
+        let start = Instant::now();
+        while self.counter("waiting") != n {
+            assert!(start.elapsed().as_secs() < 60, "never {n} waiting");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends `signal` and waits for the exit code.
     fn stop(&mut self, signal: i32) -> Option<i32> {
         unsafe { libc::kill(self.child.id() as i32, signal) };
@@ -580,7 +589,7 @@ fn a_full_queue_answers_503_at_once_and_recovers() {
     let good = std::fs::read(fixtures().join("images/baseline.jpg")).unwrap();
     // A request whose body is still on its way holds the queue's only place.
     let mut slow = partial_request(server.port(), "/v1/classify", good.len(), &good[..100]);
-    std::thread::sleep(Duration::from_millis(300));
+    server.wait_for_waiting(1);
     let start = Instant::now();
     let a = server.post("/v1/classify", &good);
     assert_eq!(a.status, 503, "{}", a.body);
@@ -602,7 +611,7 @@ fn a_stop_signal_finishes_the_request_in_flight_then_exits_0() {
         let good = std::fs::read(fixtures().join("images/baseline.jpg")).unwrap();
         let mut in_flight =
             partial_request(server.port(), "/v1/classify", good.len(), &good[..100]);
-        std::thread::sleep(Duration::from_millis(300));
+        server.wait_for_waiting(1);
         unsafe { libc::kill(server.child.id() as i32, signal) };
         std::thread::sleep(Duration::from_millis(300));
         assert!(

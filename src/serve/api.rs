@@ -1,7 +1,7 @@
 //! The routes: reading a request's photos, handing them to the decoder pool and the batcher,
 //! and writing the records; errors as `{"error": "..."}` with the right status.
 
-use super::{state_ready, AppState, Ready};
+use super::{AppState, Ready};
 use crate::classify::{OpenSet, Shown};
 use crate::output::{JsonRecord, Origin};
 use crate::regions::{pieces, Photo, Piece, Region, Regions};
@@ -189,7 +189,7 @@ async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> ApiError
 
 /// Ready (200) or still loading the model (503), with the counters.
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
-    let Some(ready) = state_ready(&state) else {
+    let Some(ready) = state.ready.get() else {
         let body = json_body(&json!({"status": "loading"}));
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     };

@@ -159,14 +159,11 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the server's threads")?;
-    let (loaded, on_loaded) = tokio::sync::oneshot::channel::<Result<()>>();
+    let (loaded, on_loaded) = tokio::sync::oneshot::channel::<Result<Ready>>();
     std::thread::scope(|scope| {
         let state_for_load = state.clone();
         scope.spawn(move || {
-            let result = load().map(|engine| {
-                let ready = Ready::new(engine, &state_for_load.options);
-                let _ = state_for_load.ready.set(Arc::new(ready));
-            });
+            let result = load().map(|engine| Ready::new(engine, &state_for_load.options));
             let _ = loaded.send(result);
         });
         runtime.block_on(async {
@@ -176,17 +173,18 @@ pub fn run(
             let (failed, for_stop) = (failure.clone(), state.clone());
             let stop = async move {
                 match on_loaded.await {
-                    Ok(Ok(())) => {
-                        if let Some(ready) = state_ready(&for_stop) {
-                            log(&format!(
-                                "ready: {} classes, model {}",
-                                ready.labels["classes"].as_array().map_or(0, Vec::len),
-                                ready.model
-                            ));
-                        }
+                    Ok(Ok(ready)) => {
                         // Until the model is ready, Ctrl-C and SIGTERM end the process at once:
-                        // there is nothing in flight to finish.
-                        stop_signal().await;
+                        // there is nothing in flight to finish. From here on they stop the
+                        // server; `/healthz` says ready only once they do.
+                        let stop = StopSignals::listen();
+                        log(&format!(
+                            "ready: {} classes, model {}",
+                            ready.labels["classes"].as_array().map_or(0, Vec::len),
+                            ready.model
+                        ));
+                        let _ = for_stop.ready.set(Arc::new(ready));
+                        stop.recv().await;
                         log("stopping: finishing the requests in flight");
                     }
                     Ok(Err(e)) => *failed.lock().expect("not poisoned") = Some(e),
@@ -203,29 +201,38 @@ pub fn run(
     })
 }
 
-/// The loaded model, if it is.
-fn state_ready(state: &AppState) -> Option<&Ready> {
-    state.ready.get().map(|r| r.as_ref())
+/// Ctrl-C and SIGTERM, caught from the moment [`StopSignals::listen`] returns.
+struct StopSignals {
+    #[cfg(unix)]
+    signals: Option<[tokio::signal::unix::Signal; 2]>,
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
+impl StopSignals {
+    /// Starts catching the signals (within the runtime).
+    fn listen() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let interrupt = signal(SignalKind::interrupt());
+            let terminate = signal(SignalKind::terminate());
+            Self {
+                signals: interrupt.and_then(|i| Ok([i, terminate?])).ok(),
             }
-            Err(_) => ctrl_c.await,
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    ctrl_c.await;
+
+    /// Resolves on the first of them.
+    async fn recv(self) {
+        #[cfg(unix)]
+        if let Some([mut interrupt, mut terminate]) = self.signals {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
