@@ -276,43 +276,68 @@ pub enum Origin<'a> {
     Upload(Option<&'a str>),
 }
 
-/// One JSON record, as `--format json` and `jsonl` write it: a ranking, an embedding, or the
-/// error that stands in its place.
+/// One JSON record, as `--format json` and `jsonl` write it: whose it is, and a ranking, an
+/// embedding, or the error that stands in its place.
+#[derive(Serialize)]
+pub struct JsonRecord<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<PathJson<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region: Option<&'a Region>,
+    #[serde(flatten)]
+    body: Body<'a>,
+}
+
+/// What a [`JsonRecord`] holds.
 #[derive(Serialize)]
 #[serde(untagged)]
-pub enum JsonRecord<'a> {
-    /// Predictions of a photo or region.
-    Predictions(PredictionsRecord<'a>),
-    /// An embedding of a photo or region.
-    Embedding(EmbeddingRecord<'a>),
-    /// Why a photo or region has no result.
-    Error(ErrorRecord<'a>),
+enum Body<'a> {
+    Predictions {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        label: Option<&'a str>,
+        predictions: &'a [Prediction],
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        groups: &'a [GroupScore],
+    },
+    Embedding {
+        embedding: &'a [f32],
+    },
+    Error {
+        error: &'a str,
+    },
 }
 
 impl<'a> JsonRecord<'a> {
+    fn new(origin: Origin<'a>, region: Option<&'a Region>, body: Body<'a>) -> Self {
+        let (path, file) = match origin {
+            Origin::Path(p) => (Some(PathJson(p)), None),
+            Origin::Upload(file) => (None, file),
+        };
+        Self {
+            path,
+            file,
+            region,
+            body,
+        }
+    }
+
     /// The record of a ranking (or its error).
     pub fn predictions(
         origin: Origin<'a>,
         region: Option<&'a Region>,
         result: &'a Result<Ranking, String>,
     ) -> Self {
-        let (path, file) = origin.fields();
-        match result {
-            Ok(r) => Self::Predictions(PredictionsRecord {
-                path,
-                file,
-                region,
+        let body = match result {
+            Ok(r) => Body::Predictions {
                 label: r.decision.as_deref(),
                 predictions: &r.predictions,
                 groups: &r.groups,
-            }),
-            Err(error) => Self::Error(ErrorRecord {
-                path,
-                file,
-                region,
-                error,
-            }),
-        }
+            },
+            Err(error) => Body::Error { error },
+        };
+        Self::new(origin, region, body)
     }
 
     /// The record of an embedding (or its error).
@@ -321,72 +346,12 @@ impl<'a> JsonRecord<'a> {
         region: Option<&'a Region>,
         result: &'a Result<Vec<f32>, String>,
     ) -> Self {
-        let (path, file) = origin.fields();
-        match result {
-            Ok(embedding) => Self::Embedding(EmbeddingRecord {
-                path,
-                file,
-                region,
-                embedding,
-            }),
-            Err(error) => Self::Error(ErrorRecord {
-                path,
-                file,
-                region,
-                error,
-            }),
-        }
+        let body = match result {
+            Ok(embedding) => Body::Embedding { embedding },
+            Err(error) => Body::Error { error },
+        };
+        Self::new(origin, region, body)
     }
-}
-
-impl<'a> Origin<'a> {
-    /// The `path` and `file` fields of a record.
-    fn fields(self) -> (Option<PathJson<'a>>, Option<&'a str>) {
-        match self {
-            Origin::Path(p) => (Some(PathJson(p)), None),
-            Origin::Upload(file) => (None, file),
-        }
-    }
-}
-
-/// The fields of a [`JsonRecord::Predictions`].
-#[derive(Serialize)]
-pub struct PredictionsRecord<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<PathJson<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    region: Option<&'a Region>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    label: Option<&'a str>,
-    predictions: &'a [Prediction],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    groups: &'a [GroupScore],
-}
-
-/// The fields of a [`JsonRecord::Embedding`].
-#[derive(Serialize)]
-pub struct EmbeddingRecord<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<PathJson<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    region: Option<&'a Region>,
-    embedding: &'a [f32],
-}
-
-/// The fields of a [`JsonRecord::Error`].
-#[derive(Serialize)]
-pub struct ErrorRecord<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<PathJson<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    region: Option<&'a Region>,
-    error: &'a str,
 }
 
 impl Serialize for Prediction {

@@ -231,6 +231,17 @@ fn classify(args: &[&str]) -> Vec<Value> {
         .collect()
 }
 
+/// `classify` of `photos` with every class (the mixed labels): each photo's record by path.
+fn classify_all(photos: &[PathBuf]) -> HashMap<String, Value> {
+    let labels = mixed();
+    let mut args = vec!["--labels", s(&labels), "-k", "0"];
+    args.extend(photos.iter().map(|p| s(p)));
+    classify(&args)
+        .into_iter()
+        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
+        .collect()
+}
+
 /// Asserts that two records hold the same answer: region, decision, and every listed class's
 /// score and probability within 1e-5 (in the same order, ties aside), groups too.
 fn assert_same(got: &Value, want: &Value, what: &str) {
@@ -271,13 +282,7 @@ fn assert_same(got: &Value, want: &Value, what: &str) {
 fn answers_equal_classify_for_every_fixture_photo() {
     let server = Server::start(&["--labels", s(&mixed())]);
     let all = photos();
-    let labels = mixed();
-    let mut args = vec!["--labels", s(&labels), "-k", "0"];
-    args.extend(all.iter().map(|p| s(p)));
-    let want: HashMap<String, Value> = classify(&args)
-        .into_iter()
-        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
-        .collect();
+    let want = classify_all(&all);
     for photo in &all {
         let a = server.post("/v1/classify?top_k=0", &std::fs::read(photo).unwrap());
         assert_eq!(a.status, 200, "{}: {}", photo.display(), a.body);
@@ -444,13 +449,7 @@ fn sixteen_concurrent_clients_share_model_calls() {
     // A generous wait, so that photos still decoding join the call however the threads run.
     let server = Server::start(&["--labels", s(&mixed()), "--batch-wait", "300"]);
     let all = photos();
-    let labels = mixed();
-    let mut args = vec!["--labels", s(&labels), "-k", "0"];
-    args.extend(all.iter().map(|p| s(p)));
-    let want: HashMap<String, Value> = classify(&args)
-        .into_iter()
-        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
-        .collect();
+    let want = classify_all(&all);
     let barrier = Arc::new(std::sync::Barrier::new(16));
     let server = Arc::new(server);
     let clients: Vec<_> = (0..16)
