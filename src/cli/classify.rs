@@ -7,7 +7,7 @@ use super::Outcome;
 use crate::classify::{OpenSet, Ranking, Shown};
 use crate::draw::{file_for, write_svg, Mark};
 use crate::eval::ClassNames;
-use crate::labels::{LabelSet, Templates};
+use crate::labels::LabelSet;
 use crate::output::{Format, Layout, RecordKind};
 use crate::regions::Regions;
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -15,8 +15,7 @@ use std::collections::HashSet;
 use std::io::{self, IsTerminal};
 
 pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
-    let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
-    let templates = Templates::from_args(&args.templates.templates)?;
+    let (labels, adapter, templates) = cx.classes(&args.classes)?;
     if args.group_scores && labels.groups.is_empty() {
         bail!(
             "--group-scores: {} has no [group] header lines",

@@ -1,7 +1,7 @@
 //! What every command derives from the global flags, worked out once: the terminal UI, hub
 //! options, the registry, the cache root, and how to load the model and its label embeddings.
 
-use super::flags::{Cli, DeviceKind, RegionArgs};
+use super::flags::{ClassArgs, Cli, DeviceKind, RegionArgs};
 use super::ui::Ui;
 use crate::adapter::Adapter;
 use crate::cache::{default_root, TextCache};
@@ -15,7 +15,7 @@ use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
 use anyhow::{bail, Context as _, Result};
 use std::io::{self, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The global flags, resolved.
@@ -156,14 +156,11 @@ impl Context {
     }
 
     /// The classes of a run: from `--labels`, or from `--adapter` (which brings them; a label
-    /// file beside it must list the same classes). Returns the adapter too.
-    pub fn labels(
-        &self,
-        labels: Option<&Path>,
-        adapter: Option<&Path>,
-    ) -> Result<(LabelSet, Option<Adapter>)> {
-        let adapter = adapter.map(Adapter::load).transpose()?;
-        let labels = match (labels, &adapter) {
+    /// file beside it must list the same classes). Returns the adapter and the templates too.
+    pub fn classes(&self, args: &ClassArgs) -> Result<(LabelSet, Option<Adapter>, Templates)> {
+        let templates = Templates::from_args(&args.templates.templates)?;
+        let adapter = args.adapter.as_deref().map(Adapter::load).transpose()?;
+        let labels = match (args.labels.as_deref(), &adapter) {
             (Some(file), Some(a)) => {
                 let set = LabelSet::load(file)?;
                 let names = |l: &LabelSet| -> Vec<Vec<String>> {
@@ -184,7 +181,7 @@ impl Context {
             (None, Some(a)) => a.labels.clone(),
             (None, None) => bail!("give --labels FILE (or --adapter FILE)"),
         };
-        Ok((labels, adapter))
+        Ok((labels, adapter, templates))
     }
 
     /// What ranks the classes: the adapter's classes and cache when there is one (made with this

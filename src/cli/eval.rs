@@ -7,7 +7,7 @@ use super::ui::{to_stdout, write_json};
 use super::Outcome;
 use crate::classify::Ranking;
 use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Scored, Truth};
-use crate::labels::{LabelSet, Templates};
+use crate::labels::LabelSet;
 use crate::output::{csv_row, Format};
 use crate::regions::Region;
 use crate::report::{self, Misclassified};
@@ -45,8 +45,7 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
     if args.format == Format::Coco {
         bail!("--format coco is for classify results; eval writes table, json, csv or tsv");
     }
-    let templates = Templates::from_args(&args.templates.templates)?;
-    let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
+    let (labels, adapter, templates) = cx.classes(&args.classes)?;
     let source = DataSet::open(cx, &args.data, &labels)?;
     let ckpt = cx.model(source.stored.is_some())?;
     let sink = args

@@ -160,12 +160,9 @@ pub struct BatchArgs {
     pub max_pixels: u64,
 }
 
-/// `foodclip classify`.
+/// The classes of a run: a label file, or an adapter that brings them, and the prompts.
 #[derive(Debug, Args)]
-pub struct ClassifyArgs {
-    /// Photos to classify.
-    #[command(flatten)]
-    pub input: InputArgs,
+pub struct ClassArgs {
     /// Label file: one class per line, synonyms after `|`, `#` comments, `[group]` headers.
     #[arg(long, short, required_unless_present = "adapter")]
     pub labels: Option<PathBuf>,
@@ -175,6 +172,17 @@ pub struct ClassifyArgs {
     /// Prompt templates.
     #[command(flatten)]
     pub templates: TemplateArgs,
+}
+
+/// `foodclip classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Photos to classify.
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// The classes.
+    #[command(flatten)]
+    pub classes: ClassArgs,
     /// Predictions per photo; 0 for all classes.
     #[arg(long, short = 'k', default_value_t = 5)]
     pub top_k: usize,
@@ -284,15 +292,9 @@ pub struct EvalArgs {
     /// The data set.
     #[command(flatten)]
     pub data: DataSetArgs,
-    /// Label file.
-    #[arg(long, short, required_unless_present = "adapter")]
-    pub labels: Option<PathBuf>,
-    /// An adapter made by `foodclip adapt`: its classes and its cache.
-    #[arg(long, value_name = "FILE")]
-    pub adapter: Option<PathBuf>,
-    /// Prompt templates.
+    /// The classes.
     #[command(flatten)]
-    pub templates: TemplateArgs,
+    pub classes: ClassArgs,
     /// Output format: table, json, or csv (one row per class).
     #[arg(long, short, default_value = "table", value_parser = formats())]
     pub format: Format,
@@ -414,15 +416,9 @@ pub struct PreviewArgs {
 #[derive(Debug, Args)]
 #[command(mut_arg("regions", |a| a.hide(true)))]
 pub struct ServeArgs {
-    /// Label file: the classes every request is ranked against.
-    #[arg(long, short, required_unless_present = "adapter")]
-    pub labels: Option<PathBuf>,
-    /// An adapter made by `foodclip adapt`: its classes and its cache of your photos.
-    #[arg(long, value_name = "FILE")]
-    pub adapter: Option<PathBuf>,
-    /// Prompt templates.
+    /// The classes every request is ranked against.
     #[command(flatten)]
-    pub templates: TemplateArgs,
+    pub classes: ClassArgs,
     /// Address to listen on; 0.0.0.0 opens the API to the network (use --token then).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,

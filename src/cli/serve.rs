@@ -4,15 +4,13 @@
 use super::context::Context;
 use super::flags::ServeArgs;
 use super::Outcome;
-use crate::labels::Templates;
 use crate::serve::{Engine, Options};
 use anyhow::{bail, Context as _, Result};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::time::Duration;
 
 pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
-    let (labels, adapter) = cx.labels(args.labels.as_deref(), args.adapter.as_deref())?;
-    let templates = Templates::from_args(&args.templates.templates)?;
+    let (labels, adapter, templates) = cx.classes(&args.classes)?;
     if args.regions.regions.is_some() {
         bail!(
             "--regions lists photos by path, and uploads have none; give --layout or --grid, \
@@ -57,6 +55,7 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         regions,
     };
     let adapter_name = args
+        .classes
         .adapter
         .as_ref()
         .and_then(|a| a.file_name())
