@@ -57,9 +57,9 @@ def percentile(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def start_server(exe, ckpt, labels, precision, env):
+def start_server(exe, ckpt, labels, precision, env, extra):
     proc = subprocess.Popen(
-        [exe, "--model", ckpt, "--precision", precision, "serve", "--labels", labels, "--port", "0"],
+        [exe, "--model", ckpt, "--precision", precision, "serve", "--labels", labels, "--port", "0", *extra],
         stderr=subprocess.PIPE, text=True, env=env,
     )
     port = None
@@ -108,6 +108,7 @@ def main():
     ap.add_argument("--photos", type=int, default=48)
     ap.add_argument("--precision", default="f32")
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--batch-wait", help="the server's --batch-wait (ms; default: its own)")
     args = ap.parse_args()
     ckpt, paths = setup(args.workdir, args.photos)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "foodclip"], cwd=ROOT, check=True)
@@ -125,7 +126,8 @@ def main():
     print(f"classify ({args.precision}): {best:.2f} photos/s, peak RSS {peak / 1024:.0f} MiB", flush=True)
 
     # 2. one client, in sequence.
-    proc, port = start_server(exe, ckpt, labels, args.precision, env)
+    extra = ["--batch-wait", args.batch_wait] if args.batch_wait else []
+    proc, port = start_server(exe, ckpt, labels, args.precision, env, extra)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port)
         post(conn, bodies[0])  # warm
