@@ -601,6 +601,13 @@ fn a_full_queue_answers_503_at_once_and_recovers() {
     assert_eq!(status, 200, "{body}");
     let a = server.post("/v1/classify", &good);
     assert_eq!(a.status, 200, "{}", a.body);
+    // A form whose second photo finds the queue full is refused as it is met; the client, still
+    // sending several megabytes after it, reads the 503 rather than a reset connection.
+    let form = [("a.jpg", good.clone()), ("b.jpg", vec![0u8; 8 << 20])];
+    let a = server.post_form("/v1/classify", &form, &[]);
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("queue"));
+    assert_eq!(server.counter("waiting"), 0);
 }
 
 #[test]

@@ -147,9 +147,12 @@ async fn refuse(req: Request, max: usize, error: ApiError) -> ApiError {
             }
         }
     };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    let _ = tokio::time::timeout(DRAIN_FOR, drain).await;
     error
 }
+
+/// How long a refused request's body is read and dropped before the refusal is sent.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn too_large(length: u64, max: usize) -> ApiError {
     let length = if length > 0 {
@@ -403,7 +406,14 @@ async fn read_uploads(
         if field.name() != Some("image") {
             continue;
         }
-        admit(uploads.len() + 1)?;
+        if let Err(e) = admit(uploads.len() + 1) {
+            // As in [`refuse`]: the rest of the form (its length bounded by `--max-body`) is
+            // read and dropped, so that a client still sending it reads the refusal.
+            drop(field);
+            let rest = async { while let Ok(Some(_)) = form.next_field().await {} };
+            let _ = tokio::time::timeout(DRAIN_FOR, rest).await;
+            return Err(e);
+        }
         let file = field.file_name().map(str::to_string);
         let bytes = field.bytes().await.map_err(|e| {
             ApiError::new(
