@@ -91,6 +91,19 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to 10 s) for a line of the log that has all of `parts`, and returns it.
+    fn log_line(&self, parts: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_string();
+            }
+            assert!(start.elapsed().as_secs() < 10, "no {parts:?} in {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn port(&self) -> u16 {
         self.url.rsplit(':').next().unwrap().parse().unwrap()
     }
@@ -580,6 +593,16 @@ fn bad_requests_get_json_errors_and_the_server_goes_on() {
     let a = server.post_with("/v1/classify", &good, &auth);
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body[0]["predictions"].is_array());
+    // The access log has a line per request, with the refusals' reasons; probes are left out.
+    let line = server.log_line(&["POST /v1/classify 401 ", " ms: missing or wrong token"]);
+    assert!(line.starts_with("foodclip: 127.0.0.1:"), "{line}");
+    server.log_line(&["POST /v1/classify 422 ", "not an image"]);
+    server.log_line(&["POST /v1/classify 413 ", "--max-body"]);
+    server.log_line(&["GET /etc/passwd 404 "]);
+    server.log_line(&["GET / 200 "]);
+    server.log_line(&["POST /v1/classify 200 "]);
+    let log = server.log();
+    assert!(!log.contains("GET /healthz 200"), "{log}");
 }
 
 #[test]
@@ -705,6 +728,15 @@ fn configuration_errors_exit_2_with_one_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(open.stop(libc::SIGTERM), Some(0));
+    // --quiet keeps only where it listens: no ready, access or stopping lines.
+    let mut quiet = Server::start(&["--labels", s(&mixed()), "--quiet"]);
+    assert_eq!(quiet.get("/v1/labels").status, 200);
+    assert_eq!(quiet.get("/nowhere").status, 404);
+    assert_eq!(quiet.stop(libc::SIGTERM), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = quiet.log();
+    assert_eq!(log.lines().count(), 1, "{log}");
+    assert!(log.contains("listening on"), "{log}");
 }
 
 #[test]

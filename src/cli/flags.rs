@@ -39,7 +39,7 @@ pub struct Cli {
     /// (also HF_HUB_OFFLINE=1).
     #[arg(long, global = true)]
     pub offline: bool,
-    /// No warnings or download progress on stderr (errors are still shown).
+    /// No warnings, progress or server log on stderr (errors are still shown).
     #[arg(long, short, global = true)]
     pub quiet: bool,
     /// Where to run the model.

@@ -1,12 +1,18 @@
 //! The routes: reading a request's photos, handing them to the decoder pool and the batcher,
-//! and writing the records; errors as `{"error": "..."}` with the right status.
+//! and writing the records; errors as `{"error": "..."}` with the right status. Each request
+//! answered is one line of the log (successful `/healthz` probes aside):
+//!
+//! ```text
+//! 127.0.0.1:51234 POST /v1/classify 200 68 ms
+//! 127.0.0.1:51240 POST /v1/classify 422 0 ms: not an image foodclip can read (JPEG, PNG, ...)
+//! ```
 
 use super::{AppState, Ready};
 use crate::classify::{OpenSet, Shown};
 use crate::output::{JsonRecord, Origin};
 use crate::regions::{pieces, Photo, Piece, Region, Regions};
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,13 +21,16 @@ use axum::Router;
 use rayon::prelude::*;
 use serde::Deserialize;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 
 /// The page at `/`.
 const PAGE: &str = include_str!("page.html");
 
-/// The routes, with the token check on `/v1`, the body limit and panics turned into 500s.
+/// The routes, with the token check on `/v1`, the body limit, panics turned into 500s, and the
+/// access log around them all.
 pub(super) fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/classify", post(classify))
@@ -38,8 +47,37 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
 }
+
+/// Logs a line per request once its answer is ready: the client's address, method, path,
+/// status, time taken, and an error's message. Successful `/healthz` probes are left out.
+async fn access_log(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "-".to_string(), |c| c.0.to_string());
+    let method = req.method().clone();
+    let path: String = req.uri().path().chars().take(200).collect();
+    let response = next.run(req).await;
+    let status = response.status();
+    if path != "/healthz" || !status.is_success() {
+        let ms = start.elapsed().as_millis();
+        let mut line = format!("{peer} {method} {path} {} {ms} ms", status.as_u16());
+        if let Some(Refused(message)) = response.extensions().get() {
+            line.push_str(": ");
+            line.push_str(message);
+        }
+        (state.log)(&line);
+    }
+    response
+}
+
+/// An [`ApiError`]'s message, kept on its response for the access log.
+#[derive(Clone)]
+struct Refused(Arc<str>);
 
 /// An answer that is not a result: a status and `{"error": message}`.
 #[derive(Debug)]
@@ -76,6 +114,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response =
             (self.status, json_body(&json!({"error": self.message}))).into_response();
+        response
+            .extensions_mut()
+            .insert(Refused(self.message.into()));
         let headers = response.headers_mut();
         if let Some(s) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -516,8 +557,8 @@ mod tests {
     }
 
     /// The router over a fake model that embeds a picture as its mean red value and panics on
-    /// pure red pictures; returns the base URL (the server runs on `rt`).
-    fn fake_server(rt: &tokio::runtime::Runtime) -> String {
+    /// pure red pictures; returns the base URL (the server runs on `rt`, logging to `log`).
+    fn fake_server(rt: &tokio::runtime::Runtime, log: super::super::Log) -> String {
         use super::super::batcher::{Batcher, Output};
         use super::super::{AppState, Options, Ready};
         let model: super::super::batcher::ModelFn = Box::new(|pictures, _| {
@@ -555,12 +596,14 @@ mod tests {
             options,
             token: None,
             ready: std::sync::OnceLock::from(Arc::new(ready)),
+            log,
         });
         let listener = rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        rt.spawn(async move { axum::serve(listener, router(state)).await });
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        rt.spawn(async move { axum::serve(listener, app).await });
         url
     }
 
@@ -574,7 +617,9 @@ mod tests {
     #[test]
     fn a_panic_in_the_model_is_that_requests_500_and_the_server_goes_on() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let url = fake_server(&rt);
+        let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let kept = lines.clone();
+        let url = fake_server(&rt, Arc::new(move |l| kept.lock().unwrap().push(l.into())));
         let post = |body: Vec<u8>| match ureq::post(&format!("{url}/v1/embed")).send_bytes(&body) {
             Ok(r) => (r.status(), r.into_string().unwrap()),
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
@@ -587,6 +632,15 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         let records: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(records[0]["embedding"][0], 10.0 * 224.0 * 224.0);
+        // The access log: a line per request, the failure's with its message.
+        let lines = lines.lock().unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let fields = |l: &str| l.split(' ').take(4).skip(1).collect::<Vec<_>>().join(" ");
+        assert!(lines[0].starts_with("127.0.0.1:"), "{lines:?}");
+        assert_eq!(fields(&lines[0]), "POST /v1/embed 500", "{lines:?}");
+        assert!(lines[0].contains(" ms: the model failed"), "{lines:?}");
+        assert_eq!(fields(&lines[1]), "POST /v1/embed 200", "{lines:?}");
+        assert!(lines[1].ends_with(" ms"), "{lines:?}");
     }
 
     #[test]

@@ -133,12 +133,17 @@ struct AppState {
     /// The hash of the token, compared in constant time.
     token: Option<blake3::Hash>,
     ready: OnceLock<Arc<Ready>>,
+    /// Where the events and the access log go, a line each.
+    log: Log,
 }
+
+/// A sink for the server's log lines.
+type Log = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Serves on `listener` until Ctrl-C or SIGTERM, then finishes the requests in flight and
 /// returns. `load` runs on a thread of its own while the server already answers (`/healthz`
 /// says "loading", the API 503); its error ends the server and is returned. `log` gets one
-/// line per event (ready, stopping).
+/// line per event (ready, stopping) and per request answered (see [`api`]).
 pub fn run(
     listener: std::net::TcpListener,
     options: Options,
@@ -148,10 +153,12 @@ pub fn run(
     listener
         .set_nonblocking(true)
         .context("cannot set up the listening socket")?;
+    let log: Log = Arc::new(log);
     let state = Arc::new(AppState {
         token: options.token.as_deref().map(|t| blake3::hash(t.as_bytes())),
         options,
         ready: OnceLock::new(),
+        log: log.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().min(4)))
@@ -191,7 +198,9 @@ pub fn run(
                     Err(_) => {}
                 }
             };
-            axum::serve(listener, api::router(state.clone()))
+            let app = api::router(state.clone())
+                .into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .await
                 .context("the server failed")?;
