@@ -633,6 +633,84 @@ fn a_full_queue_answers_503_at_once_and_recovers() {
     assert_eq!(server.counter("waiting"), 0);
 }
 
+/// `METHOD path` with `headers`: the status and the answer's `Access-Control-*` headers.
+fn cross_origin(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, HashMap<String, String>) {
+    let mut req = ureq::request(method, &format!("{}{path}", server.url));
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let response = match req.call() {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("no answer: {e}"),
+    };
+    let cors = response
+        .headers_names()
+        .into_iter()
+        .filter(|n| n.starts_with("access-control-"))
+        .map(|n| (n.clone(), response.header(&n).unwrap().to_string()))
+        .collect();
+    (response.status(), cors)
+}
+
+#[test]
+fn cors_lets_the_named_origins_call_and_no_other() {
+    let kitchen = "http://kitchen.local:3000";
+    let server = Server::start_with(
+        &["--labels", s(&mixed()), "--cors-origin", kitchen],
+        &[("FOODCLIP_TOKEN", "t")],
+    );
+    // A browser's preflight for a POST with the token is answered without the token.
+    let preflight = [
+        ("Origin", kitchen),
+        ("Access-Control-Request-Method", "POST"),
+        (
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        ),
+    ];
+    let (status, cors) = cross_origin(&server, "OPTIONS", "/v1/classify", &preflight);
+    assert_eq!(status, 200, "{cors:?}");
+    assert_eq!(cors["access-control-allow-origin"], kitchen);
+    assert!(cors["access-control-allow-methods"].contains("POST"));
+    assert!(cors["access-control-allow-headers"].contains("authorization"));
+    // Answers, refusals too, say the kitchen's page may read them.
+    let auth = [("Origin", kitchen), ("Authorization", "Bearer t")];
+    let (status, cors) = cross_origin(&server, "GET", "/v1/labels", &auth);
+    assert_eq!(
+        (status, cors["access-control-allow-origin"].as_str()),
+        (200, kitchen)
+    );
+    let (status, cors) = cross_origin(&server, "GET", "/v1/labels", &[("Origin", kitchen)]);
+    assert_eq!(
+        (status, cors["access-control-allow-origin"].as_str()),
+        (401, kitchen)
+    );
+    assert!(cors["access-control-expose-headers"].contains("retry-after"));
+    // Another origin is not named in any answer.
+    let other = [
+        ("Origin", "http://elsewhere.example"),
+        ("Authorization", "Bearer t"),
+    ];
+    let (status, cors) = cross_origin(&server, "GET", "/v1/labels", &other);
+    assert_eq!(status, 200);
+    assert!(
+        !cors.contains_key("access-control-allow-origin"),
+        "{cors:?}"
+    );
+    // Without --cors-origin there are no CORS headers; `*` allows any origin.
+    let plain = Server::start(&["--labels", s(&mixed())]);
+    let (_, cors) = cross_origin(&plain, "GET", "/v1/labels", &[("Origin", kitchen)]);
+    assert!(cors.is_empty(), "{cors:?}");
+    let any = Server::start(&["--labels", s(&mixed()), "--cors-origin", "*"]);
+    let (_, cors) = cross_origin(&any, "GET", "/v1/labels", &[("Origin", kitchen)]);
+    assert_eq!(cors["access-control-allow-origin"], "*");
+}
+
 #[test]
 fn a_stop_signal_finishes_the_request_in_flight_then_exits_0() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
@@ -675,6 +753,18 @@ fn configuration_errors_exit_2_with_one_line() {
     assert!(err.contains("--layout or --grid"), "{err}");
     let (code, err) = run(&["--labels", s(&mixed()), "--max-body", "lots"]);
     assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&[
+        "--labels",
+        s(&mixed()),
+        "--cors-origin",
+        "kitchen.local/app",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--cors-origin kitchen.local/app: give an origin"),
+        "{err}"
+    );
     // A port in use.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
@@ -798,4 +888,34 @@ fn the_page_classifies_a_picked_photo_in_headless_chromium() {
         .filter(|p| p.0[0] > 200 && (70..120).contains(&p.0[1]) && p.0[2] < 40)
         .count();
     assert!(orange > 200, "{orange} pixels of the box colour");
+    // This page, standing for a kitchen application's page on another origin (its own CSP,
+    // which allows only its server, set aside), calls a server that names its origin (after
+    // the preflight its token needs), and is kept from reading one that does not.
+    page.call("Page.setBypassCSP", serde_json::json!({"enabled": true}));
+    page.navigate(&format!("{}/", server.url));
+    let named = Server::start_with(
+        &["--labels", s(&mixed()), "--cors-origin", &server.url],
+        &[("FOODCLIP_TOKEN", "t")],
+    );
+    let other = Server::start(&["--labels", s(&mixed()), "--cors-origin", "http://x.example"]);
+    let bytes = std::fs::read(&photo).unwrap();
+    let call = |url: &str| {
+        use base64::Engine as _;
+        let photo = base64::engine::general_purpose::STANDARD.encode(&bytes);
+        format!(
+            "fetch('{url}/v1/classify?top_k=1', {{method: 'POST',
+                body: Uint8Array.from(atob('{photo}'), c => c.charCodeAt(0)),
+                headers: {{Authorization: 'Bearer t', 'Content-Type': 'image/jpeg'}}}})
+               .then(r => r.json()).then(j => j[0].predictions[0].label, e => 'blocked')"
+        )
+    };
+    let auth = [("Authorization", "Bearer t")];
+    let want = named.post_with("/v1/classify?top_k=1", &bytes, &auth);
+    assert_eq!(
+        page.eval(&call(&named.url)),
+        want.body[0]["predictions"][0]["label"],
+        "{}",
+        named.log()
+    );
+    assert_eq!(page.eval(&call(&other.url)), "blocked");
 }

@@ -428,6 +428,10 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every /v1 request.
     #[arg(long, env = "FOODCLIP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Let browser pages from ORIGIN call the API (CORS): http://kitchen.local:3000, or * for
+    /// any; repeatable.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
     /// Largest request body (bytes, or with a unit: 500KB, 32MB, 1GiB); larger ones get 413.
     #[arg(long, default_value = "32MB", value_name = "SIZE", value_parser = parse_size)]
     pub max_body: u64,

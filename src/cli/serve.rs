@@ -4,7 +4,7 @@
 use super::context::Context;
 use super::flags::ServeArgs;
 use super::Outcome;
-use crate::serve::{Engine, Options};
+use crate::serve::{Cors, Engine, Options};
 use anyhow::{bail, Context as _, Result};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::time::Duration;
@@ -25,6 +25,7 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         t => t.as_ref().map(|t| t.trim().to_string()),
     };
     let max_body = usize::try_from(args.max_body).context("--max-body is too large")?;
+    let cors = Cors::parse(&args.cors_origins)?;
     // A model that cannot be named fails before the port is taken; one that cannot be loaded
     // fails while the server says "loading".
     cx.source()?;
@@ -53,6 +54,7 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         max_pixels: args.batch.max_pixels,
         fidelity: cx.fidelity,
         regions,
+        cors,
     };
     let adapter_name = args
         .classes

@@ -7,13 +7,13 @@
 //! 127.0.0.1:51240 POST /v1/classify 422 0 ms: not an image foodclip can read (JPEG, PNG, ...)
 //! ```
 
-use super::{AppState, Ready};
+use super::{AppState, Cors, Ready};
 use crate::classify::{OpenSet, Shown};
 use crate::output::{JsonRecord, Origin};
 use crate::regions::{pieces, Photo, Piece, Region, Regions};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The page at `/`.
 const PAGE: &str = include_str!("page.html");
@@ -37,7 +38,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/embed", post(embed))
         .route("/v1/labels", get(labels))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    Router::new()
+    let app = Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
         .merge(v1)
@@ -46,9 +47,34 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), limit_body))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-        }))
-        .layer(middleware::from_fn_with_state(state.clone(), access_log))
+        }));
+    let app = match cors(&state.options.cors) {
+        Some(layer) => app.layer(layer),
+        None => app,
+    };
+    app.layer(middleware::from_fn_with_state(state.clone(), access_log))
         .with_state(state)
+}
+
+/// The CORS headers for pages on other origins, when any may call: preflights are answered
+/// before the token is checked, and every answer (errors too) says who may read it.
+fn cors(cors: &Cors) -> Option<CorsLayer> {
+    let origins = match cors {
+        Cors::SameOrigin => return None,
+        Cors::Any => AllowOrigin::any(),
+        Cors::Origins(list) => AllowOrigin::list(
+            list.iter()
+                .map(|o| HeaderValue::from_str(o).expect("checked by Cors::parse")),
+        ),
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(3600)),
+    )
 }
 
 /// Logs a line per request once its answer is ready: the client's address, method, path,
@@ -584,6 +610,7 @@ mod tests {
             max_pixels: 1 << 20,
             fidelity: crate::preprocess::Fidelity::Exact,
             regions: None,
+            cors: super::super::Cors::SameOrigin,
         };
         let ready = Ready {
             batcher: Batcher::start(model, 4, std::time::Duration::ZERO, 8),

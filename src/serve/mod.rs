@@ -45,6 +45,58 @@ pub struct Options {
     pub fidelity: Fidelity,
     /// Regions applied to every photo unless a request gives its own (a layout, a grid).
     pub regions: Option<Regions>,
+    /// Which pages on other origins may call the API from a browser.
+    pub cors: Cors,
+}
+
+/// Which browser pages on other origins may call the API (CORS). The server's own page needs
+/// none of it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Cors {
+    /// None: browsers keep other origins' pages from reading the answers.
+    #[default]
+    SameOrigin,
+    /// Pages from any origin.
+    Any,
+    /// Pages from these origins (`scheme://host[:port]`).
+    Origins(Vec<String>),
+}
+
+impl Cors {
+    /// From `--cors-origin` values: `*` for any origin, else each an origin such as
+    /// `http://kitchen.local:3000`.
+    ///
+    /// ```
+    /// use foodclip::serve::Cors;
+    /// assert_eq!(Cors::parse(&[]).unwrap(), Cors::SameOrigin);
+    /// assert_eq!(Cors::parse(&["*".into()]).unwrap(), Cors::Any);
+    /// let one = Cors::parse(&["https://kitchen.local:3000/".into()]).unwrap();
+    /// assert_eq!(one, Cors::Origins(vec!["https://kitchen.local:3000".into()]));
+    /// assert!(Cors::parse(&["kitchen.local/page".into()]).is_err());
+    /// ```
+    pub fn parse(origins: &[String]) -> Result<Self> {
+        if origins.iter().any(|o| o.trim() == "*") {
+            return Ok(Self::Any);
+        }
+        if origins.is_empty() {
+            return Ok(Self::SameOrigin);
+        }
+        let checked = origins.iter().map(|o| {
+            let origin = o.trim().trim_end_matches('/');
+            let host = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            let plain = |c: char| c.is_ascii_alphanumeric() || "-.:[]".contains(c);
+            match host {
+                Some(h) if !h.is_empty() && h.chars().all(plain) => Ok(origin.to_string()),
+                _ => anyhow::bail!(
+                    "--cors-origin {o}: give an origin such as http://kitchen.local:3000 \
+                     (scheme, host and port, no path), or * for any"
+                ),
+            }
+        });
+        Ok(Self::Origins(checked.collect::<Result<_>>()?))
+    }
 }
 
 /// The model and classes the server answers with, once loaded.
