@@ -552,6 +552,7 @@ fn bad_requests_get_json_errors_and_the_server_goes_on() {
         ("/v1/classify?group_scores=true", &good[..], "[group]"),
         ("/v1/classify?regions=%5B1%2C2%5D", &good[..], "regions"),
         ("/v1/classify?topk=3", &good[..], "topk"),
+        ("/v1/classify?to%0Apk=3", &good[..], "to\npk"),
         ("/v1/embed?top_k=3", &good[..], "/v1/classify"),
     ] {
         let a = server.post_with(path, body, &auth);
@@ -600,6 +601,7 @@ fn bad_requests_get_json_errors_and_the_server_goes_on() {
     server.log_line(&["POST /v1/classify 413 ", "--max-body"]);
     server.log_line(&["GET /etc/passwd 404 "]);
     server.log_line(&["GET / 200 "]);
+    server.log_line(&["POST /v1/classify 400 ", "unknown field `to\\npk`"]);
     server.log_line(&["POST /v1/classify 200 "]);
     let log = server.log();
     assert!(!log.contains("GET /healthz 200"), "{log}");

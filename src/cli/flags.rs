@@ -204,7 +204,7 @@ pub struct ClassifyArgs {
     #[arg(long, short, value_parser = formats())]
     pub format: Option<Format>,
     /// Also draw each photo with its regions' boxes, best labels and probabilities as
-    /// DIR/<name>.svg.
+    /// `DIR/<name>.svg`.
     #[arg(long, value_name = "DIR")]
     pub draw: Option<PathBuf>,
 }
@@ -428,7 +428,7 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on every /v1 request.
     #[arg(long, env = "FOODCLIP_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Let browser pages from ORIGIN call the API (CORS): http://kitchen.local:3000, or * for
+    /// Let browser pages from ORIGIN call the API (CORS): `http://kitchen.local:3000`, or * for
     /// any; repeatable.
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     pub cors_origins: Vec<String>,

@@ -439,7 +439,7 @@ fn check_epilogue(rows: usize, w: &PackedWeight, epilogue: &Epilogue) {
 }
 
 /// `act(norm(x) · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: bf16 products, f32
-/// sums, the norm and epilogue in f32. Returns `(rows, out)`. Only call when [`available`].
+/// sums, the norm and epilogue in f32. Returns `(rows, out)`. Only call when [`avx512_bf16_available`].
 pub fn matmul(
     x: &[f32],
     rows: usize,

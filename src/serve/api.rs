@@ -93,8 +93,15 @@ async fn access_log(State(state): State<Arc<AppState>>, req: Request, next: Next
         let ms = start.elapsed().as_millis();
         let mut line = format!("{peer} {method} {path} {} {ms} ms", status.as_u16());
         if let Some(Refused(message)) = response.extensions().get() {
+            // A reason may quote the request (a query's field, a form's file name): control
+            // characters are escaped, so that a line is one request.
             line.push_str(": ");
-            line.push_str(message);
+            for c in message.chars() {
+                match c.is_control() {
+                    true => line.extend(c.escape_default()),
+                    false => line.push(c),
+                }
+            }
         }
         (state.log)(&line);
     }

@@ -195,7 +195,7 @@ type Log = Arc<dyn Fn(&str) + Send + Sync>;
 /// Serves on `listener` until Ctrl-C or SIGTERM, then finishes the requests in flight and
 /// returns. `load` runs on a thread of its own while the server already answers (`/healthz`
 /// says "loading", the API 503); its error ends the server and is returned. `log` gets one
-/// line per event (ready, stopping) and per request answered (see [`api`]).
+/// line per event (ready, stopping) and per request answered (an access log).
 pub fn run(
     listener: std::net::TcpListener,
     options: Options,
