@@ -11,7 +11,8 @@
 //! - [`classify`]: class embeddings, image embeddings and ranked predictions; [`adapter`]:
 //!   learning a kitchen's dishes from a few photos (Tip-Adapter);
 //! - [`cache`]: the on-disk cache of prompt embeddings; [`embeddings`]: stored image embeddings;
-//! - [`eval`]: data sets, accuracy metrics and open-set calibration;
+//! - [`eval`]: data sets, accuracy metrics and open-set calibration; [`leftovers`]: how much of
+//!   each dish comes back, from served and returned tray photos;
 //! - [`inputs`]: files, folders, stdin lists, shards and resumed runs;
 //! - [`pipeline`]: batches decoded while the model works;
 //! - [`output`]: printing records; [`report`]: the HTML report; [`cli`]: the command line;
@@ -32,6 +33,7 @@ pub mod fsutil;
 pub mod index;
 pub mod inputs;
 pub mod labels;
+pub mod leftovers;
 pub mod markup;
 pub mod model;
 pub mod output;

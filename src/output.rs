@@ -681,6 +681,77 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// Records of one fixed shape, other than rankings and embeddings (leftovers' records, their
+/// summaries): JSON Lines, a streamed JSON array, CSV/TSV under a header, or a line of text each
+/// for [`Format::Table`].
+pub struct RowPrinter<W: Write> {
+    out: W,
+    format: Format,
+    columns: Vec<&'static str>,
+    records: usize,
+}
+
+impl<W: Write> RowPrinter<W> {
+    /// A printer of records with these CSV/TSV `columns`; nothing is written until the first.
+    pub fn new(out: W, format: Format, columns: &[&'static str]) -> Self {
+        Self {
+            out,
+            format,
+            columns: columns.to_vec(),
+            records: 0,
+        }
+    }
+
+    /// Writes one record: `json` for JSON and JSON Lines, `fields` (one per column) for CSV and
+    /// TSV, `line` for a table.
+    pub fn record(
+        &mut self,
+        json: &impl Serialize,
+        fields: &[String],
+        line: &str,
+    ) -> io::Result<()> {
+        let first = self.records == 0;
+        self.records += 1;
+        match self.format {
+            Format::Jsonl => {
+                serde_json::to_writer(&mut self.out, json)?;
+                self.out.write_all(b"\n")
+            }
+            Format::Json | Format::Coco => {
+                self.out.write_all(if first { b"[\n" } else { b",\n" })?;
+                serde_json::to_writer(&mut self.out, json).map_err(io::Error::from)
+            }
+            Format::Csv | Format::Tsv => {
+                if first {
+                    self.out.write_all(&csv_row(self.format, &self.columns))?;
+                }
+                self.out.write_all(&csv_row(self.format, fields))
+            }
+            Format::Table => writeln!(self.out, "{line}"),
+        }
+    }
+
+    /// Flushes what was written.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// Ends the output (closes the JSON array; a CSV/TSV header alone when there was no
+    /// record), and flushes. Returns the writer.
+    pub fn finish(mut self) -> io::Result<W> {
+        match self.format {
+            Format::Json | Format::Coco if self.records == 0 => self.out.write_all(b"[]\n")?,
+            Format::Json | Format::Coco => self.out.write_all(b"\n]\n")?,
+            Format::Csv | Format::Tsv if self.records == 0 => {
+                self.out.write_all(&csv_row(self.format, &self.columns))?
+            }
+            _ => {}
+        }
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

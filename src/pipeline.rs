@@ -7,7 +7,7 @@ use crate::classify::embed_pictures;
 use crate::embeddings::StoredEmbeddings;
 use crate::fsutil::is_closed_pipe;
 use crate::preprocess::Fidelity;
-use crate::regions::{pieces, Photo, Region, Regions};
+use crate::regions::{pieces, Photo, Piece, Region, Regions};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
@@ -181,9 +181,7 @@ pub fn run_batches(
     Ok(stats)
 }
 
-/// The [`Embedder::Photos`] loop: a decoding thread feeds batches through a bounded channel.
-/// A batch is `batch_size` photos; their pictures (one per region) go through the model
-/// `batch_size` at a time.
+/// The [`Embedder::Photos`] loop: each photo's pieces through [`run_prepared`].
 fn decode_and_embed(
     ckpt: &Checkpoint,
     paths: &[PathBuf],
@@ -192,39 +190,65 @@ fn decode_and_embed(
     interrupted: &AtomicBool,
     deliver: &mut impl FnMut(Option<Tensor>, &[PathBuf], Items) -> Result<bool>,
 ) -> Result<()> {
-    let batch_size = options.batch_size.max(1);
+    let prepare = |p: &PathBuf| {
+        let photo = Photo::File(p);
+        let max = options.max_pixels;
+        (
+            pieces(regions, &ckpt.preprocess, photo, max, options.fidelity),
+            (),
+        )
+    };
+    run_prepared(
+        ckpt,
+        paths,
+        options.batch_size,
+        interrupted,
+        prepare,
+        |emb, chunk, done| {
+            deliver(
+                emb,
+                chunk,
+                done.into_iter().map(|(items, ())| items).collect(),
+            )
+        },
+    )
+}
+
+/// The one decode/embed loop: a thread prepares `batch_size` work items at a time on the rayon
+/// pool (`prepare` gives each its pieces for the model, and anything else the caller needs),
+/// while the model embeds the previous batch's pictures `batch_size` at a time; `deliver` gets
+/// each batch in order with the embeddings of the pieces that have a picture (`None` if none
+/// has), and returns whether to stop. At most one prepared batch waits: bounded memory.
+pub fn run_prepared<W: Sync, P: Send>(
+    ckpt: &Checkpoint,
+    work: &[W],
+    batch_size: usize,
+    interrupted: &AtomicBool,
+    prepare: impl Fn(&W) -> (Vec<Piece>, P) + Sync,
+    mut deliver: impl FnMut(Option<Tensor>, &[W], Vec<(Vec<Item>, P)>) -> Result<bool>,
+) -> Result<()> {
+    let batch_size = batch_size.max(1);
     std::thread::scope(|scope| -> Result<()> {
-        // One decoded batch may wait while the next is decoded: bounded memory.
+        // One prepared batch may wait while the next is prepared: bounded memory.
         let (tx, rx) = sync_channel(1);
+        let prepare = &prepare;
         scope.spawn(move || {
-            for chunk in paths.chunks(batch_size) {
+            for chunk in work.chunks(batch_size) {
                 if interrupted.load(Ordering::Relaxed) {
                     break;
                 }
-                let decoded: Vec<_> = chunk
-                    .par_iter()
-                    .map(|p| {
-                        let max = options.max_pixels;
-                        pieces(
-                            regions,
-                            &ckpt.preprocess,
-                            Photo::File(p),
-                            max,
-                            options.fidelity,
-                        )
-                    })
-                    .collect();
-                if tx.send(decoded).is_err() {
+                let prepared: Vec<_> = chunk.par_iter().map(prepare).collect();
+                if tx.send(prepared).is_err() {
                     break;
                 }
             }
         });
-        for (chunk, decoded) in paths.chunks(batch_size).zip(rx.iter()) {
+        for (chunk, prepared) in work.chunks(batch_size).zip(rx.iter()) {
             let mut pictures = Vec::new();
-            let mut items = Vec::with_capacity(chunk.len());
-            for photo in decoded {
-                let mut records = Vec::with_capacity(photo.len());
-                for piece in photo {
+            let mut done = Vec::with_capacity(chunk.len());
+            for (pieces, payload) in prepared {
+                let mut records = Vec::with_capacity(pieces.len());
+                for piece in pieces {
                     let result = piece.picture.map(|p| pictures.push(p));
                     records.push(Item {
                         region: piece.region,
@@ -232,7 +256,7 @@ fn decode_and_embed(
                         warning: piece.warning,
                     });
                 }
-                items.push(records);
+                done.push((records, payload));
             }
             let emb = if pictures.is_empty() {
                 None
@@ -244,7 +268,7 @@ fn decode_and_embed(
                     .context("the image tower failed")?;
                 Some(Tensor::cat(&parts, 0)?)
             };
-            if deliver(emb, chunk, items)? {
+            if deliver(emb, chunk, done)? {
                 return Ok(());
             }
         }

@@ -461,7 +461,10 @@ fn region_files_parse_or_name_their_file() {
                         for photo in ["trays/a.jpg", "b.jpg", "a.jpg", "b,1.jpg"] {
                             let photo = dir.path().join(photo);
                             for size in [(1, 1), (640, 480), (7, 100_000)] {
-                                for (r, placed) in regions.place(&photo, size).unwrap_or_default() {
+                                for (r, placed) in regions
+                                    .place(foodclip::regions::Photo::File(&photo), size)
+                                    .unwrap_or_default()
+                                {
                                     match (placed, r.rect) {
                                         (Ok(_), Some([x1, y1, x2, y2])) => {
                                             assert!(

@@ -132,12 +132,26 @@ impl Server {
         images: &[(&str, Vec<u8>)],
         headers: &[(&str, &str)],
     ) -> Answer {
+        let fields: Vec<_> = images
+            .iter()
+            .map(|(n, b)| ("image", *n, b.clone()))
+            .collect();
+        self.post_fields(path, &fields, headers)
+    }
+
+    /// POSTs a multipart form with a field per `(field, file name, bytes)`.
+    fn post_fields(
+        &self,
+        path: &str,
+        fields: &[(&str, &str, Vec<u8>)],
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let boundary = "foodclip-test-boundary-7d1f";
         let mut body = Vec::new();
-        for (name, bytes) in images {
+        for (field, name, bytes) in fields {
             write!(
                 body,
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
             )
             .unwrap();
             body.extend_from_slice(bytes);
@@ -409,6 +423,97 @@ fn groups_open_set_regions_and_layouts_answer_as_classify() {
     assert_eq!(got.status, 200);
     assert!(got.body[0]["predictions"].is_array());
     assert!(got.body[1]["error"].as_str().unwrap().contains("empty box"));
+}
+
+#[test]
+fn leftovers_answer_as_the_command_does() {
+    let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/trays/school-5.toml");
+    let set = fixtures().join("leftovers/perturbed");
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    let (served, returned) = (
+        set.join("served/tray02.jpg"),
+        set.join("returned/tray02.jpg"),
+    );
+    std::fs::write(
+        &pairs,
+        format!("tray02,{},{},2026-11-03\n", s(&served), s(&returned)),
+    )
+    .unwrap();
+    let o = foodclip()
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args([
+            "leftovers",
+            "--labels",
+            s(&mixed()),
+            "--layout",
+            s(&layout),
+            "--pairs",
+            s(&pairs),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = common::jsonl_records(&o.stdout);
+    assert_eq!(want.len(), 5);
+
+    let server = Server::start(&["--labels", s(&mixed()), "--layout", s(&layout)]);
+    let read = |p: &Path| std::fs::read(p).unwrap();
+    let got = server.post_fields(
+        "/v1/leftovers?tray=tray02&date=2026-11-03",
+        &[
+            ("served", "s.jpg", read(&served)),
+            ("returned", "r.jpg", read(&returned)),
+        ],
+        &[],
+    );
+    assert_eq!(got.status, 200, "{}", got.body);
+    let got = got.body.as_array().unwrap();
+    assert_eq!(got.len(), 5);
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["served"], "s.jpg");
+        for key in [
+            "tray",
+            "date",
+            "compartment",
+            "box",
+            "dish",
+            "served_coverage",
+            "returned_coverage",
+            "leftover",
+            "registration",
+        ] {
+            assert_eq!(g[key], w[key], "{key}: {g} against {w}");
+        }
+        assert!((g["prob"].as_f64().unwrap() - w["prob"].as_f64().unwrap()).abs() < 1e-4);
+    }
+    // Without a returned photo: 400; with one that is no photo: 422; the server goes on.
+    let only = server.post_fields("/v1/leftovers", &[("served", "s.jpg", read(&served))], &[]);
+    assert_eq!(only.status, 400, "{}", only.body);
+    assert!(
+        only.body["error"].as_str().unwrap().contains("returned"),
+        "{}",
+        only.body
+    );
+    let broken = server.post_fields(
+        "/v1/leftovers",
+        &[
+            ("served", "s.jpg", read(&served)),
+            ("returned", "r.jpg", b"not a photo".to_vec()),
+        ],
+        &[],
+    );
+    assert_eq!(broken.status, 422, "{}", broken.body);
+    assert!(
+        broken.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("r.jpg: "),
+        "{}",
+        broken.body
+    );
+    assert_eq!(server.get("/healthz").status, 200);
 }
 
 fn percent(text: &str) -> String {

@@ -89,6 +89,9 @@ pub enum Command {
     Embed(EmbedArgs),
     /// Learn your dishes from a few labelled photos: an adapter for classify and eval.
     Adapt(AdaptArgs),
+    /// How much of each dish comes back: served and returned photos of each tray, per dish and
+    /// day.
+    Leftovers(LeftoversArgs),
     /// Embed an archive into a SQLite index, incrementally.
     Index(IndexArgs),
     /// Search an index with text (Korean or English) and photos.
@@ -104,6 +107,66 @@ pub enum Command {
     /// Inspect and check label files.
     #[command(subcommand)]
     Labels(LabelsCommand),
+}
+
+/// `foodclip leftovers`.
+#[derive(Debug, Args)]
+pub struct LeftoversArgs {
+    /// A folder of photos of the trays as served, paired with --returned by path below each
+    /// folder (the extension may differ) or by file name.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "returned",
+        conflicts_with = "pairs"
+    )]
+    pub served: Option<PathBuf>,
+    /// A folder of photos of the same trays as returned.
+    #[arg(long, value_name = "DIR", requires = "served")]
+    pub returned: Option<PathBuf>,
+    /// A CSV of `tray,served,returned[,date]` rows instead of two folders (paths relative to
+    /// the file).
+    #[arg(long, value_name = "FILE", required_unless_present = "served")]
+    pub pairs: Option<PathBuf>,
+    /// The compartments (without: the whole photo is one).
+    #[command(flatten)]
+    pub regions: RegionArgs,
+    /// The dishes to recognise.
+    #[command(flatten)]
+    pub classes: ClassArgs,
+    /// The day's dish per compartment (TOML: name, dish, optional portion_g and date); the
+    /// classifier's answer is still checked against it.
+    #[arg(long, value_name = "FILE")]
+    pub menu: Option<PathBuf>,
+    /// Answer `unknown` for a dish whose probability is below P.
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
+    /// A photo of the empty tray taken with the same camera: tells food from tray best.
+    #[arg(long, value_name = "PHOTO")]
+    pub empty_tray: Option<PathBuf>,
+    /// Do not register the returned photo onto the served one (a fixed camera and tray stop).
+    #[arg(long)]
+    pub no_align: bool,
+    /// Known leftover ratios (CSV `tray,compartment,leftover`): report MAE, bias, RMSE and
+    /// Pearson r, overall and per dish.
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+    /// Write the summary per dish and per day (and the accuracy, with --truth) to FILE
+    /// (`.json`, `.csv` or `.tsv`).
+    #[arg(long, value_name = "FILE")]
+    pub summary: Option<PathBuf>,
+    /// Write DIR/index.html: dishes by what comes back, the trend per day, the worst trays.
+    #[arg(long, value_name = "DIR")]
+    pub report: Option<PathBuf>,
+    /// Write records to FILE instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output format: table, jsonl, json, csv or tsv (default: table on a terminal, else jsonl).
+    #[arg(long, short, value_parser = formats())]
+    pub format: Option<Format>,
+    /// Batching.
+    #[command(flatten)]
+    pub batch: BatchArgs,
 }
 
 /// Photos to read.

@@ -12,6 +12,7 @@ pub mod flags;
 mod index;
 mod job;
 mod labels;
+mod leftovers;
 mod models;
 mod preview;
 mod search;
@@ -57,6 +58,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Eval(args) => eval::run(&cx, args),
         Command::Embed(args) => embed::run(&cx, args),
         Command::Adapt(args) => adapt::run(&cx, args),
+        Command::Leftovers(args) => leftovers::run(&cx, args),
         Command::Index(args) => index::run(&cx, args),
         Command::Search(args) => search::run(&cx, args),
         Command::Preview(args) => preview::run(&cx, args),

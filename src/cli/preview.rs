@@ -65,7 +65,7 @@ enum Seen {
 fn boxes(cx: &Context, args: &PreviewArgs, regions: &Regions, failed: &mut bool) -> Result<Seen> {
     let (mut img, full) = draw::picture(&args.image, args.max_pixels)?;
     let placed = regions
-        .place(&args.image, full)
+        .place(crate::regions::Photo::File(&args.image), full)
         .ok_or_else(|| anyhow::anyhow!("no regions for this photo"))?;
     let mut marks = Vec::new();
     for (region, result) in &placed {

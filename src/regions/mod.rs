@@ -290,7 +290,7 @@ impl Regions {
     }
 
     /// What the source is called in messages.
-    fn describe(&self) -> String {
+    pub fn describe(&self) -> String {
         self.file
             .as_ref()
             .map_or("the grid".to_string(), |f| f.display().to_string())
@@ -435,13 +435,23 @@ pub fn pieces(
                 .map_err(|e| format!("{e:#}")),
         );
     };
+    cut(entries, pre, &decoded, fidelity)
+}
+
+/// The pieces of a decoded photo for `entries`, placed on it.
+fn cut(
+    entries: &[Entry],
+    pre: &PreprocessConfig,
+    decoded: &Decoded,
+    fidelity: Fidelity,
+) -> Vec<Piece> {
     place(entries, decoded.full)
         .into_iter()
         .map(|(region, placed)| match placed {
             Ok(clipped) => {
                 let area = region.area().expect("placed");
                 let picture = pre
-                    .prepare_area(&decoded, area, fidelity)
+                    .prepare_area(decoded, area, fidelity)
                     .map_err(|e| format!("{e:#}"));
                 let warning = clipped.then(|| {
                     format!(
@@ -494,15 +504,50 @@ fn place(entries: &[Entry], full: (u32, u32)) -> Vec<(Region, Result<bool, Strin
 }
 
 impl Regions {
+    /// The compartments' names when every photo has the same named regions (layouts, grids).
+    pub fn names(&self) -> Option<Vec<String>> {
+        match &self.kind {
+            Kind::Fixed(entries) => Some(entries.iter().map(|e| e.region.tag()).collect()),
+            Kind::Listed(..) => None,
+        }
+    }
+
+    /// The shortest side of any valid box of `photo`'s regions on its upright `full` size: how
+    /// far a decoder may shrink it (the shorter side of `full` when the source has none).
+    pub fn shortest(&self, photo: Photo, full: (u32, u32)) -> u32 {
+        self.entries_of(photo)
+            .filter(|e| !e.is_empty())
+            .map_or(full.0.min(full.1), |e| shortest_side(e, full))
+    }
+
+    /// The pieces of `photo`, already decoded (see [`pieces`]); one failed piece when the
+    /// source has no region for it.
+    pub fn pieces_of(
+        &self,
+        photo: Photo,
+        pre: &PreprocessConfig,
+        decoded: &Decoded,
+        fidelity: Fidelity,
+    ) -> Vec<Piece> {
+        match self.entries_of(photo).filter(|e| !e.is_empty()) {
+            Some(entries) => cut(entries, pre, decoded, fidelity),
+            None => vec![Piece {
+                region: None,
+                picture: Err(format!("no regions in {}", self.describe())),
+                warning: None,
+            }],
+        }
+    }
+
     /// The regions of `photo` placed on its upright `full` size (see [`Spec::place`]): each
     /// with its box, and whether the box was clipped, or its error. `None` when the source has
     /// no region for the photo.
     pub fn place(
         &self,
-        photo: &Path,
+        photo: Photo,
         full: (u32, u32),
     ) -> Option<Vec<(Region, Result<bool, String>)>> {
-        let entries = self.entries(photo).filter(|e| !e.is_empty())?;
+        let entries = self.entries_of(photo).filter(|e| !e.is_empty())?;
         Some(place(entries, full))
     }
 }

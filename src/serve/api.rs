@@ -36,6 +36,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .route("/v1/classify", post(classify))
         .route("/v1/embed", post(embed))
+        .route("/v1/leftovers", post(leftovers))
         .route("/v1/labels", get(labels))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let app = Router::new()
@@ -256,7 +257,7 @@ async fn page() -> impl IntoResponse {
 
 async fn not_found(State(state): State<Arc<AppState>>, req: Request) -> ApiError {
     let message = format!(
-        "no route {} {}: the API is POST /v1/classify, POST /v1/embed, GET /v1/labels, GET /healthz",
+        "no route {} {}: the API is POST /v1/classify, POST /v1/embed, POST /v1/leftovers, GET /v1/labels, GET /healthz",
         req.method(),
         req.uri().path()
     );
@@ -447,8 +448,20 @@ fn failed_whole(pieces: &[Piece]) -> bool {
 async fn read_uploads(
     req: Request,
     max_body: usize,
-    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+    admit: impl FnMut(usize) -> Result<(), ApiError>,
 ) -> Result<Vec<Upload>, ApiError> {
+    let fields = read_form(req, max_body, &["image"], admit).await?;
+    Ok(fields.into_iter().map(|(_, u)| u).collect())
+}
+
+/// The fields named in `names` of a multipart form with their names, in the form's order (a
+/// body that is no form is one `image`). `admit(n)` is called as the n-th is met.
+async fn read_form(
+    req: Request,
+    max_body: usize,
+    names: &[&str],
+    mut admit: impl FnMut(usize) -> Result<(), ApiError>,
+) -> Result<Vec<(String, Upload)>, ApiError> {
     let is_form = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -463,7 +476,7 @@ async fn read_uploads(
                 "the body is empty: send a photo's bytes, or a multipart/form-data form with image fields",
             ));
         }
-        return Ok(vec![Upload { file: None, bytes }]);
+        return Ok(vec![("image".to_string(), Upload { file: None, bytes })]);
     }
     let mut form = Multipart::from_request(req, &())
         .await
@@ -477,9 +490,13 @@ async fn read_uploads(
             )
         })?;
         let Some(field) = field else { break };
-        if field.name() != Some("image") {
+        let Some(name) = field
+            .name()
+            .filter(|n| names.contains(n))
+            .map(str::to_string)
+        else {
             continue;
-        }
+        };
         if let Err(e) = admit(uploads.len() + 1) {
             // As in [`refuse`]: the rest of the form (its length bounded by `--max-body`) is
             // read and dropped, so that a client still sending it reads the refusal.
@@ -495,12 +512,13 @@ async fn read_uploads(
                 format!("cannot read the form: {}", e.body_text()),
             )
         })?;
-        uploads.push(Upload { file, bytes });
+        uploads.push((name, Upload { file, bytes }));
     }
     if uploads.is_empty() {
-        return Err(ApiError::bad(
-            "the form has no image field: send each photo as a field named image",
-        ));
+        return Err(ApiError::bad(format!(
+            "the form has no {} field: send each photo as a field named so",
+            names.join(" or ")
+        )));
     }
     Ok(uploads)
 }
@@ -688,4 +706,143 @@ mod tests {
         assert_eq!(uploads.len(), 1);
         assert_eq!(uploads[0].bytes.len(), 500_000);
     }
+}
+
+/// The query of `/v1/leftovers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LeftoverParams {
+    threshold: Option<f32>,
+    /// A JSON array of boxes (else the server's regions, else the whole photo).
+    regions: Option<String>,
+    /// `false` to skip registration.
+    align: Option<bool>,
+    /// The tray's name and day for the records.
+    tray: Option<String>,
+    date: Option<String>,
+}
+
+/// `POST /v1/leftovers`: a form with a `served` and a `returned` photo (and optionally the
+/// `empty` tray) gives the records `foodclip leftovers` gives for that tray.
+async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<Response, ApiError> {
+    use crate::leftovers::records::{Recorder, Tray};
+    use crate::leftovers::{examine_photos, EmptyTray, Settings, Shot};
+    let busy = || ApiError::unavailable("the queue is full; try again shortly", 1);
+    let checked =
+        loaded(&state).and_then(|ready| {
+            let Query(p) = Query::<LeftoverParams>::try_from_uri(req.uri())
+                .map_err(|e| ApiError::bad(format!("bad query: {}", e.body_text())))?;
+            let open_set = OpenSet::new(p.threshold, None).map_err(ApiError::bad)?;
+            if let Some(d) = &p.date {
+                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                    .map_err(|_| ApiError::bad(format!("date {d:?} is not YYYY-MM-DD")))?;
+            }
+            let regions =
+                match &p.regions {
+                    Some(text) => Regions::boxes(text)
+                        .map_err(|e| ApiError::bad(format!("regions: {e:#}")))?,
+                    None => state.options.regions.clone().unwrap_or_else(|| {
+                        Regions::grid(crate::regions::Grid { rows: 1, cols: 1 })
+                    }),
+                };
+            let ticket = ready.batcher.admit(1).ok_or_else(busy)?;
+            Ok((ready, p, open_set, regions, ticket))
+        });
+    let (ready, params, open_set, regions, ticket) = match checked {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(req, state.options.max_body, e).await),
+    };
+    let mut tickets = vec![ticket];
+    let fields = read_form(
+        req,
+        state.options.max_body,
+        &["served", "returned", "empty"],
+        |_| Ok(()),
+    )
+    .await?;
+    let field = |name: &str| {
+        let mut found = fields.iter().filter(|(n, _)| n == name).map(|(_, u)| u);
+        match (found.next(), found.next()) {
+            (Some(u), None) => Ok(Some(u)),
+            (None, _) => Ok(None),
+            (Some(_), Some(_)) => Err(ApiError::bad(format!("the form has two {name} fields"))),
+        }
+    };
+    let (Some(served), Some(returned)) = (field("served")?, field("returned")?) else {
+        return Err(ApiError::bad(
+            "send a multipart/form-data form with a served and a returned photo (and an optional empty tray)",
+        ));
+    };
+    let empty = field("empty")?;
+    let name = |u: &Upload, default: &str| u.file.clone().unwrap_or_else(|| default.to_string());
+    let (served_name, returned_name) = (name(served, "served"), name(returned, "returned"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let settings = Settings {
+        align: params.align.unwrap_or(true),
+        max_pixels: state.options.max_pixels,
+        fidelity: state.options.fidelity,
+    };
+    let (s_bytes, r_bytes) = (served.bytes.clone(), returned.bytes.clone());
+    let e_bytes = empty.map(|u| (u.bytes.clone(), name(u, "empty")));
+    let for_pool = ready.clone();
+    let (s_name, r_name) = (served_name.clone(), returned_name.clone());
+    rayon::spawn(move || {
+        let work = std::panic::AssertUnwindSafe(|| {
+            let empty = match &e_bytes {
+                Some((b, n)) => match EmptyTray::from_bytes(b, n, settings.max_pixels) {
+                    Ok(e) => Some(e),
+                    Err(e) => return (Vec::new(), Err(format!("{e:#}"))),
+                },
+                None => None,
+            };
+            examine_photos(
+                Shot::upload(&s_bytes, &s_name),
+                Shot::upload(&r_bytes, &r_name),
+                &regions,
+                Some(&for_pool.preprocess),
+                empty.as_ref(),
+                settings,
+                false,
+            )
+        });
+        let _ = tx.send(std::panic::catch_unwind(work));
+    });
+    let internal = |m: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
+    let (mut pieces, measured) = rx
+        .await
+        .map_err(|_| internal("decoding stopped"))?
+        .map_err(|_| internal("internal error while decoding"))?;
+    if let Err(e) = &measured {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.clone()));
+    }
+    let pictures: Vec<_> = pieces
+        .iter_mut()
+        .filter_map(|p| p.picture.as_mut().ok().map(std::mem::take))
+        .collect();
+    let output = ready
+        .batcher
+        .run(pictures, true, &mut tickets)
+        .await
+        .map_err(|e| internal(&e))?;
+    drop(tickets);
+    let mut rankings = output.rankings.into_iter();
+    let rankings = pieces
+        .iter()
+        .map(|p| match &p.picture {
+            Ok(_) => Ok(rankings.next().expect("one ranking per picture")),
+            Err(e) => Err(e.clone()),
+        })
+        .collect();
+    let tray = Tray {
+        name: params.tray.unwrap_or_else(|| served_name.clone()),
+        served: Some(served_name),
+        returned: Some(returned_name),
+        date: params.date,
+    };
+    let recorder = Recorder {
+        menu: None,
+        open_set,
+    };
+    let records = recorder.records(tray, measured, rankings);
+    Ok(json_body(&records).into_response())
 }

@@ -1,6 +1,9 @@
 //! The HTML report of `foodclip eval --report DIR`: one self-contained `index.html` (pictures
 //! inlined as data URIs) with the headline figures, the confusion matrix as an image, per-class
-//! accuracy bars, and thumbnails of misclassified photos with their top-3 guesses.
+//! accuracy bars, and thumbnails of misclassified photos with their top-3 guesses; and the page of
+//! `foodclip leftovers --report DIR` ([`leftovers`]).
+
+pub mod leftovers;
 
 use crate::eval::Metrics;
 use crate::fsutil::write_atomically;
