@@ -1,4 +1,5 @@
-//! Leaf helpers that several layers share: atomic file writes, and paths written losslessly.
+//! Leaf helpers that several layers share: atomic file writes, paths written losslessly, and
+//! TOML files read with errors that name the line.
 //!
 //! Paths stay `Path`/`PathBuf` from the folder walk to the decoder. Where they must become text,
 //! a path that is valid UTF-8 is written as that text; any other path (an EUC-KR file name from
@@ -11,6 +12,32 @@ use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The 1-based line of byte `at` in `text`.
+pub fn line_at(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Reads the TOML file at `path` (a `what`: "layout", "menu") into `T`, and returns it with the
+/// file's text (for the lines of spans). A file that cannot be parsed is an error
+/// `PATH:LINE: message`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+) -> anyhow::Result<(T, String)> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let value = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_at(&text, s.start));
+        anyhow::anyhow!("{}:{line}: {}", path.display(), e.message().trim())
+    })?;
+    Ok((value, text))
+}
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced, then
 /// renamed over the target, so readers see the old file or the new one, never half of one.

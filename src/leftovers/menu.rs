@@ -10,8 +10,9 @@
 //! ```
 
 use crate::eval::ClassNames;
+use crate::fsutil::{line_at, read_toml};
 use crate::labels::LabelSet;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -63,13 +64,7 @@ impl Menu {
     /// Reads a menu. A file that cannot be parsed, a negative portion or a malformed date is an
     /// error naming the file and line.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read menu {}", path.display()))?;
-        let line_of = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
-        let file: MenuFile = toml::from_str(&text).map_err(|e| {
-            let line = e.span().map_or(1, |s| line_of(s.start));
-            anyhow!("{}:{line}: {}", path.display(), e.message().trim())
-        })?;
+        let (file, text): (MenuFile, _) = read_toml(path, "menu")?;
         if file.compartment.is_empty() {
             bail!(
                 "{}: no [[compartment]] tables (each with a name and a dish)",
@@ -78,7 +73,7 @@ impl Menu {
         }
         let mut dishes = Vec::new();
         for item in file.compartment {
-            let line = line_of(item.span().start);
+            let line = line_at(&text, item.span().start);
             let item = item.into_inner();
             let at = format!("{}:{line}", path.display());
             if item.dish.trim().is_empty() {

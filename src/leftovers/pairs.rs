@@ -217,6 +217,57 @@ mod tests {
     }
 
     #[test]
+    fn the_day_from_exif_else_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.jpg");
+        image::RgbImage::from_pixel(8, 8, image::Rgb([200, 100, 50]))
+            .save(&plain)
+            .unwrap();
+        let bytes = std::fs::read(&plain).unwrap();
+        // An APP1 segment: a little-endian TIFF whose IFD0 points to an Exif IFD holding
+        // DateTimeOriginal.
+        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+        let entry = |tag: u16, kind: u16, count: u32, value: u32| {
+            let mut e = tag.to_le_bytes().to_vec();
+            e.extend(kind.to_le_bytes());
+            e.extend(count.to_le_bytes());
+            e.extend(value.to_le_bytes());
+            e
+        };
+        tiff.extend(1u16.to_le_bytes());
+        tiff.extend(entry(0x8769, 4, 1, 26));
+        tiff.extend(0u32.to_le_bytes());
+        tiff.extend(1u16.to_le_bytes());
+        tiff.extend(entry(0x9003, 2, 20, 44));
+        tiff.extend(0u32.to_le_bytes());
+        tiff.extend(b"2026:11:30 12:34:56\0");
+        let mut app1 = vec![0xff, 0xe1];
+        app1.extend(((2 + 6 + tiff.len()) as u16).to_be_bytes());
+        app1.extend(b"Exif\0\0");
+        app1.extend(tiff);
+        let mut with_exif = bytes[..2].to_vec();
+        with_exif.extend(app1);
+        with_exif.extend(&bytes[2..]);
+        let tagged = dir.path().join("tagged.jpg");
+        std::fs::write(&tagged, &with_exif).unwrap();
+        assert_eq!(
+            photo_date(&tagged, &with_exif).as_deref(),
+            Some("2026-11-30")
+        );
+        // Without EXIF: the file's modification day, in local time.
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_768_478_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&plain)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+        let local: chrono::DateTime<chrono::Local> = when.into();
+        let want = local.format("%Y-%m-%d").to_string();
+        assert_eq!(photo_date(&plain, &bytes), Some(want));
+    }
+
+    #[test]
     fn csv_rows_with_errors_named_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("pairs.csv");

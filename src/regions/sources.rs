@@ -352,14 +352,7 @@ struct Compartment {
 
 /// A TOML tray layout of named compartments, boxes in fractions.
 pub(super) fn layout(path: &Path) -> Result<Regions> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read layout {}", path.display()))?;
-    let file: LayoutFile = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
-        anyhow!("{}:{line}: {}", path.display(), e.message().trim())
-    })?;
+    let (file, _): (LayoutFile, _) = crate::fsutil::read_toml(path, "layout")?;
     if file.compartment.is_empty() {
         bail!(
             "{}: no [[compartment]] tables (each with a name and box = [x1, y1, x2, y2])",

@@ -383,28 +383,20 @@ async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, An
         Ok(())
     })
     .await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let (max_pixels, fidelity) = (state.options.max_pixels, state.options.fidelity);
     let for_pool = ready.clone();
-    rayon::spawn(move || {
-        let cut = std::panic::AssertUnwindSafe(|| {
-            uploads
-                .par_iter()
-                .map(|u| {
-                    let photo = Photo::Bytes(&u.bytes);
-                    let pre = &for_pool.preprocess;
-                    let pieces = pieces(regions.as_deref(), pre, photo, max_pixels, fidelity);
-                    (u.file.clone(), pieces)
-                })
-                .collect::<Vec<_>>()
-        });
-        let _ = tx.send(std::panic::catch_unwind(cut));
-    });
-    let internal = |m: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
-    let mut photos = rx
-        .await
-        .map_err(|_| internal("decoding stopped"))?
-        .map_err(|_| internal("internal error while decoding"))?;
+    let mut photos = on_pool(move || {
+        uploads
+            .par_iter()
+            .map(|u| {
+                let photo = Photo::Bytes(&u.bytes);
+                let pre = &for_pool.preprocess;
+                let pieces = pieces(regions.as_deref(), pre, photo, max_pixels, fidelity);
+                (u.file.clone(), pieces)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await?;
     if photos.iter().all(|(_, p)| failed_whole(p)) {
         let (file, pieces) = &photos[0];
         let error = pieces[0].picture.as_ref().expect_err("failed");
@@ -414,21 +406,35 @@ async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, An
         };
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message));
     }
-    let pictures: Vec<_> = photos
-        .iter_mut()
-        .flat_map(|(_, p)| p.iter_mut())
-        .filter_map(|piece| match &mut piece.picture {
-            Ok(picture) => Some(std::mem::take(picture)),
-            Err(_) => None,
-        })
-        .collect();
+    let pictures = take_pictures(photos.iter_mut().flat_map(|(_, p)| p.iter_mut()));
     let output = ready
         .batcher
         .run(pictures, rank, &mut tickets)
         .await
-        .map_err(|e| internal(&e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     drop(tickets);
     Ok((shown, Answered { photos, output }))
+}
+
+/// Runs `work` on the decoder pool; a panic in it is a 500.
+async fn on_pool<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
+    });
+    let internal = |m: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
+    rx.await
+        .map_err(|_| internal("decoding stopped"))?
+        .map_err(|_| internal("internal error while decoding"))
+}
+
+/// The pictures of `pieces` taken out for the model, in order (a failed piece has none).
+fn take_pictures<'a>(pieces: impl Iterator<Item = &'a mut Piece>) -> Vec<image::RgbImage> {
+    pieces
+        .filter_map(|p| p.picture.as_mut().ok().map(std::mem::take))
+        .collect()
 }
 
 /// Whether a photo failed as a whole (it could not be read), not region by region.
@@ -776,7 +782,6 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     let empty = field("empty")?;
     let name = |u: &Upload, default: &str| u.file.clone().unwrap_or_else(|| default.to_string());
     let (served_name, returned_name) = (name(served, "served"), name(returned, "returned"));
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let settings = Settings {
         align: params.align.unwrap_or(true),
         max_pixels: state.options.max_pixels,
@@ -786,44 +791,34 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     let e_bytes = empty.map(|u| (u.bytes.clone(), name(u, "empty")));
     let for_pool = ready.clone();
     let (s_name, r_name) = (served_name.clone(), returned_name.clone());
-    rayon::spawn(move || {
-        let work = std::panic::AssertUnwindSafe(|| {
-            let empty = match &e_bytes {
-                Some((b, n)) => match EmptyTray::from_bytes(b, n, settings.max_pixels) {
-                    Ok(e) => Some(e),
-                    Err(e) => return (Vec::new(), Err(format!("{e:#}"))),
-                },
-                None => None,
-            };
-            examine_photos(
-                Shot::upload(&s_bytes, &s_name),
-                Shot::upload(&r_bytes, &r_name),
-                &regions,
-                Some(&for_pool.preprocess),
-                empty.as_ref(),
-                settings,
-                false,
-            )
-        });
-        let _ = tx.send(std::panic::catch_unwind(work));
-    });
-    let internal = |m: &str| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
-    let (mut pieces, measured) = rx
-        .await
-        .map_err(|_| internal("decoding stopped"))?
-        .map_err(|_| internal("internal error while decoding"))?;
+    let (mut pieces, measured) = on_pool(move || {
+        let empty = match &e_bytes {
+            Some((b, n)) => match EmptyTray::from_bytes(b, n, settings.max_pixels) {
+                Ok(e) => Some(e),
+                Err(e) => return (Vec::new(), Err(format!("{e:#}"))),
+            },
+            None => None,
+        };
+        examine_photos(
+            Shot::upload(&s_bytes, &s_name),
+            Shot::upload(&r_bytes, &r_name),
+            &regions,
+            Some(&for_pool.preprocess),
+            empty.as_ref(),
+            settings,
+            false,
+        )
+    })
+    .await?;
     if let Err(e) = &measured {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.clone()));
     }
-    let pictures: Vec<_> = pieces
-        .iter_mut()
-        .filter_map(|p| p.picture.as_mut().ok().map(std::mem::take))
-        .collect();
+    let pictures = take_pictures(pieces.iter_mut());
     let output = ready
         .batcher
         .run(pictures, true, &mut tickets)
         .await
-        .map_err(|e| internal(&e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     drop(tickets);
     let mut rankings = output.rankings.into_iter();
     let rankings = pieces
