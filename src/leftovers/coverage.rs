@@ -2,8 +2,9 @@
 //! returned one (already registered onto the served frame).
 //!
 //! The returned photo's light is matched to the served one's: a gain per channel that may change
-//! linearly across the frame (a lamp to one side), fitted to the median ratios of 16 x 12 cells
-//! with the cells that disagree most (food that came and went) trimmed away. Then a pixel is
+//! linearly across the frame (a lamp to one side), fitted to the median ratios of 16 x 12 cells:
+//! the tray's cells agree on a ratio while food's scatter, so the plane goes through the cells
+//! near the densest ratio, with those that still disagree most trimmed away. Then a pixel is
 //! food when its colour is further from every colour the tray has there than [`threshold`] (14
 //! levels, plus twice the photo's noise):
 //!
@@ -286,7 +287,7 @@ fn matched(from: &Rgb, to: &Rgb, seen: &[bool]) -> Rgb {
                 }
             }
         }
-        let [a, b, d] = trimmed_plane(&mut cells);
+        let [a, b, d] = robust_plane(&mut cells);
         for y in 0..h {
             for x in 0..w {
                 let g = a + b * (x as f64 / w as f64) + d * (y as f64 / h as f64);
@@ -295,6 +296,32 @@ fn matched(from: &Rgb, to: &Rgb, seen: &[bool]) -> Rgb {
         }
     }
     out
+}
+
+/// The light's plane through cell ratios of which many may be food: the densest ratio first
+/// (the window 0.1 wide that holds the most cells: the tray's pixels agree, food's scatter),
+/// then [`trimmed_plane`] through the cells within 15% of it. A gain of 1 without cells.
+fn robust_plane(points: &mut Vec<(f64, f64, f64)>) -> [f64; 3] {
+    let mut z: Vec<f64> = points.iter().map(|p| p.2).collect();
+    z.sort_by(f64::total_cmp);
+    let (mut best, mut start) = ((0usize, 0usize), 0usize);
+    for end in 0..z.len() {
+        while z[end] - z[start] > 0.1 {
+            start += 1;
+        }
+        if end + 1 - start > best.1 - best.0 {
+            best = (start, end + 1);
+        }
+    }
+    if best.1 == 0 {
+        return [1.0, 0.0, 0.0];
+    }
+    let centre = z[(best.0 + best.1) / 2];
+    points.retain(|p| (p.2 - centre).abs() <= 0.15 * centre);
+    if points.len() < 6 {
+        return [centre, 0.0, 0.0];
+    }
+    trimmed_plane(points)
 }
 
 /// Least-squares plane `z = a + b x + d y` through `points`, refitted three times without the

@@ -29,7 +29,7 @@ use register::{register, Motion, Registration};
 use std::path::Path;
 
 /// The long side of the copy each photo is measured on, in pixels.
-pub const ANALYSIS_SIDE: u32 = 512;
+pub const ANALYSIS_SIDE: u32 = 480;
 /// A served coverage below this means nothing was served in the compartment: no ratio.
 pub const NOTHING_SERVED: f64 = 0.02;
 /// The share of a compartment the registered returned photo must show to be measured.

@@ -6,17 +6,18 @@
 //! edge maps (gradient magnitude of the blurred luminance): edges are where the tray's walls
 //! are, they survive a change of light (a gain scales every gradient alike), and food that was
 //! eaten only removes some of them. The search is coarse to fine over an image pyramid: every
-//! shift and angle on a grid at the coarsest level (64 px), then a hill climb at each finer
-//! level with steps halving down to a quarter pixel and 1/32 degree.
+//! whole-pixel shift and every other degree at the coarsest level (at most 128 px: coarser, the
+//! walls fade), the best eight distinct peaks climbed level by level with the better half kept
+//! after each, down to a quarter pixel and 1/16 degree at full size.
 
 use super::image::{Plane, Rgb};
 
 /// The largest rotation searched, in degrees either way.
 pub const MAX_ANGLE: f64 = 10.0;
 /// The largest shift searched, as a share of the frame's width and height either way.
-pub const MAX_SHIFT: f64 = 0.15;
+pub const MAX_SHIFT: f64 = 0.10;
 /// Distinct coarse peaks refined.
-const PEAKS: usize = 4;
+const PEAKS: usize = 8;
 
 /// A rigid motion of a frame: a point `p` of the first photo is at `R(angle) (p - c) + c + t`
 /// in the second, `c` the frame's centre, the angle in degrees (clockwise as displayed, since
@@ -66,24 +67,15 @@ pub fn register(fixed: &Rgb, moving: &Rgb) -> Registration {
     let b = pyramid(edges(&moving.luma()));
     let top = a.len() - 1;
     let (w, h) = (a[top].w as f64, a[top].h as f64);
-    // Every whole-pixel shift and whole degree at the coarsest level.
+    // Every whole-pixel shift and every other degree at the coarsest level.
     let (sx, sy) = ((MAX_SHIFT * w).ceil() as i32, (MAX_SHIFT * h).ceil() as i32);
     let mut coarse = Vec::new();
     let steps = MAX_ANGLE as i32;
-    for angle in -steps..=steps {
-        for dy in -sy..=sy {
-            for dx in -sx..=sx {
-                let m = Motion {
-                    dx: dx as f64,
-                    dy: dy as f64,
-                    angle: angle as f64,
-                };
-                coarse.push((correlation(&a[top], &b[top], m), m));
-            }
-        }
+    for angle in (-steps..=steps).step_by(2) {
+        shifts(&a[top], &b[top], angle as f64, (sx, sy), &mut coarse);
     }
     // A tray's compartments repeat, so the coarsest level can prefer a motion one compartment
-    // off: the best few distinct peaks are each refined, and the best at full size wins.
+    // (or one row) off: the best few distinct peaks are each refined, and finer levels decide.
     coarse.sort_by(|p, q| q.0.total_cmp(&p.0));
     let mut peaks: Vec<Motion> = Vec::new();
     for (_, m) in coarse {
@@ -99,55 +91,125 @@ pub fn register(fixed: &Rgb, moving: &Rgb) -> Registration {
             }
         }
     }
-    let refined = peaks.into_iter().map(|m| refine(&a, &b, m));
-    let (motion, score) = refined
-        .max_by(|p, q| p.1.total_cmp(&q.1))
-        .expect("one peak at least");
+    // Each peak is climbed level by level, and after each level the better half goes on: eight
+    // at the coarsest, four, two, then one at full size, where a step costs most.
+    let mut hypotheses: Vec<(Motion, f64)> = peaks.into_iter().map(|m| (m, f64::NAN)).collect();
+    for level in (0..=top).rev() {
+        for (motion, score) in hypotheses.iter_mut() {
+            if level < top {
+                *motion = motion.scaled(2.0);
+            }
+            let (mut shift, mut turn) = (1.0, 0.5f64.powi((top - level) as i32));
+            loop {
+                (*motion, *score) = climb(&a[level], &b[level], *motion, shift, turn);
+                if level > 0 || shift <= 0.25 {
+                    break;
+                }
+                shift /= 2.0;
+                turn /= 2.0;
+            }
+        }
+        hypotheses.sort_by(|p, q| q.1.total_cmp(&p.1));
+        let keep = (hypotheses.len() / 2).max(1);
+        hypotheses.truncate(keep);
+    }
+    let (motion, score) = hypotheses[0];
     Registration { motion, score }
 }
 
-/// Refines a coarsest-level motion down the pyramid; returns it at full size with its
-/// correlation.
-fn refine(a: &[Plane], b: &[Plane], mut motion: Motion) -> (Motion, f64) {
-    let top = a.len() - 1;
-    let mut score = f64::NEG_INFINITY;
-    for level in (0..=top).rev() {
-        if level < top {
-            motion = motion.scaled(2.0);
-        }
-        let finest = level == 0;
-        let (mut shift, mut turn) = (1.0, 0.5f64.powi((top - level) as i32 + 1));
-        loop {
-            (motion, score) = climb(&a[level], &b[level], motion, shift, turn);
-            if !finest || shift <= 0.25 {
-                break;
+/// The correlation at `angle` and every whole-pixel shift up to `(sx, sy)`, pushed onto `out`.
+/// Rather than sampling `b` anew for each shift, `a` is turned back by the angle once: a point
+/// `p` lands at `R(p - c) + c + t` exactly when `a`, turned back, shifted by `t`, lies on `b`,
+/// so each shift is a plain offset between two fixed pictures.
+fn shifts(a: &Plane, b: &Plane, angle: f64, (sx, sy): (i32, i32), out: &mut Vec<(f64, Motion)>) {
+    let (w, h) = (a.w, a.h);
+    let back = Motion {
+        dx: 0.0,
+        dy: 0.0,
+        angle: -angle,
+    };
+    let mut turned = vec![f32::NAN; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let (px, py) = back.apply((x as f64, y as f64), (w, h));
+            if let Some(v) = a.sample(px, py) {
+                turned[y * w + x] = v;
             }
-            shift /= 2.0;
-            turn /= 2.0;
         }
     }
-    (motion, score)
+    // Every other row and column: the coarsest level has detail to spare, and shifts are many.
+    let total = w.div_ceil(2) * h.div_ceil(2);
+    for dy in -sy..=sy {
+        for dx in -sx..=sx {
+            let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) =
+                (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
+            let ys = (dy.max(0) as usize)..((h as i32 + dy.min(0)) as usize);
+            for y in ys.step_by(2) {
+                let row_a = &turned[(y as i32 - dy) as usize * w..][..w];
+                let row_b = &b.v[y * w..][..w];
+                let xs = (dx.max(0) as usize)..((w as i32 + dx.min(0)) as usize);
+                for x in xs.step_by(2) {
+                    let va = row_a[(x as i32 - dx) as usize];
+                    if va.is_nan() {
+                        continue;
+                    }
+                    let (va, vb) = (va as f64, row_b[x] as f64);
+                    n += 1;
+                    sa += va;
+                    sb += vb;
+                    saa += va * va;
+                    sbb += vb * vb;
+                    sab += va * vb;
+                }
+            }
+            let motion = Motion {
+                dx: dx as f64,
+                dy: dy as f64,
+                angle,
+            };
+            out.push((zncc(n, total, [sa, sb, saa, sbb, sab]), motion));
+        }
+    }
 }
 
-/// Hill climb from `start` over shifts of `shift` pixels and turns of `turn` degrees until no
-/// neighbour is better. Returns the motion and its correlation.
+/// The normalised cross-correlation from the sums `[a, b, aa, bb, ab]` of `n` pairs; minus one
+/// when under a third of the `total` pixels overlap.
+fn zncc(n: usize, total: usize, [sa, sb, saa, sbb, sab]: [f64; 5]) -> f64 {
+    if n * 3 < total {
+        return -1.0;
+    }
+    let n = n as f64;
+    let cov = sab - sa * sb / n;
+    let var = (saa - sa * sa / n) * (sbb - sb * sb / n);
+    if var <= 0.0 {
+        return 0.0;
+    }
+    cov / var.sqrt()
+}
+
+/// Hill climb from `start`, a step of `shift` pixels along either axis or of `turn` degrees at a
+/// time, until no step is better. Returns the motion and its correlation.
 fn climb(a: &Plane, b: &Plane, start: Motion, shift: f64, turn: f64) -> (Motion, f64) {
     let mut best = (start, correlation(a, b, start));
-    for _ in 0..32 {
+    let steps = [
+        (shift, 0.0, 0.0),
+        (-shift, 0.0, 0.0),
+        (0.0, shift, 0.0),
+        (0.0, -shift, 0.0),
+        (0.0, 0.0, turn),
+        (0.0, 0.0, -turn),
+    ];
+    for _ in 0..64 {
         let centre = best.0;
-        for da in [-1.0, 0.0, 1.0] {
-            for dy in [-1.0, 0.0, 1.0] {
-                for dx in [-1.0, 0.0, 1.0] {
-                    let m = Motion {
-                        dx: centre.dx + dx * shift,
-                        dy: centre.dy + dy * shift,
-                        angle: centre.angle + da * turn,
-                    };
-                    let s = correlation(a, b, m);
-                    if s > best.1 {
-                        best = (m, s);
-                    }
-                }
+        for (dx, dy, da) in steps {
+            let m = Motion {
+                dx: centre.dx + dx,
+                dy: centre.dy + dy,
+                angle: centre.angle + da,
+            };
+            let s = correlation(a, b, m);
+            if s > best.1 {
+                best = (m, s);
             }
         }
         if best.0 == centre {
@@ -158,13 +220,13 @@ fn climb(a: &Plane, b: &Plane, start: Motion, shift: f64, turn: f64) -> (Motion,
 }
 
 /// The zero-normalised cross-correlation of `a` and `b` sampled where `motion` puts `a`'s
-/// pixels, over the pixels that land inside `b` (every other pixel of a level, for speed); minus
-/// one when under a third of them do.
+/// pixels, over the pixels that land inside `b` (on a grid of at most about 16,000 of them, for
+/// speed); minus one when under a third of them do.
 fn correlation(a: &Plane, b: &Plane, motion: Motion) -> f64 {
     let (s, c) = motion.angle.to_radians().sin_cos();
     let (cx, cy) = ((a.w as f64 - 1.0) / 2.0, (a.h as f64 - 1.0) / 2.0);
     let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) = (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
-    let stride = if a.w * a.h > 20_000 { 2 } else { 1 };
+    let stride = ((a.w * a.h) as f64 / 16_000.0).sqrt().ceil().max(1.0) as usize;
     for y in (0..a.h).step_by(stride) {
         let v = y as f64 - cy;
         for x in (0..a.w).step_by(stride) {
@@ -185,16 +247,7 @@ fn correlation(a: &Plane, b: &Plane, motion: Motion) -> f64 {
         }
     }
     let total = a.w.div_ceil(stride) * a.h.div_ceil(stride);
-    if n * 3 < total {
-        return -1.0;
-    }
-    let n = n as f64;
-    let cov = sab - sa * sb / n;
-    let var = (saa - sa * sa / n) * (sbb - sb * sb / n);
-    if var <= 0.0 {
-        return 0.0;
-    }
-    cov / var.sqrt()
+    zncc(n, total, [sa, sb, saa, sbb, sab])
 }
 
 /// Gradient magnitude (Sobel) of the luminance after a 3x3 blur.
@@ -215,12 +268,13 @@ fn edges(luma: &Plane) -> Plane {
     out
 }
 
-/// `base` and its halvings (2x2 means) down to a level whose long side is at most 64 pixels.
+/// `base` and its halvings (2x2 means) down to a level whose long side is at most 128 pixels:
+/// coarser, the tray's walls (about 1% of the frame) fade under the food's edges.
 fn pyramid(base: Plane) -> Vec<Plane> {
     let mut levels = vec![base];
     loop {
         let last = levels.last().expect("one level");
-        if last.w.max(last.h) <= 64 || last.w.min(last.h) < 16 {
+        if last.w.max(last.h) <= 128 || last.w.min(last.h) < 32 {
             return levels;
         }
         let half = last.half();
