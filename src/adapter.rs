@@ -11,7 +11,10 @@
 //! `alpha` and `beta` (and whether the keys are fine-tuned, Tip-Adapter-F) are chosen by
 //! cross-validation on the support set alone ([`cross_validate`]): leave-one-out when it is
 //! small, stratified k-fold otherwise, over ranges wide enough that the photos alone decide
-//! when the class names carry nothing. When no choice beats zero-shot, `alpha` is 0.
+//! when the class names carry nothing. The nearest class mean (each class's mean support
+//! embedding in place of `W`) is a candidate beside the cache, chosen by the same
+//! cross-validation; it wins ties, being the simpler. When no choice beats zero-shot, `alpha`
+//! is 0.
 //!
 //! An [`Adapter`] is stored as safetensors, bound to the checkpoint's fingerprint.
 
@@ -48,6 +51,9 @@ pub enum Method {
     TipAdapter,
     /// The cache with fine-tuned keys.
     TipAdapterF,
+    /// Each class's mean support embedding in place of its text embedding (nearest class mean,
+    /// the simplest few-shot classifier).
+    Prototype,
 }
 
 /// Support photos: their normalised embeddings and classes.
@@ -86,6 +92,9 @@ pub struct Report {
     pub cache_top1: f64,
     /// Cross-validated top-1 with fine-tuned keys, when tried (`--fit`).
     pub fitted_top1: Option<f64>,
+    /// Cross-validated top-1 of the class means (absent in adapters made before it was tried).
+    #[serde(default)]
+    pub prototype_top1: Option<f64>,
     /// The method chosen.
     pub method: Method,
     /// The chosen `alpha` (0 for zero-shot).
@@ -212,6 +221,7 @@ pub fn cross_validate(
         zero_shot_top1: zero_shot,
         cache_top1,
         fitted_top1: None,
+        prototype_top1: None,
         method: if alpha > 0.0 {
             Method::TipAdapter
         } else {
@@ -221,11 +231,24 @@ pub fn cross_validate(
         beta,
     };
     let mut keys = support.features.clone();
+    if !fixed {
+        // The class means, each photo scored against the means of the other folds' photos.
+        let prototype = prototype_top1(support, classes, &fold);
+        report.prototype_top1 = Some(prototype);
+        if prototype > zero_shot && prototype >= cache_top1 {
+            report.method = Method::Prototype;
+            report.alpha = 0.0;
+            alpha = 0.0;
+        }
+    }
     if fit {
         let alpha_fit = if alpha > 0.0 { alpha } else { 10.0 };
         let fitted = fitted_top1(support, text, temperature, &fold, alpha_fit, beta)?;
         report.fitted_top1 = Some(fitted);
-        if fitted > cache_top1.max(zero_shot) {
+        let best = cache_top1
+            .max(zero_shot)
+            .max(report.prototype_top1.unwrap_or(0.0));
+        if fitted > best {
             alpha = alpha_fit;
             keys = fine_tune(support, text, temperature, alpha, beta, None)?;
             report.method = Method::TipAdapterF;
@@ -233,6 +256,43 @@ pub fn cross_validate(
         }
     }
     Ok((report, keys))
+}
+
+/// Cross-validated top-1 of the nearest class mean: each photo against the normalised means of
+/// each class's photos in the other folds (a class with none there cannot be chosen).
+fn prototype_top1(support: &Support, classes: usize, fold: &[usize]) -> f64 {
+    let d = support.dim;
+    let row = |i: usize| &support.features[i * d..][..d];
+    let folds = fold.iter().max().map_or(0, |m| m + 1);
+    // Sums and counts per class, over all photos and per fold.
+    let mut all = vec![vec![0f64; d]; classes];
+    let mut per = vec![vec![vec![0f64; d]; classes]; folds];
+    let mut count = vec![0usize; classes];
+    let mut count_per = vec![vec![0usize; classes]; folds];
+    for (i, &c) in support.classes.iter().enumerate() {
+        for (k, v) in row(i).iter().enumerate() {
+            all[c][k] += *v as f64;
+            per[fold[i]][c][k] += *v as f64;
+        }
+        count[c] += 1;
+        count_per[fold[i]][c] += 1;
+    }
+    let right = (0..support.len())
+        .filter(|&i| {
+            let k = fold[i];
+            let scores = (0..classes).map(|c| {
+                if count[c] == count_per[k][c] {
+                    return f64::NEG_INFINITY;
+                }
+                let mean: Vec<f64> = (0..d).map(|x| all[c][x] - per[k][c][x]).collect();
+                let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                let dot: f64 = mean.iter().zip(row(i)).map(|(m, v)| m * *v as f64).sum();
+                dot / norm
+            });
+            argmax(scores) == support.classes[i]
+        })
+        .count();
+    right as f64 / support.len() as f64
 }
 
 /// For each photo and class, the cache's affinity from the photos of the other folds:
@@ -430,9 +490,37 @@ pub struct Adapter {
 }
 
 impl Adapter {
+    /// The class embeddings photos are scored against: the text embeddings, or for
+    /// [`Method::Prototype`] each class's normalised mean support embedding (a class without
+    /// photos keeps its text embedding). `classes x dim`, row-major.
+    pub fn class_embeddings(&self) -> Vec<f32> {
+        if self.report.method != Method::Prototype {
+            return self.text.clone();
+        }
+        let d = self.support.dim;
+        let mut out = self.text.clone();
+        let mut sums = vec![vec![0f64; d]; self.labels.classes.len()];
+        for (i, &c) in self.support.classes.iter().enumerate() {
+            for (k, v) in self.support.features[i * d..][..d].iter().enumerate() {
+                sums[c][k] += *v as f64;
+            }
+        }
+        for (c, sum) in sums.iter().enumerate() {
+            let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                for (k, v) in sum.iter().enumerate() {
+                    out[c * d + k] = (v / norm) as f32;
+                }
+            }
+        }
+        out
+    }
+
     /// The cache term to add to the zero-shot logits (`None` for a zero-shot adapter).
     pub fn cache(&self) -> Result<Option<Cache>> {
-        if self.report.method == Method::ZeroShot || self.report.alpha == 0.0 {
+        if matches!(self.report.method, Method::ZeroShot | Method::Prototype)
+            || self.report.alpha == 0.0
+        {
             return Ok(None);
         }
         Cache::new(
@@ -664,16 +752,148 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_wins_when_the_names_carry_nothing() {
+    fn the_photos_decide_when_the_names_carry_nothing() {
         let (support, text) = clusters(5);
         let (report, keys) =
             cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
         assert_eq!(report.folds, 10, "leave-one-out");
         assert!(report.zero_shot_top1 <= 0.5 + 1e-9);
         assert_eq!(report.cache_top1, 1.0);
-        assert_eq!(report.method, Method::TipAdapter);
-        assert!(report.alpha > 0.0);
+        // The class means do as well as the cache, and are the simpler: they win the tie.
+        assert_eq!(report.prototype_top1, Some(1.0));
+        assert_eq!(report.method, Method::Prototype);
+        assert_eq!(report.alpha, 0.0);
         assert_eq!(keys, support.features);
+    }
+
+    /// A held-out photo: its embedding and class.
+    type Held = (Vec<f32>, usize);
+
+    /// A few-shot set whose class names say nothing (random text embeddings): `classes`
+    /// classes, each a centre plus noise, 4 support and 8 held-out photos per class. With
+    /// `concentrated`, every embedding lies near one common direction, as a random-weight
+    /// tower's do, and the classes differ by little.
+    fn few_shot(concentrated: bool, seed: u64) -> (Support, Vec<Held>, Vec<f32>) {
+        let (d, classes) = (32, 6);
+        let mut state = seed;
+        let mut normal = move || {
+            // Box-Muller on a 64-bit LCG.
+            let mut uniform = || {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            let (u, v) = (uniform(), uniform());
+            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+        };
+        let unit = |v: Vec<f32>| {
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            v.into_iter().map(|x| x / n).collect::<Vec<f32>>()
+        };
+        let common = unit((0..d).map(|_| normal()).collect());
+        let centres: Vec<Vec<f32>> = (0..classes)
+            .map(|_| unit((0..d).map(|_| normal()).collect()))
+            .collect();
+        let (offset, noise) = if concentrated {
+            (0.12, 0.035)
+        } else {
+            (1.0, 0.3)
+        };
+        let mut photo = |c: usize| {
+            unit(
+                (0..d)
+                    .map(|k| {
+                        let base = if concentrated { common[k] } else { 0.0 };
+                        base + offset * centres[c][k] + noise * normal()
+                    })
+                    .collect(),
+            )
+        };
+        let mut support = Support {
+            features: Vec::new(),
+            classes: Vec::new(),
+            dim: d,
+        };
+        let mut held = Vec::new();
+        for c in 0..classes {
+            for _ in 0..4 {
+                support.features.extend(photo(c));
+                support.classes.push(c);
+            }
+            for _ in 0..8 {
+                held.push((photo(c), c));
+            }
+        }
+        let text: Vec<f32> = (0..classes)
+            .flat_map(|_| unit((0..d).map(|_| normal()).collect()))
+            .collect();
+        (support, held, text)
+    }
+
+    /// Top-1 on `held` of scoring against `classes` (row-major) plus `cache`.
+    fn held_out_top1(held: &[Held], classes: &[f32], cache: Option<&Cache>) -> f64 {
+        let d = held[0].0.len();
+        let right = held
+            .iter()
+            .filter(|(f, c)| {
+                let t = Tensor::from_slice(f, (1, d), &Device::Cpu).unwrap();
+                let row = logits(&t, classes, d, 100.0, cache).unwrap().remove(0);
+                argmax(row.iter().map(|&v| v as f64)) == *c
+            })
+            .count();
+        right as f64 / held.len() as f64
+    }
+
+    #[test]
+    fn the_chosen_adapter_keeps_up_with_the_nearest_class_mean() {
+        for concentrated in [true, false] {
+            for seed in [1, 2, 3] {
+                let (support, held, text) = few_shot(concentrated, seed);
+                let (report, keys) =
+                    cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+                let classes = text.len() / support.dim;
+                let adapter = Adapter {
+                    checkpoint: "blake3:x".into(),
+                    labels: LabelSet {
+                        path: "a.safetensors".into(),
+                        classes: (0..classes)
+                            .map(|c| LabelClass {
+                                names: vec![format!("dish {c}")],
+                                line: c + 1,
+                                group: None,
+                            })
+                            .collect(),
+                        groups: Vec::new(),
+                    },
+                    text: text.clone(),
+                    support: support.clone(),
+                    keys,
+                    report: report.clone(),
+                };
+                let chosen = held_out_top1(
+                    &held,
+                    &adapter.class_embeddings(),
+                    adapter.cache().unwrap().as_ref(),
+                );
+                // The reference: each held-out photo's nearest class mean.
+                let mut means = vec![0f32; text.len()];
+                for (i, &c) in support.classes.iter().enumerate() {
+                    for k in 0..support.dim {
+                        means[c * support.dim + k] += support.features[i * support.dim + k];
+                    }
+                }
+                let ncm = held_out_top1(&held, &means, None);
+                let zero_shot = held_out_top1(&held, &text, None);
+                let what = format!("concentrated {concentrated}, seed {seed}: {report:?}");
+                assert!(ncm > 0.6, "{what}: NCM only {ncm}");
+                assert!(chosen >= 0.95 * ncm, "{what}: {chosen} against NCM {ncm}");
+                assert!(
+                    chosen >= zero_shot,
+                    "{what}: {chosen} below zero-shot {zero_shot}"
+                );
+            }
+        }
     }
 
     #[test]

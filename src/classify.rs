@@ -319,7 +319,7 @@ impl Classifier {
     pub fn from_adapter(adapter: &Adapter, temperature: f32, device: &Device) -> Result<Self> {
         let labels = &adapter.labels;
         let (classes, dim) = (labels.classes.len(), adapter.support.dim);
-        let embeddings = Tensor::from_slice(&adapter.text, (classes, dim), device)?;
+        let embeddings = Tensor::from_vec(adapter.class_embeddings(), (classes, dim), device)?;
         let stats = PromptStats::default();
         Ok(Self::of(
             labels,

@@ -244,10 +244,17 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
         if let Some(f) = r.fitted_top1 {
             writeln!(out, "fine-tuned keys top-1  {f:.3}")?;
         }
+        if let Some(p) = r.prototype_top1 {
+            writeln!(out, "class means top-1      {p:.3}")?;
+        }
         match r.method {
             Method::ZeroShot => writeln!(
                 out,
                 "adaptation does not beat zero-shot here: the adapter keeps zero-shot"
+            )?,
+            Method::Prototype => writeln!(
+                out,
+                "chosen: class means (each class's mean photo embedding in place of its names)"
             )?,
             m => writeln!(
                 out,
