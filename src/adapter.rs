@@ -188,9 +188,9 @@ pub fn cross_validate(
     let (fit, grid): (bool, Vec<(f32, f32)>) = match choice {
         Choice::Search { fit } => (
             fit,
-            BETAS
-                .iter()
-                .flat_map(|&b| ALPHAS[1..].iter().map(move |&a| (a, b)))
+            betas(&sim)
+                .into_iter()
+                .flat_map(|b| ALPHAS[1..].iter().map(move |&a| (a, b)))
                 .collect(),
         ),
         Choice::Fixed { alpha, beta } => (false, vec![(alpha, beta)]),
@@ -258,6 +258,33 @@ pub fn cross_validate(
     Ok((report, keys))
 }
 
+/// The `beta` values to try: [`BETAS`], and as many again relative to the support set's own
+/// distances (`k / median(1 - cos)` over pairs of photos, for `k` from 0.5 to 64): how far
+/// apart photos lie depends on the model, and a random-weight tower packs them into a corner
+/// where a fixed grid is too flat to tell neighbours apart.
+fn betas(sim: &[Vec<f32>]) -> Vec<f32> {
+    let mut gaps: Vec<f32> = sim
+        .iter()
+        .enumerate()
+        .flat_map(|(i, row)| row[i + 1..].iter().map(|s| 1.0 - s))
+        .filter(|g| *g > 0.0)
+        .collect();
+    let mut out = BETAS.to_vec();
+    if gaps.is_empty() {
+        return out;
+    }
+    let mid = gaps.len() / 2;
+    let (_, median, _) = gaps.select_nth_unstable_by(mid, f32::total_cmp);
+    let median = *median;
+    out.extend(
+        [0.5f32, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+            .iter()
+            .map(|k| k / median)
+            .filter(|b| b.is_finite() && !BETAS.contains(b)),
+    );
+    out
+}
+
 /// Cross-validated top-1 of the nearest class mean: each photo against the normalised means of
 /// each class's photos in the other folds (a class with none there cannot be chosen).
 fn prototype_top1(support: &Support, classes: usize, fold: &[usize]) -> f64 {
@@ -296,7 +323,8 @@ fn prototype_top1(support: &Support, classes: usize, fold: &[usize]) -> f64 {
 }
 
 /// For each photo and class, the cache's affinity from the photos of the other folds:
-/// `sum_j exp(-beta (1 - f_i · f_j)) [class_j = c]`.
+/// `sum_j exp(-beta (1 - f_i · f_j)) [class_j = c]`, scaled by the class's photos over those
+/// counted.
 fn cached_affinity(
     sim: &[Vec<f32>],
     labels: &[usize],
@@ -304,13 +332,25 @@ fn cached_affinity(
     classes: usize,
     beta: f32,
 ) -> Vec<Vec<f64>> {
+    let mut count = vec![0usize; classes];
+    labels.iter().for_each(|&c| count[c] += 1);
     sim.iter()
         .enumerate()
         .map(|(i, row)| {
             let mut out = vec![0f64; classes];
+            let mut kept = vec![0usize; classes];
             for (j, &s) in row.iter().enumerate() {
                 if fold[j] != fold[i] {
                     out[labels[j]] += (-(beta as f64) * (1.0 - s as f64)).exp();
+                    kept[labels[j]] += 1;
+                }
+            }
+            // Each class's sum scaled to its full count: a fold holds some of a class's photos
+            // out (with leave-one-out, always one of the photo's own class), and the cache the
+            // adapter keeps has them all; unscaled, every vote leans against the right class.
+            for c in 0..classes {
+                if kept[c] > 0 {
+                    out[c] *= count[c] as f64 / kept[c] as f64;
                 }
             }
             out
