@@ -217,6 +217,20 @@ fn folders(dir: &Path, trays: &[&str]) {
     }
 }
 
+/// `leftovers` on the folders `d/served` and `d/returned` with `menu` (records as JSON Lines).
+fn with_menu(d: &Path, menu: &Path) -> Output {
+    leftovers(&[
+        "--served".as_ref(),
+        d.join("served").as_os_str(),
+        "--returned".as_ref(),
+        d.join("returned").as_os_str(),
+        "--menu".as_ref(),
+        menu.as_os_str(),
+        "-f".as_ref(),
+        "jsonl".as_ref(),
+    ])
+}
+
 #[test]
 fn bad_inputs_are_reported_and_the_run_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -237,16 +251,7 @@ fn bad_inputs_are_reported_and_the_run_goes_on() {
         "[[compartment]]\nname = \"rice\"\ndish = \"잡곡밥\"\nportion_g = 200\n",
     )
     .unwrap();
-    let o = leftovers(&[
-        "--served".as_ref(),
-        d.join("served").as_os_str(),
-        "--returned".as_ref(),
-        d.join("returned").as_os_str(),
-        "--menu".as_ref(),
-        menu.as_os_str(),
-        "-f".as_ref(),
-        "jsonl".as_ref(),
-    ]);
+    let o = with_menu(d, &menu);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     let records = jsonl_records(&o.stdout);
@@ -336,14 +341,7 @@ fn a_menu_names_the_dishes_and_a_disagreeing_classifier_is_shown() {
          [[compartment]]\nname = \"soup\"\ndish = \"fried chicken\"\ndate = \"1999-01-01\"\n",
     )
     .unwrap();
-    let o = leftovers(&[
-        "--served".as_ref(),
-        d.join("served").as_os_str(),
-        "--returned".as_ref(),
-        d.join("returned").as_os_str(),
-        "--menu".as_ref(),
-        menu.as_os_str(),
-    ]);
+    let o = with_menu(d, &menu);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let records = jsonl_records(&o.stdout);
     let soup = records.iter().find(|r| r["compartment"] == "soup").unwrap();
@@ -364,14 +362,7 @@ fn a_menu_names_the_dishes_and_a_disagreeing_classifier_is_shown() {
         "[[compartment]]\nname = \"dessert\"\ndish = \"떡볶이\"\n",
     )
     .unwrap();
-    let o = leftovers(&[
-        "--served".as_ref(),
-        d.join("served").as_os_str(),
-        "--returned".as_ref(),
-        d.join("returned").as_os_str(),
-        "--menu".as_ref(),
-        menu.as_os_str(),
-    ]);
+    let o = with_menu(d, &menu);
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -141,8 +141,7 @@ fn shifts(a: &Plane, b: &Plane, angle: f64, (sx, sy): (i32, i32), out: &mut Vec<
     let total = w.div_ceil(2) * h.div_ceil(2);
     for dy in -sy..=sy {
         for dx in -sx..=sx {
-            let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) =
-                (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
+            let mut sums = Sums::default();
             let ys = (dy.max(0) as usize)..((h as i32 + dy.min(0)) as usize);
             for y in ys.step_by(2) {
                 let row_a = &turned[(y as i32 - dy) as usize * w..][..w];
@@ -153,13 +152,7 @@ fn shifts(a: &Plane, b: &Plane, angle: f64, (sx, sy): (i32, i32), out: &mut Vec<
                     if va.is_nan() {
                         continue;
                     }
-                    let (va, vb) = (va as f64, row_b[x] as f64);
-                    n += 1;
-                    sa += va;
-                    sb += vb;
-                    saa += va * va;
-                    sbb += vb * vb;
-                    sab += va * vb;
+                    sums.add(va, row_b[x]);
                 }
             }
             let motion = Motion {
@@ -167,24 +160,46 @@ fn shifts(a: &Plane, b: &Plane, angle: f64, (sx, sy): (i32, i32), out: &mut Vec<
                 dy: dy as f64,
                 angle,
             };
-            out.push((zncc(n, total, [sa, sb, saa, sbb, sab]), motion));
+            out.push((sums.zncc(total), motion));
         }
     }
 }
 
-/// The normalised cross-correlation from the sums `[a, b, aa, bb, ab]` of `n` pairs; minus one
-/// when under a third of the `total` pixels overlap.
-fn zncc(n: usize, total: usize, [sa, sb, saa, sbb, sab]: [f64; 5]) -> f64 {
-    if n * 3 < total {
-        return -1.0;
+/// The running sums of pairs of values that a normalised cross-correlation needs.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sums {
+    n: usize,
+    a: f64,
+    b: f64,
+    aa: f64,
+    bb: f64,
+    ab: f64,
+}
+
+impl Sums {
+    fn add(&mut self, a: f32, b: f32) {
+        let (a, b) = (a as f64, b as f64);
+        self.n += 1;
+        self.a += a;
+        self.b += b;
+        self.aa += a * a;
+        self.bb += b * b;
+        self.ab += a * b;
     }
-    let n = n as f64;
-    let cov = sab - sa * sb / n;
-    let var = (saa - sa * sa / n) * (sbb - sb * sb / n);
-    if var <= 0.0 {
-        return 0.0;
+
+    /// The correlation; minus one when under a third of the `total` pixels overlap.
+    fn zncc(&self, total: usize) -> f64 {
+        if self.n * 3 < total {
+            return -1.0;
+        }
+        let n = self.n as f64;
+        let cov = self.ab - self.a * self.b / n;
+        let var = (self.aa - self.a * self.a / n) * (self.bb - self.b * self.b / n);
+        if var <= 0.0 {
+            return 0.0;
+        }
+        cov / var.sqrt()
     }
-    cov / var.sqrt()
 }
 
 /// Hill climb from `start`, a step of `shift` pixels along either axis or of `turn` degrees at a
@@ -225,7 +240,7 @@ fn climb(a: &Plane, b: &Plane, start: Motion, shift: f64, turn: f64) -> (Motion,
 fn correlation(a: &Plane, b: &Plane, motion: Motion) -> f64 {
     let (s, c) = motion.angle.to_radians().sin_cos();
     let (cx, cy) = ((a.w as f64 - 1.0) / 2.0, (a.h as f64 - 1.0) / 2.0);
-    let (mut n, mut sa, mut sb, mut saa, mut sbb, mut sab) = (0usize, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut sums = Sums::default();
     let stride = ((a.w * a.h) as f64 / 16_000.0).sqrt().ceil().max(1.0) as usize;
     for y in (0..a.h).step_by(stride) {
         let v = y as f64 - cy;
@@ -236,18 +251,11 @@ fn correlation(a: &Plane, b: &Plane, motion: Motion) -> f64 {
                 s * u + c * v + cy + motion.dy,
             );
             let Some(vb) = b.sample(qx, qy) else { continue };
-            let va = a.v[y * a.w + x] as f64;
-            let vb = vb as f64;
-            n += 1;
-            sa += va;
-            sb += vb;
-            saa += va * va;
-            sbb += vb * vb;
-            sab += va * vb;
+            sums.add(a.v[y * a.w + x], vb);
         }
     }
     let total = a.w.div_ceil(stride) * a.h.div_ceil(stride);
-    zncc(n, total, [sa, sb, saa, sbb, sab])
+    sums.zncc(total)
 }
 
 /// Gradient magnitude (Sobel) of the luminance after a 3x3 blur.
