@@ -99,7 +99,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         args.batch.batch_size as usize,
         &interrupted,
         |pair| {
-            let e = examine(pair, &regions, Some(pre), empty.as_ref(), settings, drawing);
+            let e = examine(pair, &regions, pre, empty.as_ref(), settings, drawing);
             (e.pieces, (e.measured, e.date))
         },
         |emb, chunk, done| {

@@ -9,6 +9,7 @@
 //! date = "2026-12-04"    # optional: only on that day (entries without a date apply every day)
 //! ```
 
+use super::pairs::check_day;
 use crate::eval::ClassNames;
 use crate::fsutil::{line_at, read_toml};
 use crate::labels::LabelSet;
@@ -82,10 +83,8 @@ impl Menu {
             if let Some(g) = item.portion_g.filter(|g| !(g.is_finite() && *g >= 0.0)) {
                 bail!("{at}: portion_g is {g}; give the grams of one portion (0 or more)");
             }
-            if let Some(d) = &item.date {
-                if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err() {
-                    bail!("{at}: date {d:?} is not YYYY-MM-DD");
-                }
+            if let Some(e) = item.date.as_deref().and_then(|d| check_day(d).err()) {
+                bail!("{at}: {e}");
             }
             if dishes
                 .iter()

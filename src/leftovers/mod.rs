@@ -19,7 +19,7 @@ pub mod records;
 pub mod register;
 pub mod summary;
 
-use crate::preprocess::{decode, jpeg, Decoded, Fidelity, PreprocessConfig, Rect};
+use crate::preprocess::{decode, jpeg, Fidelity, PreprocessConfig, Rect};
 use crate::regions::{Photo, Piece, Region, Regions};
 use ::image::imageops::FilterType;
 use ::image::RgbImage;
@@ -102,8 +102,8 @@ pub struct Measured {
     pub overlay: Option<RgbImage>,
 }
 
-/// A tray ready for the model: the served photo's pieces (one per compartment, empty without
-/// a model) and its measurement, or the tray's error.
+/// A tray ready for the model: the served photo's pieces (one per compartment, none when the
+/// tray failed as a whole) and its measurement, or the tray's error.
 #[derive(Debug)]
 pub struct Examined {
     /// The pictures of the served photo's compartments for the model.
@@ -139,7 +139,7 @@ fn to_analysis(img: &RgbImage) -> RgbImage {
 pub fn examine(
     pair: &Pair,
     regions: &Regions,
-    pre: Option<&PreprocessConfig>,
+    pre: &PreprocessConfig,
     empty: Option<&EmptyTray>,
     settings: Settings,
     overlay: bool,
@@ -204,46 +204,33 @@ impl<'a> Shot<'a> {
     }
 }
 
-/// Examines one tray: decodes the served photo once for the model's pictures (when `pre` is
-/// given) and its analysis copy, decodes and registers the returned photo, and measures each
+/// Examines one tray: decodes the served photo once for the model's pictures (prepared by
+/// `pre`) and its analysis copy, decodes and registers the returned photo, and measures each
 /// compartment of `regions`. `overlay` asks for the picture with the masks. Returns the served
 /// photo's pieces for the model and the measurement (or the tray's error).
 pub fn examine_photos(
     served: Shot,
     returned: Shot,
     regions: &Regions,
-    pre: Option<&PreprocessConfig>,
+    pre: &PreprocessConfig,
     empty: Option<&EmptyTray>,
     settings: Settings,
     overlay: bool,
 ) -> (Vec<Piece>, Result<Measured, String>) {
     let fail_on = |name: &str, e: anyhow::Error| format!("{name}: {e:#}");
     // The served photo: decoded as far down as its smallest compartment allows for the model.
-    let decoded = match pre {
-        Some(pre) => pre
-            .decode_bytes(
-                served.bytes,
-                settings.max_pixels,
-                settings.fidelity,
-                |full| regions.shortest(served.photo, full),
-            )
-            .map(|d| (to_analysis(&d.img), d)),
-        None => analysis_decode(served.bytes, settings.max_pixels).map(|(img, full)| {
-            let d = Decoded {
-                img: RgbImage::new(0, 0),
-                full,
-            };
-            (img, d)
-        }),
-    };
-    let (served_small, decoded) = match decoded {
-        Ok(s) => s,
+    let decoded = pre.decode_bytes(
+        served.bytes,
+        settings.max_pixels,
+        settings.fidelity,
+        |full| regions.shortest(served.photo, full),
+    );
+    let decoded = match decoded {
+        Ok(d) => d,
         Err(e) => return (Vec::new(), Err(fail_on(served.name, e))),
     };
-    let pieces = match pre {
-        Some(pre) => regions.pieces_of(served.photo, pre, &decoded, settings.fidelity),
-        None => Vec::new(),
-    };
+    let served_small = to_analysis(&decoded.img);
+    let pieces = regions.pieces_of(served.photo, pre, &decoded, settings.fidelity);
     let measured = analysis_decode(returned.bytes, settings.max_pixels)
         .map_err(|e| fail_on(returned.name, e))
         .and_then(|(img, full)| {

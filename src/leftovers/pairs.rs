@@ -134,9 +134,7 @@ pub fn from_csv(file: &Path) -> Result<Vec<Pair>> {
         }
         let date = row.get(3).filter(|d| !d.is_empty()).map(str::to_string);
         if let Some(d) = &date {
-            if chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_err() {
-                return Err(at(format!("date {d:?} is not YYYY-MM-DD")));
-            }
+            check_day(d).map_err(at)?;
         }
         let path = |f: &str| (!f.is_empty()).then(|| base.join(f));
         pairs.push(Pair {
@@ -150,6 +148,14 @@ pub fn from_csv(file: &Path) -> Result<Vec<Pair>> {
         bail!("{}: no trays listed", file.display());
     }
     Ok(pairs)
+}
+
+/// Refuses a day that is not `YYYY-MM-DD`, with the message to show.
+pub fn check_day(day: &str) -> Result<(), String> {
+    match chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d") {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("date {day:?} is not YYYY-MM-DD")),
+    }
 }
 
 /// The day a photo was taken: EXIF `DateTimeOriginal` in `bytes`, else the file's modification

@@ -740,8 +740,7 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
                 .map_err(|e| ApiError::bad(format!("bad query: {}", e.body_text())))?;
             let open_set = OpenSet::new(p.threshold, None).map_err(ApiError::bad)?;
             if let Some(d) = &p.date {
-                chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-                    .map_err(|_| ApiError::bad(format!("date {d:?} is not YYYY-MM-DD")))?;
+                crate::leftovers::pairs::check_day(d).map_err(ApiError::bad)?;
             }
             let regions =
                 match &p.regions {
@@ -803,7 +802,7 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
             Shot::upload(&s_bytes, &s_name),
             Shot::upload(&r_bytes, &r_name),
             &regions,
-            Some(&for_pool.preprocess),
+            &for_pool.preprocess,
             empty.as_ref(),
             settings,
             false,
