@@ -17,6 +17,10 @@ transformers and a set of 12-megapixel JPEG tray photos (a third with EXIF rotat
 
 It prints every figure and the ratios (foodclip speed / peer speed). Run it on an otherwise idle
 machine; nothing here is asserted.
+
+`--avx2` measures the AVX2 path on a machine with AVX-512: foodclip built with
+`--no-default-features` (under target/avx2) and PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`; bf16 is
+skipped, as an AVX2 CPU has no bf16 arithmetic.
 """
 
 import argparse
@@ -173,17 +177,29 @@ def main():
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--skip-bf16", action="store_true")
     ap.add_argument("--skip-model", action="store_true", help="only the end-to-end comparison")
+    ap.add_argument("--avx2", action="store_true", help="both sides restricted to AVX2")
     args = ap.parse_args()
+    build = ["cargo", "build", "--release", "--quiet", "--bench", "model", "--bin", "foodclip"]
+    target = os.path.join(ROOT, "target")
+    if args.avx2:
+        # Before PyTorch is first imported (in this process and in the peers it starts).
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        target = os.path.join(ROOT, "target", "avx2")
+        os.environ["CARGO_TARGET_DIR"] = target
+        build.append("--no-default-features")
+        args.skip_bf16 = True
 
     ckpt, paths = setup(args.workdir, args.photos)
     labels = os.path.join(ROOT, "labels", "korean.txt")
-    subprocess.run(["cargo", "build", "--release", "--quiet", "--bench", "model", "--bin", "foodclip"], cwd=ROOT, check=True)
-    exe = os.path.join(ROOT, "target", "release", "foodclip")
+    subprocess.run(build, cwd=ROOT, check=True)
+    exe = os.path.join(target, "release", "foodclip")
     results = {}
 
     def bench_model(precision):
         out = subprocess.run(
-            ["cargo", "bench", "--quiet", "--bench", "model", "--", ckpt, "32", str(args.iterations), precision],
+            ["cargo", "bench", "--quiet", "--bench", "model"]
+            + (["--no-default-features"] if args.avx2 else [])
+            + ["--", ckpt, "32", str(args.iterations), precision],
             cwd=ROOT, capture_output=True, text=True, check=True,
         )
         return json.loads(out.stdout.strip().splitlines()[-1])["seconds_per_batch"]

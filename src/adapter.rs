@@ -54,6 +54,9 @@ pub enum Method {
     /// Each class's mean support embedding in place of its text embedding (nearest class mean,
     /// the simplest few-shot classifier).
     Prototype,
+    /// Class vectors trained on the support photos (a linear probe with normalised weights),
+    /// started at the class means.
+    LinearProbe,
 }
 
 /// Support photos: their normalised embeddings and classes.
@@ -95,6 +98,9 @@ pub struct Report {
     /// Cross-validated top-1 of the class means (absent in adapters made before it was tried).
     #[serde(default)]
     pub prototype_top1: Option<f64>,
+    /// Cross-validated top-1 of the linear probe (absent in adapters made before it was tried).
+    #[serde(default)]
+    pub probe_top1: Option<f64>,
     /// The method chosen.
     pub method: Method,
     /// The chosen `alpha` (0 for zero-shot).
@@ -155,16 +161,26 @@ pub enum Choice {
     },
 }
 
+/// What [`cross_validate`] chose.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The choice and how well each candidate did.
+    pub report: Report,
+    /// The cache keys (fine-tuned on the whole support set when that won).
+    pub keys: Vec<f32>,
+    /// The probe's class vectors, when it won.
+    pub probe: Option<Vec<f32>>,
+}
+
 /// Chooses `alpha`, `beta` and (with `fit`) fine-tuned keys by cross-validation on `support`,
 /// against the zero-shot class embeddings `text` (`classes x dim`) at `temperature`
-/// (`exp(logit_scale)`). Returns the report and the keys to use (fine-tuned on the whole
-/// support set when that won).
+/// (`exp(logit_scale)`).
 pub fn cross_validate(
     support: &Support,
     text: &[f32],
     temperature: f32,
     choice: Choice,
-) -> Result<(Report, Vec<f32>)> {
+) -> Result<Chosen> {
     let d = support.dim;
     let classes = text.len() / d;
     let n = support.len();
@@ -222,6 +238,7 @@ pub fn cross_validate(
         cache_top1,
         fitted_top1: None,
         prototype_top1: None,
+        probe_top1: None,
         method: if alpha > 0.0 {
             Method::TipAdapter
         } else {
@@ -231,12 +248,27 @@ pub fn cross_validate(
         beta,
     };
     let mut keys = support.features.clone();
+    let mut probe = None;
     if !fixed {
-        // The class means, each photo scored against the means of the other folds' photos.
-        let prototype = prototype_top1(support, classes, &fold);
+        // The class means, and the probe started at them, each photo scored against what the
+        // other folds' photos made. Each wins only by doing better than everything simpler.
+        let prototype = classes_top1(support, &fold, classes, |rows| {
+            Ok(class_means(support, rows, text))
+        })?;
+        let probed = classes_top1(support, &fold, classes, |rows| {
+            train_probe(support, rows, text, temperature)
+        })?;
         report.prototype_top1 = Some(prototype);
+        report.probe_top1 = Some(probed);
         if prototype > zero_shot && prototype >= cache_top1 {
             report.method = Method::Prototype;
+            report.alpha = 0.0;
+            alpha = 0.0;
+        }
+        if probed > zero_shot && probed > cache_top1 && probed > prototype {
+            let all: Vec<usize> = (0..n).collect();
+            probe = Some(train_probe(support, &all, text, temperature)?);
+            report.method = Method::LinearProbe;
             report.alpha = 0.0;
             alpha = 0.0;
         }
@@ -247,15 +279,21 @@ pub fn cross_validate(
         report.fitted_top1 = Some(fitted);
         let best = cache_top1
             .max(zero_shot)
-            .max(report.prototype_top1.unwrap_or(0.0));
+            .max(report.prototype_top1.unwrap_or(0.0))
+            .max(report.probe_top1.unwrap_or(0.0));
         if fitted > best {
             alpha = alpha_fit;
             keys = fine_tune(support, text, temperature, alpha, beta, None)?;
             report.method = Method::TipAdapterF;
             report.alpha = alpha;
+            probe = None;
         }
     }
-    Ok((report, keys))
+    Ok(Chosen {
+        report,
+        keys,
+        probe,
+    })
 }
 
 /// The `beta` values to try: [`BETAS`], and as many again relative to the support set's own
@@ -285,41 +323,110 @@ fn betas(sim: &[Vec<f32>]) -> Vec<f32> {
     out
 }
 
-/// Cross-validated top-1 of the nearest class mean: each photo against the normalised means of
-/// each class's photos in the other folds (a class with none there cannot be chosen).
-fn prototype_top1(support: &Support, classes: usize, fold: &[usize]) -> f64 {
+/// Cross-validated top-1 of a classifier made of class vectors: for each fold, `fit` makes the
+/// vectors (`classes x dim`) from the other folds' photos, and each of the fold's photos is
+/// scored against them. A class with no photo among the others cannot be chosen.
+fn classes_top1(
+    support: &Support,
+    fold: &[usize],
+    classes: usize,
+    fit: impl Fn(&[usize]) -> Result<Vec<f32>>,
+) -> Result<f64> {
     let d = support.dim;
-    let row = |i: usize| &support.features[i * d..][..d];
     let folds = fold.iter().max().map_or(0, |m| m + 1);
-    // Sums and counts per class, over all photos and per fold.
-    let mut all = vec![vec![0f64; d]; classes];
-    let mut per = vec![vec![vec![0f64; d]; classes]; folds];
-    let mut count = vec![0usize; classes];
-    let mut count_per = vec![vec![0usize; classes]; folds];
-    for (i, &c) in support.classes.iter().enumerate() {
-        for (k, v) in row(i).iter().enumerate() {
-            all[c][k] += *v as f64;
-            per[fold[i]][c][k] += *v as f64;
-        }
-        count[c] += 1;
-        count_per[fold[i]][c] += 1;
-    }
-    let right = (0..support.len())
-        .filter(|&i| {
-            let k = fold[i];
+    let mut right = 0;
+    for k in 0..folds {
+        let train: Vec<usize> = (0..support.len()).filter(|&i| fold[i] != k).collect();
+        let mut present = vec![false; classes];
+        train
+            .iter()
+            .for_each(|&i| present[support.classes[i]] = true);
+        let vectors = fit(&train)?;
+        for i in (0..support.len()).filter(|&i| fold[i] == k) {
+            let f = &support.features[i * d..][..d];
             let scores = (0..classes).map(|c| {
-                if count[c] == count_per[k][c] {
+                if !present[c] {
                     return f64::NEG_INFINITY;
                 }
-                let mean: Vec<f64> = (0..d).map(|x| all[c][x] - per[k][c][x]).collect();
-                let norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
-                let dot: f64 = mean.iter().zip(row(i)).map(|(m, v)| m * *v as f64).sum();
-                dot / norm
+                let w = &vectors[c * d..][..d];
+                w.iter().zip(f).map(|(a, b)| (a * b) as f64).sum()
             });
-            argmax(scores) == support.classes[i]
-        })
-        .count();
-    right as f64 / support.len() as f64
+            if argmax(scores) == support.classes[i] {
+                right += 1;
+            }
+        }
+    }
+    Ok(right as f64 / support.len() as f64)
+}
+
+/// Each class's normalised mean embedding over the support photos `rows`; a class with none
+/// keeps its `text` embedding. `classes x dim`, row-major.
+fn class_means(support: &Support, rows: &[usize], text: &[f32]) -> Vec<f32> {
+    let d = support.dim;
+    let mut sums = vec![vec![0f64; d]; text.len() / d];
+    for &i in rows {
+        let sum = &mut sums[support.classes[i]];
+        for (s, v) in sum.iter_mut().zip(&support.features[i * d..][..d]) {
+            *s += *v as f64;
+        }
+    }
+    let mut out = text.to_vec();
+    for (c, sum) in sums.iter().enumerate() {
+        let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            for (o, v) in out[c * d..][..d].iter_mut().zip(sum) {
+                *o = (v / norm) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Full-batch AdamW steps the linear probe takes.
+const PROBE_STEPS: usize = 60;
+/// The probe's pull back to where it started (squared distance, per class).
+const PROBE_PULL: f64 = 0.1;
+
+/// The linear probe on the support photos `rows`: one vector per class, scored as the zero-shot
+/// classes are (`temperature * cos`), started at the class means ([`class_means`]) and trained
+/// by AdamW (lr 0.01) on cross-entropy, with a pull back to the start that keeps few photos
+/// from dragging the vectors far. Returns the normalised vectors, `classes x dim`.
+fn train_probe(
+    support: &Support,
+    rows: &[usize],
+    text: &[f32],
+    temperature: f32,
+) -> Result<Vec<f32>> {
+    let d = support.dim;
+    let classes = text.len() / d;
+    let dev = Device::Cpu;
+    let start = Tensor::from_vec(class_means(support, rows, text), (classes, d), &dev)?;
+    let feats: Vec<f32> = rows
+        .iter()
+        .flat_map(|&i| support.features[i * d..][..d].to_vec())
+        .collect();
+    let f = Tensor::from_vec(feats, (rows.len(), d), &dev)?;
+    let labels: Vec<u32> = rows.iter().map(|&i| support.classes[i] as u32).collect();
+    let y = Tensor::from_vec(labels, rows.len(), &dev)?;
+    let w = Var::from_tensor(&start)?;
+    let unit =
+        |w: &Tensor| -> Result<Tensor> { Ok(w.broadcast_div(&w.sqr()?.sum_keepdim(1)?.sqrt()?)?) };
+    let mut opt = AdamW::new(
+        vec![w.clone()],
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    for _ in 0..PROBE_STEPS {
+        let v = unit(w.as_tensor())?;
+        let logits = (f.matmul(&v.t()?)? * temperature as f64)?;
+        let pull = ((&v - &start)?.sqr()?.sum_all()? * (PROBE_PULL / classes as f64))?;
+        let loss = (candle_nn::loss::cross_entropy(&logits, &y)? + pull)?;
+        opt.backward_step(&loss)?;
+    }
+    Ok(unit(w.as_tensor())?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// For each photo and class, the cache's affinity from the photos of the other folds:
@@ -525,41 +632,34 @@ pub struct Adapter {
     pub support: Support,
     /// The cache keys `K`, `n x dim` (the support embeddings, or fine-tuned).
     pub keys: Vec<f32>,
+    /// The linear probe's class vectors, `classes x dim` ([`Method::LinearProbe`] only).
+    pub probe: Option<Vec<f32>>,
     /// What cross-validation chose, and how well each candidate did.
     pub report: Report,
 }
 
 impl Adapter {
-    /// The class embeddings photos are scored against: the text embeddings, or for
+    /// The class embeddings photos are scored against: the text embeddings, for
     /// [`Method::Prototype`] each class's normalised mean support embedding (a class without
-    /// photos keeps its text embedding). `classes x dim`, row-major.
+    /// photos keeps its text embedding), for [`Method::LinearProbe`] the probe's vectors.
+    /// `classes x dim`, row-major.
     pub fn class_embeddings(&self) -> Vec<f32> {
-        if self.report.method != Method::Prototype {
-            return self.text.clone();
-        }
-        let d = self.support.dim;
-        let mut out = self.text.clone();
-        let mut sums = vec![vec![0f64; d]; self.labels.classes.len()];
-        for (i, &c) in self.support.classes.iter().enumerate() {
-            for (k, v) in self.support.features[i * d..][..d].iter().enumerate() {
-                sums[c][k] += *v as f64;
+        match (self.report.method, &self.probe) {
+            (Method::Prototype, _) => {
+                let all: Vec<usize> = (0..self.support.len()).collect();
+                class_means(&self.support, &all, &self.text)
             }
+            (Method::LinearProbe, Some(probe)) => probe.clone(),
+            _ => self.text.clone(),
         }
-        for (c, sum) in sums.iter().enumerate() {
-            let norm = sum.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if norm > 0.0 {
-                for (k, v) in sum.iter().enumerate() {
-                    out[c * d + k] = (v / norm) as f32;
-                }
-            }
-        }
-        out
     }
 
     /// The cache term to add to the zero-shot logits (`None` for a zero-shot adapter).
     pub fn cache(&self) -> Result<Option<Cache>> {
-        if matches!(self.report.method, Method::ZeroShot | Method::Prototype)
-            || self.report.alpha == 0.0
+        if matches!(
+            self.report.method,
+            Method::ZeroShot | Method::Prototype | Method::LinearProbe
+        ) || self.report.alpha == 0.0
         {
             return Ok(None);
         }
@@ -574,7 +674,8 @@ impl Adapter {
         .map(Some)
     }
 
-    /// Writes the adapter (safetensors: `text`, `features`, `keys`, `classes`; metadata:
+    /// Writes the adapter (safetensors: `text`, `features`, `keys`, `classes`, `probe` when
+    /// there is one; metadata:
     /// `format`, `checkpoint`, `labels`, `report`), atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
@@ -591,11 +692,12 @@ impl Adapter {
             .flat_map(|&c| (c as u32).to_le_bytes())
             .collect();
         let n = self.support.len();
+        let probe = self.probe.as_deref().map(bytes);
         let view = |dtype, shape: Vec<usize>, data| {
             TensorView::new(dtype, shape, data)
                 .map_err(|e| anyhow!("cannot store the adapter: {e}"))
         };
-        let tensors = [
+        let mut tensors = vec![
             (
                 "text",
                 view(Dtype::F32, vec![self.text.len() / d, d], &text)?,
@@ -604,6 +706,12 @@ impl Adapter {
             ("keys", view(Dtype::F32, vec![n, d], &keys)?),
             ("classes", view(Dtype::U32, vec![n], &classes)?),
         ];
+        if let Some(probe) = &probe {
+            tensors.push((
+                "probe",
+                view(Dtype::F32, vec![probe.len() / 4 / d, d], probe)?,
+            ));
+        }
         let labels = serde_json::json!({
             "classes": self.labels.classes.iter().map(|c| StoredClass { names: c.names.clone(), group: c.group }).collect::<Vec<_>>(),
             "groups": self.labels.groups.iter().map(|g| g.names.clone()).collect::<Vec<_>>(),
@@ -655,6 +763,10 @@ impl Adapter {
         let (text, ts) = f32s("text")?;
         let (features, fs) = f32s("features")?;
         let (keys, ks) = f32s("keys")?;
+        let probe = match tensors.tensor("probe") {
+            Ok(_) => Some(f32s("probe")?),
+            Err(_) => None,
+        };
         let c = tensors
             .tensor("classes")
             .map_err(|e| anyhow!("classes: {e}"))?;
@@ -678,6 +790,8 @@ impl Adapter {
                 .any(|c| c.names.is_empty() || c.group.is_some_and(|g| g >= labels.groups.len()))
             || labels.groups.iter().any(Vec::is_empty)
             || !(report.alpha.is_finite() && report.beta.is_finite())
+            || probe.as_ref().is_some_and(|(_, shape)| shape != &ts)
+            || (report.method == Method::LinearProbe) != probe.is_some()
         {
             bail!("its tensors and classes do not fit together");
         }
@@ -708,6 +822,7 @@ impl Adapter {
                 dim,
             },
             keys,
+            probe: probe.map(|(v, _)| v),
             report,
         })
     }
@@ -794,7 +909,7 @@ mod tests {
     #[test]
     fn the_photos_decide_when_the_names_carry_nothing() {
         let (support, text) = clusters(5);
-        let (report, keys) =
+        let Chosen { report, keys, .. } =
             cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
         assert_eq!(report.folds, 10, "leave-one-out");
         assert!(report.zero_shot_top1 <= 0.5 + 1e-9);
@@ -890,8 +1005,9 @@ mod tests {
         for concentrated in [true, false] {
             for seed in [1, 2, 3] {
                 let (support, held, text) = few_shot(concentrated, seed);
-                let (report, keys) =
+                let chosen =
                     cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+                let report = chosen.report.clone();
                 let classes = text.len() / support.dim;
                 let adapter = Adapter {
                     checkpoint: "blake3:x".into(),
@@ -908,8 +1024,9 @@ mod tests {
                     },
                     text: text.clone(),
                     support: support.clone(),
-                    keys,
-                    report: report.clone(),
+                    keys: chosen.keys,
+                    probe: chosen.probe,
+                    report: chosen.report,
                 };
                 let chosen = held_out_top1(
                     &held,
@@ -936,6 +1053,64 @@ mod tests {
         }
     }
 
+    /// Two classes a little apart along x, each photo also moved far along the shared nuisance
+    /// direction (1, 1, 0): the class means' direction (x) picks up the nuisance, a trained
+    /// vector can turn away from it (x - y).
+    fn skewed(per_class: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+        let mut state = seed;
+        let mut uniform = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) as f32 - 0.5
+        };
+        let mut features = Vec::new();
+        let mut classes = Vec::new();
+        for i in 0..2 * per_class {
+            let c = i % 2;
+            let side = if c == 0 { -0.04 } else { 0.04 };
+            let u = 0.4 * uniform();
+            let v = [
+                side + u + 0.004 * uniform(),
+                u + 0.004 * uniform(),
+                1.0 + 0.004 * uniform(),
+            ];
+            let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            features.extend(v.iter().map(|x| x / n));
+            classes.push(c);
+        }
+        (features, classes)
+    }
+
+    #[test]
+    fn the_probe_learns_what_the_class_means_miss() {
+        let (features, classes) = skewed(12, 7);
+        let support = Support {
+            features,
+            classes,
+            dim: 3,
+        };
+        // Names that say nothing.
+        let text = vec![0.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        let chosen = cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+        let r = &chosen.report;
+        assert_eq!(r.method, Method::LinearProbe, "{r:?}");
+        let probe = chosen.probe.clone().expect("the probe's vectors");
+        let (held, held_classes) = skewed(100, 8);
+        let held: Vec<Held> = held
+            .chunks(3)
+            .map(|f| f.to_vec())
+            .zip(held_classes)
+            .collect();
+        let all: Vec<usize> = (0..support.len()).collect();
+        let means = held_out_top1(&held, &class_means(&support, &all, &text), None);
+        let probed = held_out_top1(&held, &probe, None);
+        assert!(
+            probed >= 0.9 && probed > means + 0.15,
+            "probe {probed}, class means {means}, {r:?}"
+        );
+    }
+
     #[test]
     fn zero_shot_is_kept_when_the_photos_do_not_help() {
         // Text embeddings that separate the classes perfectly, photos that do not.
@@ -947,13 +1122,16 @@ mod tests {
             dim: d,
         };
         let text = vec![1.0, 0.0, 0.0, 1.0];
-        let (report, _) =
-            cross_validate(&support, &text, 100.0, Choice::Search { fit: true }).unwrap();
+        let report = cross_validate(&support, &text, 100.0, Choice::Search { fit: true })
+            .unwrap()
+            .report;
         let fixed = Choice::Fixed {
             alpha: 5.0,
             beta: 1.0,
         };
-        let (report_fixed, _) = cross_validate(&support, &text, 100.0, fixed).unwrap();
+        let report_fixed = cross_validate(&support, &text, 100.0, fixed)
+            .unwrap()
+            .report;
         assert_eq!((report_fixed.alpha, report_fixed.beta), (5.0, 1.0));
         assert_eq!(report_fixed.method, Method::TipAdapter);
         assert_eq!(report.zero_shot_top1, 0.5);
@@ -980,8 +1158,11 @@ mod tests {
     #[test]
     fn fine_tuning_runs_and_saving_round_trips() {
         let (support, text) = clusters(3);
-        let (report, keys) =
-            cross_validate(&support, &text, 100.0, Choice::Search { fit: true }).unwrap();
+        let Chosen {
+            report,
+            keys,
+            probe,
+        } = cross_validate(&support, &text, 100.0, Choice::Search { fit: true }).unwrap();
         assert!(report.fitted_top1.is_some());
         let adapter = Adapter {
             checkpoint: "blake3:x".into(),
@@ -1004,6 +1185,7 @@ mod tests {
             text,
             support,
             keys,
+            probe,
             report,
         };
         let dir = tempfile::tempdir().unwrap();

@@ -502,8 +502,7 @@ fn adapters_load_consistent_or_are_refused() {
         dim: 2,
     };
     let text = vec![0.0, 1.0, 1.0, 0.0];
-    let (report, keys) =
-        cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
+    let chosen = cross_validate(&support, &text, 100.0, Choice::Search { fit: false }).unwrap();
     let mut labels =
         LabelSet::parse("[밥류]\n밥 | rice\n국\n".as_bytes(), Path::new("l.txt")).unwrap();
     labels.path = good.clone();
@@ -512,8 +511,9 @@ fn adapters_load_consistent_or_are_refused() {
         labels,
         text,
         support,
-        keys,
-        report,
+        keys: chosen.keys,
+        probe: chosen.probe,
+        report: chosen.report,
     }
     .save(&good)
     .unwrap();
@@ -527,6 +527,7 @@ fn adapters_load_consistent_or_are_refused() {
                 assert_eq!(a.text.len(), classes * a.support.dim);
                 assert!(a.support.classes.iter().all(|&c| c < classes));
                 assert_eq!(a.keys.len(), a.support.features.len());
+                assert_eq!(a.class_embeddings().len(), a.text.len());
                 a.cache().unwrap();
             }
             Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),

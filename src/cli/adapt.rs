@@ -103,14 +103,15 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         _ => Choice::Search { fit: args.fit },
     };
     let temperature = ckpt.model.logit_scale().exp();
-    let (report, keys) = cross_validate(&support, &text, temperature, choice)?;
+    let chosen = cross_validate(&support, &text, temperature, choice)?;
     let adapter = Adapter {
         checkpoint: cx.fingerprint(&ckpt)?,
         labels,
         text,
         support,
-        keys,
-        report,
+        keys: chosen.keys,
+        probe: chosen.probe,
+        report: chosen.report,
     };
     adapter.save(&args.output)?;
     let left = LeftOut {
@@ -247,6 +248,9 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
         if let Some(p) = r.prototype_top1 {
             writeln!(out, "class means top-1      {p:.3}")?;
         }
+        if let Some(p) = r.probe_top1 {
+            writeln!(out, "linear probe top-1     {p:.3}")?;
+        }
         match r.method {
             Method::ZeroShot => writeln!(
                 out,
@@ -255,6 +259,10 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
             Method::Prototype => writeln!(
                 out,
                 "chosen: class means (each class's mean photo embedding in place of its names)"
+            )?,
+            Method::LinearProbe => writeln!(
+                out,
+                "chosen: linear probe (class vectors trained on the photos, from their means)"
             )?,
             m => writeln!(
                 out,
