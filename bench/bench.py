@@ -92,9 +92,9 @@ def setup(workdir, count):
 
 def torch_model_only(ckpt, batch, iterations, bf16):
     import torch
-    from transformers import CLIPModel
+    from transformers import AutoModel
 
-    model = CLIPModel.from_pretrained(ckpt).eval()
+    model = AutoModel.from_pretrained(ckpt).eval()  # CLIPModel or SiglipModel, by its config
     pixels = torch.randn(batch, 3, 224, 224)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.no_grad()
     with torch.no_grad(), ctx:

@@ -15,6 +15,9 @@ rounds; the median of each is reported:
 | fp32, AVX2 | `--no-default-features` build | fp32, `ONEDNN_MAX_CPU_ISA=AVX2` |
 
 A path the CPU lacks is skipped. Nothing is asserted; run it on an otherwise idle machine.
+
+`--siglip` measures a random SigLIP base instead (transformers' default `SiglipConfig`: ViT-B/16
+at 224 px, 196 patches and the attention-pooling head), built once under --workdir.
 """
 
 import argparse
@@ -35,6 +38,24 @@ from bench import torch_model_only
 ckpt, batch, iterations = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 print(batch / torch_model_only(ckpt, batch, iterations, sys.argv[4] == "bf16"))
 """
+
+
+def make_siglip_checkpoint(path):
+    """A random SigLIP base (the default `SiglipConfig`) with tiny-siglip's tokenizer files."""
+    import shutil
+
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel
+
+    if os.path.exists(os.path.join(path, "model.safetensors")):
+        return
+    os.makedirs(path, exist_ok=True)
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig()).eval().save_pretrained(path)
+    SiglipImageProcessorPil(size={"height": 224, "width": 224}, resample=3).save_pretrained(path)
+    tok = os.path.join(ROOT, "tests", "fixtures", "tiny-siglip")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tok, f), os.path.join(path, f))
 
 
 def cpu_flags():
@@ -71,9 +92,14 @@ def main():
     ap.add_argument("--workdir", default="/tmp/foodclip-bench")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=5)
+    ap.add_argument("--siglip", action="store_true", help="a random SigLIP base, not CLIP ViT-B/32")
     args = ap.parse_args()
-    ckpt = os.path.join(args.workdir, "vit-b32")
-    make_checkpoint(ckpt)
+    if args.siglip:
+        ckpt = os.path.join(args.workdir, "siglip-b16")
+        make_siglip_checkpoint(ckpt)
+    else:
+        ckpt = os.path.join(args.workdir, "vit-b32")
+        make_checkpoint(ckpt)
     flags = cpu_flags()
     avx2_target = os.path.join(ROOT, "target", "avx2-build")
     paths = []

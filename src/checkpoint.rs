@@ -2,7 +2,7 @@
 //! checkpoint's own files.
 
 use crate::fsutil::write_atomically;
-use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel, Precision};
+use crate::model::{tokenizer::PromptTokenizer, weights, ClipConfig, ClipModel, Family, Precision};
 use crate::preprocess::PreprocessConfig;
 use crate::source::{HubOptions, ModelSource};
 use anyhow::{bail, Context, Result};
@@ -75,7 +75,7 @@ impl Checkpoint {
     ) -> Result<Self> {
         let files = source.fetcher(hub);
         let config_path = files.file("config.json")?;
-        let config = ClipConfig::from_file(&config_path)?;
+        let mut config = ClipConfig::from_file(&config_path)?;
         let preprocess = load_preprocess(source, hub)?;
         let size = config.vision_config.image_size as u32;
         let probe = preprocess.output_size(size * 3, size * 2);
@@ -88,11 +88,20 @@ impl Checkpoint {
         }
         let tokenizer_path = files.file("tokenizer.json")?;
         let tokenizer_config = files.optional_file("tokenizer_config.json")?;
-        let tokenizer = PromptTokenizer::load(
+        let mut tokenizer = PromptTokenizer::load(
             &tokenizer_path,
             tokenizer_config.as_deref(),
             config.text_config.max_position_embeddings,
         )?;
+        if config.family == Family::Siglip {
+            tokenizer = tokenizer.lowercasing();
+            // SigLIP reads its embedding at the last position, padding for most prompts: pad
+            // with the token transformers pads with, the tokenizer's (SigLIP 2's Gemma pads
+            // with 0 where its config keeps SigLIP's default 1).
+            if let Some(pad) = tokenizer.pad_id() {
+                config.text_config.pad_token_id = pad;
+            }
+        }
         let weights_path = files.weights()?;
         let plan = precision.plan(device)?;
         let vb = weights::open(&weights_path, plan.dtype, device)?;

@@ -6,6 +6,7 @@ use crate::cache::{Lookup, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::labels::{LabelSet, Templates};
 use crate::model::encoder::l2_normalize;
+use crate::model::Scoring;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use image::RgbImage;
@@ -25,7 +26,8 @@ pub struct Prediction {
     pub group: Option<String>,
     /// Cosine similarity between the photo and the class embedding.
     pub score: f32,
-    /// Softmax over all classes of `exp(logit_scale) * score` (plus an adapter's cache term).
+    /// The probability from `exp(logit_scale) * score` (plus an adapter's cache term): a softmax
+    /// over all classes for CLIP, the class's own sigmoid (with `logit_bias`) for SigLIP.
     pub prob: f32,
 }
 
@@ -232,8 +234,8 @@ pub struct Classifier {
     groups: Vec<String>,
     /// `(classes, dim)`, each row unit length.
     embeddings: Tensor,
-    /// `exp(logit_scale)`.
-    temperature: f32,
+    /// How similarities become probabilities.
+    scoring: Scoring,
     stats: PromptStats,
     /// An adapter's cache term, added to the logits (`prob`); `score` stays zero-shot.
     cache: Option<Cache>,
@@ -284,11 +286,10 @@ impl Classifier {
             .flat_map(|(s, n)| s.into_iter().map(move |v| v / n as f32))
             .collect();
         let means = Tensor::from_vec(flat, (labels.classes.len(), dim), &ckpt.device)?;
-        let temperature = ckpt.model.logit_scale().exp();
         Ok(Self::of(
             labels,
             l2_normalize(&means)?,
-            temperature,
+            ckpt.model.scoring(),
             stats,
             None,
         ))
@@ -298,7 +299,7 @@ impl Classifier {
     fn of(
         labels: &LabelSet,
         embeddings: Tensor,
-        temperature: f32,
+        scoring: Scoring,
         stats: PromptStats,
         cache: Option<Cache>,
     ) -> Self {
@@ -308,15 +309,15 @@ impl Classifier {
             class_groups: labels.classes.iter().map(|c| c.group).collect(),
             groups: labels.groups.iter().map(|g| display(&g.names)).collect(),
             embeddings,
-            temperature,
+            scoring,
             stats,
             cache,
         }
     }
 
     /// Scores with an adapter: its classes, their zero-shot embeddings as it stores them, and
-    /// its cache (see [`crate::adapter`]). `temperature` is `exp(logit_scale)` of the model.
-    pub fn from_adapter(adapter: &Adapter, temperature: f32, device: &Device) -> Result<Self> {
+    /// its cache (see [`crate::adapter`]), scored as the model scores (`ckpt.model.scoring()`).
+    pub fn from_adapter(adapter: &Adapter, scoring: Scoring, device: &Device) -> Result<Self> {
         let labels = &adapter.labels;
         let (classes, dim) = (labels.classes.len(), adapter.support.dim);
         let embeddings = Tensor::from_vec(adapter.class_embeddings(), (classes, dim), device)?;
@@ -324,7 +325,7 @@ impl Classifier {
         Ok(Self::of(
             labels,
             embeddings,
-            temperature,
+            scoring,
             stats,
             adapter.cache()?,
         ))
@@ -359,31 +360,47 @@ impl Classifier {
         let logits: Vec<f64> = scores
             .iter()
             .enumerate()
-            .map(|(c, &s)| self.temperature as f64 * s as f64 + extra.map_or(0.0, |e| e[c] as f64))
+            .map(|(c, &s)| {
+                self.scoring.temperature() as f64 * s as f64 + extra.map_or(0.0, |e| e[c] as f64)
+            })
             .collect();
-        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
-        let total: f64 = exps.iter().sum();
+        let probs: Vec<f64> = match self.scoring {
+            Scoring::Softmax { .. } => {
+                let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                exps.iter().map(|e| e / total).collect()
+            }
+            Scoring::Sigmoid { bias, .. } => logits
+                .iter()
+                .map(|l| 1.0 / (1.0 + (-(l + bias as f64)).exp()))
+                .collect(),
+        };
         let mut predictions: Vec<Prediction> = self
             .labels
             .iter()
             .zip(scores)
-            .zip(&exps)
+            .zip(&probs)
             .enumerate()
-            .map(|(class, ((label, &score), e))| Prediction {
+            .map(|(class, ((label, &score), p))| Prediction {
                 class,
                 label: label.clone(),
                 group: self.class_groups[class].map(|g| self.groups[g].clone()),
                 score,
-                prob: (e / total) as f32,
+                prob: *p as f32,
             })
             .collect();
         // Best first by logit: by score for zero-shot, by the adapted logits with an adapter.
         predictions.sort_by(|a, b| logits[b.class].total_cmp(&logits[a.class]));
+        // A group's probability: its classes' sum under a softmax (they share one total); under
+        // a sigmoid, where each class stands alone, its likeliest class.
         let mut group_probs = vec![0f64; self.groups.len()];
-        for (g, e) in self.class_groups.iter().zip(&exps) {
+        for (g, p) in self.class_groups.iter().zip(&probs) {
             if let Some(g) = g {
-                group_probs[*g] += e / total;
+                group_probs[*g] = match self.scoring {
+                    Scoring::Softmax { .. } => group_probs[*g] + p,
+                    Scoring::Sigmoid { .. } => group_probs[*g].max(*p),
+                };
             }
         }
         let mut groups: Vec<GroupScore> = self

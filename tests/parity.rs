@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use foodclip::classify::{embed_pictures, embed_prompts, Classifier};
 use foodclip::labels::{LabelSet, Templates};
+use foodclip::model::Scoring;
 
 #[test]
 fn tokens_equal_transformers_ids() {
@@ -16,16 +17,38 @@ fn tokens_equal_transformers_ids() {
             let tokens = ckpt.tokenizer.encode(&p.text).unwrap();
             assert_eq!(tokens.ids, p.ids, "{name}: {:?}", p.text);
         }
-        // The long class overflows tiny-gelu's 32-token context: truncated, EOS kept.
+        // The long class overflows tiny-gelu's 32-token context and tiny-siglip's 64 (its
+        // small vocabulary spells it in many pieces): truncated, EOS kept.
         let long = reference
             .prompts
             .iter()
             .find(|p| p.text.starts_with("a photo of a very long"))
             .unwrap();
         let tokens = ckpt.tokenizer.encode(&long.text).unwrap();
-        assert_eq!(tokens.truncated, name == "tiny-gelu");
-        assert_eq!(*tokens.ids.last().unwrap(), 49407);
+        assert_eq!(tokens.truncated, name != "tiny-openai");
+        let eos = if name == "tiny-siglip" { 1 } else { 49407 };
+        assert_eq!(*tokens.ids.last().unwrap(), eos);
     }
+}
+
+/// SigLIP lower-cases: transformers' SigLIP tokenizer does, and so must foodclip whatever the
+/// checkpoint's `tokenizer.json` holds (SigLIP 2's Gemma tokenizer keeps case).
+#[test]
+fn siglip_prompts_are_lower_cased_and_padded_with_the_tokenizers_pad() {
+    let ckpt = checkpoint("tiny-siglip");
+    let reference = reference("tiny-siglip");
+    let shouted = ckpt.tokenizer.encode("A PHOTO OF KIMCHI STEW").unwrap();
+    assert_eq!(
+        shouted.ids,
+        ckpt.tokenizer.encode("a photo of kimchi stew").unwrap().ids
+    );
+    let p = &reference.prompts[0];
+    assert_eq!(
+        ckpt.tokenizer.encode(&p.text.to_uppercase()).unwrap().ids,
+        p.ids
+    );
+    assert_eq!(ckpt.tokenizer.pad_id(), Some(1));
+    assert_eq!(ckpt.config.text_config.pad_token_id, 1);
 }
 
 /// Mean absolute difference, in 8-bit levels, between our prepared picture and a reference PNG.
@@ -54,26 +77,30 @@ fn preview_pixels_match_clip_image_processor() {
         for img in &reference(name).images {
             let ours = exact_picture(&ckpt, &img.file);
             let png = format!("{}.png", img.file.rsplit_once('.').unwrap().0);
-            // CLIPImageProcessor (torchvision backend since transformers 5): within 1/255 on average.
-            let (mean, _) = pixel_difference(
-                &ours,
-                &fixtures()
-                    .join("reference")
-                    .join(format!("{name}-torchvision"))
-                    .join(&png),
-            );
-            assert!(
-                mean <= 1.0,
-                "{name}/{}: mean abs difference {mean:.3}/255 to CLIPImageProcessor",
-                img.file
-            );
+            // SigLIP's fixture has only the Pillow backend's pixels (its torchvision backend
+            // resizes as CLIP's does, checked here on the CLIP fixtures).
+            let torchvision = fixtures()
+                .join("reference")
+                .join(format!("{name}-torchvision"));
+            if name == "tiny-siglip" {
+                assert!(!torchvision.exists());
+            } else {
+                // CLIPImageProcessor (torchvision backend since transformers 5): within 1/255
+                // on average.
+                let (mean, _) = pixel_difference(&ours, &torchvision.join(&png));
+                assert!(
+                    mean <= 1.0,
+                    "{name}/{}: mean abs difference {mean:.3}/255 to CLIPImageProcessor",
+                    img.file
+                );
+            }
             // The Pillow backend, which foodclip reproduces: the same pixels up to JPEG decoder
             // rounding (libjpeg-turbo versions), in practice identical.
             let (mean, max) =
                 pixel_difference(&ours, &fixtures().join("reference").join(name).join(&png));
             assert!(
                 mean <= 0.02 && max <= 1,
-                "{name}/{}: {mean:.4}/255 mean, {max} max to CLIPImageProcessorPil",
+                "{name}/{}: {mean:.4}/255 mean, {max} max to the Pillow backend",
                 img.file
             );
         }
@@ -120,15 +147,21 @@ fn scores_and_probs_match() {
         let ckpt = checkpoint(name);
         let reference = reference(name);
         assert!((ckpt.model.logit_scale() - reference.logit_scale).abs() < 1e-6);
+        match (ckpt.model.scoring(), reference.logit_bias) {
+            (Scoring::Softmax { .. }, None) => {}
+            (Scoring::Sigmoid { bias, .. }, Some(b)) => assert!((bias - b).abs() < 1e-6),
+            (s, b) => panic!("{name}: scoring {s:?} with a reference bias {b:?}"),
+        }
         let labels = LabelSet::load(&fixtures().join("labels/mixed.txt")).unwrap();
         let templates = Templates::Custom(reference.templates.clone());
         let mut warnings = Vec::new();
         let classifier =
             Classifier::new(&ckpt, &labels, &templates, None, |w| warnings.push(w)).unwrap();
-        // Only tiny-gelu's 32-token context truncates the long class (line 6), once per template.
+        // Only tiny-gelu's 32-token context and tiny-siglip's small vocabulary truncate the
+        // long class (line 6), once per template.
         assert_eq!(
             warnings.len(),
-            if name == "tiny-gelu" { 1 } else { 0 },
+            if name == "tiny-openai" { 0 } else { 1 },
             "{warnings:?}"
         );
         if let Some(w) = warnings.first() {
@@ -169,6 +202,47 @@ fn scores_and_probs_match() {
             }
             assert!(preds.windows(2).all(|w| w[0].score >= w[1].score));
         }
+    }
+}
+
+/// transformers' zero-shot image-classification pipeline on a SigLIP checkpoint: per-class
+/// sigmoids (not a softmax), prompts padded to 64 tokens. foodclip with the same template and
+/// the same names gives the same probabilities.
+#[test]
+fn siglip_probabilities_match_the_zero_shot_pipeline() {
+    let reference = reference("tiny-siglip");
+    let pipeline = reference.pipeline.as_ref().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("names.txt");
+    let names: Vec<String> = reference
+        .classes
+        .iter()
+        .map(|c| c.names[0].clone())
+        .collect();
+    std::fs::write(&labels, names.join("\n") + "\n").unwrap();
+    let o = foodclip()
+        .args(["--exact-preprocess", "--model"])
+        .arg(fixtures().join("tiny-siglip"))
+        .args(["classify", "--format", "jsonl", "--top-k", "10", "-t"])
+        .arg(&pipeline.template)
+        .arg("--labels")
+        .arg(&labels)
+        .arg(fixtures().join("images").join(&pipeline.file))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let record = &jsonl_records(&o.stdout)[0];
+    let ours = record["predictions"].as_array().unwrap();
+    assert_eq!(ours.len(), pipeline.answer.len());
+    let total: f64 = ours.iter().map(|p| p["prob"].as_f64().unwrap()).sum();
+    assert!(total < 0.9, "sigmoids, not a softmax: they sum to {total}");
+    for (mine, theirs) in ours.iter().zip(&pipeline.answer) {
+        assert_eq!(mine["label"], theirs["label"]);
+        let (a, b) = (
+            mine["prob"].as_f64().unwrap(),
+            theirs["score"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-4, "{}: {a} vs {b}", mine["label"]);
     }
 }
 

@@ -37,7 +37,15 @@ impl Server {
     }
 
     fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let server = Self::spawn(args, env);
+        Self::ready(Self::spawn(args, env))
+    }
+
+    /// Starts the server on the fixture checkpoint `model` and waits until it answers.
+    fn start_model(model: &str, args: &[&str]) -> Self {
+        Self::ready(Self::spawn_model(model, args, &[]))
+    }
+
+    fn ready(server: Self) -> Self {
         let start = Instant::now();
         while server.get("/healthz").status != 200 {
             assert!(
@@ -52,7 +60,12 @@ impl Server {
 
     /// Starts the server and waits only for its address.
     fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let model = fixtures().join("tiny-openai");
+        Self::spawn_model("tiny-openai", args, env)
+    }
+
+    /// Starts the server on the fixture checkpoint `model` and waits only for its address.
+    fn spawn_model(model: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let model = fixtures().join(model);
         let mut cmd = foodclip();
         cmd.arg("--model")
             .arg(&model)
@@ -243,9 +256,14 @@ fn photos() -> Vec<PathBuf> {
 
 /// `foodclip --model tiny-openai classify --format jsonl ARGS`: the records.
 fn classify(args: &[&str]) -> Vec<Value> {
+    classify_with("tiny-openai", args)
+}
+
+/// `foodclip --model MODEL classify --format jsonl ARGS` on a fixture checkpoint: the records.
+fn classify_with(model: &str, args: &[&str]) -> Vec<Value> {
     let o = foodclip()
         .arg("--model")
-        .arg(fixtures().join("tiny-openai"))
+        .arg(fixtures().join(model))
         .args(["classify", "--format", "jsonl"])
         .args(args)
         .output()
@@ -362,6 +380,41 @@ fn answers_equal_classify_for_every_fixture_photo() {
         .collect();
     assert_eq!(names[..2], ["김치찌개", "bibimbap"]);
     assert!(labels["model"].as_str().unwrap().contains("tiny-openai"));
+}
+
+/// A SigLIP checkpoint serves the per-class sigmoids `classify` gives, an open-set threshold
+/// reading them.
+#[test]
+fn a_siglip_model_serves_what_classify_gives() {
+    let labels = mixed();
+    let server = Server::start_model("tiny-siglip", &["--labels", s(&labels)]);
+    let all = photos();
+    let mut args = vec!["--labels", s(&labels), "-k", "0"];
+    args.extend(all.iter().map(|p| s(p)));
+    let want: HashMap<String, Value> = classify_with("tiny-siglip", &args)
+        .into_iter()
+        .map(|r| (r["path"].as_str().unwrap().to_string(), r))
+        .collect();
+    for photo in &all[..4] {
+        let a = server.post("/v1/classify?top_k=0", &std::fs::read(photo).unwrap());
+        assert_eq!(a.status, 200, "{}: {}", photo.display(), a.body);
+        let record = &a.body[0];
+        assert_same(record, &want[s(photo)], s(photo));
+        let total: f64 = record["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prob"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - 1.0).abs() > 1e-3,
+            "sigmoids, not a softmax: {total}"
+        );
+    }
+    assert!(server.get("/v1/labels").body["model"]
+        .as_str()
+        .unwrap()
+        .contains("tiny-siglip"));
 }
 
 #[test]

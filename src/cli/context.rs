@@ -200,7 +200,7 @@ impl Context {
                 if !matches!(templates, Templates::Default) {
                     bail!("--adapter brings its class embeddings; leave out --template");
                 }
-                Classifier::from_adapter(a, ckpt.model.logit_scale().exp(), &ckpt.device)
+                Classifier::from_adapter(a, ckpt.model.scoring(), &ckpt.device)
             }
         }
     }

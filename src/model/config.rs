@@ -1,7 +1,8 @@
 //! Model configuration, mapped field by field from a checkpoint's `config.json`.
 //!
-//! Defaults are those of transformers' `CLIPTextConfig` and `CLIPVisionConfig`, so a hub config
-//! that leaves a field out means what it means to the reference implementation.
+//! Defaults are those of transformers' `CLIPTextConfig` and `CLIPVisionConfig` (or, for
+//! `model_type: "siglip"`, `SiglipTextConfig` and `SiglipVisionConfig`), so a hub config that
+//! leaves a field out means what it means to the reference implementation.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -19,6 +20,18 @@ pub enum Activation {
     /// The tanh approximation of GELU.
     #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", rename = "gelu_fast")]
     GeluTanh,
+}
+
+/// The architecture a config describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    /// CLIP (`CLIPModel`): softmax over the classes.
+    #[default]
+    Clip,
+    /// SigLIP (`SiglipModel`, and SigLIP 2's fixed-resolution checkpoints, which load as it): no
+    /// class token, an attention-pooling image head, a text head on the last token, and a
+    /// sigmoid per class with a learned bias.
+    Siglip,
 }
 
 /// The text tower (`text_config`).
@@ -45,6 +58,8 @@ pub struct TextConfig {
     pub eos_token_id: u32,
     /// Token id used for padding.
     pub pad_token_id: u32,
+    /// SigLIP: width of the text head's output (the hidden size when absent).
+    pub projection_size: Option<usize>,
 }
 
 impl Default for TextConfig {
@@ -60,6 +75,7 @@ impl Default for TextConfig {
             layer_norm_eps: 1e-5,
             eos_token_id: 49407,
             pad_token_id: 1,
+            projection_size: None,
         }
     }
 }
@@ -86,6 +102,8 @@ pub struct VisionConfig {
     pub hidden_act: Activation,
     /// Epsilon of every layer norm.
     pub layer_norm_eps: f64,
+    /// SigLIP: whether the attention-pooling head is there (foodclip needs it).
+    pub vision_use_head: bool,
 }
 
 impl Default for VisionConfig {
@@ -100,11 +118,31 @@ impl Default for VisionConfig {
             patch_size: 32,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
+            vision_use_head: true,
         }
     }
 }
 
-/// A whole `CLIPModel` configuration.
+/// The fields where transformers' SigLIP configs default otherwise than CLIP's, per tower.
+const SIGLIP_DEFAULTS: [(&str, &[(&str, f64)]); 2] = [
+    (
+        "text_config",
+        &[
+            ("vocab_size", 32000.0),
+            ("hidden_size", 768.0),
+            ("intermediate_size", 3072.0),
+            ("num_attention_heads", 12.0),
+            ("max_position_embeddings", 64.0),
+            ("layer_norm_eps", 1e-6),
+        ],
+    ),
+    (
+        "vision_config",
+        &[("patch_size", 16.0), ("layer_norm_eps", 1e-6)],
+    ),
+];
+
+/// A whole `CLIPModel` (or `SiglipModel`) configuration.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipConfig {
     /// Must be `clip` (or absent).
@@ -116,9 +154,12 @@ pub struct ClipConfig {
     /// The vision tower.
     #[serde(default)]
     pub vision_config: VisionConfig,
-    /// Width of the shared embedding space.
+    /// Width of the shared embedding space (SigLIP: the text head's width).
     #[serde(default = "default_projection_dim")]
     pub projection_dim: usize,
+    /// The architecture, from `model_type`.
+    #[serde(skip)]
+    pub family: Family,
 }
 
 fn default_projection_dim() -> usize {
@@ -137,8 +178,23 @@ impl ClipConfig {
     /// assert_eq!(config.text_config.hidden_act, foodclip::model::Activation::Gelu);
     /// ```
     pub fn from_json(json: &str) -> Result<Self> {
-        let de = &mut serde_json::Deserializer::from_str(json);
-        let config: ClipConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut value: serde_json::Value = serde_json::from_str(json)?;
+        let family = match value.get("model_type").and_then(|v| v.as_str()) {
+            None | Some("clip") => Family::Clip,
+            Some("siglip") => Family::Siglip,
+            Some("siglip2") => bail!(
+                "model_type is \"siglip2\" (SigLIP 2 NaFlex, variable resolution); foodclip runs \
+                 the fixed-resolution SigLIP 2 checkpoints (model_type \"siglip\", such as \
+                 google/siglip2-base-patch16-224)"
+            ),
+            Some(kind) => bail!(
+                "model_type is {kind:?}; foodclip runs CLIP and SigLIP models (model_type \"clip\" or \"siglip\")"
+            ),
+        };
+        if family == Family::Siglip {
+            siglip_defaults(&mut value)?;
+        }
+        let mut config: ClipConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let field = e.path().to_string();
             let hint = if field.ends_with("hidden_act") {
                 " (foodclip supports CLIP configs with hidden_act quick_gelu, gelu, gelu_new)"
@@ -147,6 +203,11 @@ impl ClipConfig {
             };
             anyhow::anyhow!("field {field}: {}{hint}", e.into_inner())
         })?;
+        config.family = family;
+        if family == Family::Siglip {
+            let t = &config.text_config;
+            config.projection_dim = t.projection_size.unwrap_or(t.hidden_size);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -162,13 +223,21 @@ impl ClipConfig {
     /// Checks every size, count and id against the others and against sane bounds, so that no
     /// arithmetic on them can overflow and no tensor is asked for in a shape that makes no sense.
     fn validate(&self) -> Result<()> {
-        if let Some(kind) = &self.model_type {
-            if kind != "clip" {
-                bail!("model_type is {kind:?}; foodclip runs CLIP models (model_type \"clip\")");
-            }
-        }
         let t = &self.text_config;
         let v = &self.vision_config;
+        if self.family == Family::Siglip {
+            if !v.vision_use_head {
+                bail!("vision_config.vision_use_head is false; SigLIP image embeddings come from its head");
+            }
+            if self.projection_dim != v.hidden_size {
+                bail!(
+                    "text_config.projection_size {} differs from vision_config.hidden_size {}: \
+                     the two towers' embeddings must have one width",
+                    self.projection_dim,
+                    v.hidden_size
+                );
+            }
+        }
         within("projection_dim", self.projection_dim, 1, MAX_WIDTH)?;
         for (tower, width, mlp, layers, heads, eps) in [
             (
@@ -208,12 +277,15 @@ impl ClipConfig {
             1,
             MAX_TOKENS,
         )?;
-        within(
-            "text_config.eos_token_id",
-            t.eos_token_id as usize,
-            0,
-            t.vocab_size - 1,
-        )?;
+        // SigLIP reads the last position, not EOS: its configs keep CLIP's unused default.
+        if self.family == Family::Clip {
+            within(
+                "text_config.eos_token_id",
+                t.eos_token_id as usize,
+                0,
+                t.vocab_size - 1,
+            )?;
+        }
         within(
             "text_config.pad_token_id",
             t.pad_token_id as usize,
@@ -246,6 +318,33 @@ impl ClipConfig {
         }
         Ok(())
     }
+}
+
+/// Fills the fields a SigLIP `config.json` leaves out with SigLIP's defaults (which differ
+/// from CLIP's), so that the structs' CLIP defaults only apply to fields the two share.
+fn siglip_defaults(value: &mut serde_json::Value) -> Result<()> {
+    let Some(root) = value.as_object_mut() else {
+        bail!("config.json is not a JSON object");
+    };
+    for (tower, fields) in SIGLIP_DEFAULTS {
+        let entry = root.entry(tower).or_insert_with(|| serde_json::json!({}));
+        let Some(tower_map) = entry.as_object_mut() else {
+            bail!("field {tower}: not a JSON object");
+        };
+        for (name, default) in fields {
+            tower_map.entry(*name).or_insert_with(|| {
+                if default.fract() == 0.0 {
+                    serde_json::json!(*default as u64)
+                } else {
+                    serde_json::json!(default)
+                }
+            });
+        }
+        tower_map
+            .entry("hidden_act")
+            .or_insert_with(|| serde_json::json!("gelu_pytorch_tanh"));
+    }
+    Ok(())
 }
 
 /// Widths (hidden and projection sizes) above this are refused as absurd.
@@ -284,8 +383,41 @@ mod tests {
     fn rejects_unknown_activation_and_model_type() {
         let e = ClipConfig::from_json(r#"{"text_config": {"hidden_act": "swish"}}"#).unwrap_err();
         assert!(format!("{e:#}").contains("swish"), "{e:#}");
-        let e = ClipConfig::from_json(r#"{"model_type": "siglip"}"#).unwrap_err();
-        assert!(format!("{e:#}").contains("siglip"));
+        let e = ClipConfig::from_json(r#"{"model_type": "siglip2"}"#).unwrap_err();
+        assert!(format!("{e:#}").contains("NaFlex"));
+        let e = ClipConfig::from_json(r#"{"model_type": "blip"}"#).unwrap_err();
+        assert!(format!("{e:#}").contains("blip"));
+    }
+
+    #[test]
+    fn siglip_configs_take_siglips_defaults() {
+        // The multilingual SigLIP base's config.json, as the hub holds it: almost nothing.
+        let c = ClipConfig::from_json(
+            r#"{"model_type": "siglip", "text_config": {"vocab_size": 250000},
+                "vision_config": {"image_size": 256}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.family, Family::Siglip);
+        let (t, v) = (&c.text_config, &c.vision_config);
+        assert_eq!(
+            (t.vocab_size, t.hidden_size, t.num_attention_heads),
+            (250000, 768, 12)
+        );
+        assert_eq!((t.max_position_embeddings, t.layer_norm_eps), (64, 1e-6));
+        assert_eq!(
+            (v.image_size, v.patch_size, v.layer_norm_eps),
+            (256, 16, 1e-6)
+        );
+        assert_eq!(t.hidden_act, Activation::GeluTanh);
+        assert_eq!(v.hidden_act, Activation::GeluTanh);
+        assert_eq!(c.projection_dim, 768);
+        let e = ClipConfig::from_json(
+            r#"{"model_type": "siglip", "text_config": {"projection_size": 512}}"#,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("one width"), "{e:#}");
+        // CLIP keeps CLIP's defaults.
+        assert_eq!(ClipConfig::from_json("{}").unwrap().family, Family::Clip);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The pre-norm transformer encoder shared by CLIP's text and vision towers.
+//! The pre-norm transformer encoder shared by the text and vision towers of CLIP and SigLIP.
 
-use super::config::Activation;
+use super::config::{Activation, TextConfig, VisionConfig};
 use super::ops::{attention, mlp, Dense, MatmulKind};
 use anyhow::Result;
 use candle_core::{Tensor, D};
@@ -23,6 +23,33 @@ pub struct EncoderShape {
     pub eps: f64,
     /// How the dense layers multiply.
     pub matmul: MatmulKind,
+}
+
+/// An [`EncoderShape`] from a tower config's fields (text and vision configs name them alike).
+macro_rules! shape_of {
+    ($c:expr, $matmul:expr) => {
+        EncoderShape {
+            hidden: $c.hidden_size,
+            intermediate: $c.intermediate_size,
+            heads: $c.num_attention_heads,
+            layers: $c.num_hidden_layers,
+            activation: $c.hidden_act,
+            eps: $c.layer_norm_eps,
+            matmul: $matmul,
+        }
+    };
+}
+
+impl EncoderShape {
+    /// The text tower's stack, as its config describes it.
+    pub fn of_text(c: &TextConfig, matmul: MatmulKind) -> Self {
+        shape_of!(c, matmul)
+    }
+
+    /// The vision tower's stack, as its config describes it.
+    pub fn of_vision(c: &VisionConfig, matmul: MatmulKind) -> Self {
+        shape_of!(c, matmul)
+    }
 }
 
 pub(crate) fn layer_norm(size: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
@@ -70,15 +97,15 @@ impl Attention {
     }
 }
 
-/// The two-layer MLP of each encoder layer.
-struct Mlp {
+/// The two-layer MLP of each encoder layer (and of SigLIP's pooling head).
+pub(crate) struct Mlp {
     fc1: Dense,
     fc2: Dense,
     activation: Activation,
 }
 
 impl Mlp {
-    fn load(vb: VarBuilder, shape: &EncoderShape) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder, shape: &EncoderShape) -> Result<Self> {
         Ok(Self {
             fc1: Dense::load(
                 shape.hidden,
@@ -99,7 +126,7 @@ impl Mlp {
     }
 
     /// `x + fc2(act(fc1(norm(x))))`.
-    fn forward(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, norm: &LayerNorm, x: &Tensor) -> Result<Tensor> {
         mlp(&self.fc1, &self.fc2, x, norm, self.activation)
     }
 }

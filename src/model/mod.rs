@@ -1,5 +1,6 @@
-//! The CLIP model on candle-nn, one file per piece: [`config`], [`encoder`], [`text`], [`vision`],
-//! [`weights`], and the prompt [`tokenizer`].
+//! The CLIP and SigLIP models on candle-nn, one file per piece: [`config`], [`encoder`],
+//! [`text`], [`vision`], [`siglip_text`], [`siglip_vision`], [`weights`], and the prompt
+//! [`tokenizer`].
 //!
 //! Written here rather than taken from candle-transformers, whose CLIP (0.11) differs from the
 //! reference: it pools text at the highest token id (wrong when a pad id sits above EOS), knows no
@@ -13,12 +14,14 @@ pub mod config;
 pub mod encoder;
 pub mod math;
 pub mod ops;
+pub mod siglip_text;
+pub mod siglip_vision;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
-pub use config::{Activation, ClipConfig, TextConfig, VisionConfig};
+pub use config::{Activation, ClipConfig, Family, TextConfig, VisionConfig};
 pub use text::Pooling;
 
 use anyhow::{bail, Context, Result};
@@ -136,7 +139,35 @@ impl std::str::FromStr for Precision {
     }
 }
 
-/// A CLIP model: both towers, their projections into the shared space, and the logit scale.
+/// How a model turns the cosine similarity of a photo and a class into a probability.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scoring {
+    /// CLIP: `softmax(temperature * cos)` over the classes, which sum to 1.
+    Softmax {
+        /// `exp(logit_scale)`.
+        temperature: f32,
+    },
+    /// SigLIP: `sigmoid(temperature * cos + bias)` for each class on its own: how likely the
+    /// photo shows that class, not a share among the classes (several can be near 1, or none).
+    Sigmoid {
+        /// `exp(logit_scale)`.
+        temperature: f32,
+        /// `logit_bias`.
+        bias: f32,
+    },
+}
+
+impl Scoring {
+    /// `exp(logit_scale)`.
+    pub fn temperature(&self) -> f32 {
+        match *self {
+            Scoring::Softmax { temperature } | Scoring::Sigmoid { temperature, .. } => temperature,
+        }
+    }
+}
+
+/// A CLIP-family model: both towers, their projections into the shared space, and the logit
+/// scale (and, for SigLIP, bias).
 ///
 /// Each tower is built from the weights the first time it is used (or by
 /// [`ClipModel::build_image_tower`]), so a run whose prompt embeddings are all cached never reads
@@ -144,9 +175,10 @@ impl std::str::FromStr for Precision {
 pub struct ClipModel {
     weights: VarBuilder<'static>,
     config: ClipConfig,
-    text: OnceLock<Projected<text::TextTransformer>>,
-    vision: OnceLock<Projected<vision::VisionTransformer>>,
+    text: OnceLock<Box<dyn TextEncoder>>,
+    vision: OnceLock<Box<dyn ImageEncoder>>,
     logit_scale: f32,
+    logit_bias: Option<f32>,
     dtype: DType,
     matmul: MatmulKind,
 }
@@ -157,21 +189,65 @@ struct Projected<T> {
     projection: Dense,
 }
 
+/// A text tower with its projection: token sequences in, embeddings in the shared space out.
+trait TextEncoder: Send + Sync {
+    fn embed(&self, sequences: &[Vec<u32>]) -> Result<Tensor>;
+}
+
+/// An image tower with its projection: pixels in, embeddings in the shared space out.
+trait ImageEncoder: Send + Sync {
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor>;
+}
+
+impl TextEncoder for Projected<text::TextTransformer> {
+    fn embed(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        self.projection.forward(&self.encoder.forward(sequences)?)
+    }
+}
+
+impl ImageEncoder for Projected<vision::VisionTransformer> {
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.projection.forward(&self.encoder.forward(pixels)?)
+    }
+}
+
+impl TextEncoder for siglip_text::SiglipTextTransformer {
+    fn embed(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
+        self.forward(sequences)
+    }
+}
+
+impl ImageEncoder for siglip_vision::SiglipVisionTransformer {
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward(pixels)
+    }
+}
+
 impl ClipModel {
-    /// Opens the model in `vb` (a `CLIPModel` state dict) with its config; only the logit scale is
-    /// read here. `matmul` says how the dense layers multiply.
+    /// Opens the model in `vb` (a `CLIPModel` or `SiglipModel` state dict) with its config; only
+    /// the logit scale (and bias) is read here. `matmul` says how the dense layers multiply.
     pub fn load(vb: VarBuilder<'static>, config: &ClipConfig, matmul: MatmulKind) -> Result<Self> {
         let dtype = vb.dtype();
-        let logit_scale = vb
-            .get((), "logit_scale")?
-            .to_dtype(DType::F32)?
-            .to_scalar::<f32>()?;
+        let scalar = |name: &str| -> Result<f32> {
+            // SigLIP stores its scale and bias as one-element vectors, CLIP its scale as a scalar.
+            let t = vb.get_unchecked(name)?;
+            if t.elem_count() != 1 {
+                bail!("{name} has shape {:?}; expected one value", t.dims());
+            }
+            Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?[0])
+        };
+        let logit_scale = scalar("logit_scale")?;
+        let logit_bias = match config.family {
+            Family::Clip => None,
+            Family::Siglip => Some(scalar("logit_bias")?),
+        };
         Ok(Self {
             weights: vb,
             config: config.clone(),
             text: OnceLock::new(),
             vision: OnceLock::new(),
             logit_scale,
+            logit_bias,
             dtype,
             matmul,
         })
@@ -184,33 +260,46 @@ impl ClipModel {
     }
 
     /// The text tower, built from the weights on first use.
-    fn text_tower(&self) -> Result<&Projected<text::TextTransformer>> {
+    fn text_tower(&self) -> Result<&dyn TextEncoder> {
         if let Some(tower) = self.text.get() {
-            return Ok(tower);
+            return Ok(tower.as_ref());
         }
         let t = &self.config.text_config;
-        let tower = Projected {
-            encoder: text::TextTransformer::load(self.weights.pp("text_model"), t, self.matmul)?,
-            projection: self.projection(t.hidden_size, "text_projection")?,
+        let vb = self.weights.pp("text_model");
+        let tower: Box<dyn TextEncoder> = match self.config.family {
+            Family::Clip => Box::new(Projected {
+                encoder: text::TextTransformer::load(vb, t, self.matmul)?,
+                projection: self.projection(t.hidden_size, "text_projection")?,
+            }),
+            Family::Siglip => Box::new(siglip_text::SiglipTextTransformer::load(
+                vb,
+                t,
+                self.config.projection_dim,
+                self.matmul,
+            )?),
         };
-        Ok(self.text.get_or_init(|| tower))
+        Ok(self.text.get_or_init(|| tower).as_ref())
     }
 
     /// The image tower, built from the weights on first use.
-    fn image_tower(&self) -> Result<&Projected<vision::VisionTransformer>> {
+    fn image_tower(&self) -> Result<&dyn ImageEncoder> {
         if let Some(tower) = self.vision.get() {
-            return Ok(tower);
+            return Ok(tower.as_ref());
         }
         let v = &self.config.vision_config;
-        let tower = Projected {
-            encoder: vision::VisionTransformer::load(
-                self.weights.pp("vision_model"),
+        let vb = self.weights.pp("vision_model");
+        let tower: Box<dyn ImageEncoder> = match self.config.family {
+            Family::Clip => Box::new(Projected {
+                encoder: vision::VisionTransformer::load(vb, v, self.matmul)?,
+                projection: self.projection(v.hidden_size, "visual_projection")?,
+            }),
+            Family::Siglip => Box::new(siglip_vision::SiglipVisionTransformer::load(
+                vb,
                 v,
                 self.matmul,
-            )?,
-            projection: self.projection(v.hidden_size, "visual_projection")?,
+            )?),
         };
-        Ok(self.vision.get_or_init(|| tower))
+        Ok(self.vision.get_or_init(|| tower).as_ref())
     }
 
     /// Builds the image tower now, so that weights that do not match the config fail here
@@ -224,6 +313,16 @@ impl ClipModel {
         self.logit_scale
     }
 
+    /// How similarities become probabilities: a softmax for CLIP, a sigmoid per class with the
+    /// learned bias for SigLIP.
+    pub fn scoring(&self) -> Scoring {
+        let temperature = self.logit_scale.exp();
+        match self.logit_bias {
+            None => Scoring::Softmax { temperature },
+            Some(bias) => Scoring::Sigmoid { temperature, bias },
+        }
+    }
+
     /// Side of the square image the vision tower takes.
     pub fn image_size(&self) -> usize {
         self.config.vision_config.image_size
@@ -235,8 +334,9 @@ impl ClipModel {
         let tower = self
             .image_tower()
             .context("the image tower does not match config.json")?;
-        let pooled = tower.encoder.forward(&pixels.to_dtype(self.dtype)?)?;
-        Ok(tower.projection.forward(&pooled)?.to_dtype(DType::F32)?)
+        Ok(tower
+            .embed(&pixels.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Projected, unnormalised text embeddings `(batch, projection_dim)` for token sequences.
@@ -245,8 +345,7 @@ impl ClipModel {
         let tower = self
             .text_tower()
             .context("the text tower does not match config.json")?;
-        let pooled = tower.encoder.forward(sequences)?;
-        Ok(tower.projection.forward(&pooled)?.to_dtype(DType::F32)?)
+        Ok(tower.embed(sequences)?.to_dtype(DType::F32)?)
     }
 
     /// Whether the text tower has been read (false until a prompt is embedded).

@@ -69,15 +69,7 @@ impl TextTransformer {
             (c.max_position_embeddings, c.hidden_size),
             "position_embedding.weight",
         )?;
-        let shape = EncoderShape {
-            hidden: c.hidden_size,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            layers: c.num_hidden_layers,
-            activation: c.hidden_act,
-            eps: c.layer_norm_eps,
-            matmul,
-        };
+        let shape = EncoderShape::of_text(c, matmul);
         Ok(Self {
             token_embedding,
             position_embedding,

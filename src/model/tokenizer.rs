@@ -1,5 +1,9 @@
 //! Prompt tokenisation with the checkpoint's own `tokenizer.json`, truncated as transformers
 //! truncates (`truncation=True`: cut to the context, special tokens such as EOS kept).
+//!
+//! SigLIP models were trained on lower-cased text: transformers lower-cases for them (SigLIP's
+//! tokenizer by its `do_lower_case`, SigLIP 2's by a `Lowercase` normaliser it puts in front of
+//! Gemma's), and so does [`PromptTokenizer::lowercasing`].
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
@@ -22,6 +26,9 @@ pub struct PromptTokenizer {
     /// The same tokenizer without truncation, to tell when a prompt was cut.
     untruncated: Tokenizer,
     max_len: usize,
+    /// The id of `tokenizer_config.json`'s `pad_token`, if it names one the vocabulary has.
+    pad_id: Option<u32>,
+    lowercase: bool,
 }
 
 impl PromptTokenizer {
@@ -35,6 +42,7 @@ impl PromptTokenizer {
         let mut inner = Tokenizer::from_file(tokenizer_json)
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
         let mut max_len = context;
+        let mut pad_id = None;
         if let Some(path) = tokenizer_config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -45,6 +53,12 @@ impl PromptTokenizer {
                     max_len = m as usize;
                 }
             }
+            // A plain string, or an AddedToken's {"content": ...}.
+            let pad = value.get("pad_token");
+            let pad = pad
+                .and_then(Value::as_str)
+                .or_else(|| pad.and_then(|p| p.get("content")).and_then(Value::as_str));
+            pad_id = pad.and_then(|p| inner.token_to_id(p));
         }
         inner.with_padding(None);
         let untruncated = inner.clone();
@@ -60,7 +74,22 @@ impl PromptTokenizer {
             inner,
             untruncated,
             max_len,
+            pad_id,
+            lowercase: false,
         })
+    }
+
+    /// The same tokenizer, lower-casing every prompt first (SigLIP's).
+    pub fn lowercasing(self) -> Self {
+        Self {
+            lowercase: true,
+            ..self
+        }
+    }
+
+    /// The padding token's id, as `tokenizer_config.json` names it.
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
     }
 
     /// The longest sequence produced, in tokens.
@@ -70,6 +99,14 @@ impl PromptTokenizer {
 
     /// Tokenises one prompt, adding the special tokens.
     pub fn encode(&self, prompt: &str) -> Result<Tokens> {
+        // Character by character, as tokenizers' `Lowercase` normaliser does.
+        let lowered: String;
+        let prompt = if self.lowercase {
+            lowered = prompt.chars().flat_map(char::to_lowercase).collect();
+            &lowered
+        } else {
+            prompt
+        };
         let encoding = self
             .inner
             .encode(prompt, true)

@@ -8,6 +8,16 @@ use anyhow::{bail, Result};
 use candle_core::{IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
+/// The patch convolution's kernel (`embeddings.patch_embedding.weight`) flattened to
+/// `(hidden, channels * patch * patch)`: a stride-`patch` convolution is exactly a matmul over
+/// non-overlapping patches.
+pub(crate) fn patch_weight(emb: &VarBuilder, c: &VisionConfig) -> Result<Tensor> {
+    let (h, p) = (c.hidden_size, c.patch_size);
+    Ok(emb
+        .get((h, c.num_channels, p, p), "patch_embedding.weight")?
+        .reshape((h, c.num_channels * p * p))?)
+}
+
 /// The vision transformer (`vision_model`).
 pub struct VisionTransformer {
     /// The patch convolution's kernel flattened to `(hidden, channels * patch * patch)`: a
@@ -28,18 +38,8 @@ impl VisionTransformer {
         let emb = vb.pp("embeddings");
         let (h, p) = (c.hidden_size, c.patch_size);
         let grid = c.image_size / p;
-        let patch_weight = emb
-            .get((h, c.num_channels, p, p), "patch_embedding.weight")?
-            .reshape((h, c.num_channels * p * p))?;
-        let shape = EncoderShape {
-            hidden: h,
-            intermediate: c.intermediate_size,
-            heads: c.num_attention_heads,
-            layers: c.num_hidden_layers,
-            activation: c.hidden_act,
-            eps: c.layer_norm_eps,
-            matmul,
-        };
+        let patch_weight = patch_weight(&emb, c)?;
+        let shape = EncoderShape::of_vision(c, matmul);
         Ok(Self {
             patch_embedding: Dense::new(patch_weight, None, matmul)?,
             class_embedding: emb.get(h, "class_embedding")?,

@@ -94,6 +94,9 @@ pub struct PreprocessConfig {
 
 const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+/// transformers' `IMAGENET_STANDARD_MEAN` and `_STD`, SigLIP's.
+const STANDARD_MEAN: [f32; 3] = [0.5; 3];
+const STANDARD_STD: [f32; 3] = [0.5; 3];
 
 impl Default for PreprocessConfig {
     /// `CLIPImageProcessor`'s defaults.
@@ -122,7 +125,25 @@ impl PreprocessConfig {
         if !v.is_object() {
             bail!("expected a JSON object");
         }
-        let mut c = Self::default();
+        // SigLIP's processor resizes to the square input with no crop, mean and std 0.5.
+        let siglip = v
+            .get("image_processor_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("SiglipImageProcessor"));
+        let (mut c, default_mean, default_std) = if siglip {
+            let c = Self {
+                resize: Some(Resize::Exact {
+                    width: 224,
+                    height: 224,
+                }),
+                crop: None,
+                normalize: Some((STANDARD_MEAN, STANDARD_STD)),
+                ..Self::default()
+            };
+            (c, STANDARD_MEAN, STANDARD_STD)
+        } else {
+            (Self::default(), OPENAI_MEAN, OPENAI_STD)
+        };
         let flag = |key: &str| v.get(key).and_then(Value::as_bool).unwrap_or(true);
         if let Some(size) = v.get("size") {
             c.resize = Some(parse_resize(size).context("field \"size\"")?);
@@ -143,7 +164,7 @@ impl PreprocessConfig {
                 Resize::Exact { width, height } => (width, height),
             });
         }
-        if !flag("do_center_crop") {
+        if siglip || !flag("do_center_crop") {
             c.crop = None;
         }
         if let Some(f) = v.get("rescale_factor") {
@@ -173,8 +194,8 @@ impl PreprocessConfig {
                 Some(_) => bail!("{key} must be a number or a list of 3 numbers"),
             }
         };
-        let mean = triple("image_mean", OPENAI_MEAN)?;
-        let std = triple("image_std", OPENAI_STD)?;
+        let mean = triple("image_mean", default_mean)?;
+        let std = triple("image_std", default_std)?;
         if mean.iter().chain(&std).any(|x| !x.is_finite()) {
             bail!("image_mean and image_std must be finite numbers");
         }
@@ -568,6 +589,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, PreprocessConfig::default());
+    }
+
+    #[test]
+    fn siglips_processor_resizes_without_a_crop() {
+        // google/siglip-base-patch16-256-multilingual's, less the fields that equal the defaults.
+        let c = PreprocessConfig::from_json(
+            r#"{"image_processor_type": "SiglipImageProcessor", "resample": 3,
+                "size": {"height": 256, "width": 256}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.crop, None);
+        assert_eq!(c.output_size(640, 480), (256, 256));
+        assert_eq!(c.normalize, Some(([0.5; 3], [0.5; 3])));
+        let bare =
+            PreprocessConfig::from_json(r#"{"image_processor_type": "SiglipImageProcessor"}"#)
+                .unwrap();
+        assert_eq!(bare.output_size(300, 200), (224, 224));
     }
 
     #[test]

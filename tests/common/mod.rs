@@ -38,8 +38,8 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The two fixture checkpoints.
-pub const CHECKPOINTS: [&str; 2] = ["tiny-openai", "tiny-gelu"];
+/// The fixture checkpoints: two CLIPs and a SigLIP.
+pub const CHECKPOINTS: [&str; 3] = ["tiny-openai", "tiny-gelu", "tiny-siglip"];
 
 #[derive(Debug, Deserialize)]
 pub struct RefPrompt {
@@ -62,14 +62,28 @@ pub struct RefImage {
     pub probs: Vec<f32>,
 }
 
+/// transformers' zero-shot image-classification pipeline on one photo.
+#[derive(Debug, Deserialize)]
+pub struct RefPipeline {
+    pub file: String,
+    pub template: String,
+    /// `{"label", "score"}`, best first.
+    pub answer: Vec<serde_json::Value>,
+}
+
 /// What transformers computed for one checkpoint (written by `tests/fixtures/generate.py`).
 #[derive(Debug, Deserialize)]
 pub struct Reference {
     pub templates: Vec<String>,
     pub logit_scale: f32,
+    /// SigLIP's learned bias.
+    #[serde(default)]
+    pub logit_bias: Option<f32>,
     pub prompts: Vec<RefPrompt>,
     pub classes: Vec<RefClass>,
     pub images: Vec<RefImage>,
+    #[serde(default)]
+    pub pipeline: Option<RefPipeline>,
 }
 
 pub fn reference(name: &str) -> Reference {
