@@ -101,6 +101,8 @@ impl Checkpoint {
             if let Some(pad) = tokenizer.pad_id() {
                 config.text_config.pad_token_id = pad;
             }
+            // SigLIP 2's tokenizer pads on the left, so the last position is the last token.
+            config.text_config.pad_left = tokenizer.pads_left();
         }
         let weights_path = files.weights()?;
         let plan = precision.plan(device)?;

@@ -60,6 +60,10 @@ pub struct TextConfig {
     pub pad_token_id: u32,
     /// SigLIP: width of the text head's output (the hidden size when absent).
     pub projection_size: Option<usize>,
+    /// SigLIP: pad prompts on the left, as the tokenizer does (SigLIP 2's Gemma); not in
+    /// `config.json`, set from the tokenizer's files.
+    #[serde(skip)]
+    pub pad_left: bool,
 }
 
 impl Default for TextConfig {
@@ -76,6 +80,7 @@ impl Default for TextConfig {
             eos_token_id: 49407,
             pad_token_id: 1,
             projection_size: None,
+            pad_left: false,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! Where it differs from CLIP's ([`super::text`]): no causal mask; every prompt is padded to the
 //! whole context (64 tokens), as SigLIP was trained and as transformers' zero-shot pipeline does
 //! (`padding="max_length"`, with the attention mask hiding the padding); the embedding is read at
-//! the last position, which is padding for all but the longest prompts, so a shorter padding
-//! gives other embeddings; and a head with a bias replaces CLIP's bias-free projection.
+//! the last position, which for SigLIP is padding for all but the longest prompts, so a shorter
+//! padding gives other embeddings (SigLIP 2's tokenizer pads on the left, so there it is the
+//! last token); and a head with a bias replaces CLIP's bias-free projection.
 
 use super::config::TextConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
@@ -23,6 +24,7 @@ pub struct SiglipTextTransformer {
     head: Dense,
     context: usize,
     pad_id: u32,
+    pad_left: bool,
 }
 
 impl SiglipTextTransformer {
@@ -53,11 +55,12 @@ impl SiglipTextTransformer {
             head: Dense::load(c.hidden_size, projection, true, vb.pp("head"), matmul)?,
             context: c.max_position_embeddings,
             pad_id: c.pad_token_id,
+            pad_left: c.pad_left,
         })
     }
 
     /// Text embeddings `(batch, projection)` for token sequences (each at most the context),
-    /// each padded to the whole context with the padding masked out.
+    /// each padded to the whole context (on the tokenizer's side) with the padding masked out.
     pub fn forward(&self, sequences: &[Vec<u32>]) -> Result<Tensor> {
         let device = self.position_embedding.device().clone();
         let (b, t) = (sequences.len(), self.context);
@@ -72,27 +75,36 @@ impl SiglipTextTransformer {
         }
         let mut ids = Vec::with_capacity(b * t);
         for seq in sequences {
-            ids.extend_from_slice(seq);
-            ids.extend(std::iter::repeat_n(self.pad_id, t - seq.len()));
+            let pads = std::iter::repeat_n(self.pad_id, t - seq.len());
+            if self.pad_left {
+                ids.extend(pads);
+                ids.extend_from_slice(seq);
+            } else {
+                ids.extend_from_slice(seq);
+                ids.extend(pads);
+            }
         }
         let ids = Tensor::from_vec(ids, (b, t), &device)?;
         let x = self
             .token_embedding
             .forward(&ids)?
             .broadcast_add(&self.position_embedding)?;
-        let mask = padding_mask(sequences, t, &device)?.to_dtype(x.dtype())?;
+        let mask = padding_mask(sequences, t, self.pad_left, &device)?.to_dtype(x.dtype())?;
         let x = self.encoder.forward(&x, Some(&mask))?;
         let last = x.i((.., t - 1, ..))?.contiguous()?;
         self.head.forward(&self.final_layer_norm.forward(&last)?)
     }
 }
 
-/// Key padding, `(batch, 1, t, t)`: `-inf` where a key is padding, for every query.
-fn padding_mask(sequences: &[Vec<u32>], t: usize, device: &Device) -> Result<Tensor> {
+/// Key padding, `(batch, 1, t, t)`: `-inf` where a key is padding (after the tokens, or before
+/// them with `left`), for every query.
+fn padding_mask(sequences: &[Vec<u32>], t: usize, left: bool, device: &Device) -> Result<Tensor> {
     let mut mask = vec![0f32; sequences.len() * t * t];
     for (b, seq) in sequences.iter().enumerate() {
+        let pads = t - seq.len();
+        let start = if left { 0 } else { seq.len() };
         for q in 0..t {
-            mask[(b * t + q) * t + seq.len()..][..t - seq.len()].fill(f32::NEG_INFINITY);
+            mask[(b * t + q) * t + start..][..pads].fill(f32::NEG_INFINITY);
         }
     }
     Ok(Tensor::from_vec(mask, (sequences.len(), 1, t, t), device)?)

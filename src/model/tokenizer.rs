@@ -28,8 +28,15 @@ pub struct PromptTokenizer {
     max_len: usize,
     /// The id of `tokenizer_config.json`'s `pad_token`, if it names one the vocabulary has.
     pad_id: Option<u32>,
+    /// Whether batches are padded on the left (`padding_side`).
+    pads_left: bool,
     lowercase: bool,
 }
+
+/// Tokenizer classes whose `padding_side` defaults to the left in transformers (Gemma's, which
+/// SigLIP 2 uses).
+const LEFT_PADDING_CLASSES: [&str; 3] =
+    ["GemmaTokenizer", "GemmaTokenizerFast", "Siglip2Tokenizer"];
 
 impl PromptTokenizer {
     /// Loads `tokenizer.json`; `tokenizer_config.json` (optional) may lower the length limit
@@ -43,6 +50,7 @@ impl PromptTokenizer {
             .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", tokenizer_json.display()))?;
         let mut max_len = context;
         let mut pad_id = None;
+        let mut pads_left = false;
         if let Some(path) = tokenizer_config {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
@@ -59,6 +67,13 @@ impl PromptTokenizer {
                 .and_then(Value::as_str)
                 .or_else(|| pad.and_then(|p| p.get("content")).and_then(Value::as_str));
             pad_id = pad.and_then(|p| inner.token_to_id(p));
+            pads_left = match value.get("padding_side").and_then(Value::as_str) {
+                Some(side) => side == "left",
+                None => value
+                    .get("tokenizer_class")
+                    .and_then(Value::as_str)
+                    .is_some_and(|c| LEFT_PADDING_CLASSES.contains(&c)),
+            };
         }
         inner.with_padding(None);
         let untruncated = inner.clone();
@@ -75,6 +90,7 @@ impl PromptTokenizer {
             untruncated,
             max_len,
             pad_id,
+            pads_left,
             lowercase: false,
         })
     }
@@ -90,6 +106,12 @@ impl PromptTokenizer {
     /// The padding token's id, as `tokenizer_config.json` names it.
     pub fn pad_id(&self) -> Option<u32> {
         self.pad_id
+    }
+
+    /// Whether transformers pads this tokenizer's batches on the left (`padding_side`, or its
+    /// class's default).
+    pub fn pads_left(&self) -> bool {
+        self.pads_left
     }
 
     /// The longest sequence produced, in tokens.

@@ -38,8 +38,8 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The fixture checkpoints: two CLIPs and a SigLIP.
-pub const CHECKPOINTS: [&str; 3] = ["tiny-openai", "tiny-gelu", "tiny-siglip"];
+/// The fixture checkpoints: two CLIPs, a SigLIP and a SigLIP 2 (fixed resolution).
+pub const CHECKPOINTS: [&str; 4] = ["tiny-openai", "tiny-gelu", "tiny-siglip", "tiny-siglip2"];
 
 #[derive(Debug, Deserialize)]
 pub struct RefPrompt {
