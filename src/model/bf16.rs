@@ -400,8 +400,8 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// Added after the activation, `(rows, out)`.
     pub residual: Option<&'a [f32]>,
-    /// Apply quick_gelu before the residual.
-    pub quick_gelu: bool,
+    /// The activation to apply before the residual.
+    pub activation: Option<super::math::Fused>,
 }
 
 /// Activations in bf16 tiles, as [`matmul_to_tiles`] leaves them for the next layer: `rows`
@@ -589,10 +589,10 @@ fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32
     });
     let sums = &block.0[r * 32..][..at.cols];
     let values = row[..at.cols].iter_mut().zip(sums).zip(bias).zip(residual);
-    if epilogue.quick_gelu {
-        values.for_each(|(((v, s), b), res)| *v = super::math::quick_gelu_value(s + b) + res);
-    } else {
-        values.for_each(|(((v, s), b), res)| *v = s + b + res);
+    match epilogue.activation {
+        Some(f) => super::math::with_fused!(f, |act| values
+            .for_each(|(((v, s), b), res)| *v = act(s + b) + res)),
+        None => values.for_each(|(((v, s), b), res)| *v = s + b + res),
     }
     row
 }
@@ -934,12 +934,12 @@ mod tests {
             let with_residual = Epilogue {
                 bias: Some(&bias),
                 residual: Some(&residual),
-                quick_gelu: false,
+                activation: None,
             };
             let with_gelu = Epilogue {
                 bias: Some(&bias),
                 residual: None,
-                quick_gelu: true,
+                activation: Some(crate::model::math::Fused::QuickGelu),
             };
             let gamma: Vec<f32> = (0..inp).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
             let beta: Vec<f32> = (0..inp).map(|i| (i % 5) as f32 / 5.0 - 0.4).collect();
@@ -992,12 +992,12 @@ mod tests {
         let gelu = Epilogue {
             bias: Some(&b1),
             residual: None,
-            quick_gelu: true,
+            activation: Some(crate::model::math::Fused::QuickGelu),
         };
         let add_x = Epilogue {
             bias: None,
             residual: Some(&x),
-            quick_gelu: false,
+            activation: None,
         };
         let mut results = Vec::new();
         for engine in engines() {

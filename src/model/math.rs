@@ -32,9 +32,72 @@ pub fn quick_gelu_value(x: f32) -> f32 {
     x / (1.0 + exp(-1.702 * x))
 }
 
+/// GELU's tanh approximation (`gelu_pytorch_tanh`, SigLIP's), vectorisable:
+/// `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x³)`, computed as the equal
+/// `x * sigmoid(2u)`, so that it needs only [`exp`].
+#[inline(always)]
+pub fn gelu_tanh_value(x: f32) -> f32 {
+    const TWO_SQRT_2_OVER_PI: f32 = 1.595_769;
+    x / (1.0 + exp(-TWO_SQRT_2_OVER_PI * (x + 0.044_715 * x * x * x)))
+}
+
+/// An activation the CPU kernels apply in place, fused into the pass that writes a dense
+/// layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    /// [`quick_gelu_value`].
+    QuickGelu,
+    /// [`gelu_tanh_value`].
+    GeluTanh,
+}
+
+impl Fused {
+    /// The fused form of `act`, if it has one (the exact, erf-based GELU has none).
+    pub fn of(act: super::config::Activation) -> Option<Self> {
+        use super::config::Activation;
+        match act {
+            Activation::QuickGelu => Some(Fused::QuickGelu),
+            Activation::GeluTanh => Some(Fused::GeluTanh),
+            Activation::Gelu => None,
+        }
+    }
+}
+
+/// Runs `$body` with `$f` bound to the scalar function of `$fused` (a fn item, so calls inline),
+/// choosing once outside whatever loop `$body` holds, so that each loop vectorises.
+macro_rules! with_fused {
+    ($fused:expr, |$f:ident| $body:expr) => {
+        match $fused {
+            $crate::model::math::Fused::QuickGelu => {
+                let $f = $crate::model::math::quick_gelu_value;
+                $body
+            }
+            $crate::model::math::Fused::GeluTanh => {
+                let $f = $crate::model::math::gelu_tanh_value;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_fused;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_tanh_matches_its_tanh_form() {
+        for i in -2000..2000 {
+            let x = i as f64 / 100.0;
+            let u = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+            let want = 0.5 * x * (1.0 + u.tanh());
+            let got = gelu_tanh_value(x as f32) as f64;
+            assert!(
+                (got - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                "{x}: {got} vs {want}"
+            );
+        }
+    }
 
     #[test]
     fn exp_is_accurate() {

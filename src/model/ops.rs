@@ -6,36 +6,37 @@
 //! projection and the heads back together. On CPU f32 tensors, foodclip instead:
 //!
 //! - runs each dense layer as one `gemm` call whose destination starts as bias (+ residual), so
-//!   both adds come free, and applies quick_gelu in place in one vectorised pass;
+//!   both adds come free, and applies quick_gelu (or SigLIP's tanh GELU) in place in one
+//!   vectorised pass;
 //! - runs attention per (image, head) straight on the fused qkv buffer with strided `gemm`
 //!   calls, softmax in place, writing each head's output into its slot: no layout copies.
 //!
 //! Other devices and dtypes take candle's ops; unit tests check the two paths agree.
 
 use super::config::Activation;
-use super::math::quick_gelu_value;
+use super::math::{with_fused, Fused};
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use rayon::prelude::*;
 
 #[inline(always)]
-fn quick_gelu_slice(xs: &mut [f32]) {
-    for x in xs {
-        *x = quick_gelu_value(*x);
-    }
+fn activation_slice(xs: &mut [f32], f: Fused) {
+    with_fused!(f, |act| for x in xs.iter_mut() {
+        *x = act(*x);
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn quick_gelu_avx512(xs: &mut [f32]) {
-    quick_gelu_slice(xs)
+unsafe fn activation_avx512(xs: &mut [f32], f: Fused) {
+    activation_slice(xs, f)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quick_gelu_avx2(xs: &mut [f32]) {
-    quick_gelu_slice(xs)
+unsafe fn activation_avx2(xs: &mut [f32], f: Fused) {
+    activation_slice(xs, f)
 }
 
 /// Whether AVX-512 kernels may run: the CPU has AVX-512 F and the build has the `avx512`
@@ -47,28 +48,29 @@ pub fn avx512() -> bool {
     false
 }
 
-/// Applies quick_gelu in place, with the widest vectors the CPU (and the build) offers.
-fn quick_gelu_in_place(xs: &mut [f32]) {
+/// Applies `f` in place, with the widest vectors the CPU (and the build) offers.
+fn activate_in_place(xs: &mut [f32], f: Fused) {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512() {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { quick_gelu_avx512(xs) };
+            return unsafe { activation_avx512(xs, f) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { quick_gelu_avx2(xs) };
+            return unsafe { activation_avx2(xs, f) };
         }
     }
-    quick_gelu_slice(xs)
+    activation_slice(xs, f)
 }
 
-struct QuickGelu;
+/// A fused activation as a candle op: one vectorised pass over the tensor.
+struct FusedOp(Fused);
 
-impl CustomOp1 for QuickGelu {
+impl CustomOp1 for FusedOp {
     fn name(&self) -> &'static str {
-        "quick-gelu"
+        "fused-activation"
     }
 
     fn cpu_fwd(
@@ -77,12 +79,14 @@ impl CustomOp1 for QuickGelu {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("quick-gelu needs a contiguous tensor".into())
+            candle_core::Error::Msg("a fused activation needs a contiguous tensor".into())
         })?;
-        fn run(mut v: Vec<f32>) -> Vec<f32> {
-            v.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
+        let f = self.0;
+        let run = |mut v: Vec<f32>| -> Vec<f32> {
+            v.par_chunks_mut(1 << 14)
+                .for_each(|c| activate_in_place(c, f));
             v
-        }
+        };
         let out = match storage {
             CpuStorage::F32(v) => CpuStorage::F32(run(v[start..end].to_vec())),
             CpuStorage::BF16(v) => CpuStorage::BF16(
@@ -100,7 +104,7 @@ impl CustomOp1 for QuickGelu {
             other => {
                 return Err(candle_core::Error::UnsupportedDTypeForOp(
                     candle_core::backend::BackendStorage::dtype(other),
-                    "quick-gelu",
+                    "fused-activation",
                 ));
             }
         };
@@ -108,13 +112,15 @@ impl CustomOp1 for QuickGelu {
     }
 }
 
-/// `x * sigmoid(1.702 x)`: one fused pass on the CPU, candle's ops elsewhere.
-pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
+/// `f(x)`: one fused pass on the CPU, candle's ops elsewhere.
+pub fn fused_activation(x: &Tensor, f: Fused) -> Result<Tensor> {
     if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16) {
-        Ok(x.contiguous()?.apply_op1_no_bwd(&QuickGelu)?)
-    } else {
-        Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&FusedOp(f))?);
     }
+    Ok(match f {
+        Fused::QuickGelu => (x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?,
+        Fused::GeluTanh => x.gelu()?,
+    })
 }
 
 /// Runs `f` on the data of `t` if it is a contiguous f32 tensor on the CPU.
@@ -137,12 +143,11 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// Applies an activation in place (quick_gelu fused) or through candle.
+/// Applies an activation: fused where it can be ([`Fused`]), through candle otherwise.
 fn activate(x: Tensor, act: Activation) -> Result<Tensor> {
-    Ok(match act {
-        Activation::QuickGelu => quick_gelu(&x)?,
-        Activation::Gelu => x.gelu_erf()?,
-        Activation::GeluTanh => x.gelu()?,
+    Ok(match Fused::of(act) {
+        Some(f) => fused_activation(&x, f)?,
+        None => x.gelu_erf()?,
     })
 }
 
@@ -291,9 +296,9 @@ impl Dense {
         );
         if let Some(y) = self.fused(&x, rows, inp, out, norm, residual, act)? {
             let y = Tensor::from_vec(y, shape, x.device())?;
-            // quick_gelu is applied inside the fused pass; the other activations here.
+            // Fused activations are applied inside the fused pass; the exact GELU here.
             return match act {
-                Some(act) if act != Activation::QuickGelu => activate(y, act),
+                Some(act) if Fused::of(act).is_none() => activate(y, act),
                 _ => Ok(y),
             };
         }
@@ -361,11 +366,28 @@ impl Dense {
             },
             None => None,
         };
-        let mut dst = residual.unwrap_or_else(|| vec![0f32; rows * out]);
-        if let Some(b) = &bias {
-            dst.par_chunks_mut(out)
-                .for_each(|row| row.iter_mut().zip(b).for_each(|(d, b)| *d += b));
-        }
+        // The destination starts as bias + residual. A fresh buffer is only written, never read
+        // before its first write: reading untouched pages maps the shared zero page, and the
+        // write after it copies the page and flushes the other cores' TLBs (10% of a SigLIP
+        // run's time went to those flushes).
+        let accumulate = residual.is_some() || bias.is_some();
+        let mut dst = match residual {
+            Some(mut r) => {
+                if let Some(b) = &bias {
+                    r.par_chunks_mut(out)
+                        .for_each(|row| row.iter_mut().zip(b).for_each(|(d, b)| *d += b));
+                }
+                r
+            }
+            None => {
+                let mut dst = vec![0f32; rows * out];
+                if let Some(b) = &bias {
+                    dst.par_chunks_mut(out)
+                        .for_each(|row| row.copy_from_slice(b));
+                }
+                dst
+            }
+        };
         let done = with_cpu_f32(x, |xs| {
             with_cpu_f32(weight, |w| {
                 // SAFETY: dst is rows x out, xs rows x inp, w out x inp, all row-major and
@@ -379,7 +401,7 @@ impl Dense {
                         dst.as_mut_ptr(),
                         1,
                         out as isize,
-                        true,
+                        accumulate,
                         xs.as_ptr(),
                         1,
                         inp as isize,
@@ -400,8 +422,9 @@ impl Dense {
         if done.is_none() {
             return Ok(None);
         }
-        if act == Some(Activation::QuickGelu) {
-            dst.par_chunks_mut(1 << 14).for_each(quick_gelu_in_place);
+        if let Some(f) = act.and_then(Fused::of) {
+            dst.par_chunks_mut(1 << 14)
+                .for_each(|c| activate_in_place(c, f));
         }
         Ok(Some(dst))
     }
@@ -427,7 +450,7 @@ impl Dense {
         let epilogue = super::bf16::Epilogue {
             bias: bias.as_deref(),
             residual: None,
-            quick_gelu: act == Some(Activation::QuickGelu),
+            activation: act.and_then(Fused::of),
         };
         let norm = norm.as_ref().map(NormParams::as_norm);
         with_cpu_f32(x, |xs| match residual {
@@ -502,10 +525,10 @@ pub fn mlp(
         );
     }
     #[cfg(target_arch = "x86_64")]
-    if let (Weight::Packed(w1), Weight::Packed(w2), Activation::QuickGelu) =
-        (&fc1.weight, &fc2.weight, act)
+    if let (Weight::Packed(w1), Weight::Packed(w2), Some(f)) =
+        (&fc1.weight, &fc2.weight, Fused::of(act))
     {
-        if let Some(y) = bf16_mlp(fc1, w1, fc2, w2, &x.contiguous()?, norm) {
+        if let Some(y) = bf16_mlp(fc1, w1, fc2, w2, &x.contiguous()?, norm, f) {
             return Ok(Tensor::from_vec(y, x.shape(), x.device())?);
         }
     }
@@ -522,6 +545,7 @@ fn bf16_mlp(
     w2: &super::bf16::PackedWeight,
     x: &Tensor,
     norm: &LayerNorm,
+    activation: Fused,
 ) -> Option<Vec<f32>> {
     if !norm.remove_mean() {
         return None;
@@ -537,13 +561,13 @@ fn bf16_mlp(
             super::bf16::Epilogue {
                 bias: b1.as_deref(),
                 residual: None,
-                quick_gelu: true,
+                activation: Some(activation),
             },
         );
         let epilogue = super::bf16::Epilogue {
             bias: b2.as_deref(),
             residual: Some(xs),
-            quick_gelu: false,
+            activation: None,
         };
         Some(super::bf16::matmul_tiles(&hidden, w2, epilogue))
     })
@@ -652,7 +676,7 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
                     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                     let mut sum = 0f32;
                     for s in row.iter_mut() {
-                        *s = (*s - max).exp();
+                        *s = super::math::exp(*s - max);
                         sum += *s;
                     }
                     row.iter_mut().for_each(|s| *s /= sum);
@@ -712,42 +736,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fused_quick_gelu_matches_the_formula() {
+    fn fused_activations_match_candles_formulas() {
         let x = Tensor::arange(-3000f32, 3000f32, &candle_core::Device::Cpu).unwrap();
         let x = (x / 100.0).unwrap();
-        let fused = quick_gelu(&x).unwrap().to_vec1::<f32>().unwrap();
-        let plain = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap())
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let close = |got: &[f32], what: &str| {
-            for (a, b) in got.iter().zip(&plain) {
-                assert!(
-                    (a - b).abs() <= 1e-6 * b.abs().max(1.0),
-                    "{what}: {a} vs {b}"
-                );
-            }
-        };
-        close(&fused, "dispatched");
-        // Every variant the CPU can run, whichever one the dispatch picks here.
-        let mut xs = x.to_vec1::<f32>().unwrap();
-        let fresh = xs.clone();
-        quick_gelu_slice(&mut xs);
-        close(&xs, "plain");
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            if has!("avx2") && has!("fma") {
-                xs.copy_from_slice(&fresh);
-                // SAFETY: the CPU has AVX2 and FMA (checked).
-                unsafe { quick_gelu_avx2(&mut xs) };
-                close(&xs, "avx2");
-            }
-            if has!("avx512f") {
-                xs.copy_from_slice(&fresh);
-                // SAFETY: the CPU has AVX-512 F (checked).
-                unsafe { quick_gelu_avx512(&mut xs) };
-                close(&xs, "avx512");
+        let quick = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        for (f, want, tolerance) in [
+            (Fused::QuickGelu, quick, 1e-6),
+            (Fused::GeluTanh, x.gelu().unwrap(), 2e-6),
+        ] {
+            let want = want.to_vec1::<f32>().unwrap();
+            let close = |got: &[f32], what: &str| {
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= tolerance * b.abs().max(1.0),
+                        "{f:?} {what}: {a} vs {b}"
+                    );
+                }
+            };
+            let fused = fused_activation(&x, f).unwrap().to_vec1::<f32>().unwrap();
+            close(&fused, "dispatched");
+            // Every variant the CPU can run, whichever one the dispatch picks here.
+            let fresh = x.to_vec1::<f32>().unwrap();
+            let mut xs = fresh.clone();
+            activation_slice(&mut xs, f);
+            close(&xs, "plain");
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx2") && has!("fma") {
+                    xs.copy_from_slice(&fresh);
+                    // SAFETY: the CPU has AVX2 and FMA (checked).
+                    unsafe { activation_avx2(&mut xs, f) };
+                    close(&xs, "avx2");
+                }
+                if has!("avx512f") {
+                    xs.copy_from_slice(&fresh);
+                    // SAFETY: the CPU has AVX-512 F (checked).
+                    unsafe { activation_avx512(&mut xs, f) };
+                    close(&xs, "avx512");
+                }
             }
         }
     }
