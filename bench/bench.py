@@ -19,7 +19,7 @@ It prints every figure and the ratios (foodclip speed / peer speed). Run it on a
 machine; nothing here is asserted.
 
 `--avx2` measures the AVX2 path on a machine with AVX-512: foodclip built with
-`--no-default-features` (under target/avx2) and PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`; bf16 is
+`--no-default-features` (under target/avx2-build, shared with bench/paths.py) and PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`; bf16 is
 skipped, as an AVX2 CPU has no bf16 arithmetic.
 """
 
@@ -184,7 +184,7 @@ def main():
     if args.avx2:
         # Before PyTorch is first imported (in this process and in the peers it starts).
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
-        target = os.path.join(ROOT, "target", "avx2")
+        target = os.path.join(ROOT, "target", "avx2-build")  # the one bench/paths.py builds
         os.environ["CARGO_TARGET_DIR"] = target
         build.append("--no-default-features")
         args.skip_bf16 = True
