@@ -51,6 +51,14 @@ const FILES: &[(&str, &str)] = &[
         "clip-vit-large-patch14.toml",
         include_str!("../models/clip-vit-large-patch14.toml"),
     ),
+    (
+        "siglip-base-patch16-256-multilingual.toml",
+        include_str!("../models/siglip-base-patch16-256-multilingual.toml"),
+    ),
+    (
+        "siglip2-base-patch16-224.toml",
+        include_str!("../models/siglip2-base-patch16-224.toml"),
+    ),
 ];
 
 /// All registered models.

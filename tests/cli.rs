@@ -366,6 +366,8 @@ fn models_list_shows_the_registry() {
         "openai/clip-vit-large-patch14",
         "Bingsu/clip-vit-base-patch32-ko",
         "Bingsu/clip-vit-large-patch14-ko",
+        "google/siglip-base-patch16-256-multilingual",
+        "google/siglip2-base-patch16-224",
     ] {
         assert!(text.contains(id), "{id} missing from\n{text}");
     }

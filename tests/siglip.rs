@@ -210,3 +210,38 @@ fn index_and_search_find_photos_by_text() {
     let scores: Vec<f64> = hits.iter().map(|h| h["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 }
+
+/// The registered SigLIP models resolve through a hub cache at their pinned commits (the fixture
+/// standing in for the real files) and answer exactly as the checkpoint directory does.
+#[test]
+fn registered_siglip_models_load_from_the_hub_cache() {
+    let hub = tempfile::tempdir().unwrap();
+    let registry = foodclip::registry::Registry::builtin();
+    let photo = fixtures().join("images/baseline.jpg");
+    let classify = |model: &str| {
+        let o = foodclip()
+            .env("HF_HUB_CACHE", hub.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .args(["--exact-preprocess", "--model", model, "classify", "--labels"])
+            .arg(mixed())
+            .args(["-k", "0", "--format", "jsonl"])
+            .arg(&photo)
+            .output()
+            .unwrap();
+        jsonl_records(ok(&o)).remove(0)
+    };
+    let direct = classify(s(&fixtures().join("tiny-siglip")));
+    for name in ["siglip-base-patch16-256-multilingual", "siglip2-base-patch16-224"] {
+        let entry = registry.find(name).unwrap();
+        assert!(entry.languages.iter().any(|l| l == "ko"), "{name}");
+        let snapshot = hub
+            .path()
+            .join(format!("models--{}", entry.hub_id.replace('/', "--")))
+            .join("snapshots")
+            .join(&entry.revision);
+        copy_checkpoint("tiny-siglip", &snapshot);
+        let via_hub = classify(name);
+        assert_eq!(probs(&via_hub), probs(&direct), "{name}");
+        assert_eq!(via_hub["label"], direct["label"], "{name}");
+    }
+}
