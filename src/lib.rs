@@ -12,7 +12,8 @@
 //!   learning a kitchen's dishes from a few photos (Tip-Adapter);
 //! - [`cache`]: the on-disk cache of prompt embeddings; [`embeddings`]: stored image embeddings;
 //! - [`eval`]: data sets, accuracy metrics and open-set calibration; [`leftovers`]: how much of
-//!   each dish comes back, from served and returned tray photos;
+//!   each dish comes back, from served and returned tray photos; [`forecast`]: how much will
+//!   come back of a planned menu, and how much to cook;
 //! - [`inputs`]: files, folders, stdin lists, shards and resumed runs;
 //! - [`pipeline`]: batches decoded while the model works;
 //! - [`output`]: printing records; [`report`]: the HTML report; [`cli`]: the command line;
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod draw;
 pub mod embeddings;
 pub mod eval;
+pub mod forecast;
 pub mod fsutil;
 pub mod index;
 pub mod inputs;

@@ -222,7 +222,13 @@ fn registered_siglip_models_load_from_the_hub_cache() {
         let o = foodclip()
             .env("HF_HUB_CACHE", hub.path())
             .env("HF_HUB_OFFLINE", "1")
-            .args(["--exact-preprocess", "--model", model, "classify", "--labels"])
+            .args([
+                "--exact-preprocess",
+                "--model",
+                model,
+                "classify",
+                "--labels",
+            ])
             .arg(mixed())
             .args(["-k", "0", "--format", "jsonl"])
             .arg(&photo)
@@ -231,7 +237,10 @@ fn registered_siglip_models_load_from_the_hub_cache() {
         jsonl_records(ok(&o)).remove(0)
     };
     let direct = classify(s(&fixtures().join("tiny-siglip")));
-    for name in ["siglip-base-patch16-256-multilingual", "siglip2-base-patch16-224"] {
+    for name in [
+        "siglip-base-patch16-256-multilingual",
+        "siglip2-base-patch16-224",
+    ] {
         let entry = registry.find(name).unwrap();
         assert!(entry.languages.iter().any(|l| l == "ko"), "{name}");
         let snapshot = hub

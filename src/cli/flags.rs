@@ -92,6 +92,9 @@ pub enum Command {
     /// How much of each dish comes back: served and returned photos of each tray, per dish and
     /// day.
     Leftovers(LeftoversArgs),
+    /// Forecast what will come back of each dish of a planned menu, and how much to cook, from
+    /// the history `leftovers` recorded; or backtest the forecast on that history.
+    Forecast(ForecastArgs),
     /// Embed an archive into a SQLite index, incrementally.
     Index(IndexArgs),
     /// Search an index with text (Korean or English) and photos.
@@ -167,6 +170,39 @@ pub struct LeftoversArgs {
     /// Batching.
     #[command(flatten)]
     pub batch: BatchArgs,
+}
+
+/// `foodclip forecast`.
+#[derive(Debug, Args)]
+pub struct ForecastArgs {
+    /// What came back before: records of `foodclip leftovers` (JSON Lines, JSON, CSV or TSV)
+    /// or a CSV `date,dish,leftover[,trays][,served_g]`. Repeat for several files.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub history: Vec<PathBuf>,
+    /// Label file: the dishes, their other names, and the `[group]` headers forecasts borrow
+    /// strength from.
+    #[arg(long, short)]
+    pub labels: PathBuf,
+    /// The planned menu: CSV `date,dish[,servings][,portion_g]`, several dishes per date.
+    #[arg(long, value_name = "FILE", required_unless_present = "backtest")]
+    pub menu: Option<PathBuf>,
+    /// Cook so that what is eaten is covered on this share of days (with servings and
+    /// portion_g in the menu).
+    #[arg(long, value_name = "P", default_value_t = 0.9)]
+    pub service_level: f64,
+    /// Instead of a menu: forecast each of the history's last weeks from the days before it,
+    /// and report the errors per dish beside three baselines.
+    #[arg(long, conflicts_with = "menu")]
+    pub backtest: bool,
+    /// Weeks the backtest reports.
+    #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..))]
+    pub weeks: u16,
+    /// Write the rows to FILE (atomically) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Output format: table, jsonl, json, csv or tsv (default: table on a terminal, else jsonl).
+    #[arg(long, short, value_parser = formats())]
+    pub format: Option<Format>,
 }
 
 /// Photos to read.

@@ -9,6 +9,7 @@ mod dataset;
 mod embed;
 mod eval;
 pub mod flags;
+mod forecast;
 mod index;
 mod job;
 mod labels;
@@ -59,6 +60,7 @@ pub fn run(cli: Cli) -> Result<Outcome> {
         Command::Embed(args) => embed::run(&cx, args),
         Command::Adapt(args) => adapt::run(&cx, args),
         Command::Leftovers(args) => leftovers::run(&cx, args),
+        Command::Forecast(args) => forecast::run(&cx, args),
         Command::Index(args) => index::run(&cx, args),
         Command::Search(args) => search::run(&cx, args),
         Command::Preview(args) => preview::run(&cx, args),

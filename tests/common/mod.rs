@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod kitchen;
 pub mod photos;
 
 use foodclip::checkpoint::Checkpoint;
