@@ -93,6 +93,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--siglip", action="store_true", help="a random SigLIP base, not CLIP ViT-B/32")
+    ap.add_argument("--no-avx2", action="store_true", help="skip the AVX2 path (a second build)")
     args = ap.parse_args()
     if args.siglip:
         ckpt = os.path.join(args.workdir, "siglip-b16")
@@ -110,7 +111,8 @@ def main():
                       "AVX512_CORE_BF16"))
     if "avx512f" in flags:
         paths.append(("fp32, AVX-512", "f32", {}, None, None))
-    paths.append(("fp32, AVX2 only", "f32", {"FOODCLIP_BF16": "off"}, avx2_target, "AVX2"))
+    if not args.no_avx2:
+        paths.append(("fp32, AVX2 only", "f32", {"FOODCLIP_BF16": "off"}, avx2_target, "AVX2"))
     for name, precision, env, target, isa in paths:
         ours, peer = [], []
         for _ in range(args.rounds):

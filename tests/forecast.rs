@@ -477,3 +477,51 @@ fn bad_input_is_one_line_naming_the_file_and_line_and_output_is_kept() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(jsonl_records(&std::fs::read(&out).unwrap()).len(), 10);
 }
+
+#[test]
+fn the_report_shows_the_plan_and_each_dishes_history_in_a_browser() {
+    let s = Setup::new(7);
+    let p = plan(&s);
+    let report = s.path("report");
+    let o = s.forecast(&[
+        "--menu",
+        p.to_str().unwrap(),
+        "--report",
+        report.to_str().unwrap(),
+        "--format",
+        "jsonl",
+    ]);
+    assert_eq!(jsonl_records(ok(&o)).len(), 10);
+    let html = std::fs::read_to_string(report.join("index.html")).unwrap();
+    assert_eq!(
+        html.matches("class=\"history\"").count(),
+        10,
+        "one chart per planned dish"
+    );
+    assert_eq!(html.matches("class=\"forecast\"").count(), 10);
+    assert!(
+        html.contains("id=\"plan\"") && html.contains("오이무침"),
+        "{html:.300}"
+    );
+    assert!(!html.contains("file://"), "not self-contained");
+    // --report needs a plan.
+    let o = s.forecast(&["--backtest", "--report", report.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let Some(browser) = browser::chromium() else {
+        return;
+    };
+    let png = s.path("shot.png");
+    browser::screenshot(
+        &browser,
+        &report.join("index.html"),
+        &png,
+        &s.path("profile"),
+        (1000, 1600),
+    );
+    let shot = image::open(&png).unwrap().to_rgb8();
+    let count = |rgb: [u8; 3]| browser::pixels_like(&shot, rgb);
+    // History dots (blue), interval bars (orange) and forecasts (red) are on screen.
+    assert!(count([0x33, 0x7a, 0xb7]) > 1000, "no history drawn");
+    assert!(count([0xf0, 0xad, 0x4e]) > 100, "no intervals drawn");
+    assert!(count([0xd9, 0x53, 0x4f]) > 100, "no forecasts drawn");
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::browser::{chromium, screenshot};
+use common::browser::{self, chromium, screenshot};
 use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -448,11 +448,7 @@ fn the_report_shows_dishes_trend_and_trays_in_a_browser() {
         (1000, 1400),
     );
     let shot = image::open(&png).unwrap().to_rgb8();
-    let count = |want: [u8; 3]| {
-        shot.pixels()
-            .filter(|p| p.0.iter().zip(want).all(|(a, b)| a.abs_diff(b) < 8))
-            .count()
-    };
+    let count = |rgb: [u8; 3]| browser::pixels_like(&shot, rgb);
     // The bars (#d9534f) are drawn, and so are the trays' pictures (their tinted food).
     assert!(count([0xd9, 0x53, 0x4f]) > 500, "no bars on screen");
     let coloured = shot

@@ -1079,3 +1079,84 @@ fn the_page_classifies_a_picked_photo_in_headless_chromium() {
     );
     assert_eq!(page.eval(&call(&other.url)), "blocked");
 }
+
+#[test]
+fn forecasts_answer_as_the_command_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let kitchen = common::kitchen::Kitchen::standard();
+    let served = kitchen.history("2024-01-01", 364, 11, false);
+    let history = dir.path().join("history.csv");
+    let mut csv = Vec::new();
+    kitchen.write_daily_csv(&served, &mut csv);
+    std::fs::write(&history, csv).unwrap();
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, kitchen.labels()).unwrap();
+    let plan = [
+        ("2024-12-30", "쌀밥", "300", "210"),
+        ("2024-12-30", "불고기", "", ""),
+        ("2024-12-30", "kkakdugi", "300", "40"),
+        ("2024-12-31", "오이무침", "280", "40"),
+    ];
+    let mut text = String::from("date,dish,servings,portion_g\n");
+    let mut items = Vec::new();
+    for (date, dish, servings, portion) in plan {
+        text += &format!("{date},{dish},{servings},{portion}\n");
+        let mut item = serde_json::json!({"date": date, "dish": dish});
+        if !servings.is_empty() {
+            item["servings"] = servings.parse::<f64>().unwrap().into();
+            item["portion_g"] = portion.parse::<f64>().unwrap().into();
+        }
+        items.push(item);
+    }
+    let menu = dir.path().join("plan.csv");
+    std::fs::write(&menu, text).unwrap();
+    let o = foodclip()
+        .args(["forecast", "--format", "jsonl", "--service-level", "0.95"])
+        .args([
+            "--history",
+            s(&history),
+            "--labels",
+            s(&labels),
+            "--menu",
+            s(&menu),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = common::jsonl_records(&o.stdout);
+
+    let server = Server::start(&["--labels", s(&labels), "--history", s(&history)]);
+    let json = [("Content-Type", "application/json")];
+    let body = serde_json::json!({"plan": items, "service_level": 0.95}).to_string();
+    let a = server.post_with("/v1/forecast", body.as_bytes(), &json);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["forecasts"].as_array().unwrap(), &want);
+    // A dish that names no class, a bad date, a body that is not a plan: 400, and it goes on.
+    for (bad, says) in [
+        (
+            r#"{"plan":[{"date":"2024-12-30","dish":"쌀밥"},{"date":"2024-12-30","dish":"마라탕"}]}"#,
+            "plan[1]: \"마라탕\" names no class",
+        ),
+        (
+            r#"{"plan":[{"date":"30.12.2024","dish":"쌀밥"}]}"#,
+            "plan[0]: date",
+        ),
+        (r#"{"menu":[]}"#, "send JSON"),
+        (r#"{"plan":[],"service_level":1.5}"#, "service_level"),
+    ] {
+        let a = server.post_with("/v1/forecast", bad.as_bytes(), &json);
+        assert_eq!(a.status, 400, "{bad}: {}", a.body);
+        assert!(
+            a.body["error"].as_str().unwrap().contains(says),
+            "{bad}: {}",
+            a.body
+        );
+    }
+    let a = server.post_with("/v1/forecast", body.as_bytes(), &json);
+    assert_eq!(a.status, 200, "{}", a.body);
+    // Without a history there is nothing to forecast from.
+    let bare = Server::start(&["--labels", s(&labels)]);
+    let a = bare.post_with("/v1/forecast", body.as_bytes(), &json);
+    assert_eq!(a.status, 404, "{}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("--history"));
+}

@@ -197,6 +197,10 @@ pub struct ForecastArgs {
     /// Weeks the backtest reports.
     #[arg(long, value_name = "N", default_value_t = 12, value_parser = clap::value_parser!(u16).range(1..))]
     pub weeks: u16,
+    /// Write DIR/index.html: the plan's forecasts, and each planned dish's history with the
+    /// forecast and its interval drawn after it.
+    #[arg(long, value_name = "DIR", conflicts_with = "backtest")]
+    pub report: Option<PathBuf>,
     /// Write the rows to FILE (atomically) instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -546,6 +550,10 @@ pub struct ServeArgs {
     /// Regions of every photo (trays), unless a request gives its own `regions`.
     #[command(flatten)]
     pub regions: RegionArgs,
+    /// History for `POST /v1/forecast`: records of `foodclip leftovers` or a CSV
+    /// `date,dish,leftover[,trays]`, as `forecast --history` takes them; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub history: Vec<PathBuf>,
 }
 
 /// A size in bytes: a number with an optional unit (KB, MB, GB; KiB, MiB, GiB).

@@ -51,18 +51,31 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
         Some(plan) => {
             let forecaster = Forecaster::new(&history, &dishes);
             let t = &forecaster.tuned;
-            cx.ui.note(&match t.mae {
+            let note = match t.mae {
                 Some(mae) => format!(
-                    "settings chosen on the last {} weeks: half-life {}, strength {} (backtest MAE {mae:.4})",
+                    "history {first} to {last}; settings chosen on its last {} weeks: half-life {}, \
+                     strength {} (backtest MAE {mae:.4})",
                     t.weeks,
                     half_life(t.settings.half_life),
                     t.settings.strength
                 ),
-                None => "too little history to choose settings by backtest (4 weeks and one more \
-                         are needed); the defaults are used and the intervals are rough"
-                    .into(),
-            });
+                None => format!(
+                    "history {first} to {last}: too little to choose settings by backtest (5 weeks \
+                     are needed); the defaults are used and the intervals are rough"
+                ),
+            };
+            cx.ui.note(&note);
             let rows = forecaster.forecast(plan, &dishes, args.service_level);
+            if let Some(dir) = &args.report {
+                let view = crate::report::forecast::View {
+                    forecasts: &rows,
+                    history: &history,
+                    dishes: &dishes,
+                    note: &note,
+                };
+                crate::report::forecast::write(dir, &view)
+                    .with_context(|| format!("cannot write the report in {}", dir.display()))?;
+            }
             emit(args, format, &Forecast::COLUMNS, &rows)?;
         }
         None => {

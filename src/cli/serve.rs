@@ -26,6 +26,17 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
     };
     let max_body = usize::try_from(args.max_body).context("--max-body is too large")?;
     let cors = Cors::parse(&args.cors_origins)?;
+    // The history is read before the port is taken: a bad row is a configuration error.
+    let forecast = if args.history.is_empty() {
+        None
+    } else {
+        let service = crate::forecast::Service::load(&args.history, &labels)?;
+        cx.ui.note(&format!(
+            "forecasting from the history {} to {}",
+            service.span.0, service.span.1
+        ));
+        Some(std::sync::Arc::new(service))
+    };
     // A model that cannot be named fails before the port is taken; one that cannot be loaded
     // fails while the server says "loading".
     cx.source()?;
@@ -55,6 +66,7 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         fidelity: cx.fidelity,
         regions,
         cors,
+        forecast,
     };
     let adapter_name = args
         .classes

@@ -67,13 +67,12 @@ impl std::fmt::Display for Day {
     }
 }
 
-/// The dishes met so far: each class of the label file is one dish, whatever name a row gives
-/// it; a name that names no class is a dish of its own, in no group.
+/// The dishes: each class of the label file is one dish, whatever name a row gives it; a name
+/// that names no class is a dish of its own, in no group.
 #[derive(Debug, Clone)]
 pub struct Dishes {
     names: ClassNames,
     labels: LabelSet,
-    by_class: HashMap<usize, usize>,
     by_name: HashMap<String, usize>,
     /// Each dish's display name and group.
     pub list: Vec<Dish>,
@@ -91,14 +90,24 @@ pub struct Dish {
 }
 
 impl Dishes {
-    /// No dishes yet, named by `labels`.
+    /// Every class of `labels` as a dish, in the file's order (so that a dish's index, and with
+    /// it the fit, does not depend on the order files name them in).
     pub fn new(labels: &LabelSet) -> Self {
+        let list: Vec<Dish> = labels
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(class, c)| Dish {
+                name: c.display().to_string(),
+                class: Some(class),
+                group: c.group,
+            })
+            .collect();
         Self {
             names: ClassNames::new(labels),
             labels: labels.clone(),
-            by_class: HashMap::new(),
             by_name: HashMap::new(),
-            list: Vec::new(),
+            list,
         }
     }
 
@@ -107,20 +116,10 @@ impl Dishes {
         self.names.class(name)
     }
 
-    /// The dish `name` names, added if new.
+    /// The dish `name` names: its class's, else one of its own, added if new.
     pub fn intern(&mut self, name: &str) -> usize {
         if let Some(class) = self.names.class(name) {
-            if let Some(&d) = self.by_class.get(&class) {
-                return d;
-            }
-            let c = &self.labels.classes[class];
-            self.list.push(Dish {
-                name: c.display().to_string(),
-                class: Some(class),
-                group: c.group,
-            });
-            self.by_class.insert(class, self.list.len() - 1);
-            return self.list.len() - 1;
+            return class;
         }
         if let Some(&d) = self.by_name.get(name) {
             return d;
@@ -224,7 +223,7 @@ impl Forecast {
             format!("{}", self.leftover),
             format!("{}", self.low),
             format!("{}", self.high),
-            format!("{:?}", self.basis).to_lowercase(),
+            self.basis.name().to_string(),
             self.history_days.to_string(),
             n(self.servings),
             n(self.portion_g),
@@ -253,7 +252,7 @@ impl Forecast {
             self.leftover * 100.0,
             self.low * 100.0,
             self.high * 100.0,
-            format!("{:?}", self.basis).to_lowercase(),
+            self.basis.name(),
             self.history_days,
         )
     }
@@ -272,7 +271,6 @@ pub struct Forecaster {
     fit: Fit,
     /// How the settings were chosen.
     pub tuned: Tuned,
-    groups: Vec<Option<usize>>,
 }
 
 impl Forecaster {
@@ -294,7 +292,7 @@ impl Forecaster {
             end,
             tuned.settings,
         );
-        Self { fit, tuned, groups }
+        Self { fit, tuned }
     }
 
     /// The fitted model.
@@ -314,7 +312,7 @@ impl Forecaster {
                     .filter(|q| q.day == p.day)
                     .map(|q| q.dish)
                     .collect();
-                let group = self.groups.get(p.dish).copied().flatten();
+                let group = dishes.list[p.dish].group;
                 let parts = self.fit.predict(p.dish, group, p.day, &menu);
                 let share = parts.share();
                 let days = self.fit.days(p.dish);
@@ -352,5 +350,44 @@ impl Forecaster {
                 }
             })
             .collect()
+    }
+}
+
+/// A forecaster fitted once with the dishes it knows, answering plan after plan (`serve`).
+#[derive(Debug, Clone)]
+pub struct Service {
+    forecaster: Forecaster,
+    dishes: Dishes,
+    /// The history's first and last day.
+    pub span: (Day, Day),
+}
+
+impl Service {
+    /// Reads the history files and fits, naming dishes by `labels`.
+    pub fn load(history: &[impl AsRef<std::path::Path>], labels: &LabelSet) -> Result<Self> {
+        let mut dishes = Dishes::new(labels);
+        let h = history::load(history, &mut dishes)?;
+        let span = h.span().expect("a loaded history has days");
+        Ok(Self {
+            forecaster: Forecaster::new(&h, &dishes),
+            dishes,
+            span,
+        })
+    }
+
+    /// Forecasts a plan; an item that cannot be read is an error naming its index.
+    pub fn forecast(&self, plan: &[plan::Item], service_level: f64) -> Result<Vec<Forecast>> {
+        if !(service_level > 0.0 && service_level < 1.0) {
+            anyhow::bail!("service_level {service_level} must be between 0 and 1");
+        }
+        let mut dishes = self.dishes.clone();
+        let planned = plan
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                plan::planned(item, &mut dishes).map_err(|e| anyhow!("plan[{i}]: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(self.forecaster.forecast(&planned, &dishes, service_level))
     }
 }

@@ -86,6 +86,17 @@ pub enum Basis {
     Kitchen,
 }
 
+impl Basis {
+    /// Its name in output: `dish`, `group` or `kitchen`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Basis::Dish => "dish",
+            Basis::Group => "group",
+            Basis::Kitchen => "kitchen",
+        }
+    }
+}
+
 /// The model fitted on the history before one day.
 #[derive(Debug, Clone)]
 pub struct Fit {

@@ -3,6 +3,7 @@
 
 use super::{Day, Dishes};
 use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
 use std::path::Path;
 
 /// One planned dish.
@@ -68,6 +69,49 @@ pub fn load(path: &Path, dishes: &mut Dishes) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
+/// One planned dish as a request gives it (`serve`'s `POST /v1/forecast`), or a CSV row.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Item {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    /// Any name of a class of the label file.
+    pub dish: String,
+    /// Trays it will be served on.
+    #[serde(default)]
+    pub servings: Option<f64>,
+    /// Grams of one portion.
+    #[serde(default)]
+    pub portion_g: Option<f64>,
+}
+
+/// Checks `item` and names its dish in `dishes`.
+pub fn planned(item: &Item, dishes: &mut Dishes) -> Result<Planned> {
+    let day = Day::parse(&item.date)?;
+    let name = item.dish.trim();
+    if name.is_empty() {
+        bail!("no dish");
+    }
+    if dishes.class(name).is_none() {
+        bail!(
+            "{name:?} names no class of {}; add it there (under its [group]) or fix the spelling",
+            dishes.labels().path.display()
+        );
+    }
+    for (what, v) in [("servings", item.servings), ("portion_g", item.portion_g)] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+            bail!("{what} {v} is not a number of 0 or more");
+        }
+    }
+    Ok(Planned {
+        day,
+        dish: dishes.intern(name),
+        servings: item.servings,
+        portion_g: item.portion_g,
+        line: 0,
+    })
+}
+
 fn parse(r: &csv::StringRecord, order: &[String], dishes: &mut Dishes) -> Result<Planned> {
     let field = |name: &str| {
         order
@@ -77,28 +121,18 @@ fn parse(r: &csv::StringRecord, order: &[String], dishes: &mut Dishes) -> Result
             .filter(|s| !s.is_empty())
     };
     let number = |name: &str| -> Result<Option<f64>> {
-        match field(name) {
-            None => Ok(None),
-            Some(s) => match s.parse::<f64>() {
-                Ok(v) if v.is_finite() && v >= 0.0 => Ok(Some(v)),
-                _ => bail!("{name} {s:?} is not a number of 0 or more"),
-            },
-        }
+        field(name)
+            .map(|s| {
+                s.parse::<f64>()
+                    .map_err(|_| anyhow!("{name} {s:?} is not a number"))
+            })
+            .transpose()
     };
-    let date = field("date").ok_or_else(|| anyhow!("no date"))?;
-    let day = Day::parse(date)?;
-    let name = field("dish").ok_or_else(|| anyhow!("no dish"))?;
-    if dishes.class(name).is_none() {
-        bail!(
-            "{name:?} names no class of {}; add it there (under its [group]) or fix the spelling",
-            dishes.labels().path.display()
-        );
-    }
-    Ok(Planned {
-        day,
-        dish: dishes.intern(name),
+    let item = Item {
+        date: field("date").ok_or_else(|| anyhow!("no date"))?.to_string(),
+        dish: field("dish").unwrap_or_default().to_string(),
         servings: number("servings")?,
         portion_g: number("portion_g")?,
-        line: 0,
-    })
+    };
+    planned(&item, dishes)
 }

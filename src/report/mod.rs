@@ -3,6 +3,7 @@
 //! accuracy bars, and thumbnails of misclassified photos with their top-3 guesses; and the page of
 //! `foodclip leftovers --report DIR` ([`leftovers`]).
 
+pub mod forecast;
 pub mod leftovers;
 
 use crate::eval::Metrics;

@@ -37,6 +37,7 @@ pub(super) fn router(state: Arc<AppState>) -> Router {
         .route("/v1/classify", post(classify))
         .route("/v1/embed", post(embed))
         .route("/v1/leftovers", post(leftovers))
+        .route("/v1/forecast", post(forecast))
         .route("/v1/labels", get(labels))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     let app = Router::new()
@@ -642,6 +643,7 @@ mod tests {
             fidelity: crate::preprocess::Fidelity::Exact,
             regions: None,
             cors: super::super::Cors::SameOrigin,
+            forecast: None,
         };
         let ready = Ready {
             batcher: Batcher::start(model, 4, std::time::Duration::ZERO, 8),
@@ -839,4 +841,38 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     };
     let records = recorder.records(tray, measured, rankings);
     Ok(json_body(&records).into_response())
+}
+
+/// The body of `/v1/forecast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForecastRequest {
+    plan: Vec<crate::forecast::plan::Item>,
+    #[serde(default = "default_service_level")]
+    service_level: f64,
+}
+
+fn default_service_level() -> f64 {
+    0.9
+}
+
+/// `POST /v1/forecast`: a plan (`{"plan": [{"date", "dish", "servings", "portion_g"}],
+/// "service_level"}`) answered from the history the server was started with, as
+/// `foodclip forecast` answers it.
+async fn forecast(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let Some(service) = &state.options.forecast else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "this server has no history to forecast from; start it with --history FILE",
+        ));
+    };
+    let request: ForecastRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(format!(
+            "send JSON {{\"plan\": [{{\"date\": \"YYYY-MM-DD\", \"dish\": ..., \"servings\": ..., \"portion_g\": ...}}]}}: {e}"
+        ))
+    })?;
+    let rows = service
+        .forecast(&request.plan, request.service_level)
+        .map_err(|e| ApiError::bad(format!("{e:#}")))?;
+    Ok(json_body(&json!({ "forecasts": rows })).into_response())
 }

@@ -47,6 +47,8 @@ pub struct Options {
     pub regions: Option<Regions>,
     /// Which pages on other origins may call the API from a browser.
     pub cors: Cors,
+    /// The forecaster behind `POST /v1/forecast`, when the server was given a history.
+    pub forecast: Option<Arc<crate::forecast::Service>>,
 }
 
 /// Which browser pages on other origins may call the API (CORS). The server's own page needs

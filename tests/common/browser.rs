@@ -204,3 +204,10 @@ impl Drop for Devtools {
         let _ = self.child.wait();
     }
 }
+
+/// Pixels of `shot` within 8 levels of `rgb` in every channel.
+pub fn pixels_like(shot: &image::RgbImage, rgb: [u8; 3]) -> usize {
+    shot.pixels()
+        .filter(|p| p.0.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) < 8))
+        .count()
+}

@@ -3,12 +3,18 @@
 
 pub mod browser;
 pub mod kitchen;
+#[cfg(unix)]
+pub mod memory;
 pub mod photos;
 
 use foodclip::checkpoint::Checkpoint;
 use foodclip::source::{HubOptions, ModelSource};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+
+#[cfg(unix)]
+#[allow(unused_imports)] // used by some test binaries only
+pub use memory::children_peak_kib;
 
 /// The `foodclip` binary, kept off the network and away from the user's caches: hub files from
 /// a directory that does not exist, prompt embeddings in a cache under the build's temporary
@@ -140,21 +146,4 @@ pub fn exact_picture(ckpt: &Checkpoint, file: &str) -> image::RgbImage {
             foodclip::preprocess::Fidelity::Exact,
         )
         .unwrap()
-}
-
-/// Peak resident set (KiB) of the largest child process waited for so far.
-#[cfg(unix)]
-pub fn children_peak_kib() -> i64 {
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct we own.
-    assert_eq!(
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) },
-        0
-    );
-    // Linux and the BSDs count KiB; macOS counts bytes.
-    if cfg!(target_os = "macos") {
-        usage.ru_maxrss / 1024
-    } else {
-        usage.ru_maxrss
-    }
 }
