@@ -6,6 +6,8 @@
 //! - `embeddings`: one row per (content hash, checkpoint fingerprint, preprocessing mode, region
 //!   source, region): the region's JSON (empty for a whole photo) and the embedding (f32 LE).
 //!   Keyed by content, so a moved or renamed file reuses its embedding.
+//! - `leftovers` (layout 2): what `leftovers --db` measured, one row per day, tray and
+//!   compartment, replaced when measured again; `forecast` reads its history from it.
 //!
 //! The database says what it is with `PRAGMA application_id` and its layout with
 //! `PRAGMA user_version`; any other file is refused untouched.
@@ -20,8 +22,8 @@ use std::time::Duration;
 
 /// `PRAGMA application_id` of a foodclip index ("fclp").
 const APPLICATION_ID: i64 = 0x6663_6c70;
-/// The layout this foodclip writes (`PRAGMA user_version`).
-const VERSION: i64 = 1;
+/// The layout this foodclip writes (`PRAGMA user_version`): 2 added `leftovers`.
+const VERSION: i64 = 2;
 
 // One line per statement: SQLite quotes a statement in some of its errors, which stay one line.
 const SCHEMA: &str = concat!(
@@ -31,7 +33,42 @@ const SCHEMA: &str = concat!(
     "CREATE TABLE embeddings(hash BLOB NOT NULL, checkpoint TEXT NOT NULL, mode TEXT NOT NULL, ",
     "source TEXT NOT NULL, idx INTEGER NOT NULL, region TEXT NOT NULL, vector BLOB NOT NULL, ",
     "PRIMARY KEY(hash, checkpoint, mode, source, idx));\n",
+    "CREATE TABLE IF NOT EXISTS leftovers(date TEXT NOT NULL, tray TEXT NOT NULL, ",
+    "compartment TEXT NOT NULL, dish TEXT, dish_group TEXT, leftover REAL, portion_g REAL, ",
+    "served TEXT, returned TEXT, error TEXT, PRIMARY KEY(date, tray, compartment));\n",
 );
+
+/// The table layout 2 added, made when a layout-1 index is opened to write.
+const LEFTOVERS: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS leftovers(date TEXT NOT NULL, tray TEXT NOT NULL, ",
+    "compartment TEXT NOT NULL, dish TEXT, dish_group TEXT, leftover REAL, portion_g REAL, ",
+    "served TEXT, returned TEXT, error TEXT, PRIMARY KEY(date, tray, compartment));"
+);
+
+/// One row of `leftovers`: a tray's compartment on a day (empty strings where there is none).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeftoverRow {
+    /// `YYYY-MM-DD`, or empty.
+    pub date: String,
+    /// The tray's name.
+    pub tray: String,
+    /// The compartment's name, or empty for a tray that could not be measured at all.
+    pub compartment: String,
+    /// The dish.
+    pub dish: Option<String>,
+    /// Its group.
+    pub group: Option<String>,
+    /// Share left.
+    pub leftover: Option<f64>,
+    /// Grams per portion.
+    pub portion_g: Option<f64>,
+    /// The served photo.
+    pub served: Option<String>,
+    /// The returned photo.
+    pub returned: Option<String>,
+    /// Why it has no measurement.
+    pub error: Option<String>,
+}
 
 /// What a set of embeddings was made with: they are only compared with their own kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +195,11 @@ impl Index {
             }
         }
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        if whole && version < 2 {
+            self.conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {LEFTOVERS} PRAGMA user_version = 2; COMMIT;"
+            ))?;
+        }
         Ok(())
     }
 
@@ -235,6 +277,39 @@ impl Index {
         tx.commit()
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(out)
+    }
+
+    /// Calls `f` with every row of `leftovers`, by day, tray and compartment, reading them one
+    /// at a time. An index without the table (written before it existed) has none.
+    pub fn leftovers(&self, mut f: impl FnMut(LeftoverRow) -> Result<()>) -> Result<()> {
+        let has: bool = self.conn.query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'leftovers'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT date, tray, compartment, dish, dish_group, leftover, portion_g, served, \
+             returned, error FROM leftovers ORDER BY date, tray, compartment",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(LeftoverRow {
+                date: r.get(0)?,
+                tray: r.get(1)?,
+                compartment: r.get(2)?,
+                dish: r.get(3)?,
+                group: r.get(4)?,
+                leftover: r.get(5)?,
+                portion_g: r.get(6)?,
+                served: r.get(7)?,
+                returned: r.get(8)?,
+                error: r.get(9)?,
+            })?;
+        }
+        Ok(())
     }
 
     /// The indexed paths under `root` (a folder prefix, compared as bytes).
@@ -463,6 +538,27 @@ impl Batch<'_> {
         Ok(())
     }
 
+    /// Stores a leftovers row, replacing the one of the same day, tray and compartment.
+    pub fn leftover(&self, row: &LeftoverRow) -> Result<()> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO leftovers(date, tray, compartment, dish, dish_group, leftover, \
+             portion_g, served, returned, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                row.date,
+                row.tray,
+                row.compartment,
+                row.dish,
+                row.group,
+                row.leftover,
+                row.portion_g,
+                row.served,
+                row.returned,
+                row.error
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Forgets `path` (deleted from the archive).
     pub fn remove(&self, path: &Path) -> Result<()> {
         self.tx.execute(
@@ -549,6 +645,52 @@ mod tests {
         let e = format!("{:#}", Index::open(&other, true).err().unwrap());
         assert!(e.contains("is not a foodclip index"), "{e}");
         assert_eq!(std::fs::read(&other).unwrap(), before);
+    }
+
+    #[test]
+    fn leftovers_are_replaced_by_day_tray_and_compartment_and_old_indexes_gain_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("i.sqlite");
+        let mut index = Index::open(&db, true).unwrap();
+        let row = |tray: &str, leftover: f64| LeftoverRow {
+            date: "2026-12-07".into(),
+            tray: tray.into(),
+            compartment: "rice".into(),
+            dish: Some("쌀밥".into()),
+            leftover: Some(leftover),
+            ..LeftoverRow::default()
+        };
+        index
+            .batch(|b| {
+                b.leftover(&row("t1", 0.2))?;
+                b.leftover(&row("t2", 0.4))
+            })
+            .unwrap();
+        index.batch(|b| b.leftover(&row("t1", 0.3))).unwrap();
+        let mut seen = Vec::new();
+        index
+            .leftovers(|r| {
+                seen.push((r.tray, r.leftover));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, [("t1".into(), Some(0.3)), ("t2".into(), Some(0.4))]);
+        drop(index);
+        // A layout-1 index: read, it has no leftovers; written, it gains the table.
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("DROP TABLE leftovers; PRAGMA user_version = 1;")
+            .unwrap();
+        drop(conn);
+        let index = Index::open(&db, false).unwrap();
+        index.leftovers(|_| panic!("no rows")).unwrap();
+        drop(index);
+        let mut index = Index::open(&db, true).unwrap();
+        index.batch(|b| b.leftover(&row("t3", 0.5))).unwrap();
+        let version: i64 = index
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
     }
 
     #[test]

@@ -457,3 +457,64 @@ fn the_report_shows_dishes_trend_and_trays_in_a_browser() {
         .count();
     assert!(coloured > 20_000, "no pictures on screen ({coloured})");
 }
+
+#[test]
+fn records_stored_with_db_are_a_forecasts_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("kitchen.sqlite");
+    let pairs = set("clean").join("pairs.csv");
+    let args = [
+        "--pairs".as_ref(),
+        pairs.as_os_str(),
+        "--db".as_ref(),
+        store.as_os_str(),
+        "--format".as_ref(),
+        "jsonl".as_ref(),
+    ];
+    let o = leftovers(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = jsonl_records(&o.stdout);
+    // Measuring the same trays again replaces their rows: nothing twice.
+    let o = leftovers(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let db = rusqlite::Connection::open(&store).unwrap();
+    let (rows, measured): (i64, i64) = db
+        .query_row("SELECT COUNT(*), COUNT(leftover) FROM leftovers", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(rows as usize, records.len());
+    let with_leftover = records.iter().filter(|r| r["leftover"].is_f64()).count();
+    assert_eq!(measured as usize, with_leftover);
+    drop(db);
+    // The store and the same records as a file forecast alike.
+    let file = dir.path().join("records.jsonl");
+    std::fs::write(&file, &o.stdout).unwrap();
+    let dish = records.iter().find_map(|r| r["dish"].as_str()).unwrap();
+    let plan = dir.path().join("plan.csv");
+    std::fs::write(&plan, format!("2026-12-07,{dish},300,100\n")).unwrap();
+    let forecast = |history: &Path| {
+        let o = foodclip()
+            .args(["forecast", "--format", "jsonl", "--history"])
+            .arg(history)
+            .arg("--labels")
+            .arg(fixtures().join("labels/mixed.txt"))
+            .arg("--menu")
+            .arg(&plan)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            jsonl_records(&o.stdout),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (from_store, note) = forecast(&store);
+    let (from_file, _) = forecast(&file);
+    assert_eq!(from_store, from_file);
+    assert_eq!(from_store[0]["basis"], "dish", "{from_store:?}");
+    assert!(
+        note.contains(&format!("history: {} rows", records.len())),
+        "{note}"
+    );
+}

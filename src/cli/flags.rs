@@ -161,6 +161,11 @@ pub struct LeftoversArgs {
     /// Write DIR/index.html: dishes by what comes back, the trend per day, the worst trays.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
+    /// Also store every record in the SQLite store FILE (the `index` database; made if
+    /// missing), one transaction per tray; measuring a tray again replaces its rows.
+    /// `forecast --history FILE` reads them.
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
     /// Write records to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,

@@ -64,6 +64,11 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
     if format == Format::Coco {
         bail!("--format coco is not for leftovers: give table, jsonl, json, csv or tsv");
     }
+    let mut store = args
+        .db
+        .as_deref()
+        .map(|p| crate::index::Index::open(p, true))
+        .transpose()?;
     let ckpt = cx.model(false)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
@@ -145,6 +150,11 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
                     printer
                         .record(r, &r.fields(), &table_line(r))
                         .context("cannot write output")?;
+                }
+                if let Some(store) = store.as_mut() {
+                    store
+                        .batch(|b| records.iter().try_for_each(|r| b.leftover(&stored(r))))
+                        .context("cannot store the records")?;
                 }
                 if let Some(o) = overlay {
                     worst.offer(&records, o);
@@ -358,4 +368,20 @@ fn write_summary(path: &Path, format: Format, s: &SummaryFile) -> Result<()> {
     };
     write_atomically(path, &bytes)
         .with_context(|| format!("cannot write --summary {}", path.display()))
+}
+
+/// A record as the store keeps it.
+fn stored(r: &Record) -> crate::index::LeftoverRow {
+    crate::index::LeftoverRow {
+        date: r.date.clone().unwrap_or_default(),
+        tray: r.tray.clone(),
+        compartment: r.compartment.clone().unwrap_or_default(),
+        dish: r.dish.clone(),
+        group: r.group.clone(),
+        leftover: r.leftover,
+        portion_g: r.portion_g,
+        served: r.served.clone(),
+        returned: r.returned.clone(),
+        error: r.error.clone(),
+    }
 }

@@ -1,5 +1,6 @@
 //! The kitchen's history: what came back of each dish on each day, read (streamed) from the
-//! records `leftovers` writes (JSON Lines, a JSON array, CSV or TSV) or from a plain CSV
+//! records `leftovers` writes (JSON Lines, a JSON array, CSV or TSV; or the `leftovers` table of
+//! the store `leftovers --db` writes to) or from a plain CSV
 //! `date,dish,leftover[,trays][,served_g]`, one row per dish and day or per tray and compartment.
 //!
 //! Rows are folded into one [`Observation`] per dish and day as they are read, so memory grows
@@ -140,9 +141,14 @@ enum Kind {
     JsonLines,
     JsonArray,
     Delimited(u8),
+    Store,
 }
 
-fn kind_of(path: &Path, first: Option<u8>) -> Kind {
+fn kind_of(path: &Path, head: &[u8]) -> Kind {
+    if head.starts_with(b"SQLite format 3\0") {
+        return Kind::Store;
+    }
+    let first = head.iter().find(|b| !b.is_ascii_whitespace()).copied();
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -174,14 +180,33 @@ pub fn load(paths: &[impl AsRef<Path>], dishes: &mut Dishes) -> Result<History> 
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open history {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
-        let first = reader
+        let head = reader
             .fill_buf()
-            .with_context(|| format!("cannot read history {}", path.display()))?
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .copied();
+            .with_context(|| format!("cannot read history {}", path.display()))?;
         let at = path.display();
-        match kind_of(path, first) {
+        match kind_of(path, head) {
+            Kind::Store => {
+                drop(reader);
+                let index = crate::index::Index::open(path, false)?;
+                index.leftovers(|row| {
+                    let at = || {
+                        format!(
+                            "{at}: day {} tray {} compartment {}",
+                            row.date, row.tray, row.compartment
+                        )
+                    };
+                    folder
+                        .add(Row {
+                            date: Some(row.date.clone()).filter(|d| !d.is_empty()),
+                            dish: row.dish.clone(),
+                            leftover: row.leftover,
+                            trays: None,
+                            served_g: None,
+                            error: row.error.clone(),
+                        })
+                        .with_context(at)
+                })?;
+            }
             Kind::JsonLines => json_lines(reader, &mut folder, path)?,
             Kind::JsonArray => {
                 let mut de = serde_json::Deserializer::from_reader(reader);
