@@ -493,9 +493,9 @@ fn records_stored_with_db_are_a_forecasts_history() {
     let dish = records.iter().find_map(|r| r["dish"].as_str()).unwrap();
     let plan = dir.path().join("plan.csv");
     std::fs::write(&plan, format!("2026-12-07,{dish},300,100\n")).unwrap();
-    let forecast = |history: &Path| {
+    let forecast = |flag: &str, history: &Path| {
         let o = foodclip()
-            .args(["forecast", "--format", "jsonl", "--history"])
+            .args(["forecast", "--format", "jsonl", flag])
             .arg(history)
             .arg("--labels")
             .arg(fixtures().join("labels/mixed.txt"))
@@ -509,9 +509,10 @@ fn records_stored_with_db_are_a_forecasts_history() {
             String::from_utf8_lossy(&o.stderr).into_owned(),
         )
     };
-    let (from_store, note) = forecast(&store);
-    let (from_file, _) = forecast(&file);
+    let (from_store, note) = forecast("--db", &store);
+    let (from_file, _) = forecast("--history", &file);
     assert_eq!(from_store, from_file);
+    assert_eq!(forecast("--history", &store).0, from_file);
     assert_eq!(from_store[0]["basis"], "dish", "{from_store:?}");
     assert!(
         note.contains(&format!("history: {} rows", records.len())),

@@ -180,10 +180,13 @@ pub struct LeftoversArgs {
 /// `foodclip forecast`.
 #[derive(Debug, Args)]
 pub struct ForecastArgs {
-    /// What came back before: records of `foodclip leftovers` (JSON Lines, JSON, CSV or TSV)
-    /// or a CSV `date,dish,leftover[,trays][,served_g]`. Repeat for several files.
-    #[arg(long, value_name = "FILE", required = true)]
+    /// What came back before: records of `foodclip leftovers` (JSON Lines, JSON, CSV or TSV,
+    /// or its --db store) or a CSV `date,dish,leftover[,trays][,served_g]`. Repeatable.
+    #[arg(long, value_name = "FILE", required_unless_present = "db")]
     pub history: Vec<PathBuf>,
+    /// The store `leftovers --db FILE` keeps its records in, as history (beside any --history).
+    #[arg(long, value_name = "FILE")]
+    pub db: Option<PathBuf>,
     /// Label file: the dishes, their other names, and the `[group]` headers forecasts borrow
     /// strength from.
     #[arg(long, short)]

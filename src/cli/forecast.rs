@@ -39,7 +39,13 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
         .as_deref()
         .map(|m| plan::load(m, &mut dishes))
         .transpose()?;
-    let history = history::load(&args.history, &mut dishes)?;
+    let files: Vec<&std::path::Path> = args
+        .history
+        .iter()
+        .map(|p| p.as_path())
+        .chain(args.db.as_deref())
+        .collect();
+    let history = history::load(&files, &mut dishes)?;
     let (first, last) = history.span().expect("a loaded history has days");
     cx.ui.note(&format!(
         "history: {} rows, {} dish-days from {first} to {last} ({} rows without a measurement)",
