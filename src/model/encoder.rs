@@ -177,6 +177,26 @@ impl Encoder {
         }
         Ok(x)
     }
+
+    /// NACLIP's dense pass: every layer but the last as usual, then the last one reduced to its
+    /// attention, with keys as queries and `neighbourhood` (`(1, 1, seq, seq)`) added to the
+    /// logits, and neither the residual nor the MLP.
+    pub fn forward_dense(&self, x: &Tensor, neighbourhood: &Tensor) -> Result<Tensor> {
+        let Some((last, rest)) = self.layers.split_last() else {
+            anyhow::bail!("the encoder has no layers");
+        };
+        let mut x = x.clone();
+        for layer in rest {
+            x = layer.forward(&x, None)?;
+        }
+        let a = &last.self_attn;
+        let qkv = a.qkv.forward_normed(&x, &last.layer_norm1, None)?;
+        let h = qkv.dim(2)? / 3;
+        let k = qkv.narrow(2, h, h)?;
+        let kkv = Tensor::cat(&[&k, &k, &qkv.narrow(2, 2 * h, h)?], 2)?;
+        let heads = attention(&kkv, a.heads, Some(&neighbourhood.to_dtype(kkv.dtype())?))?;
+        a.out.forward(&heads)
+    }
 }
 
 /// Scales each row of `x` (`(n, d)`) to unit L2 norm.

@@ -197,6 +197,14 @@ trait TextEncoder: Send + Sync {
 /// An image tower with its projection: pixels in, embeddings in the shared space out.
 trait ImageEncoder: Send + Sync {
     fn embed(&self, pixels: &Tensor) -> Result<Tensor>;
+
+    /// Per-patch embeddings `(batch, patches, projection)` in the shared space.
+    fn dense(&self, _pixels: &Tensor, _std: f64) -> Result<Tensor> {
+        bail!(
+            "dense maps (--regions auto) need a CLIP model: SigLIP's embedding comes from a \
+             pooling head, not from one token, so its patches have no place in the shared space"
+        )
+    }
 }
 
 impl TextEncoder for Projected<text::TextTransformer> {
@@ -208,6 +216,11 @@ impl TextEncoder for Projected<text::TextTransformer> {
 impl ImageEncoder for Projected<vision::VisionTransformer> {
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         self.projection.forward(&self.encoder.forward(pixels)?)
+    }
+
+    fn dense(&self, pixels: &Tensor, std: f64) -> Result<Tensor> {
+        self.projection
+            .forward(&self.encoder.forward_dense(pixels, std)?)
     }
 }
 
@@ -336,6 +349,18 @@ impl ClipModel {
             .context("the image tower does not match config.json")?;
         Ok(tower
             .embed(&pixels.to_dtype(self.dtype)?)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// NACLIP's per-patch image embeddings `(batch, grid * grid, projection_dim)`, unnormalised,
+    /// patches in row order, for normalised pixels `(batch, 3, size, size)`; `std` is the
+    /// Gaussian neighbourhood's width in patches (NACLIP uses 5).
+    pub fn dense_image_features(&self, pixels: &Tensor, std: f64) -> Result<Tensor> {
+        let tower = self
+            .image_tower()
+            .context("the image tower does not match config.json")?;
+        Ok(tower
+            .dense(&pixels.to_dtype(self.dtype)?, std)?
             .to_dtype(DType::F32)?)
     }
 

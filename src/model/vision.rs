@@ -1,11 +1,12 @@
 //! CLIP's vision tower: patch embedding, class token, position embeddings, pre-norm, encoder,
-//! and the class token's state after the post-norm.
+//! and the class token's state after the post-norm; or, for dense maps, every patch's state
+//! from NACLIP's reduced last layer.
 
 use super::config::VisionConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
 use super::ops::{patchify, Dense, MatmulKind};
 use anyhow::{bail, Result};
-use candle_core::{IndexOp, Module, Tensor};
+use candle_core::{Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 /// The patch convolution's kernel (`embeddings.patch_embedding.weight`) flattened to
@@ -54,6 +55,25 @@ impl VisionTransformer {
 
     /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = self.encoder.forward(&self.embed(pixels)?, None)?;
+        Ok(self
+            .post_layernorm
+            .forward(&x.i((.., 0, ..))?.contiguous()?)?)
+    }
+
+    /// Per-patch states `(batch, grid * grid, hidden)` after the post-norm, from NACLIP's dense
+    /// pass (see [`Encoder::forward_dense`]) with a Gaussian neighbourhood of `std` patches.
+    pub fn forward_dense(&self, pixels: &Tensor, std: f64) -> Result<Tensor> {
+        let grid = self.image_size / self.patch_size;
+        let near = neighbourhood(grid, grid, std, pixels.device())?;
+        let x = self.encoder.forward_dense(&self.embed(pixels)?, &near)?;
+        Ok(self
+            .post_layernorm
+            .forward(&x.narrow(1, 1, grid * grid)?.contiguous()?)?)
+    }
+
+    /// Patch embeddings with the class token and positions, pre-normed: the encoder's input.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, _, hgt, wid) = pixels.dims4()?;
         if hgt != self.image_size || wid != self.image_size {
             bail!(
@@ -70,10 +90,21 @@ impl VisionTransformer {
             .broadcast_as((b, 1, hidden))?;
         let x = Tensor::cat(&[&cls.to_dtype(x.dtype())?, &x], 1)?
             .broadcast_add(&self.position_embedding)?;
-        let x = self.pre_layrnorm.forward(&x)?;
-        let x = self.encoder.forward(&x, None)?;
-        Ok(self
-            .post_layernorm
-            .forward(&x.i((.., 0, ..))?.contiguous()?)?)
+        Ok(self.pre_layrnorm.forward(&x)?)
     }
+}
+
+/// NACLIP's neighbourhood term `(1, 1, 1 + h*w, 1 + h*w)`: between patches `p` and `q` of an
+/// `h` x `w` grid, `exp(-|p - q|^2 / (2 std^2))`; nothing for the class token.
+pub fn neighbourhood(h: usize, w: usize, std: f64, device: &Device) -> Result<Tensor> {
+    let n = h * w + 1;
+    let mut m = vec![0f32; n * n];
+    for p in 0..h * w {
+        for q in 0..h * w {
+            let dy = (p / w) as f64 - (q / w) as f64;
+            let dx = (p % w) as f64 - (q % w) as f64;
+            m[(p + 1) * n + q + 1] = (-(dy * dy + dx * dx) / (2.0 * std * std)).exp() as f32;
+        }
+    }
+    Ok(Tensor::from_vec(m, (1, 1, n, n), device)?)
 }
