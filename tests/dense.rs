@@ -93,3 +93,122 @@ fn siglip_models_refuse_dense_maps_in_one_line() {
         .to_string();
     assert!(e.contains("need a CLIP model") && !e.contains('\n'), "{e}");
 }
+
+/// A table photo with two dishes in round bowls at known places: a red stew and a green
+/// salad, each textured, on a beige, lightly textured table. (The fixtures' weights are random,
+/// so dishes are told apart by what random features see, their colour and texture, not by what
+/// they are.)
+fn plate() -> (image::RgbImage, Vec<(String, [u32; 4])>) {
+    let dishes = [
+        ("stew", (170.0, 170.0, 120.0), [178u8, 52, 40]),
+        ("salad", (460.0, 320.0, 110.0), [70, 150, 60]),
+    ];
+    let plate = image::RgbImage::from_fn(640, 480, |x, y| {
+        let n = ((x * 7 + y * 13) % 9) as u8;
+        for (_, (cx, cy, r), rgb) in &dishes {
+            let (dx, dy) = (f64::from(x) - cx, f64::from(y) - cy);
+            if dx * dx + dy * dy < r * r {
+                let t = ((x * 31 + y * 17) % 23) as u8;
+                return image::Rgb([rgb[0] + t, rgb[1] + t, rgb[2] + t / 2]);
+            }
+        }
+        image::Rgb([196 + n, 180 + n, 150 + n])
+    });
+    let truth = dishes
+        .iter()
+        .map(|(name, (cx, cy, r), _)| {
+            let b = |v: f64| v.round() as u32;
+            (
+                name.to_string(),
+                [b(cx - r), b(cy - r), b(cx + r), b(cy + r)],
+            )
+        })
+        .collect();
+    (plate, truth)
+}
+
+/// The unit mean of a picture's unit patch embeddings.
+fn prototype(ckpt: &foodclip::checkpoint::Checkpoint, img: &image::RgbImage) -> Vec<f32> {
+    let size = ckpt.model.image_size() as u32;
+    let img = image::imageops::resize(img, size, size, image::imageops::FilterType::Triangle);
+    let pixels = Tensor::from_vec(
+        ckpt.preprocess.to_chw(&img),
+        (1, 3, size as usize, size as usize),
+        &ckpt.device,
+    )
+    .unwrap();
+    let dense = ckpt.model.dense_image_features(&pixels, 5.0).unwrap();
+    let dense = dense.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+    let mut mean = vec![0f32; dense[0].len()];
+    for p in &dense {
+        let n = p.iter().map(|v| v * v).sum::<f32>().sqrt();
+        for (m, v) in mean.iter_mut().zip(p) {
+            *m += v / n;
+        }
+    }
+    let n = mean.iter().map(|v| v * v).sum::<f32>().sqrt();
+    mean.iter().map(|v| v / n).collect()
+}
+
+fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
+    let ix = a[2].min(b[2]).saturating_sub(a[0].max(b[0])) as f64;
+    let iy = a[3].min(b[3]).saturating_sub(a[1].max(b[1])) as f64;
+    let area = |r: [u32; 4]| f64::from((r[2] - r[0]) * (r[3] - r[1]));
+    ix * iy / (area(a) + area(b) - ix * iy)
+}
+
+#[test]
+fn dishes_on_a_plate_are_found_where_they_were_put() {
+    use foodclip::regions::auto::{blobs, class_map, AutoSettings};
+    let (photo, truth) = plate();
+    for name in ["tiny-openai", "tiny-gelu"] {
+        let ckpt = checkpoint(name);
+        // The classes: each pasted photo's own patch embeddings, and the bare table's.
+        let mut protos: Vec<Vec<f32>> = truth
+            .iter()
+            .map(|(_, r)| {
+                prototype(
+                    &ckpt,
+                    &image::imageops::crop_imm(&photo, r[0], r[1], r[2] - r[0], r[3] - r[1])
+                        .to_image(),
+                )
+            })
+            .collect();
+        protos.push(prototype(
+            &ckpt,
+            &image::imageops::crop_imm(&photo, 320, 0, 300, 180).to_image(),
+        ));
+        let dim = protos[0].len();
+        let embeddings =
+            Tensor::from_vec(protos.concat(), (protos.len(), dim), &ckpt.device).unwrap();
+        let settings = AutoSettings::default();
+        let map = class_map(&ckpt, &photo, &embeddings, &settings).unwrap();
+        let found = blobs(&map, truth.len(), settings.min_area);
+        eprintln!("{name}: {} regions", found.len());
+        assert_eq!(found.len(), truth.len(), "{name}: one region per dish");
+        for (class, (file, rect)) in truth.iter().enumerate() {
+            let blob = found
+                .iter()
+                .find(|b| b.class == class)
+                .unwrap_or_else(|| panic!("{name}: no region for {file}"));
+            // The bowl's disk on the canvas, against the region's mask.
+            let (cx, cy, r) = (
+                f64::from(rect[0] + rect[2]) / 2.0,
+                f64::from(rect[1] + rect[3]) / 2.0,
+                f64::from(rect[2] - rect[0]) / 2.0,
+            );
+            let (mut both, mut either) = (0usize, 0usize);
+            for (i, &m) in blob.mask.iter().enumerate() {
+                let x = ((i % map.width) as f64 + 0.5) * map.scale.0;
+                let y = ((i / map.width) as f64 + 0.5) * map.scale.1;
+                let t = (x - cx).powi(2) + (y - cy).powi(2) < r * r;
+                both += usize::from(m && t);
+                either += usize::from(m || t);
+            }
+            let mask_iou = both as f64 / either as f64;
+            let box_iou = iou(blob.rect, *rect);
+            eprintln!("{name}: {file} at {rect:?}: region {:?}, box IoU {box_iou:.3}, mask IoU {mask_iou:.3}", blob.rect);
+            assert!(box_iou >= 0.5 && mask_iou >= 0.5, "{name}: {file}");
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //! [`pieces`] is the one seam the pipeline calls: it turns a photo into its pieces (the whole
 //! photo, or each region), decoding the photo once.
 
+pub mod auto;
 mod sources;
 
 use crate::preprocess::{Decoded, Fidelity, PreprocessConfig, Rect};
