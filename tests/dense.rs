@@ -212,3 +212,74 @@ fn dishes_on_a_plate_are_found_where_they_were_put() {
         }
     }
 }
+
+#[test]
+fn classify_regions_auto_answers_as_the_same_boxes_given_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    plate().0.save(&photo).unwrap();
+    let labels = fixtures().join("labels/mixed.txt");
+    let run = |regions: &std::path::Path| {
+        let o = foodclip()
+            .args(["--exact-preprocess", "--model"])
+            .arg(fixtures().join("tiny-openai"))
+            .args(["classify", "-k", "0", "--format", "jsonl", "--labels"])
+            .arg(&labels)
+            .arg("--regions")
+            .arg(regions)
+            .arg(&photo)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        jsonl_records(&o.stdout)
+    };
+    let found = run(std::path::Path::new("auto"));
+    assert!(!found.is_empty());
+    let names: Vec<String> = foodclip::labels::LabelSet::load(&labels)
+        .unwrap()
+        .classes
+        .iter()
+        .map(|c| c.display().to_string())
+        .collect();
+    let mut csv = String::from("path,x1,y1,x2,y2\n");
+    for r in &found {
+        let region = &r["region"];
+        assert!(
+            names.contains(&region["name"].as_str().unwrap().to_string()),
+            "{r}"
+        );
+        let b: Vec<u64> = region["box"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(
+            b[0] < b[2] && b[2] <= 640 && b[1] < b[3] && b[3] <= 480,
+            "{r}"
+        );
+        csv += &format!("{},{},{},{},{}\n", photo.display(), b[0], b[1], b[2], b[3]);
+    }
+    let boxes = dir.path().join("boxes.csv");
+    std::fs::write(&boxes, csv).unwrap();
+    let given = run(&boxes);
+    assert_eq!(given.len(), found.len());
+    for (a, b) in found.iter().zip(&given) {
+        assert_eq!(a["region"]["box"], b["region"]["box"]);
+        assert_eq!(a["predictions"], b["predictions"], "{a}\n{b}");
+    }
+    // Commands that do not find regions yet say so in one line.
+    let o = foodclip()
+        .args(["--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args(["embed", "--regions", "auto"])
+        .arg(&photo)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--regions auto works with classify") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+}

@@ -24,7 +24,7 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     }
     let open_set = OpenSet::new(args.threshold, args.min_margin)
         .map_err(|e| anyhow!("--threshold, --min-margin: {e}"))?;
-    let regions = args.input.regions.load()?;
+    let mut regions = args.input.regions.load_auto()?;
     let stored = args
         .stored
         .load(cx, &args.input.regions, regions.as_ref())?;
@@ -46,10 +46,18 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     };
     let listed = stored.as_ref().map(|s| s.photos());
     let job = Job::prepare(&args.input, layout, listed, regions.as_ref())?;
-    let ckpt = cx.model(stored.is_some())?;
+    let ckpt = std::sync::Arc::new(cx.model(stored.is_some())?);
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
+    super::auto::bind(
+        cx,
+        regions.as_mut(),
+        &ckpt,
+        &labels,
+        &classifier,
+        &templates,
+    )?;
     let shown = Shown {
         open_set,
         top_k: args.top_k,

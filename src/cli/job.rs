@@ -178,6 +178,13 @@ impl RegionArgs {
         let hash = |bytes: &[u8]| blake3::hash(bytes).to_hex()[..16].to_string();
         let read =
             |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+        if self.is_auto() {
+            let a = crate::regions::auto::AutoSettings::default();
+            return Ok(format!(
+                "auto:std{}-scale{}-min{}",
+                a.std, a.scale, a.min_area
+            ));
+        }
         Ok(match (&self.regions, &self.layout, self.grid) {
             (Some(p), _, _) if p.is_dir() => {
                 let mut files: Vec<PathBuf> = std::fs::read_dir(p)
@@ -199,8 +206,32 @@ impl RegionArgs {
         })
     }
 
-    /// The regions asked for, if any.
+    /// Whether `--regions auto` was asked for.
+    pub(super) fn is_auto(&self) -> bool {
+        self.regions.as_deref() == Some(Path::new("auto"))
+    }
+
+    /// The regions asked for, if any; `--regions auto` is refused (see [`Self::load_auto`]).
     pub(super) fn load(&self) -> Result<Option<Regions>> {
+        if self.is_auto() {
+            bail!(
+                "--regions auto works with classify for now; give this command a box file, \
+                 --layout or --grid (a file named auto: ./auto)"
+            );
+        }
+        self.load_files()
+    }
+
+    /// The regions asked for, `--regions auto` included (its finder is bound once the model
+    /// is loaded: [`super::auto::bind`]).
+    pub(super) fn load_auto(&self) -> Result<Option<Regions>> {
+        if self.is_auto() {
+            return Ok(Some(Regions::auto()));
+        }
+        self.load_files()
+    }
+
+    fn load_files(&self) -> Result<Option<Regions>> {
         Ok(match (&self.regions, &self.layout, self.grid) {
             (Some(file), _, _) => Some(Regions::from_file(file)?),
             (_, Some(file), _) => Some(Regions::layout(file)?),

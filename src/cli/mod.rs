@@ -3,6 +3,7 @@
 //! library; `ui` is the terminal side and `job` the loop over many photos.
 
 mod adapt;
+mod auto;
 mod classify;
 mod context;
 mod dataset;

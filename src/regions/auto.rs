@@ -15,6 +15,68 @@ use crate::checkpoint::Checkpoint;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
+use std::sync::Arc;
+
+/// The background a dish is told from when the user gives none: what a tray photo shows
+/// besides food.
+pub const BACKGROUND: &str =
+    "a tray\na table\nan empty plate\nan empty bowl\na napkin\na spoon\nchopsticks\n";
+
+/// Finds the regions of a picture (the seam `--regions auto` plugs into [`super::pieces`]).
+pub trait Finder: Send + Sync + std::fmt::Debug {
+    /// The dishes on `img`, the upright picture of a photo of `full` size: each with its class
+    /// name and its box in pixels of the full photo.
+    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<(String, [u32; 4])>>;
+}
+
+/// The [`Finder`] of NACLIP class maps.
+pub struct DenseFinder {
+    /// The model.
+    pub ckpt: Arc<Checkpoint>,
+    /// Unit class embeddings: the dishes, then the background's.
+    pub embeddings: Tensor,
+    /// The dishes' names (the first rows of `embeddings`).
+    pub names: Vec<String>,
+    /// How maps are made and cut.
+    pub settings: AutoSettings,
+}
+
+impl std::fmt::Debug for DenseFinder {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "DenseFinder({} dishes, {:?})",
+            self.names.len(),
+            self.settings
+        )
+    }
+}
+
+impl Finder for DenseFinder {
+    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<(String, [u32; 4])>> {
+        let map = class_map(&self.ckpt, img, &self.embeddings, &self.settings)?;
+        let (kx, ky) = (
+            f64::from(full.0) / f64::from(img.width().max(1)),
+            f64::from(full.1) / f64::from(img.height().max(1)),
+        );
+        let to_full = |v: u32, k: f64, max: u32| ((f64::from(v) * k).round() as u32).min(max);
+        Ok(blobs(&map, self.names.len(), self.settings.min_area)
+            .into_iter()
+            .map(|b| {
+                let [x1, y1, x2, y2] = b.rect;
+                (
+                    self.names[b.class].clone(),
+                    [
+                        to_full(x1, kx, full.0),
+                        to_full(y1, ky, full.1),
+                        to_full(x2, kx, full.0),
+                        to_full(y2, ky, full.1),
+                    ],
+                )
+            })
+            .collect())
+    }
+}
 
 /// How the class map is made and cut.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -185,6 +185,8 @@ impl Listing {
 /// Where regions come from.
 #[derive(Debug, Clone)]
 enum Kind {
+    /// Found on each photo by the model (`--regions auto`), once a finder is bound.
+    Auto(Option<std::sync::Arc<dyn auto::Finder>>),
     /// Boxes listed per photo.
     Listed(Listing, Matching),
     /// The same boxes on every photo (a layout or a grid).
@@ -290,8 +292,33 @@ impl Regions {
         }
     }
 
+    /// Regions found on each photo from a class map (`--regions auto`); [`Regions::bind`]
+    /// gives them their finder.
+    pub fn auto() -> Self {
+        Self {
+            file: None,
+            categories: None,
+            kind: Kind::Auto(None),
+        }
+    }
+
+    /// Whether these are `--regions auto`.
+    pub fn is_auto(&self) -> bool {
+        matches!(self.kind, Kind::Auto(_))
+    }
+
+    /// Gives `--regions auto` the finder that reads each photo (the model and the classes).
+    pub fn bind(&mut self, finder: std::sync::Arc<dyn auto::Finder>) {
+        if let Kind::Auto(slot) = &mut self.kind {
+            *slot = Some(finder);
+        }
+    }
+
     /// What the source is called in messages.
     pub fn describe(&self) -> String {
+        if self.is_auto() {
+            return "--regions auto".to_string();
+        }
         self.file
             .as_ref()
             .map_or("the grid".to_string(), |f| f.display().to_string())
@@ -303,7 +330,7 @@ impl Regions {
         match (&self.kind, photo) {
             (Kind::Fixed(entries), _) => Some(entries),
             (Kind::Listed(..), Photo::File(path)) => self.entries(path),
-            (Kind::Listed(..), Photo::Bytes(_)) => None,
+            (Kind::Listed(..) | Kind::Auto(_), _) => None,
         }
     }
 
@@ -315,6 +342,7 @@ impl Regions {
                 let i = listing.find(photo, *matching)?;
                 Some(&listing.photos[i].1)
             }
+            Kind::Auto(_) => None,
         }
     }
 
@@ -412,6 +440,38 @@ pub fn pieces(
             warning: None,
         }]
     };
+    if let Some(Kind::Auto(finder)) = regions.map(|r| &r.kind) {
+        let Some(finder) = finder else {
+            return whole(Err("--regions auto has no model bound".into()));
+        };
+        let decoded = match photo {
+            Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, |f| f.0.min(f.1)),
+            Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, |f| f.0.min(f.1)),
+        };
+        let decoded = match decoded {
+            Ok(d) => d,
+            Err(e) => return whole(Err(format!("{e:#}"))),
+        };
+        return match finder.find(&decoded.img, decoded.full) {
+            Ok(found) if found.is_empty() => whole(Err("--regions auto found no dish".into())),
+            Ok(found) => {
+                let entries: Vec<Entry> = found
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, (name, [x1, y1, x2, y2]))| Entry {
+                        region: Region {
+                            index,
+                            name: Some(name),
+                            ..Region::default()
+                        },
+                        spec: Spec::Pixels([x1, y1, x2, y2].map(f64::from)),
+                    })
+                    .collect();
+                cut(&entries, pre, &decoded, fidelity)
+            }
+            Err(e) => whole(Err(format!("--regions auto: {e:#}"))),
+        };
+    }
     let entries = match regions {
         None => None,
         Some(regions) => match regions.entries_of(photo) {
@@ -509,7 +569,7 @@ impl Regions {
     pub fn names(&self) -> Option<Vec<String>> {
         match &self.kind {
             Kind::Fixed(entries) => Some(entries.iter().map(|e| e.region.tag()).collect()),
-            Kind::Listed(..) => None,
+            Kind::Listed(..) | Kind::Auto(_) => None,
         }
     }
 
