@@ -14,6 +14,10 @@ labels/trays/school-5.toml placed on the photo as displayed, written as a CSV re
 
 Prints regions/s of both, the ratio, and each process's peak memory (`/usr/bin/time`). Nothing
 is asserted; run it on an otherwise idle machine.
+
+`--auto` times `classify - --regions auto` (dishes found from NACLIP class maps, no boxes)
+against whole-photo `classify -` on the same photos instead: photos/s of each and the ratio.
+transformers has no such mode to compare with.
 """
 
 import argparse
@@ -66,9 +70,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", default="/tmp/foodclip-bench")
     ap.add_argument("--photos", type=int, default=48)
+    ap.add_argument("--auto", action="store_true", help="--regions auto against whole photos")
     args = ap.parse_args()
 
     ckpt, paths = setup(args.workdir, args.photos)
+    if args.auto:
+        return auto(args, ckpt, paths)
     with open(os.path.join(ROOT, "labels", "trays", "school-5.toml"), "rb") as f:
         layout = tomllib.load(f)["compartment"]
     boxes = os.path.join(args.workdir, "boxes.csv")
@@ -99,6 +106,25 @@ def main():
         print(f"  whole process: foodclip {our_wall:.2f} s, transformers {peer_wall:.2f} s, "
               f"ratio {peer_wall / our_wall:.2f}x; peak memory: foodclip {our_peak / 1024:.0f} MiB, "
               f"transformers {peer_peak / 1024:.0f} MiB", flush=True)
+
+
+def auto(args, ckpt, paths):
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "foodclip"], cwd=ROOT, check=True)
+    exe = os.path.join(ROOT, "target", "release", "foodclip")
+    labels = os.path.join(ROOT, "labels", "korean.txt")
+    listing = "\n".join(paths) + "\n"
+    env = dict(os.environ, FOODCLIP_CACHE_DIR=os.path.join(args.workdir, "cache"))
+    rates = {}
+    for name, extra in (("whole photo", []), ("--regions auto", ["--regions", "auto"])):
+        cmd = [exe, "--model", ckpt, "classify", "-", "--labels", labels, "--format", "jsonl"] + extra
+        timed(cmd, stdin=listing, env=env)  # warm the page cache and the prompt cache
+        wall, peak, out = timed(cmd, stdin=listing, env=env)
+        rates[name] = len(paths) / wall
+        regions = sum(1 for line in out.stdout.splitlines() if line.strip())
+        print(f"{name}: {len(paths)} photos of 12 MP in {wall:.2f} s = {rates[name]:.2f} photos/s, "
+              f"{regions} records, peak memory {peak / 1024:.0f} MiB", flush=True)
+    print(f"--regions auto at {rates['--regions auto'] / rates['whole photo']:.2f}x the photos/s of "
+          f"whole-photo classify")
 
 
 if __name__ == "__main__":
