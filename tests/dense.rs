@@ -258,6 +258,27 @@ fn classify_regions_auto_answers_as_the_same_boxes_given_in_a_file() {
             b[0] < b[2] && b[2] <= 640 && b[1] < b[3] && b[3] <= 480,
             "{r}"
         );
+        // Its mask: COCO RLE over the photo, every pixel of it inside the box.
+        let rle: foodclip::regions::mask::Rle =
+            serde_json::from_value(region["segmentation"].clone()).unwrap();
+        assert_eq!(rle.size, [480, 640]);
+        let runs = rle.runs();
+        assert_eq!(runs.iter().sum::<u64>(), 480 * 640);
+        let (mut at, mut inside) = (0u64, 0u64);
+        for (i, run) in runs.iter().enumerate() {
+            if i % 2 == 1 {
+                for p in at..at + run {
+                    let (x, y) = (p / 480, p % 480);
+                    assert!(
+                        x >= b[0] && x < b[2] && y >= b[1] && y < b[3],
+                        "{r}: ({x}, {y})"
+                    );
+                }
+                inside += run;
+            }
+            at += run;
+        }
+        assert!(inside > 0, "{r}");
         csv += &format!("{},{},{},{},{}\n", photo.display(), b[0], b[1], b[2], b[3]);
     }
     let boxes = dir.path().join("boxes.csv");

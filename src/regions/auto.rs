@@ -11,6 +11,7 @@
 //! 4-connected area of one dish class covering at least `min_area` of the photo is a region,
 //! with its box on the photo and its mask on the canvas.
 
+use super::mask::Rle;
 use crate::checkpoint::Checkpoint;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -22,11 +23,21 @@ use std::sync::Arc;
 pub const BACKGROUND: &str =
     "a tray\na table\nan empty plate\nan empty bowl\na napkin\na spoon\nchopsticks\n";
 
+/// A dish found on a photo.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    /// The class the map gave it.
+    pub name: String,
+    /// Its box in pixels of the full photo.
+    pub rect: [u32; 4],
+    /// Its mask on the full photo.
+    pub mask: Rle,
+}
+
 /// Finds the regions of a picture (the seam `--regions auto` plugs into [`super::pieces`]).
 pub trait Finder: Send + Sync + std::fmt::Debug {
-    /// The dishes on `img`, the upright picture of a photo of `full` size: each with its class
-    /// name and its box in pixels of the full photo.
-    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<(String, [u32; 4])>>;
+    /// The dishes on `img`, the upright picture of a photo of `full` size.
+    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<Found>>;
 }
 
 /// The [`Finder`] of NACLIP class maps.
@@ -53,26 +64,27 @@ impl std::fmt::Debug for DenseFinder {
 }
 
 impl Finder for DenseFinder {
-    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<(String, [u32; 4])>> {
+    fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<Found>> {
         let map = class_map(&self.ckpt, img, &self.embeddings, &self.settings)?;
         let (kx, ky) = (
             f64::from(full.0) / f64::from(img.width().max(1)),
             f64::from(full.1) / f64::from(img.height().max(1)),
         );
-        let to_full = |v: u32, k: f64, max: u32| ((f64::from(v) * k).round() as u32).min(max);
+        // Full-photo pixels per canvas pixel.
+        let (fx, fy) = (map.scale.0 * kx, map.scale.1 * ky);
         Ok(blobs(&map, self.names.len(), self.settings.min_area)
             .into_iter()
-            .map(|b| {
-                let [x1, y1, x2, y2] = b.rect;
-                (
-                    self.names[b.class].clone(),
-                    [
-                        to_full(x1, kx, full.0),
-                        to_full(y1, ky, full.1),
-                        to_full(x2, kx, full.0),
-                        to_full(y2, ky, full.1),
-                    ],
-                )
+            .filter_map(|b| {
+                let (mask, rect) = Rle::encode(full.0, full.1, |x, y| {
+                    let cx = ((f64::from(x) / fx) as usize).min(map.width - 1);
+                    let cy = ((f64::from(y) / fy) as usize).min(map.height - 1);
+                    b.mask[cy * map.width + cx]
+                });
+                Some(Found {
+                    name: self.names[b.class].clone(),
+                    rect: rect?,
+                    mask,
+                })
             })
             .collect())
     }

@@ -13,6 +13,7 @@
 //! photo, or each region), decoding the photo once.
 
 pub mod auto;
+pub mod mask;
 mod sources;
 
 use crate::preprocess::{Decoded, Fidelity, PreprocessConfig, Rect};
@@ -44,6 +45,9 @@ pub struct Region {
     /// The COCO `image_id` of its photo.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<u64>,
+    /// Its mask on the photo (`--regions auto`), COCO's compressed RLE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segmentation: Option<mask::Rle>,
 }
 
 impl Region {
@@ -458,13 +462,14 @@ pub fn pieces(
                 let entries: Vec<Entry> = found
                     .into_iter()
                     .enumerate()
-                    .map(|(index, (name, [x1, y1, x2, y2]))| Entry {
+                    .map(|(index, found)| Entry {
                         region: Region {
                             index,
-                            name: Some(name),
+                            name: Some(found.name),
+                            segmentation: Some(found.mask),
                             ..Region::default()
                         },
-                        spec: Spec::Pixels([x1, y1, x2, y2].map(f64::from)),
+                        spec: Spec::Pixels(found.rect.map(f64::from)),
                     })
                     .collect();
                 cut(&entries, pre, &decoded, fidelity)
