@@ -92,6 +92,11 @@ pub fn svg(img: &RgbImage, full: (u32, u32), marks: &[Mark]) -> Result<String> {
     Ok(out)
 }
 
+/// The colour of the `i`-th region (or class) in turn.
+pub fn colour(i: usize) -> [u8; 3] {
+    COLOURS[i % COLOURS.len()]
+}
+
 /// Draws `marks` into `img` (a picture of a `full`-sized photo): rectangles only.
 pub fn boxes(img: &mut RgbImage, full: (u32, u32), marks: &[Mark]) {
     let (kx, ky) = (

@@ -304,3 +304,40 @@ fn classify_regions_auto_answers_as_the_same_boxes_given_in_a_file() {
         "{e}"
     );
 }
+
+#[test]
+fn preview_draws_the_class_map() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    let (img, _) = plate();
+    img.save(&photo).unwrap();
+    let out = dir.path().join("map.png");
+    let preview = |labels: bool| {
+        let mut c = foodclip();
+        c.arg("--model")
+            .arg(fixtures().join("tiny-openai"))
+            .arg("preview")
+            .arg(&photo)
+            .args(["--regions", "auto", "-o"])
+            .arg(&out);
+        if labels {
+            c.arg("--labels").arg(fixtures().join("labels/mixed.txt"));
+        }
+        c.output().unwrap()
+    };
+    let o = preview(true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let map = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(map.dimensions(), img.dimensions());
+    let tinted = map
+        .pixels()
+        .zip(img.pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(tinted > 0 && tinted < 640 * 480, "{tinted}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("% of the photo"), "{stderr}");
+    let o = preview(false);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("give --labels"));
+}

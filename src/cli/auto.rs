@@ -12,8 +12,7 @@ use candle_core::Tensor;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Gives `--regions auto` its finder: the dishes are `labels`' classes as `classifier` embeds
-/// them, told from the built-in background prompts.
+/// Gives `--regions auto` its finder (see [`finder`]).
 pub(super) fn bind(
     cx: &Context,
     regions: Option<&mut Regions>,
@@ -25,11 +24,24 @@ pub(super) fn bind(
     let Some(regions) = regions.filter(|r| r.is_auto()) else {
         return Ok(());
     };
+    regions.bind(Arc::new(finder(cx, ckpt, labels, classifier, templates)?));
+    Ok(())
+}
+
+/// The finder of `--regions auto`: the dishes are `labels`' classes as `classifier` embeds
+/// them, told from the built-in background prompts.
+pub(super) fn finder(
+    cx: &Context,
+    ckpt: &Arc<Checkpoint>,
+    labels: &LabelSet,
+    classifier: &Classifier,
+    templates: &Templates,
+) -> Result<DenseFinder> {
     let background = LabelSet::parse(BACKGROUND.as_bytes(), Path::new("(built-in background)"))?;
     let background = cx.scorer(ckpt, &background, templates, None)?;
     let embeddings = Tensor::cat(&[classifier.embeddings(), background.embeddings()], 0)
         .context("cannot join the dishes' and the background's embeddings")?;
-    regions.bind(Arc::new(DenseFinder {
+    Ok(DenseFinder {
         ckpt: ckpt.clone(),
         embeddings,
         names: labels
@@ -38,6 +50,5 @@ pub(super) fn bind(
             .map(|c| c.display().to_string())
             .collect(),
         settings: AutoSettings::default(),
-    }));
-    Ok(())
+    })
 }

@@ -519,9 +519,12 @@ pub struct PreviewArgs {
     #[arg(long, default_value_t = DEFAULT_MAX_PIXELS)]
     pub max_pixels: u64,
     /// Draw these regions' boxes on the photo instead (to fit a layout to your trays); an
-    /// .svg output also names them.
+    /// .svg output also names them. With `--regions auto`: the class map, each dish tinted.
     #[command(flatten)]
     pub regions: RegionArgs,
+    /// The dishes of `--regions auto`'s class map.
+    #[arg(long, short)]
+    pub labels: Option<PathBuf>,
 }
 
 /// `foodclip serve`. `--regions` is hidden: it lists photos by path, and uploads have none.

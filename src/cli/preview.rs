@@ -12,6 +12,9 @@ use anyhow::{Context as _, Result};
 use std::io;
 
 pub(super) fn run(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
+    if args.regions.is_auto() {
+        return class_map(cx, args);
+    }
     let regions = args.regions.load()?;
     let mut failed = false;
     let seen = match &regions {
@@ -30,6 +33,16 @@ pub(super) fn run(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
             return Ok(Outcome::SomeFailed);
         }
     };
+    write(args, seen)?;
+    Ok(if failed {
+        Outcome::SomeFailed
+    } else {
+        Outcome::Success
+    })
+}
+
+/// Writes what preview made to `--output`, atomically.
+fn write(args: &PreviewArgs, seen: Seen) -> Result<()> {
     let bytes = match seen {
         Seen::Svg(text) => text.into_bytes(),
         Seen::Picture(img) => {
@@ -43,12 +56,57 @@ pub(super) fn run(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
         }
     };
     write_atomically(&args.output, &bytes)
-        .with_context(|| format!("cannot write {}", args.output.display()))?;
-    Ok(if failed {
-        Outcome::SomeFailed
-    } else {
-        Outcome::Success
-    })
+        .with_context(|| format!("cannot write {}", args.output.display()))
+}
+
+/// `--regions auto`: the photo with each canvas pixel of a dish tinted in its class's colour,
+/// and a line per dish found on stderr (its colour and share of the photo).
+fn class_map(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
+    let Some(labels_file) = &args.labels else {
+        anyhow::bail!("preview --regions auto draws a class map of the dishes: give --labels FILE");
+    };
+    let labels = crate::labels::LabelSet::load(labels_file)?;
+    let templates = crate::labels::Templates::from_args(&[])?;
+    let ckpt = std::sync::Arc::new(cx.model(false)?);
+    let classifier = cx.scorer(&ckpt, &labels, &templates, None)?;
+    let finder = super::auto::finder(cx, &ckpt, &labels, &classifier, &templates)?;
+    let (mut img, _) = match draw::picture(&args.image, args.max_pixels) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("foodclip: {}: {e:#}", args.image.display());
+            return Ok(Outcome::SomeFailed);
+        }
+    };
+    let map = crate::regions::auto::class_map(&ckpt, &img, &finder.embeddings, &finder.settings)?;
+    let dishes = finder.names.len();
+    let mut counts = vec![0usize; dishes];
+    for &l in &map.labels {
+        if let Some(c) = counts.get_mut(l as usize) {
+            *c += 1;
+        }
+    }
+    for (x, y, px) in img.enumerate_pixels_mut() {
+        let cx = ((f64::from(x) / map.scale.0) as usize).min(map.width - 1);
+        let cy = ((f64::from(y) / map.scale.1) as usize).min(map.height - 1);
+        let class = map.labels[cy * map.width + cx] as usize;
+        if class < dishes {
+            let tint = draw::colour(class);
+            for (v, t) in px.0.iter_mut().zip(tint) {
+                *v = ((u16::from(*v) + u16::from(t)) / 2) as u8;
+            }
+        }
+    }
+    let total = map.labels.len().max(1) as f64;
+    for (class, &n) in counts.iter().enumerate().filter(|(_, &n)| n > 0) {
+        let [r, g, b] = draw::colour(class);
+        cx.ui.note(&format!(
+            "{}: #{r:02x}{g:02x}{b:02x}, {:.1}% of the photo",
+            finder.names[class],
+            n as f64 * 100.0 / total
+        ));
+    }
+    write(args, Seen::Picture(img))?;
+    Ok(Outcome::Success)
 }
 
 /// What preview writes.
