@@ -23,8 +23,8 @@ pub enum Format {
     Csv,
     /// Tab-separated, same columns as CSV.
     Tsv,
-    /// A COCO results array (`image_id`, `bbox`, `category_id`, `score`), for regions read
-    /// from COCO JSON.
+    /// A COCO results array (`image_id`, `bbox`, `category_id`, `score`, and `segmentation`
+    /// for found regions), for regions read from COCO JSON or found by `--regions auto`.
     Coco,
 }
 
@@ -380,11 +380,14 @@ impl Serialize for GroupScore {
 
 /// One result of a COCO results array.
 #[derive(Serialize)]
-struct CocoResult {
+struct CocoResult<'a> {
     image_id: u64,
     bbox: [u32; 4],
     category_id: u64,
     score: f32,
+    /// The region's mask, for regions found with one (`--regions auto`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segmentation: Option<&'a crate::regions::mask::Rle>,
 }
 
 /// Writes records of one [`Layout`] to `out`; [`Printer::flush`] after each photo's records.
@@ -395,6 +398,9 @@ pub struct Printer<W: Write> {
     continuing: bool,
     /// For [`Format::Coco`]: each class's COCO category id, if it has one.
     categories: Vec<Option<u64>>,
+    /// For [`Format::Coco`] without a COCO file's ids: each photo's id, in order of appearance
+    /// from 1.
+    image_ids: std::collections::HashMap<PathBuf, u64>,
 }
 
 impl<W: Write> Printer<W> {
@@ -406,6 +412,7 @@ impl<W: Write> Printer<W> {
             records: 0,
             continuing: false,
             categories: Vec::new(),
+            image_ids: std::collections::HashMap::new(),
         }
     }
 
@@ -486,14 +493,22 @@ impl<W: Write> Printer<W> {
     /// rankings without such a class write nothing.
     fn coco(
         &mut self,
+        path: &Path,
         region: Option<&Region>,
         result: &Result<Ranking, String>,
     ) -> io::Result<()> {
         let (Some(r), Ok(ranking)) = (region, result) else {
             return Ok(());
         };
-        let (Some(image_id), Some([x1, y1, x2, y2])) = (r.image_id, r.rect) else {
+        let Some([x1, y1, x2, y2]) = r.rect else {
             return Ok(());
+        };
+        let image_id = match r.image_id {
+            Some(id) => id,
+            None => {
+                let next = self.image_ids.len() as u64 + 1;
+                *self.image_ids.entry(path.to_path_buf()).or_insert(next)
+            }
         };
         let best = ranking.predictions.iter().find_map(|p| {
             let category = self.categories.get(p.class).copied().flatten()?;
@@ -506,6 +521,7 @@ impl<W: Write> Printer<W> {
                 bbox: [x1, y1, x2 - x1, y2 - y1],
                 category_id,
                 score,
+                segmentation: r.segmentation.as_ref(),
             })?;
         }
         Ok(())
@@ -520,7 +536,7 @@ impl<W: Write> Printer<W> {
         result: &Result<Ranking, String>,
     ) -> io::Result<()> {
         if self.layout.format == Format::Coco {
-            return self.coco(region, result);
+            return self.coco(path, region, result);
         }
         self.begin_record()?;
         let layout = self.layout;

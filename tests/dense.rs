@@ -341,3 +341,42 @@ fn preview_draws_the_class_map() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("give --labels"));
 }
+
+#[test]
+fn found_regions_write_coco_results_with_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    plate().0.save(&photo).unwrap();
+    let run = |format: &str| {
+        let o = foodclip()
+            .args(["--exact-preprocess", "--model"])
+            .arg(fixtures().join("tiny-openai"))
+            .args([
+                "classify",
+                "--regions",
+                "auto",
+                "--format",
+                format,
+                "--labels",
+            ])
+            .arg(fixtures().join("labels/mixed.txt"))
+            .arg(&photo)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        o.stdout
+    };
+    let records = jsonl_records(&run("jsonl"));
+    let coco: Vec<serde_json::Value> = serde_json::from_slice(&run("coco")).unwrap();
+    assert_eq!(coco.len(), records.len());
+    for (c, r) in coco.iter().zip(&records) {
+        assert_eq!(c["image_id"], 1);
+        let category = c["category_id"].as_u64().unwrap();
+        assert!((1..=5).contains(&category), "{c}");
+        let b = &r["region"]["box"];
+        let xywh: Vec<u64> = (0..4).map(|i| c["bbox"][i].as_u64().unwrap()).collect();
+        assert_eq!(xywh[0], b[0].as_u64().unwrap());
+        assert_eq!(xywh[0] + xywh[2], b[2].as_u64().unwrap());
+        assert_eq!(c["segmentation"], r["region"]["segmentation"], "{c}");
+    }
+}

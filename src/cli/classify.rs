@@ -122,9 +122,17 @@ fn marks(records: &[Record<Ranking>]) -> Vec<Mark> {
 }
 
 /// Each class's COCO category id (by name or synonym), for `--format coco`.
+/// Regions found by `--regions auto` take the label file's classes as categories, numbered
+/// from 1 in the file's order.
 fn coco_categories(regions: Option<&Regions>, labels: &LabelSet) -> Result<Vec<Option<u64>>> {
+    if regions.is_some_and(Regions::is_auto) {
+        return Ok((1..=labels.classes.len() as u64).map(Some).collect());
+    }
     let Some(categories) = regions.and_then(|r| r.categories.as_ref()) else {
-        bail!("--format coco writes results for regions read from COCO JSON: give --regions FILE.json");
+        bail!(
+            "--format coco writes results for regions read from COCO JSON or found by \
+             --regions auto: give --regions FILE.json or --regions auto"
+        );
     };
     let names = ClassNames::new(labels);
     let mut by_class = vec![None; labels.classes.len()];
