@@ -380,3 +380,49 @@ fn found_regions_write_coco_results_with_masks() {
         assert_eq!(c["segmentation"], r["region"]["segmentation"], "{c}");
     }
 }
+
+#[test]
+fn a_background_file_replaces_the_built_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    plate().0.save(&photo).unwrap();
+    let run = |background: &std::path::Path| {
+        foodclip()
+            .args(["--model"])
+            .arg(fixtures().join("tiny-openai"))
+            .args([
+                "classify",
+                "--regions",
+                "auto",
+                "--format",
+                "jsonl",
+                "--labels",
+            ])
+            .arg(fixtures().join("labels/mixed.txt"))
+            .arg("--background")
+            .arg(background)
+            .arg(&photo)
+            .output()
+            .unwrap()
+    };
+    let missing = dir.path().join("nope.txt");
+    let o = run(&missing);
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("nope.txt") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+    let table = dir.path().join("table.txt");
+    std::fs::write(&table, "a wooden table\na tablecloth\n").unwrap();
+    let o = run(&table);
+    assert!(
+        o.status.code() == Some(0) || o.status.code() == Some(1),
+        "{o:?}"
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("2 label prompts") || stderr.contains("of 1 photos"),
+        "{stderr}"
+    );
+}

@@ -12,32 +12,42 @@ use candle_core::Tensor;
 use std::path::Path;
 use std::sync::Arc;
 
+/// What `--regions auto` needs besides the regions: the classes and how they are prompted,
+/// and the background (`--background`, else the built-in one).
+pub(super) struct Dishes<'a> {
+    pub labels: &'a LabelSet,
+    pub classifier: &'a Classifier,
+    pub templates: &'a Templates,
+    pub background: Option<&'a Path>,
+}
+
 /// Gives `--regions auto` its finder (see [`finder`]).
 pub(super) fn bind(
     cx: &Context,
     regions: Option<&mut Regions>,
     ckpt: &Arc<Checkpoint>,
-    labels: &LabelSet,
-    classifier: &Classifier,
-    templates: &Templates,
+    dishes: &Dishes,
 ) -> Result<()> {
     let Some(regions) = regions.filter(|r| r.is_auto()) else {
         return Ok(());
     };
-    regions.bind(Arc::new(finder(cx, ckpt, labels, classifier, templates)?));
+    regions.bind(Arc::new(finder(cx, ckpt, dishes)?));
     Ok(())
 }
 
-/// The finder of `--regions auto`: the dishes are `labels`' classes as `classifier` embeds
-/// them, told from the built-in background prompts.
-pub(super) fn finder(
-    cx: &Context,
-    ckpt: &Arc<Checkpoint>,
-    labels: &LabelSet,
-    classifier: &Classifier,
-    templates: &Templates,
-) -> Result<DenseFinder> {
-    let background = LabelSet::parse(BACKGROUND.as_bytes(), Path::new("(built-in background)"))?;
+/// The finder of `--regions auto`: the dishes are the label file's classes as the classifier
+/// embeds them, told from the background's.
+pub(super) fn finder(cx: &Context, ckpt: &Arc<Checkpoint>, dishes: &Dishes) -> Result<DenseFinder> {
+    let Dishes {
+        labels,
+        classifier,
+        templates,
+        background,
+    } = *dishes;
+    let background = match background {
+        Some(file) => LabelSet::load(file)?,
+        None => LabelSet::parse(BACKGROUND.as_bytes(), Path::new("(built-in background)"))?,
+    };
     let background = cx.scorer(ckpt, &background, templates, None)?;
     let embeddings = Tensor::cat(&[classifier.embeddings(), background.embeddings()], 0)
         .context("cannot join the dishes' and the background's embeddings")?;

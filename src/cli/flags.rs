@@ -259,6 +259,10 @@ pub struct RegionArgs {
     /// An even grid of ROWSxCOLS regions, named r1c1, r1c2, ...
     #[arg(long, value_name = "RxC", conflicts_with_all = ["regions", "layout"])]
     pub grid: Option<Grid>,
+    /// With --regions auto: what is not a dish (a label file: one thing per line), instead of
+    /// the built-in tray, table, empty plate or bowl, napkin, spoon and chopsticks.
+    #[arg(long, value_name = "FILE", requires = "regions")]
+    pub background: Option<PathBuf>,
 }
 
 /// How photos are batched and decoded.

@@ -69,7 +69,13 @@ fn class_map(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
     let templates = crate::labels::Templates::from_args(&[])?;
     let ckpt = std::sync::Arc::new(cx.model(false)?);
     let classifier = cx.scorer(&ckpt, &labels, &templates, None)?;
-    let finder = super::auto::finder(cx, &ckpt, &labels, &classifier, &templates)?;
+    let dishes = super::auto::Dishes {
+        labels: &labels,
+        classifier: &classifier,
+        templates: &templates,
+        background: args.regions.background.as_deref(),
+    };
+    let finder = super::auto::finder(cx, &ckpt, &dishes)?;
     let (mut img, _) = match draw::picture(&args.image, args.max_pixels) {
         Ok(p) => p,
         Err(e) => {
