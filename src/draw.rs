@@ -6,7 +6,7 @@ use crate::fsutil::write_atomically;
 use crate::markup::{base64_image, escape};
 use crate::preprocess::{decode::decode, jpeg::reduction};
 use anyhow::{Context, Result};
-use image::{imageops::FilterType, DynamicImage, ImageFormat, Rgb, RgbImage};
+use image::{imageops::FilterType, DynamicImage, ImageFormat, Rgb, RgbImage, RgbaImage};
 use std::path::{Path, PathBuf};
 
 /// Longest side of the picture embedded in a drawing, in pixels.
@@ -21,6 +21,8 @@ pub struct Mark {
     pub text: String,
     /// Whether the region has an answer (drawn in colour) or failed (grey).
     pub ok: bool,
+    /// The region's mask on the full photo, tinted over it (`--regions auto`).
+    pub mask: Option<crate::regions::mask::Rle>,
 }
 
 /// Box colours, one per region in turn (distinct on photos of food).
@@ -75,6 +77,19 @@ pub fn svg(img: &RgbImage, full: (u32, u32), marks: &[Mark]) -> Result<String> {
         } else {
             "rgb(128,128,128)".to_string()
         };
+        if let Some(mask) = &m.mask {
+            let tint = if m.ok {
+                COLOURS[i % COLOURS.len()]
+            } else {
+                [128; 3]
+            };
+            let overlay = tinted(mask, (img.width(), img.height()), tint);
+            out.push_str(&format!(
+                "<image class=\"mask\" href=\"data:image/png;base64,{}\" x=\"0\" y=\"0\" \
+                 width=\"{w}\" height=\"{h}\" preserveAspectRatio=\"none\"/>\n",
+                base64_image(&overlay, ImageFormat::Png)?
+            ));
+        }
         let text = escape(&m.text);
         out.push_str(&format!(
             "<g><rect x=\"{x1}\" y=\"{y1}\" width=\"{}\" height=\"{}\" fill=\"none\" \
@@ -90,6 +105,19 @@ pub fn svg(img: &RgbImage, full: (u32, u32), marks: &[Mark]) -> Result<String> {
     }
     out.push_str("</svg>\n");
     Ok(out)
+}
+
+/// `mask` at a `(w, h)` picture's size: `tint`, half transparent, inside it; clear outside.
+fn tinted(mask: &crate::regions::mask::Rle, (w, h): (u32, u32), tint: [u8; 3]) -> RgbaImage {
+    let [mh, mw] = mask.size;
+    let bits = mask.bitmap();
+    RgbaImage::from_fn(w, h, |x, y| {
+        let fx = (u64::from(x) * u64::from(mw) / u64::from(w.max(1))) as usize;
+        let fy = (u64::from(y) * u64::from(mh) / u64::from(h.max(1))) as usize;
+        let inside = bits.get(fx * mh as usize + fy).copied().unwrap_or(false);
+        let [r, g, b] = tint;
+        image::Rgba([r, g, b, if inside { 110 } else { 0 }])
+    })
 }
 
 /// The colour of the `i`-th region (or class) in turn.
@@ -182,11 +210,13 @@ mod tests {
                 rect: [10, 20, 110, 40],
                 text: "김치 <찌개> 87%".into(),
                 ok: true,
+                mask: None,
             },
             Mark {
                 rect: [0, 0, 5, 5],
                 text: "error".into(),
                 ok: false,
+                mask: None,
             },
         ];
         let s = svg(&img, (200, 100), &marks).unwrap();
@@ -203,6 +233,7 @@ mod tests {
             rect: [0, 0, 20, 10],
             text: String::new(),
             ok: true,
+            mask: None,
         };
         boxes(&mut img, (40, 20), &[mark]);
         assert_eq!(img.get_pixel(0, 0).0, COLOURS[0]);

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use base64::Engine;
-use image::{ImageFormat, RgbImage};
+use image::ImageFormat;
 
 /// Escapes text for HTML or XML content and attribute values.
 ///
@@ -18,7 +18,13 @@ pub fn escape(s: &str) -> String {
 }
 
 /// `img` encoded in `format`, as base64 for a `data:` URI.
-pub fn base64_image(img: &RgbImage, format: ImageFormat) -> Result<String> {
+pub fn base64_image<P: image::PixelWithColorType>(
+    img: &image::ImageBuffer<P, Vec<P::Subpixel>>,
+    format: ImageFormat,
+) -> Result<String>
+where
+    [P::Subpixel]: image::EncodableLayout,
+{
     let mut buf = std::io::Cursor::new(Vec::new());
     img.write_to(&mut buf, format)?;
     Ok(base64::engine::general_purpose::STANDARD.encode(buf.get_ref()))

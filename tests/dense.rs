@@ -426,3 +426,33 @@ fn a_background_file_replaces_the_built_in_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn draw_tints_each_found_regions_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    plate().0.save(&photo).unwrap();
+    let drawn = dir.path().join("drawn");
+    let o = foodclip()
+        .args(["--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args([
+            "classify",
+            "--regions",
+            "auto",
+            "--format",
+            "jsonl",
+            "--labels",
+        ])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .arg("--draw")
+        .arg(&drawn)
+        .arg(&photo)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let regions = jsonl_records(&o.stdout).len();
+    let svg = std::fs::read_to_string(drawn.join("plate.svg")).unwrap();
+    assert_eq!(svg.matches("class=\"mask\"").count(), regions, "{svg:.300}");
+    assert_eq!(svg.matches("<rect").count(), regions);
+}

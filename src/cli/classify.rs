@@ -115,7 +115,13 @@ fn marks(records: &[Record<Ranking>]) -> Vec<Mark> {
             };
             let prefix = region.as_ref().and_then(|r| r.name.clone());
             let text = prefix.map_or(text.clone(), |p| format!("{p}: {text}"));
-            Some(Mark { rect, text, ok })
+            let mask = region.as_ref().and_then(|r| r.segmentation.clone());
+            Some(Mark {
+                rect,
+                text,
+                ok,
+                mask,
+            })
         })
         .collect()
 }

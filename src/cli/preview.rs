@@ -143,6 +143,7 @@ fn boxes(cx: &Context, args: &PreviewArgs, regions: &Regions, failed: &mut bool)
                     rect,
                     text: tag,
                     ok: true,
+                    mask: None,
                 });
             }
             Err(e) => {

@@ -47,6 +47,16 @@ impl Rle {
         (rle, bounds)
     }
 
+    /// The mask as a column-major bitmap of `height * width` (index `x * height + y`).
+    pub fn bitmap(&self) -> Vec<bool> {
+        let mut bits = Vec::with_capacity(self.size[0] as usize * self.size[1] as usize);
+        for (i, run) in self.runs().into_iter().enumerate() {
+            bits.extend(std::iter::repeat_n(i % 2 == 1, run as usize));
+        }
+        bits.resize(self.size[0] as usize * self.size[1] as usize, false);
+        bits
+    }
+
     /// The run counts, decoded (zeros first).
     pub fn runs(&self) -> Vec<u64> {
         let bytes = self.counts.as_bytes();
