@@ -910,7 +910,7 @@ fn configuration_errors_exit_2_with_one_line() {
     };
     let (code, err) = run(&["--labels", s(&mixed()), "--regions", "boxes.csv"]);
     assert_eq!(code, Some(2));
-    assert!(err.contains("--layout or --grid"), "{err}");
+    assert!(err.contains("--layout, --grid or --regions auto"), "{err}");
     let (code, err) = run(&["--labels", s(&mixed()), "--max-body", "lots"]);
     assert_eq!(code, Some(2), "{err}");
     let (code, err) = run(&[
@@ -1159,4 +1159,50 @@ fn forecasts_answer_as_the_command_does() {
     let a = bare.post_with("/v1/forecast", body.as_bytes(), &json);
     assert_eq!(a.status, 404, "{}", a.body);
     assert!(a.body["error"].as_str().unwrap().contains("--history"));
+}
+
+#[test]
+fn a_server_with_regions_auto_answers_as_classify_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    image::RgbImage::from_fn(320, 240, |x, y| {
+        let (dx, dy) = (x as i64 - 100, y as i64 - 110);
+        if dx * dx + dy * dy < 70 * 70 {
+            image::Rgb([180, 50 + (x % 7) as u8, 40])
+        } else {
+            image::Rgb([200, 184, 154])
+        }
+    })
+    .save(&photo)
+    .unwrap();
+    let labels = mixed();
+    let want = classify(&[
+        "--labels",
+        s(&labels),
+        "--regions",
+        "auto",
+        "-k",
+        "0",
+        s(&photo),
+    ]);
+    let server = Server::start(&["--labels", s(&labels), "--regions", "auto"]);
+    let a = server.post("/v1/classify?top_k=0", &std::fs::read(&photo).unwrap());
+    assert_eq!(a.status, 200, "{}", a.body);
+    let got = a.body.as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["region"], w["region"]);
+        assert_same(g, w, "plate.png");
+    }
+    // Leftovers need compartments, which found regions are not (yet).
+    let a = server.post_fields(
+        "/v1/leftovers",
+        &[
+            ("served", "s.png", std::fs::read(&photo).unwrap()),
+            ("returned", "r.png", std::fs::read(&photo).unwrap()),
+        ],
+        &[],
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body["error"].as_str().unwrap().contains("--regions auto"));
 }

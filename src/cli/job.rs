@@ -215,7 +215,7 @@ impl RegionArgs {
     pub(super) fn load(&self) -> Result<Option<Regions>> {
         if self.is_auto() {
             bail!(
-                "--regions auto works with classify and preview for now; give this command a box file, \
+                "--regions auto works with classify, preview and serve for now; give this command a box file, \
                  --layout or --grid (a file named auto: ./auto)"
             );
         }

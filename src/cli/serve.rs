@@ -11,13 +11,16 @@ use std::time::Duration;
 
 pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
     let (labels, adapter, templates) = cx.classes(&args.classes)?;
-    if args.regions.regions.is_some() {
+    if args.regions.regions.is_some() && !args.regions.is_auto() {
         bail!(
-            "--regions lists photos by path, and uploads have none; give --layout or --grid, \
-             or send regions with each request"
+            "--regions lists photos by path, and uploads have none; give --layout, --grid or \
+             --regions auto, or send regions with each request"
         );
     }
-    let regions = args.regions.load()?;
+    let regions = args.regions.load_auto()?;
+    let auto = regions
+        .as_ref()
+        .is_some_and(crate::regions::Regions::is_auto);
     let token = match &args.token {
         Some(t) if t.trim().is_empty() => {
             bail!("--token (or FOODCLIP_TOKEN) is empty; give a secret, or leave it out")
@@ -75,14 +78,28 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         .and_then(|a| a.file_name())
         .map(|n| n.to_string_lossy().into_owned());
     let load = || -> Result<Engine> {
-        let ckpt = cx.model(false)?;
+        let ckpt = std::sync::Arc::new(cx.model(false)?);
         cx.warn_language(&ckpt, &labels);
         let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
+        let finder = if auto {
+            let dishes = super::auto::Dishes {
+                labels: &labels,
+                classifier: &classifier,
+                templates: &templates,
+                background: args.regions.background.as_deref(),
+            };
+            let finder: std::sync::Arc<dyn crate::regions::auto::Finder> =
+                std::sync::Arc::new(super::auto::finder(cx, &ckpt, &dishes)?);
+            Some(finder)
+        } else {
+            None
+        };
         Ok(Engine {
             ckpt,
             classifier,
             labels: labels.clone(),
             adapter: adapter_name,
+            finder,
         })
     };
     let quiet = cx.ui.quiet;

@@ -327,7 +327,6 @@ struct Answered {
 fn parse_query(
     req: &Request,
     ready: &Ready,
-    state: &AppState,
     rank: bool,
 ) -> Result<(Shown, Option<Arc<Regions>>), ApiError> {
     let Query(params) = Query::<Params>::try_from_uri(req.uri())
@@ -357,7 +356,7 @@ fn parse_query(
         Some(text) => Some(Arc::new(
             Regions::boxes(text).map_err(|e| ApiError::bad(format!("regions: {e:#}")))?,
         )),
-        None => state.options.regions.clone().map(Arc::new),
+        None => ready.regions.clone().map(Arc::new),
     };
     Ok((shown, regions))
 }
@@ -368,7 +367,7 @@ fn parse_query(
 async fn answer(state: &AppState, req: Request, rank: bool) -> Result<(Shown, Answered), ApiError> {
     let busy = || ApiError::unavailable("the queue is full; try again shortly", 1);
     let checked = loaded(state).and_then(|ready| {
-        let (shown, regions) = parse_query(&req, &ready, state, rank)?;
+        let (shown, regions) = parse_query(&req, &ready, rank)?;
         let ticket = ready.batcher.admit(1).ok_or_else(busy)?;
         Ok((ready, shown, regions, ticket))
     });
@@ -651,6 +650,7 @@ mod tests {
             labels: json!({}),
             model: "fake".into(),
             has_groups: false,
+            regions: None,
         };
         let state = Arc::new(AppState {
             options,
@@ -736,25 +736,31 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
     use crate::leftovers::records::{Recorder, Tray};
     use crate::leftovers::{examine_photos, EmptyTray, Settings, Shot};
     let busy = || ApiError::unavailable("the queue is full; try again shortly", 1);
-    let checked =
-        loaded(&state).and_then(|ready| {
-            let Query(p) = Query::<LeftoverParams>::try_from_uri(req.uri())
-                .map_err(|e| ApiError::bad(format!("bad query: {}", e.body_text())))?;
-            let open_set = OpenSet::new(p.threshold, None).map_err(ApiError::bad)?;
-            if let Some(d) = &p.date {
-                crate::leftovers::pairs::check_day(d).map_err(ApiError::bad)?;
+    let checked = loaded(&state).and_then(|ready| {
+        let Query(p) = Query::<LeftoverParams>::try_from_uri(req.uri())
+            .map_err(|e| ApiError::bad(format!("bad query: {}", e.body_text())))?;
+        let open_set = OpenSet::new(p.threshold, None).map_err(ApiError::bad)?;
+        if let Some(d) = &p.date {
+            crate::leftovers::pairs::check_day(d).map_err(ApiError::bad)?;
+        }
+        let regions = match &p.regions {
+            Some(text) => {
+                Regions::boxes(text).map_err(|e| ApiError::bad(format!("regions: {e:#}")))?
             }
-            let regions =
-                match &p.regions {
-                    Some(text) => Regions::boxes(text)
-                        .map_err(|e| ApiError::bad(format!("regions: {e:#}")))?,
-                    None => state.options.regions.clone().unwrap_or_else(|| {
-                        Regions::grid(crate::regions::Grid { rows: 1, cols: 1 })
-                    }),
-                };
-            let ticket = ready.batcher.admit(1).ok_or_else(busy)?;
-            Ok((ready, p, open_set, regions, ticket))
-        });
+            None if ready.regions.as_ref().is_some_and(Regions::is_auto) => {
+                return Err(ApiError::bad(
+                    "/v1/leftovers needs compartments: this server finds dishes with \
+                             --regions auto, which leftovers does not take yet; send regions",
+                ))
+            }
+            None => ready
+                .regions
+                .clone()
+                .unwrap_or_else(|| Regions::grid(crate::regions::Grid { rows: 1, cols: 1 })),
+        };
+        let ticket = ready.batcher.admit(1).ok_or_else(busy)?;
+        Ok((ready, p, open_set, regions, ticket))
+    });
     let (ready, params, open_set, regions, ticket) = match checked {
         Ok(c) => c,
         Err(e) => return Err(refuse(req, state.options.max_body, e).await),

@@ -103,14 +103,16 @@ impl Cors {
 
 /// The model and classes the server answers with, once loaded.
 pub struct Engine {
-    /// The model.
-    pub ckpt: Checkpoint,
+    /// The model (shared with `--regions auto`'s finder).
+    pub ckpt: Arc<Checkpoint>,
     /// The classes' embeddings (and an adapter's cache).
     pub classifier: Classifier,
     /// The classes, for `/v1/labels` and `group_scores`.
     pub labels: LabelSet,
     /// The adapter's file name, when one is used.
     pub adapter: Option<String>,
+    /// `--regions auto`'s finder, when the server finds dishes itself.
+    pub finder: Option<Arc<dyn crate::regions::auto::Finder>>,
 }
 
 /// What the handlers use once the model is loaded.
@@ -122,6 +124,8 @@ struct Ready {
     /// The model's identity.
     model: String,
     has_groups: bool,
+    /// The server's regions (`--layout`, `--grid`, `--regions auto` with its finder bound).
+    regions: Option<Regions>,
 }
 
 impl Ready {
@@ -132,7 +136,12 @@ impl Ready {
             classifier,
             labels,
             adapter,
+            finder,
         } = engine;
+        let mut regions = options.regions.clone();
+        if let (Some(r), Some(f)) = (regions.as_mut(), finder) {
+            r.bind(f);
+        }
         let groups: Vec<&str> = labels.groups.iter().map(|g| g.display()).collect();
         let classes: Vec<Value> = labels
             .classes
@@ -177,6 +186,7 @@ impl Ready {
             labels: labels_json,
             model,
             has_groups: !labels.groups.is_empty(),
+            regions,
         }
     }
 }
