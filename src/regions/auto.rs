@@ -38,6 +38,10 @@ pub struct Found {
 pub trait Finder: Send + Sync + std::fmt::Debug {
     /// The dishes on `img`, the upright picture of a photo of `full` size.
     fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<Found>>;
+
+    /// The shortest side a region of a `full`-sized photo can have: how far the decoder may
+    /// shrink it (as a box file's smallest box says for listed regions).
+    fn shortest(&self, full: (u32, u32)) -> u32;
 }
 
 /// The [`Finder`] of NACLIP class maps.
@@ -64,6 +68,10 @@ impl std::fmt::Debug for DenseFinder {
 }
 
 impl Finder for DenseFinder {
+    fn shortest(&self, full: (u32, u32)) -> u32 {
+        ((f64::from(full.0.min(full.1)) * self.settings.min_area.sqrt()) as u32).max(1)
+    }
+
     fn find(&self, img: &RgbImage, full: (u32, u32)) -> Result<Vec<Found>> {
         let map = class_map(&self.ckpt, img, &self.embeddings, &self.settings)?;
         let (kx, ky) = (

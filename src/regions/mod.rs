@@ -448,9 +448,10 @@ pub fn pieces(
         let Some(finder) = finder else {
             return whole(Err("--regions auto has no model bound".into()));
         };
+        let shortest = |full| finder.shortest(full);
         let decoded = match photo {
-            Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, |f| f.0.min(f.1)),
-            Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, |f| f.0.min(f.1)),
+            Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, shortest),
+            Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, shortest),
         };
         let decoded = match decoded {
             Ok(d) => d,
