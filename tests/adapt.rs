@@ -28,11 +28,6 @@ fn adapt(data: &Path, labels: &Path, out: &Path, extra: &[&str]) -> Output {
     run("tiny-openai", &args)
 }
 
-fn ok(o: &Output) -> &[u8] {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    &o.stdout
-}
-
 /// A CSV field, quoted.
 fn quoted(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

@@ -347,25 +347,7 @@ fn found_regions_write_coco_results_with_masks() {
     let dir = tempfile::tempdir().unwrap();
     let photo = dir.path().join("plate.png");
     plate().0.save(&photo).unwrap();
-    let run = |format: &str| {
-        let o = foodclip()
-            .args(["--exact-preprocess", "--model"])
-            .arg(fixtures().join("tiny-openai"))
-            .args([
-                "classify",
-                "--regions",
-                "auto",
-                "--format",
-                format,
-                "--labels",
-            ])
-            .arg(fixtures().join("labels/mixed.txt"))
-            .arg(&photo)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        o.stdout
-    };
+    let run = |format: &str| ok(&classify_auto(&photo, format, &[])).to_vec();
     let records = jsonl_records(&run("jsonl"));
     let coco: Vec<serde_json::Value> = serde_json::from_slice(&run("coco")).unwrap();
     assert_eq!(coco.len(), records.len());
@@ -387,23 +369,11 @@ fn a_background_file_replaces_the_built_in_one() {
     let photo = dir.path().join("plate.png");
     plate().0.save(&photo).unwrap();
     let run = |background: &std::path::Path| {
-        foodclip()
-            .args(["--model"])
-            .arg(fixtures().join("tiny-openai"))
-            .args([
-                "classify",
-                "--regions",
-                "auto",
-                "--format",
-                "jsonl",
-                "--labels",
-            ])
-            .arg(fixtures().join("labels/mixed.txt"))
-            .arg("--background")
-            .arg(background)
-            .arg(&photo)
-            .output()
-            .unwrap()
+        classify_auto(
+            &photo,
+            "jsonl",
+            &["--background".as_ref(), background.as_os_str()],
+        )
     };
     let missing = dir.path().join("nope.txt");
     let o = run(&missing);
@@ -433,26 +403,35 @@ fn draw_tints_each_found_regions_mask() {
     let photo = dir.path().join("plate.png");
     plate().0.save(&photo).unwrap();
     let drawn = dir.path().join("drawn");
-    let o = foodclip()
-        .args(["--model"])
+    let o = classify_auto(&photo, "jsonl", &["--draw".as_ref(), drawn.as_os_str()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let regions = jsonl_records(&o.stdout).len();
+    let svg = std::fs::read_to_string(drawn.join("plate.svg")).unwrap();
+    assert_eq!(svg.matches("class=\"mask\"").count(), regions, "{svg:.300}");
+    assert_eq!(svg.matches("<rect").count(), regions);
+}
+
+/// `foodclip --model tiny-openai classify --regions auto --format FORMAT --labels mixed.txt
+/// EXTRA PHOTO`.
+fn classify_auto(
+    photo: &std::path::Path,
+    format: &str,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Output {
+    foodclip()
+        .args(["--exact-preprocess", "--model"])
         .arg(fixtures().join("tiny-openai"))
         .args([
             "classify",
             "--regions",
             "auto",
             "--format",
-            "jsonl",
+            format,
             "--labels",
         ])
         .arg(fixtures().join("labels/mixed.txt"))
-        .arg("--draw")
-        .arg(&drawn)
-        .arg(&photo)
+        .args(extra)
+        .arg(photo)
         .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let regions = jsonl_records(&o.stdout).len();
-    let svg = std::fs::read_to_string(drawn.join("plate.svg")).unwrap();
-    assert_eq!(svg.matches("class=\"mask\"").count(), regions, "{svg:.300}");
-    assert_eq!(svg.matches("<rect").count(), regions);
+        .unwrap()
 }

@@ -60,11 +60,6 @@ impl Setup {
     }
 }
 
-fn ok(o: &Output) -> &[u8] {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    &o.stdout
-}
-
 fn err(o: &Output) -> String {
     assert_eq!(
         o.status.code(),

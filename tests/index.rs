@@ -23,11 +23,6 @@ fn run(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: &Output) -> &[u8] {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    &o.stdout
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

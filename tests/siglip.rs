@@ -20,11 +20,6 @@ fn run(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn ok(o: &Output) -> &[u8] {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    &o.stdout
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

@@ -147,3 +147,9 @@ pub fn exact_picture(ckpt: &Checkpoint, file: &str) -> image::RgbImage {
         )
         .unwrap()
 }
+
+/// The stdout of a run that must have succeeded (else its stderr is the failure).
+pub fn ok(o: &std::process::Output) -> &[u8] {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    &o.stdout
+}
