@@ -122,6 +122,9 @@ impl Default for AutoSettings {
 /// Canvas pixels per side of a scaled-photo pixel block.
 const DOWN: usize = 4;
 
+/// The scaled photo's longest side, in model inputs.
+const LONGEST: usize = 8;
+
 /// The best class of each canvas pixel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClassMap {
@@ -175,7 +178,9 @@ pub fn class_map(
         bail!("the photo is empty");
     }
     let short = (size as f64 * s.scale).round().max(size as f64);
-    let k = short / w.min(h) as f64;
+    // A long, thin photo is not scaled past LONGEST inputs on its long side (its short side
+    // then stretches to one input): windows and canvas stay bounded whatever the photo.
+    let k = (short / w.min(h) as f64).min((LONGEST * size) as f64 / w.max(h) as f64);
     let (sw, sh) = (
         ((w as f64 * k).round() as usize).max(size),
         ((h as f64 * k).round() as usize).max(size),
@@ -341,6 +346,28 @@ pub fn blobs(map: &ClassMap, dishes: usize, min_area: f64) -> Vec<Blob> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_thin_photo_stays_bounded() {
+        let ckpt = crate::checkpoint::Checkpoint::load_with(
+            &crate::source::ModelSource::Local(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-openai"),
+            ),
+            &crate::source::HubOptions {
+                offline: true,
+                progress: false,
+            },
+            &candle_core::Device::Cpu,
+            crate::model::Precision::F32,
+        )
+        .unwrap();
+        let strip = RgbImage::from_pixel(20_000, 2, image::Rgb([200, 100, 50]));
+        let dim = ckpt.config.projection_dim;
+        let classes = Tensor::ones((2, dim), candle_core::DType::F32, &ckpt.device).unwrap();
+        let map = class_map(&ckpt, &strip, &classes, &AutoSettings::default()).unwrap();
+        // 8 inputs of 224 by one, on a quarter-size canvas.
+        assert_eq!((map.width, map.height), (8 * 224 / DOWN, 224 / DOWN));
+    }
 
     #[test]
     fn windows_cover_the_side_and_end_at_the_border() {
