@@ -464,6 +464,26 @@ fn bad_input_is_one_line_naming_the_file_and_line_and_output_is_kept() {
         e.contains("h5.csv") && e.contains("no measured leftovers"),
         "{e}"
     );
+    // Files a spreadsheet saved, with a byte-order mark, read as the same files without one.
+    let bom = |name: &str, from: &Path| {
+        let mut bytes = b"\xEF\xBB\xBF".to_vec();
+        bytes.extend(std::fs::read(from).unwrap());
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let with_bom = run(
+        &bom("bom-history.csv", &history),
+        &bom("bom-plan.csv", &good),
+        None,
+    );
+    let without = run(&history, &good, None);
+    assert!(
+        with_bom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_bom.stderr)
+    );
+    assert_eq!(with_bom.stdout, without.stdout);
     // A failed run leaves an earlier --output as it was; a good one replaces it whole.
     let out = write(dir, "out.jsonl", "earlier\n");
     err(&run(&h, &good, Some(&out)));

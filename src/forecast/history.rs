@@ -183,8 +183,14 @@ pub fn load(paths: &[impl AsRef<Path>], dishes: &mut Dishes) -> Result<History> 
         let head = reader
             .fill_buf()
             .with_context(|| format!("cannot read history {}", path.display()))?;
+        // A byte-order mark (spreadsheets write one) is not part of the first field.
+        let bom = head.starts_with(b"\xEF\xBB\xBF");
+        let kind = kind_of(path, &head[if bom { 3 } else { 0 }..]);
+        if bom {
+            reader.consume(3);
+        }
         let at = path.display();
-        match kind_of(path, head) {
+        match kind {
             Kind::Store => {
                 drop(reader);
                 let index = crate::index::Index::open(path, false)?;

@@ -24,12 +24,17 @@ pub struct Planned {
 /// Reads a plan, naming its dishes in `dishes`. A dish that names no class, a date that does
 /// not parse or a negative number is an error naming the file and line.
 pub fn load(path: &Path, dishes: &mut Dishes) -> Result<Vec<Planned>> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read menu {}", path.display()))?;
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("cannot open menu {}", path.display()))?;
+        .from_reader(
+            bytes
+                .strip_prefix(b"\xEF\xBB\xBF".as_slice())
+                .unwrap_or(&bytes),
+        );
     const COLUMNS: [&str; 4] = ["date", "dish", "servings", "portion_g"];
     let mut order: Vec<String> = COLUMNS.map(String::from).to_vec();
     let mut planned = Vec::new();
