@@ -356,6 +356,26 @@ impl PreprocessConfig {
     }
 }
 
+/// `img` resized to `width` x `height` with a bilinear (triangle) filter by fast_image_resize's
+/// SIMD convolution: for pictures that only need to be about right (`--regions auto`'s map).
+pub fn resize_bilinear(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    use fast_image_resize::{
+        images::{Image, ImageRef},
+        FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer,
+    };
+    if img.width() == 0 || img.height() == 0 || width == 0 || height == 0 {
+        return RgbImage::new(width, height);
+    }
+    let src = ImageRef::new(img.width(), img.height(), img.as_raw(), PixelType::U8x3)
+        .expect("an RgbImage buffer is U8x3");
+    let mut dst = Image::new(width, height, PixelType::U8x3);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+    Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .expect("same pixel types");
+    RgbImage::from_raw(width, height, dst.into_vec()).expect("buffer matches its size")
+}
+
 /// The `window` of `area` resized to `target` with Catmull-Rom (Pillow's bicubic kernel), by
 /// fast_image_resize's SIMD convolution over a source crop box: only the window is computed.
 /// `img` is the `full`-sized picture, maybe shrunk: the area is scaled to it.

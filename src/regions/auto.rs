@@ -185,12 +185,7 @@ pub fn class_map(
         ((w as f64 * k).round() as usize).max(size),
         ((h as f64 * k).round() as usize).max(size),
     );
-    let scaled = image::imageops::resize(
-        photo,
-        sw as u32,
-        sh as u32,
-        image::imageops::FilterType::Triangle,
-    );
+    let scaled = crate::preprocess::resize_bilinear(photo, sw as u32, sh as u32);
     let stride = size / 2;
     let windows: Vec<(usize, usize)> = origins(sh, size, stride)
         .into_iter()
