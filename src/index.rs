@@ -33,12 +33,10 @@ const SCHEMA: &str = concat!(
     "CREATE TABLE embeddings(hash BLOB NOT NULL, checkpoint TEXT NOT NULL, mode TEXT NOT NULL, ",
     "source TEXT NOT NULL, idx INTEGER NOT NULL, region TEXT NOT NULL, vector BLOB NOT NULL, ",
     "PRIMARY KEY(hash, checkpoint, mode, source, idx));\n",
-    "CREATE TABLE IF NOT EXISTS leftovers(date TEXT NOT NULL, tray TEXT NOT NULL, ",
-    "compartment TEXT NOT NULL, dish TEXT, dish_group TEXT, leftover REAL, portion_g REAL, ",
-    "served TEXT, returned TEXT, error TEXT, PRIMARY KEY(date, tray, compartment));\n",
 );
 
-/// The table layout 2 added, made when a layout-1 index is opened to write.
+/// The table layout 2 added: part of a new index's schema, and made when a layout-1 index is
+/// opened to write.
 const LEFTOVERS: &str = concat!(
     "CREATE TABLE IF NOT EXISTS leftovers(date TEXT NOT NULL, tray TEXT NOT NULL, ",
     "compartment TEXT NOT NULL, dish TEXT, dish_group TEXT, leftover REAL, portion_g REAL, ",
@@ -224,7 +222,7 @@ impl Index {
             return Ok(false);
         }
         self.conn.execute_batch(&format!(
-            "{SCHEMA} PRAGMA application_id = {APPLICATION_ID}; \
+            "{SCHEMA} {LEFTOVERS} PRAGMA application_id = {APPLICATION_ID}; \
              PRAGMA user_version = {VERSION}; COMMIT;"
         ))?;
         self.conn.pragma_update(None, "journal_mode", "WAL")?;

@@ -92,9 +92,7 @@ fn class_map(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
         }
     }
     for (x, y, px) in img.enumerate_pixels_mut() {
-        let cx = ((f64::from(x) / map.scale.0) as usize).min(map.width - 1);
-        let cy = ((f64::from(y) / map.scale.1) as usize).min(map.height - 1);
-        let class = map.labels[cy * map.width + cx] as usize;
+        let class = map.labels[map.cell(x, y, map.scale)] as usize;
         if class < dishes {
             let tint = draw::colour(class);
             for (v, t) in px.0.iter_mut().zip(tint) {

@@ -305,15 +305,15 @@ impl Forecaster {
     pub fn forecast(&self, plan: &[Planned], dishes: &Dishes, service_level: f64) -> Vec<Forecast> {
         let cal = &self.tuned.calibration;
         let lo_q = (1.0 - backtest::COVERAGE) / 2.0;
+        // Each day's menu, gathered once (a plan may be long: a month, or a request's).
+        let mut menus: HashMap<Day, Vec<usize>> = HashMap::new();
+        for p in plan {
+            menus.entry(p.day).or_default().push(p.dish);
+        }
         plan.iter()
             .map(|p| {
-                let menu: Vec<usize> = plan
-                    .iter()
-                    .filter(|q| q.day == p.day)
-                    .map(|q| q.dish)
-                    .collect();
                 let group = dishes.list[p.dish].group;
-                let parts = self.fit.predict(p.dish, group, p.day, &menu);
+                let parts = self.fit.predict(p.dish, group, p.day, &menus[&p.day]);
                 let share = parts.share();
                 let days = self.fit.days(p.dish);
                 let trays = p.servings.unwrap_or_else(|| self.fit.typical_trays(p.dish));

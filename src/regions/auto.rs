@@ -83,11 +83,8 @@ impl Finder for DenseFinder {
         Ok(blobs(&map, self.names.len(), self.settings.min_area)
             .into_iter()
             .filter_map(|b| {
-                let (mask, rect) = Rle::encode(full.0, full.1, |x, y| {
-                    let cx = ((f64::from(x) / fx) as usize).min(map.width - 1);
-                    let cy = ((f64::from(y) / fy) as usize).min(map.height - 1);
-                    b.mask[cy * map.width + cx]
-                });
+                let (mask, rect) =
+                    Rle::encode(full.0, full.1, |x, y| b.mask[map.cell(x, y, (fx, fy))]);
                 Some(Found {
                     name: self.names[b.class].clone(),
                     rect: rect?,
@@ -138,6 +135,16 @@ pub struct ClassMap {
     pub scale: (f64, f64),
     /// The photo's size.
     pub photo: (u32, u32),
+}
+
+impl ClassMap {
+    /// The canvas pixel under point `(x, y)` of a picture with `per` of its pixels per canvas
+    /// pixel across and down (`scale` for the photo the map was made of), as a `labels` index.
+    pub fn cell(&self, x: u32, y: u32, per: (f64, f64)) -> usize {
+        let cx = ((f64::from(x) / per.0) as usize).min(self.width - 1);
+        let cy = ((f64::from(y) / per.1) as usize).min(self.height - 1);
+        cy * self.width + cx
+    }
 }
 
 /// One connected area of a dish class.
