@@ -73,6 +73,47 @@ impl ClassNames {
     }
 }
 
+/// The intersection over union of two boxes `[x1, y1, x2, y2]` (x2, y2 exclusive).
+pub fn box_iou(a: [u32; 4], b: [u32; 4]) -> f64 {
+    let ix = a[2].min(b[2]).saturating_sub(a[0].max(b[0])) as f64;
+    let iy = a[3].min(b[3]).saturating_sub(a[1].max(b[1])) as f64;
+    let area =
+        |r: [u32; 4]| f64::from(r[2].saturating_sub(r[0])) * f64::from(r[3].saturating_sub(r[1]));
+    let union = area(a) + area(b) - ix * iy;
+    if union <= 0.0 {
+        0.0
+    } else {
+        ix * iy / union
+    }
+}
+
+/// The box IoU at which a found region is the truth's region (as in COCO's AP50).
+pub const MATCH_IOU: f64 = 0.5;
+
+/// Pairs regions found on a photo with the truth's, one to one, the pairs of highest box IoU
+/// first, each of at least [`MATCH_IOU`]: for each found box, the truth box it is.
+pub fn pair_boxes(found: &[[u32; 4]], truth: &[[u32; 4]]) -> Vec<Option<usize>> {
+    let mut pairs: Vec<(f64, usize, usize)> = Vec::new();
+    for (f, a) in found.iter().enumerate() {
+        for (t, b) in truth.iter().enumerate() {
+            let iou = box_iou(*a, *b);
+            if iou >= MATCH_IOU {
+                pairs.push((iou, f, t));
+            }
+        }
+    }
+    pairs.sort_by(|p, q| q.0.total_cmp(&p.0).then((p.1, p.2).cmp(&(q.1, q.2))));
+    let mut of_found = vec![None; found.len()];
+    let mut taken = vec![false; truth.len()];
+    for (_, f, t) in pairs {
+        if of_found[f].is_none() && !taken[t] {
+            of_found[f] = Some(t);
+            taken[t] = true;
+        }
+    }
+    of_found
+}
+
 /// Whether the data set at `path` is a region file with labels (COCO JSON, or CSV/TSV rows of
 /// five or six fields, `path,x1,y1,x2,y2,label`) rather than photos with labels.
 pub fn is_region_file(path: &Path) -> bool {
@@ -388,6 +429,24 @@ pub fn threshold_for(points: &[Operating], target: f64) -> Option<&Operating> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn found_boxes_pair_with_the_truth_one_to_one_best_first() {
+        let truth = [[0, 0, 100, 100], [200, 0, 300, 100]];
+        // Two finds on the first dish (the better one takes it), one on the second, one on
+        // nothing.
+        let found = [
+            [10, 0, 100, 100],
+            [0, 0, 100, 95],
+            [190, 0, 300, 100],
+            [500, 500, 600, 600],
+        ];
+        assert_eq!(pair_boxes(&found, &truth), [None, Some(0), Some(1), None]);
+        assert!((box_iou([0, 0, 10, 10], [5, 0, 15, 10]) - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(box_iou([0, 0, 0, 0], [0, 0, 0, 0]), 0.0);
+        // Below the bar: no pair.
+        assert_eq!(pair_boxes(&[[0, 0, 10, 10]], &[[6, 0, 16, 10]]), [None]);
+    }
 
     fn s(truth: usize, ranked: &[usize]) -> Scored {
         Scored {

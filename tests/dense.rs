@@ -150,39 +150,16 @@ fn prototype(ckpt: &foodclip::checkpoint::Checkpoint, img: &image::RgbImage) -> 
     mean.iter().map(|v| v / n).collect()
 }
 
-fn iou(a: [u32; 4], b: [u32; 4]) -> f64 {
-    let ix = a[2].min(b[2]).saturating_sub(a[0].max(b[0])) as f64;
-    let iy = a[3].min(b[3]).saturating_sub(a[1].max(b[1])) as f64;
-    let area = |r: [u32; 4]| f64::from((r[2] - r[0]) * (r[3] - r[1]));
-    ix * iy / (area(a) + area(b) - ix * iy)
-}
-
 #[test]
 fn dishes_on_a_plate_are_found_where_they_were_put() {
     use foodclip::regions::auto::{blobs, class_map, AutoSettings};
     let (photo, truth) = plate();
     for name in ["tiny-openai", "tiny-gelu"] {
-        let ckpt = checkpoint(name);
         // The classes: each pasted photo's own patch embeddings, and the bare table's.
-        let mut protos: Vec<Vec<f32>> = truth
-            .iter()
-            .map(|(_, r)| {
-                prototype(
-                    &ckpt,
-                    &image::imageops::crop_imm(&photo, r[0], r[1], r[2] - r[0], r[3] - r[1])
-                        .to_image(),
-                )
-            })
-            .collect();
-        protos.push(prototype(
-            &ckpt,
-            &image::imageops::crop_imm(&photo, 320, 0, 300, 180).to_image(),
-        ));
-        let dim = protos[0].len();
-        let embeddings =
-            Tensor::from_vec(protos.concat(), (protos.len(), dim), &ckpt.device).unwrap();
+        let finder = plate_finder(std::sync::Arc::new(checkpoint(name)));
+        let (ckpt, embeddings) = (&finder.ckpt, &finder.embeddings);
         let settings = AutoSettings::default();
-        let map = class_map(&ckpt, &photo, &embeddings, &settings).unwrap();
+        let map = class_map(ckpt, &photo, embeddings, &settings).unwrap();
         let found = blobs(&map, truth.len(), settings.min_area);
         eprintln!("{name}: {} regions", found.len());
         assert_eq!(found.len(), truth.len(), "{name}: one region per dish");
@@ -206,10 +183,96 @@ fn dishes_on_a_plate_are_found_where_they_were_put() {
                 either += usize::from(m || t);
             }
             let mask_iou = both as f64 / either as f64;
-            let box_iou = iou(blob.rect, *rect);
+            let box_iou = foodclip::eval::box_iou(blob.rect, *rect);
             eprintln!("{name}: {file} at {rect:?}: region {:?}, box IoU {box_iou:.3}, mask IoU {mask_iou:.3}", blob.rect);
             assert!(box_iou >= 0.5 && mask_iou >= 0.5, "{name}: {file}");
         }
+    }
+}
+
+/// The finder of the plate's dishes on `ckpt`: each bowl's own patches and the bare table's as
+/// the classes (the fixtures' weights are random).
+fn plate_finder(
+    ckpt: std::sync::Arc<foodclip::checkpoint::Checkpoint>,
+) -> foodclip::regions::auto::DenseFinder {
+    let (photo, truth) = plate();
+    let crop = |r: [u32; 4]| {
+        image::imageops::crop_imm(&photo, r[0], r[1], r[2] - r[0], r[3] - r[1]).to_image()
+    };
+    let mut protos: Vec<Vec<f32>> = truth
+        .iter()
+        .map(|(_, r)| prototype(&ckpt, &crop(*r)))
+        .collect();
+    protos.push(prototype(&ckpt, &crop([320, 0, 620, 180])));
+    let dim = protos[0].len();
+    let embeddings = Tensor::from_vec(protos.concat(), (protos.len(), dim), &ckpt.device).unwrap();
+    foodclip::regions::auto::DenseFinder {
+        ckpt,
+        embeddings,
+        names: truth.iter().map(|(n, _)| n.clone()).collect(),
+        settings: foodclip::regions::auto::AutoSettings::default(),
+    }
+}
+
+#[test]
+fn leftovers_measure_found_dishes_by_their_masks_without_an_empty_tray() {
+    use foodclip::leftovers::{examine_photos, Settings, Shot};
+    use foodclip::preprocess::Fidelity;
+    let (served, truth) = plate();
+    // Returned: the stew's right half eaten down to its white bowl, the salad untouched; the
+    // photo taken a little darker.
+    let (cx, cy, r) = (170.0, 170.0, 120.0);
+    let mut returned = served.clone();
+    for (x, y, p) in returned.enumerate_pixels_mut() {
+        let (dx, dy) = (f64::from(x) - cx, f64::from(y) - cy);
+        if dx * dx + dy * dy < r * r && dx > 0.0 {
+            let n = ((x * 5 + y * 11) % 7) as u8;
+            *p = image::Rgb([228 + n, 226 + n, 218 + n]);
+        }
+        p.0 = p.0.map(|c| (f64::from(c) * 0.93).round() as u8);
+    }
+    let png = |img: &image::RgbImage| {
+        let mut bytes = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+        bytes
+    };
+    let (served, returned) = (png(&served), png(&returned));
+    let finder = plate_finder(std::sync::Arc::new(checkpoint("tiny-openai")));
+    let ckpt = finder.ckpt.clone();
+    let mut regions = foodclip::regions::Regions::auto();
+    regions.bind(std::sync::Arc::new(finder));
+    let settings = Settings {
+        align: true,
+        max_pixels: 1 << 26,
+        fidelity: Fidelity::Exact,
+    };
+    let (pieces, measured) = examine_photos(
+        Shot::upload(&served, "served.png"),
+        Shot::upload(&returned, "returned.png"),
+        &regions,
+        &ckpt.preprocess,
+        None,
+        settings,
+        false,
+    );
+    let measured = measured.unwrap();
+    assert_eq!(pieces.len(), truth.len());
+    assert_eq!(measured.compartments.len(), truth.len());
+    for (region, amount) in &measured.compartments {
+        let name = region.name.as_deref().unwrap();
+        let amount = amount.as_ref().unwrap();
+        let leftover = amount.leftover.unwrap();
+        eprintln!(
+            "{name}: served {:.3}, returned {:.3}, leftover {leftover:.3}",
+            amount.served, amount.returned
+        );
+        assert!(region.segmentation.is_some());
+        let want = if name == "stew" { 0.5 } else { 1.0 };
+        assert!((leftover - want).abs() < 0.1, "{name}: {leftover}");
     }
 }
 
@@ -300,9 +363,125 @@ fn classify_regions_auto_answers_as_the_same_boxes_given_in_a_file() {
     assert_eq!(o.status.code(), Some(2));
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(
-        e.contains("--regions auto works with classify") && e.trim().lines().count() == 1,
+        e.contains("--regions auto finds dishes from a label file")
+            && e.trim().lines().count() == 1,
         "{e}"
     );
+}
+
+#[test]
+fn eval_pairs_found_regions_with_the_truths_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("plate.png");
+    let (img, truth) = plate();
+    img.save(&photo).unwrap();
+    // What classify --regions auto finds (random weights: not the bowls).
+    let o = classify_auto(&photo, "jsonl", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let found: Vec<[u32; 4]> = jsonl_records(&o.stdout)
+        .iter()
+        .map(|r| serde_json::from_value(r["region"]["box"].clone()).unwrap())
+        .collect();
+    assert!(!found.is_empty());
+    // The truth: the two bowls, a dish on the bare table, and the first found region's box
+    // a little off (so that one pairs), each a dish of the label file.
+    let mut boxes: Vec<[u32; 4]> = truth.iter().map(|(_, r)| *r).collect();
+    boxes.push([420, 20, 620, 140]);
+    let f = found[0];
+    boxes.push([f[0] + 4, f[1], f[2], f[3] - 4]);
+    let names = ["bibimbap", "fried chicken", "떡볶이", "김치찌개"];
+    let mut csv = String::from("path,x1,y1,x2,y2,label\n");
+    for (b, name) in boxes.iter().zip(names) {
+        csv += &format!("plate.png,{},{},{},{},{name}\n", b[0], b[1], b[2], b[3]);
+    }
+    let data = dir.path().join("truth.csv");
+    std::fs::write(&data, csv).unwrap();
+    let pairs = foodclip::eval::pair_boxes(&found, &boxes);
+    let paired = pairs.iter().flatten().count();
+    assert_eq!(pairs[0], Some(3));
+    let o = foodclip()
+        .args(["--exact-preprocess", "--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args(["eval", "--format", "json", "--regions", "auto", "--labels"])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["unit"], "regions");
+    assert_eq!(v["n"].as_u64().unwrap() as usize, paired, "{v}");
+    assert_eq!(
+        v["unknown_photos"].as_u64().unwrap() as usize,
+        found.len() - paired
+    );
+    let missed = v["missed"].as_array().unwrap();
+    assert_eq!(missed.len(), boxes.len() - paired, "{v}");
+    assert!(missed.iter().any(|m| m["label"] == "떡볶이"), "{v}");
+    assert!(!missed.iter().any(|m| m["label"] == "김치찌개"), "{v}");
+    let support: u64 = v["per_class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["support"].as_u64().unwrap())
+        .sum();
+    assert_eq!(support as usize, paired);
+    // Without a region file, eval has no boxes to pair with: one line, exit 2.
+    let o = foodclip()
+        .args(["--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args(["eval", "--regions", "auto", "--labels"])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("region file with labels") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+}
+
+#[test]
+fn leftovers_with_regions_auto_run_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (served, returned) = (dir.path().join("served"), dir.path().join("returned"));
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::create_dir_all(&returned).unwrap();
+    let img = plate().0;
+    img.save(served.join("tray1.png")).unwrap();
+    img.save(returned.join("tray1.png")).unwrap();
+    let o = foodclip()
+        .args(["--exact-preprocess", "--model"])
+        .arg(fixtures().join("tiny-openai"))
+        .args([
+            "leftovers",
+            "--regions",
+            "auto",
+            "--format",
+            "jsonl",
+            "--labels",
+        ])
+        .arg(fixtures().join("labels/mixed.txt"))
+        .arg("--served")
+        .arg(&served)
+        .arg("--returned")
+        .arg(&returned)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let records = jsonl_records(&o.stdout);
+    let found = jsonl_records(&classify_auto(&served.join("tray1.png"), "jsonl", &[]).stdout);
+    assert_eq!(records.len(), found.len());
+    for (r, f) in records.iter().zip(&found) {
+        assert_eq!(r["box"], f["region"]["box"]);
+        assert_eq!(r["compartment"], f["region"]["name"]);
+        // The same photo returned: whatever was served came back.
+        if let Some(l) = r["leftover"].as_f64() {
+            assert!(l > 0.97, "{r}");
+        }
+    }
 }
 
 #[test]

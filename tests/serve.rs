@@ -482,33 +482,11 @@ fn groups_open_set_regions_and_layouts_answer_as_classify() {
 fn leftovers_answer_as_the_command_does() {
     let layout = Path::new(env!("CARGO_MANIFEST_DIR")).join("labels/trays/school-5.toml");
     let set = fixtures().join("leftovers/perturbed");
-    let dir = tempfile::tempdir().unwrap();
-    let pairs = dir.path().join("pairs.csv");
     let (served, returned) = (
         set.join("served/tray02.jpg"),
         set.join("returned/tray02.jpg"),
     );
-    std::fs::write(
-        &pairs,
-        format!("tray02,{},{},2026-11-03\n", s(&served), s(&returned)),
-    )
-    .unwrap();
-    let o = foodclip()
-        .arg("--model")
-        .arg(fixtures().join("tiny-openai"))
-        .args([
-            "leftovers",
-            "--labels",
-            s(&mixed()),
-            "--layout",
-            s(&layout),
-            "--pairs",
-            s(&pairs),
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let want = common::jsonl_records(&o.stdout);
+    let want = leftovers_command("tray02", &served, &returned, &["--layout", s(&layout)]);
     assert_eq!(want.len(), 5);
 
     let server = Server::start(&["--labels", s(&mixed()), "--layout", s(&layout)]);
@@ -1194,15 +1172,61 @@ fn a_server_with_regions_auto_answers_as_classify_does() {
         assert_eq!(g["region"], w["region"]);
         assert_same(g, w, "plate.png");
     }
-    // Leftovers need compartments, which found regions are not (yet).
+    // Leftovers measure the dishes found on the served photo, as the command does.
+    let returned = dir.path().join("returned.png");
+    let mut eaten = image::open(&photo).unwrap().to_rgb8();
+    for (x, y, p) in eaten.enumerate_pixels_mut() {
+        let (dx, dy) = (x as i64 - 100, y as i64 - 110);
+        if dx * dx + dy * dy < 70 * 70 && dx > 0 {
+            *p = image::Rgb([236, 234, 228]);
+        }
+    }
+    eaten.save(&returned).unwrap();
+    let want = leftovers_command("tray01", &photo, &returned, &["--regions", "auto"]);
+    assert!(!want.is_empty());
     let a = server.post_fields(
-        "/v1/leftovers",
+        "/v1/leftovers?tray=tray01&date=2026-11-03",
         &[
             ("served", "s.png", std::fs::read(&photo).unwrap()),
-            ("returned", "r.png", std::fs::read(&photo).unwrap()),
+            ("returned", "r.png", std::fs::read(&returned).unwrap()),
         ],
         &[],
     );
-    assert_eq!(a.status, 400, "{}", a.body);
-    assert!(a.body["error"].as_str().unwrap().contains("--regions auto"));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let got = a.body.as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        for key in [
+            "compartment",
+            "box",
+            "dish",
+            "served_coverage",
+            "returned_coverage",
+            "leftover",
+        ] {
+            assert_eq!(g[key], w[key], "{key}: {g} against {w}");
+        }
+    }
+}
+
+/// `foodclip leftovers` with the fixture labels on one pair of photos (`tray`, 2026-11-03) and
+/// the region flags `regions`: its records.
+fn leftovers_command(tray: &str, served: &Path, returned: &Path, regions: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.csv");
+    std::fs::write(
+        &pairs,
+        format!("{tray},{},{},2026-11-03\n", s(served), s(returned)),
+    )
+    .unwrap();
+    let o = foodclip()
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args(["leftovers", "--format", "jsonl", "--labels", s(&mixed())])
+        .args(regions)
+        .args(["--pairs", s(&pairs)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::jsonl_records(&o.stdout)
 }

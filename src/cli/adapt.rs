@@ -30,11 +30,11 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         (None, None) => bail!("give --labels FILE (or --update ADAPTER)"),
     };
     let templates = Templates::from_args(&args.templates.templates)?;
-    let source = DataSet::open(cx, &args.data, &labels)?;
+    let mut source = DataSet::open(cx, &args.data, &labels)?;
     if args.augment > 0 && source.stored.is_some() {
         bail!("--augment makes new views of the photos; it cannot work from --embeddings");
     }
-    let ckpt = cx.model(false)?;
+    let ckpt = std::sync::Arc::new(cx.model(false)?);
     if let Some(a) = &old {
         cx.check_adapter(&ckpt, a)?;
     }
@@ -44,11 +44,10 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         .prepare(cx, source.stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let dim = ckpt.config.projection_dim;
-    let mut text = cx
-        .classifier(&ckpt, &labels, &templates)?
-        .embeddings()
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let classifier = cx.classifier(&ckpt, &labels, &templates)?;
+    let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.data.regions);
+    super::auto::bind(cx, source.regions.as_mut(), &ckpt, &dishes)?;
+    let mut text = classifier.embeddings().flatten_all()?.to_vec1::<f32>()?;
     let run = source.embed(cx, &ckpt, &args.data.batch, sink)?;
     let mut unreadable = Vec::new();
     let mut unknown = 0;

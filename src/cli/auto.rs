@@ -2,6 +2,7 @@
 //! to the regions once the model is loaded.
 
 use super::context::Context;
+use super::flags::RegionArgs;
 use crate::checkpoint::Checkpoint;
 use crate::classify::Classifier;
 use crate::labels::{LabelSet, Templates};
@@ -19,6 +20,23 @@ pub(super) struct Dishes<'a> {
     pub classifier: &'a Classifier,
     pub templates: &'a Templates,
     pub background: Option<&'a Path>,
+}
+
+impl<'a> Dishes<'a> {
+    /// The classes of a command, with the background its region flags name.
+    pub fn new(
+        labels: &'a LabelSet,
+        classifier: &'a Classifier,
+        templates: &'a Templates,
+        regions: &'a RegionArgs,
+    ) -> Self {
+        Self {
+            labels,
+            classifier,
+            templates,
+            background: regions.background.as_deref(),
+        }
+    }
 }
 
 /// Gives `--regions auto` its finder (see [`finder`]).

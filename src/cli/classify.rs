@@ -50,12 +50,7 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
-    let dishes = super::auto::Dishes {
-        labels: &labels,
-        classifier: &classifier,
-        templates: &templates,
-        background: args.input.regions.background.as_deref(),
-    };
+    let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.input.regions);
     super::auto::bind(cx, regions.as_mut(), &ckpt, &dishes)?;
     let shown = Shown {
         open_set,

@@ -12,8 +12,8 @@ use crate::embeddings::StoredEmbeddings;
 use crate::eval::{is_region_file, ClassNames, Sample, Truth};
 use crate::fsutil::PathJson;
 use crate::labels::LabelSet;
-use crate::pipeline::{embedding_rows, Stats};
-use crate::regions::{Region, Regions};
+use crate::pipeline::{embedding_rows, Item, Stats};
+use crate::regions::{Photo, Region, Regions};
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,7 +21,11 @@ use std::path::{Path, PathBuf};
 /// A data set's photos, where their regions come from, and what they show.
 pub(super) struct DataSet {
     samples: Vec<Sample>,
-    regions: Option<Regions>,
+    /// The regions embedded: the data set's own, those asked for, or `--regions auto`'s.
+    pub regions: Option<Regions>,
+    /// With `--regions auto`: the region file's labelled boxes, the truth found regions are
+    /// paired with ([`crate::eval::pair_boxes`]).
+    truth_boxes: Option<Regions>,
     /// Stored embeddings (`--embeddings`) instead of photos.
     pub stored: Option<StoredEmbeddings>,
     names: ClassNames,
@@ -66,6 +70,9 @@ pub(super) struct Embedded {
     pub cases: Vec<Labelled>,
     /// Photos (or regions) whose label names no class, with the label.
     pub unmatched: Vec<(Place, String)>,
+    /// With `--regions auto`: the truth's regions no found region was paired with, with
+    /// their labels.
+    pub missed: Vec<(Place, String)>,
     /// Whether the records are regions.
     pub by_regions: bool,
     pub stats: Stats,
@@ -76,10 +83,36 @@ impl DataSet {
     /// Reads the data set of `args` for `labels`.
     pub fn open(cx: &Context, args: &DataSetArgs, labels: &LabelSet) -> Result<Self> {
         let path = &args.dataset;
-        let asked = args.regions.load()?;
+        let asked = args.regions.load_auto()?;
+        let auto = asked.as_ref().is_some_and(Regions::is_auto);
+        if auto && !is_region_file(path) {
+            bail!(
+                "--regions auto pairs the regions it finds with the truth's boxes: give a region \
+                 file with labels (COCO JSON, or CSV/TSV rows path,x1,y1,x2,y2,label) as the data set"
+            );
+        }
+        if auto && (args.stored.embeddings.is_some() || args.stored.db.is_some()) {
+            bail!(
+                "--regions auto finds the regions on the photos: leave out --embeddings and --db"
+            );
+        }
         let stored = args.stored.load(cx, &args.regions, asked.as_ref())?;
+        let mut truth_boxes = None;
         // A region file as the data set: its photos, and a truth per region.
-        let (samples, regions) = if is_region_file(path) {
+        let (samples, regions) = if is_region_file(path) && auto {
+            let truth = Regions::from_file(path)?;
+            let samples = truth
+                .listed_photos()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|path| Sample {
+                    path,
+                    truth: Truth::Unmatched(String::new()),
+                })
+                .collect();
+            truth_boxes = Some(truth);
+            (samples, asked)
+        } else if is_region_file(path) {
             if asked.is_some() {
                 bail!(
                     "{} holds the regions already; leave out --regions, --layout and --grid",
@@ -102,6 +135,7 @@ impl DataSet {
         Ok(Self {
             samples,
             regions,
+            truth_boxes,
             stored,
             names: ClassNames::new(labels),
             labels: labels.clone(),
@@ -141,10 +175,15 @@ impl DataSet {
             .collect();
         let paths: Vec<PathBuf> = scorable.iter().map(|s| s.path.clone()).collect();
         let mut cases = Vec::with_capacity(paths.len());
+        let mut missed = Vec::new();
         let (stats, interrupted) =
             run_photos(embedder, &paths, &cx.ui, sink, |emb, chunk, items| {
                 let mut rows = embedding_rows(emb)?;
                 for (path, photo) in chunk.iter().zip(items) {
+                    let photo = match &self.truth_boxes {
+                        Some(truth) => paired(truth, path, photo, &mut missed),
+                        None => photo,
+                    };
                     for item in photo {
                         let embedding = item
                             .result
@@ -175,11 +214,68 @@ impl DataSet {
         Ok(Embedded {
             cases,
             unmatched,
+            missed,
             by_regions,
             stats,
             interrupted,
         })
     }
+}
+
+/// The records of a photo whose regions `--regions auto` found, each labelled as the truth's
+/// region it pairs with ([`crate::eval::pair_boxes`]), or `unknown` (a find where the truth
+/// has no dish); the truth's regions no find pairs with go to `missed`.
+fn paired(
+    truth: &Regions,
+    path: &Path,
+    mut items: Vec<Item>,
+    missed: &mut Vec<(Place, String)>,
+) -> Vec<Item> {
+    // The photo's size, from a found region's mask; a photo with none found pairs nothing.
+    let full = items
+        .iter()
+        .filter_map(|i| i.region.as_ref()?.segmentation.as_ref())
+        .map(|m| (m.size[1], m.size[0]))
+        .next();
+    let placed: Vec<Region> = full
+        .and_then(|full| truth.place(Photo::File(path), full))
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(region, ok)| ok.is_ok().then_some(region))
+        .collect();
+    let found: Vec<[u32; 4]> = items
+        .iter()
+        .map(|i| i.region.as_ref().and_then(|r| r.rect).unwrap_or_default())
+        .collect();
+    let boxes: Vec<[u32; 4]> = placed.iter().filter_map(|r| r.rect).collect();
+    let pairs = crate::eval::pair_boxes(&found, &boxes);
+    for (item, pair) in items.iter_mut().zip(&pairs) {
+        if let Some(region) = &mut item.region {
+            region.label = Some(match pair {
+                Some(t) => placed[*t].label.clone().unwrap_or_default(),
+                None => crate::classify::UNKNOWN.to_string(),
+            });
+        }
+    }
+    let unmissed: Vec<bool> = (0..placed.len())
+        .map(|t| pairs.contains(&Some(t)))
+        .collect();
+    let all_truth = match full {
+        Some(_) => placed,
+        // No region found: every listed dish of the photo is missed.
+        None => truth.listed(Photo::File(path)),
+    };
+    for (t, region) in all_truth.into_iter().enumerate() {
+        if !unmissed.get(t).copied().unwrap_or(false) {
+            let label = region.label.clone().unwrap_or_default();
+            let place = Place {
+                path: path.to_path_buf(),
+                region: Some(region),
+            };
+            missed.push((place, label));
+        }
+    }
+    items
 }
 
 /// The label of an unmatched truth.

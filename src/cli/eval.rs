@@ -9,7 +9,7 @@ use crate::classify::Ranking;
 use crate::eval::{calibrate, metrics, threshold_for, Metrics, Operating, Scored, Truth};
 use crate::labels::LabelSet;
 use crate::output::{csv_row, Format};
-use crate::regions::Region;
+use crate::regions::{Region, Regions};
 use crate::report::{self, Misclassified};
 use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
@@ -27,6 +27,10 @@ pub(super) struct Evaluation<'a> {
     pub unknown_photos: usize,
     pub unreadable: Vec<(Place, String)>,
     pub unmatched: Vec<(Place, String)>,
+    /// Whether the regions were found by `--regions auto` (and paired with the truth's).
+    pub auto: bool,
+    /// With `--regions auto`: the truth's regions that no found region paired with.
+    pub missed: Vec<(Place, String)>,
     pub misclassified: Vec<Misclassified>,
     pub calibration: Option<Vec<Operating>>,
 }
@@ -46,14 +50,16 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
         bail!("--format coco is for classify results; eval writes table, json, csv or tsv");
     }
     let (labels, adapter, templates) = cx.classes(&args.classes)?;
-    let source = DataSet::open(cx, &args.data, &labels)?;
-    let ckpt = cx.model(source.stored.is_some())?;
+    let mut source = DataSet::open(cx, &args.data, &labels)?;
+    let ckpt = std::sync::Arc::new(cx.model(source.stored.is_some())?);
     let sink = args
         .data
         .stored
         .prepare(cx, source.stored.as_ref(), &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
+    let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.data.regions);
+    super::auto::bind(cx, source.regions.as_mut(), &ckpt, &dishes)?;
     let run = source.embed(cx, &ckpt, &args.data.batch, sink)?;
     if args.calibrate && !run.cases.iter().any(|c| c.truth == Truth::Unknown) {
         cx.ui.warn("--calibrate: the data set has no `unknown` photos (dishes not in the list), so precision counts only mistakes among listed dishes");
@@ -88,7 +94,9 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
             });
         }
     }
-    let evaluation = evaluate(args, &labels, cases, run.unmatched, run.by_regions);
+    let mut evaluation = evaluate(args, &labels, cases, run.unmatched, run.by_regions);
+    evaluation.auto = source.regions.as_ref().is_some_and(Regions::is_auto);
+    evaluation.missed = run.missed;
     print(&evaluation, args)?;
     if let Some(dir) = &args.report {
         let index = report::write(dir, &evaluation_view(&evaluation))?;
@@ -159,6 +167,8 @@ fn evaluate<'a>(
         unknown_photos: unknown.len(),
         unreadable,
         unmatched,
+        auto: false,
+        missed: Vec::new(),
         misclassified,
         calibration: args.calibrate.then(|| calibrate(&known, &unknown)),
     }
@@ -228,6 +238,13 @@ fn to_json(e: &Evaluation, args: &EvalArgs) -> serde_json::Value {
         "unreadable": e.unreadable.iter().map(|(p, err)| p.json("error", err)).collect::<Vec<_>>(),
         "unmatched": e.unmatched.iter().map(|(p, l)| p.json("label", l)).collect::<Vec<_>>(),
     });
+    if e.auto {
+        value["missed"] = json!(e
+            .missed
+            .iter()
+            .map(|(p, l)| p.json("label", l))
+            .collect::<Vec<_>>());
+    }
     if !e.labels.groups.is_empty() {
         let groups: Vec<Option<usize>> = e.labels.classes.iter().map(|c| c.group).collect();
         let (same, cross) = m.group_errors(&groups);
@@ -289,6 +306,16 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
         e.unreadable.len(),
         e.unmatched.len()
     )?;
+    if e.auto {
+        writeln!(
+            out,
+            "--regions auto: found regions paired with the truth's at box IoU >= {}; {} of \
+             the truth's regions not found (listed below), found regions on no listed dish \
+             count as unlisted",
+            crate::eval::MATCH_IOU,
+            e.missed.len()
+        )?;
+    }
     writeln!(
         out,
         "top-1 {:.3}  top-5 {:.3}  macro precision {:.3}  recall {:.3}  F1 {:.3}",
@@ -362,6 +389,9 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
     }
     for (place, label) in &e.unmatched {
         writeln!(out, "in no class: {} ({label:?})", place.display())?;
+    }
+    for (place, label) in &e.missed {
+        writeln!(out, "not found: {} ({label:?})", place.display())?;
     }
     Ok(())
 }

@@ -248,8 +248,9 @@ pub struct InputArgs {
 pub struct RegionArgs {
     /// The boxes of each photo: COCO JSON, CSV/TSV rows `path,x1,y1,x2,y2[,label]` (paths
     /// relative to the file), or a folder of YOLO .txt files named after the photos. Pixels of
-    /// the photo as displayed (after EXIF rotation), x2/y2 exclusive. `auto` (classify): find
-    /// the dishes on each photo from a class map of the labels, no boxes needed.
+    /// the photo as displayed (after EXIF rotation), x2/y2 exclusive. `auto`: find the dishes
+    /// on each photo from a class map of the labels, no boxes needed (eval and adapt pair them
+    /// with the data set's labelled boxes; leftovers measures each dish inside its mask).
     #[arg(long, value_name = "FILE|DIR|auto")]
     pub regions: Option<PathBuf>,
     /// A tray layout: named compartments as fractions of the photo (TOML; an example in

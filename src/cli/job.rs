@@ -215,8 +215,8 @@ impl RegionArgs {
     pub(super) fn load(&self) -> Result<Option<Regions>> {
         if self.is_auto() {
             bail!(
-                "--regions auto works with classify, preview and serve for now; give this command a box file, \
-                 --layout or --grid (a file named auto: ./auto)"
+                "--regions auto finds dishes from a label file: classify, eval, adapt, leftovers, preview \
+                 and serve take it; give this command a box file, --layout or --grid (a file named auto: ./auto)"
             );
         }
         self.load_files()

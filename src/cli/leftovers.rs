@@ -28,7 +28,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         (_, _, Some(f)) => pairs::from_csv(f)?,
         _ => bail!("give --served DIR --returned DIR, or --pairs FILE.csv"),
     };
-    let regions = match args.regions.load()? {
+    let mut regions = match args.regions.load_auto()? {
         Some(r) => r,
         None => Regions::grid(Grid { rows: 1, cols: 1 }),
     };
@@ -69,9 +69,11 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         .as_deref()
         .map(|p| crate::index::Index::open(p, true))
         .transpose()?;
-    let ckpt = cx.model(false)?;
+    let ckpt = std::sync::Arc::new(cx.model(false)?);
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
+    let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.regions);
+    super::auto::bind(cx, Some(&mut regions), &ckpt, &dishes)?;
     let out: Box<dyn Write> = match &args.output {
         None => Box::new(io::stdout().lock()),
         Some(file) => Box::new(io::BufWriter::new(

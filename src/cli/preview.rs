@@ -69,12 +69,7 @@ fn class_map(cx: &Context, args: &PreviewArgs) -> Result<Outcome> {
     let templates = crate::labels::Templates::from_args(&[])?;
     let ckpt = std::sync::Arc::new(cx.model(false)?);
     let classifier = cx.scorer(&ckpt, &labels, &templates, None)?;
-    let dishes = super::auto::Dishes {
-        labels: &labels,
-        classifier: &classifier,
-        templates: &templates,
-        background: args.regions.background.as_deref(),
-    };
+    let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.regions);
     let finder = super::auto::finder(cx, &ckpt, &dishes)?;
     let (mut img, _) = match draw::picture(&args.image, args.max_pixels) {
         Ok(p) => p,

@@ -82,12 +82,7 @@ pub(super) fn run(cx: &Context, args: &ServeArgs) -> Result<Outcome> {
         cx.warn_language(&ckpt, &labels);
         let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
         let finder = if auto {
-            let dishes = super::auto::Dishes {
-                labels: &labels,
-                classifier: &classifier,
-                templates: &templates,
-                background: args.regions.background.as_deref(),
-            };
+            let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.regions);
             let finder: std::sync::Arc<dyn crate::regions::auto::Finder> =
                 std::sync::Arc::new(super::auto::finder(cx, &ckpt, &dishes)?);
             Some(finder)

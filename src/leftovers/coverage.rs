@@ -45,15 +45,40 @@ pub struct Masks {
     pub seen: Vec<bool>,
 }
 
+/// Where a compartment is on the frame: its box and, for a dish `--regions auto` found, its
+/// mask (a frame-sized bitmap, row-major). With a mask, food is counted only inside it and the
+/// tray's colours are those of the box outside it (the box should leave a margin around the
+/// mask); without, the compartment is the box and its rim shows the tray.
+#[derive(Debug, Clone)]
+pub struct Area {
+    /// The box.
+    pub rect: Rect,
+    /// The dish's pixels, when a mask gives them.
+    pub mask: Option<Vec<bool>>,
+}
+
+impl Area {
+    /// A compartment that is its box.
+    pub fn boxed(rect: Rect) -> Self {
+        Self { rect, mask: None }
+    }
+
+    /// The pixels of the box to count: inside the mask, or all of them.
+    fn counts(&self, i: usize) -> bool {
+        self.mask.as_ref().is_none_or(|m| m[i])
+    }
+}
+
 /// The food masks of `served` and `returned` (registered onto the served frame, `seen` where
-/// it shows anything), inside `boxes`, telling food from tray by `empty` (the empty tray
-/// registered onto the frame, and where it shows anything) or, without it, by each box's rim.
+/// it shows anything), inside `areas`, telling food from tray by `empty` (the empty tray
+/// registered onto the frame, and where it shows anything) or, without it, by each area's
+/// surroundings (a box's rim, or a mask's outside).
 pub fn masks(
     served: &Rgb,
     returned: &Rgb,
     seen: &[bool],
     empty: Option<(&Rgb, &[bool])>,
-    boxes: &[Rect],
+    areas: &[Area],
 ) -> Masks {
     let s = served;
     let tau = threshold(served);
@@ -64,16 +89,34 @@ pub fn masks(
         Some((e, e_seen)) => {
             let e_for_s = matched(e, s, e_seen);
             let e_for_r = matched(e, &ret, &both(e_seen, seen));
-            for b in boxes {
-                differs(s, &e_for_s, e_seen, *b, tau, &mut food_s);
-                differs(&ret, &e_for_r, &both(e_seen, seen), *b, tau, &mut food_r);
+            for a in areas {
+                differs(s, &e_for_s, e_seen, a.rect, tau, &mut food_s);
+                differs(
+                    &ret,
+                    &e_for_r,
+                    &both(e_seen, seen),
+                    a.rect,
+                    tau,
+                    &mut food_r,
+                );
             }
         }
         None => {
-            for b in boxes {
-                let tray = rim_colours(&[(s, &all), (&ret, seen)], *b, tau);
-                off_colours(s, &all, &tray, *b, tau, &mut food_s);
-                off_colours(&ret, seen, &tray, *b, tau, &mut food_r);
+            for a in areas {
+                let tray = tray_colours(&[(s, &all), (&ret, seen)], a, tau);
+                match &a.mask {
+                    None => {
+                        off_colours(s, &all, &tray, a.rect, tau, &mut food_s);
+                        off_colours(&ret, seen, &tray, a.rect, tau, &mut food_r);
+                    }
+                    Some(mask) => {
+                        // Only the dish's own pixels, and in the returned photo only the
+                        // served dish's colours: an emptied bowl is off the table's colours too.
+                        off_colours(s, mask, &tray, a.rect, tau, &mut food_s);
+                        off_colours(&ret, &both(mask, seen), &tray, a.rect, tau, &mut food_r);
+                        keep_dish_colours(s, &food_s, &ret, mask, a.rect, &mut food_r);
+                    }
+                }
             }
         }
     }
@@ -93,13 +136,17 @@ pub fn masks(
 }
 
 impl Masks {
-    /// The share of `b` that is food in the served photo and in the returned one (of the part
-    /// the returned photo shows), and the share of `b` the returned photo shows.
-    pub fn coverage(&self, b: Rect) -> (f64, f64, f64) {
+    /// The share of `area` that is food in the served photo and in the returned one (of the
+    /// part the returned photo shows), and the share of `area` the returned photo shows.
+    pub fn coverage(&self, area: &Area) -> (f64, f64, f64) {
+        let b = area.rect;
         let (mut n, mut s, mut seen, mut r) = (0usize, 0usize, 0usize, 0usize);
         for y in b.y1 as usize..b.y2 as usize {
             for x in b.x1 as usize..b.x2 as usize {
                 let i = y * self.w + x;
+                if !area.counts(i) {
+                    continue;
+                }
                 n += 1;
                 s += self.served[i] as usize;
                 if self.seen[i] {
@@ -189,6 +236,47 @@ fn off_colours(x: &Rgb, seen: &[bool], tray: &[[f32; 3]], b: Rect, tau: f32, foo
     }
 }
 
+/// Clears the returned food of `rect` inside `mask` whose colour the served dish (`food` of
+/// `served` inside `mask`) hardly has: a 16-level colour bin, with its 26 neighbours, must
+/// hold at least 0.2% of the served dish's pixels.
+fn keep_dish_colours(
+    served: &Rgb,
+    food: &[bool],
+    returned: &Rgb,
+    mask: &[bool],
+    rect: Rect,
+    food_r: &mut [bool],
+) {
+    let bin = |p: [f32; 3]| p.map(|c| (c.clamp(0.0, 255.0) as usize) >> 4);
+    let mut counts = vec![0u32; 16 * 16 * 16];
+    let pixels = || {
+        (rect.y1 as usize..rect.y2 as usize)
+            .flat_map(move |y| (rect.x1 as usize..rect.x2 as usize).map(move |x| y * served.w + x))
+    };
+    let mut n = 0u32;
+    for i in pixels().filter(|&i| mask[i] && food[i]) {
+        let [r, g, b] = bin(served.v[i]);
+        counts[(r * 16 + g) * 16 + b] += 1;
+        n += 1;
+    }
+    let least = (n / 500).max(1);
+    for i in pixels() {
+        if !(mask[i] && food_r[i]) {
+            continue;
+        }
+        let [r, g, b] = bin(returned.v[i]);
+        let mut near = 0u32;
+        for rr in r.saturating_sub(1)..=(r + 1).min(15) {
+            for gg in g.saturating_sub(1)..=(g + 1).min(15) {
+                for bb in b.saturating_sub(1)..=(b + 1).min(15) {
+                    near += counts[(rr * 16 + gg) * 16 + bb];
+                }
+            }
+        }
+        food_r[i] = near >= least;
+    }
+}
+
 /// The distance from `p` to the segment between `a` and `b`.
 fn to_segment(p: [f32; 3], a: [f32; 3], b: [f32; 3]) -> f32 {
     let ab = [b[0] - a[0], b[1] - a[1], b[2] - a[2]];
@@ -201,27 +289,54 @@ fn to_segment(p: [f32; 3], a: [f32; 3], b: [f32; 3]) -> f32 {
     distance(p, [a[0] + t * ab[0], a[1] + t * ab[1], a[2] + t * ab[2]])
 }
 
-/// The colours that each hold at least [`RIM_SHARE`] of the rim of `b` (its outer 8% each
-/// side) over the given pictures, at most three, most common first.
-fn rim_colours(pictures: &[(&Rgb, &[bool])], b: Rect, tau: f32) -> Vec<[f32; 3]> {
+/// The colours that each hold at least [`RIM_SHARE`] of the tray around `area` over the given
+/// pictures, at most three, most common first. The tray is a box's rim (its outer 5% each
+/// side, at least 2 pixels), or the box outside a mask grown by 2 pixels; with a mask, a
+/// colour is the tray's only when its share of the tray's pixels exceeds its share of the
+/// mask's in the first picture.
+fn tray_colours(pictures: &[(&Rgb, &[bool])], area: &Area, tau: f32) -> Vec<[f32; 3]> {
+    let b = area.rect;
     let (bw, bh) = b.size();
     let band = ((bw.min(bh) as f64 * 0.05).round() as u32).max(2);
+    let outside = area.mask.as_ref().map(|m| {
+        let w = pictures.first().map_or(0, |(img, _)| img.w);
+        let grown = grow(m, w, m.len() / w.max(1), 2);
+        grown.into_iter().map(|g| !g).collect::<Vec<bool>>()
+    });
+    let is_tray = |x: u32, y: u32, i: usize| match &outside {
+        Some(out) => out[i],
+        None => x < b.x1 + band || x >= b.x2 - band || y < b.y1 + band || y >= b.y2 - band,
+    };
     let mut rim: Vec<[f32; 3]> = Vec::new();
     for (img, seen) in pictures {
         for y in b.y1..b.y2 {
             for x in b.x1..b.x2 {
-                let edge =
-                    x < b.x1 + band || x >= b.x2 - band || y < b.y1 + band || y >= b.y2 - band;
                 let i = y as usize * img.w + x as usize;
-                if edge && seen[i] {
+                if seen[i] && is_tray(x, y, i) {
                     rim.push(img.v[i]);
                 }
             }
         }
     }
+    // A mask's dish, in the first picture: a colour commoner there than around it is the
+    // dish's (a coarse mask leaves some of the dish outside), not the tray's.
+    let dish: Vec<[f32; 3]> = match (&area.mask, pictures.first()) {
+        (Some(mask), Some((img, _))) => (b.y1..b.y2)
+            .flat_map(|y| (b.x1..b.x2).map(move |x| y as usize * img.w + x as usize))
+            .filter(|&i| mask[i])
+            .map(|i| img.v[i])
+            .collect(),
+        _ => Vec::new(),
+    };
+    let share = |of: &[[f32; 3]], c: [f32; 3]| {
+        of.iter().filter(|p| distance(**p, c) <= tau).count() as f64 / of.len().max(1) as f64
+    };
     let total = rim.len();
     let mut colours = Vec::new();
-    while colours.len() < 3 && !rim.is_empty() {
+    for _ in 0..6 {
+        if colours.len() == 3 || rim.is_empty() {
+            break;
+        }
         // The fullest 16-level bin, then the mean of the pixels near its centre.
         let mut counts = vec![0u32; 16 * 16 * 16];
         let bin = |p: &[f32; 3]| p.map(|c| (c.clamp(0.0, 255.0) as usize) >> 4);
@@ -244,11 +359,14 @@ fn rim_colours(pictures: &[(&Rgb, &[bool])], b: Rect, tau: f32) -> Vec<[f32; 3]>
             (0..3).for_each(|c| mean[c] += p[c] / near.len() as f32);
         }
         let before = rim.len();
+        let around = share(&rim, mean) * before as f64 / total as f64;
         rim.retain(|p| distance(*p, mean) > tau);
         if ((before - rim.len()) as f64) < RIM_SHARE * total as f64 {
             break;
         }
-        colours.push(mean);
+        if dish.is_empty() || share(&dish, mean) < around {
+            colours.push(mean);
+        }
     }
     colours
 }
@@ -465,8 +583,8 @@ mod tests {
             x2: w as u32,
             y2: h as u32,
         };
-        let m = masks(&served, &returned, &seen, None, &[b]);
-        let (s, r, shown) = m.coverage(b);
+        let m = masks(&served, &returned, &seen, None, &[Area::boxed(b)]);
+        let (s, r, shown) = m.coverage(&Area::boxed(b));
         assert!((s - 1600.0 / 9600.0).abs() < 0.01, "{s}");
         assert!((r - 800.0 / 9600.0).abs() < 0.01, "{r}");
         assert_eq!(shown, 1.0);

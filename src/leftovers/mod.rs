@@ -23,6 +23,7 @@ use crate::preprocess::{decode, jpeg, Fidelity, PreprocessConfig, Rect};
 use crate::regions::{Photo, Piece, Region, Regions};
 use ::image::imageops::FilterType;
 use ::image::RgbImage;
+use coverage::Area;
 use image::Rgb;
 use pairs::Pair;
 use register::{register, Motion, Registration};
@@ -229,14 +230,16 @@ pub fn examine_photos(
         Ok(d) => d,
         Err(e) => return (Vec::new(), Err(fail_on(served.name, e))),
     };
+    let resolved = match regions.resolve(served.photo, &decoded) {
+        Ok(r) => r,
+        Err(e) => return (Vec::new(), Err(format!("{}: {e}", served.name))),
+    };
     let served_small = to_analysis(&decoded.img);
-    let pieces = regions.pieces_of(served.photo, pre, &decoded, settings.fidelity);
+    let pieces = resolved.pieces(pre, &decoded, settings.fidelity);
     let measured = analysis_decode(returned.bytes, settings.max_pixels)
         .map_err(|e| fail_on(returned.name, e))
         .and_then(|(img, full)| {
-            let placed = regions
-                .place(served.photo, decoded.full)
-                .ok_or_else(|| format!("no regions in {}", regions.describe()))?;
+            let placed = resolved.place(decoded.full);
             let same_shape = |(w, h): (u32, u32), what: &str| {
                 let (a, b) = (
                     w as f64 / h as f64,
@@ -310,24 +313,34 @@ fn measure(
         x2: ((b[2] as f64 * k).ceil() as u32).min(s.w as u32),
         y2: ((b[3] as f64 * ky).ceil() as u32).min(s.h as u32),
     };
-    let boxes: Vec<Rect> = placed
+    let areas: Vec<Option<Area>> = placed
         .iter()
-        .filter(|(_, p)| p.is_ok())
-        .filter_map(|(region, _)| region.rect.map(small))
+        .map(|(region, placed)| {
+            let rect = small(region.rect.filter(|_| placed.is_ok())?);
+            Some(match &region.segmentation {
+                None => Area::boxed(rect),
+                Some(rle) => Area {
+                    rect: widened(rect, (s.w as u32, s.h as u32)),
+                    mask: Some(rle.sample(s.w, s.h)),
+                },
+            })
+        })
         .collect();
+    let found: Vec<Area> = areas.iter().flatten().cloned().collect();
     let masks = coverage::masks(
         s,
         &rw,
         &seen,
         empty.as_ref().map(|(e, seen, _)| (e, seen.as_slice())),
-        &boxes,
+        &found,
     );
     let compartments = placed
         .into_iter()
-        .map(|(region, placed)| {
+        .zip(&areas)
+        .map(|((region, placed), area)| {
             let amount = placed.and_then(|_| {
-                let b = small(region.rect.expect("placed"));
-                let (served, returned, shown) = masks.coverage(b);
+                let area = area.as_ref().expect("placed");
+                let (served, returned, shown) = masks.coverage(area);
                 if shown < MIN_SEEN {
                     return Err(format!(
                         "the returned photo shows only {:.0}% of this compartment once \
@@ -357,6 +370,19 @@ fn measure(
         registration,
         compartments,
         overlay: overlay.then(|| draw_overlay(s, &rw, &masks)),
+    }
+}
+
+/// A dish's box widened by 15% of its size each side (at least 3 pixels), within the frame:
+/// the margin around its mask shows the tray.
+fn widened(b: Rect, (w, h): (u32, u32)) -> Rect {
+    let (bw, bh) = b.size();
+    let (mx, my) = ((bw * 3 / 20).max(3), (bh * 3 / 20).max(3));
+    Rect {
+        x1: b.x1.saturating_sub(mx),
+        y1: b.y1.saturating_sub(my),
+        x2: (b.x2 + mx).min(w),
+        y2: (b.y2 + my).min(h),
     }
 }
 

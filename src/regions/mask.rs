@@ -57,6 +57,36 @@ impl Rle {
         bits
     }
 
+    /// The mask sampled onto a `w` x `h` frame over the same photo (each frame pixel takes the
+    /// photo pixel under its centre), row-major; without decoding the whole photo's bitmap.
+    pub fn sample(&self, w: usize, h: usize) -> Vec<bool> {
+        let (ph, pw) = (u64::from(self.size[0]), u64::from(self.size[1]));
+        let mut out = vec![false; w * h];
+        if ph == 0 || pw == 0 {
+            return out;
+        }
+        // The runs of ones as [start, end) column-major indices.
+        let (mut ones, mut at) = (Vec::new(), 0u64);
+        for (i, run) in self.runs().into_iter().enumerate() {
+            if i % 2 == 1 {
+                ones.push((at, at + run));
+            }
+            at += run;
+        }
+        let centre = |v: usize, n: usize, of: u64| {
+            (((v as f64 + 0.5) * of as f64 / n as f64) as u64).min(of - 1)
+        };
+        for y in 0..h {
+            let py = centre(y, h, ph);
+            for x in 0..w {
+                let j = centre(x, w, pw) * ph + py;
+                let k = ones.partition_point(|r| r.1 <= j);
+                out[y * w + x] = ones.get(k).is_some_and(|r| r.0 <= j);
+            }
+        }
+        out
+    }
+
     /// The run counts, decoded (zeros first).
     pub fn runs(&self) -> Vec<u64> {
         let bytes = self.counts.as_bytes();
@@ -137,5 +167,20 @@ mod tests {
         let runs = big.runs();
         assert_eq!(runs.iter().sum::<u64>(), 300 * 40);
         assert_eq!(&runs[..3], &[5 * 300 + 100, 190, 110]);
+    }
+
+    #[test]
+    fn a_mask_samples_onto_a_smaller_frame() {
+        // A 40x20 photo with the block x 10..30, y 4..12 set, sampled at a quarter size.
+        let (rle, _) = Rle::encode(40, 20, |x, y| (10..30).contains(&x) && (4..12).contains(&y));
+        let small = rle.sample(10, 5);
+        let want: Vec<bool> = (0..50)
+            .map(|i| {
+                let (x, y) = (i % 10 * 4 + 2, i / 10 * 4 + 2);
+                (10..30).contains(&x) && (4..12).contains(&y)
+            })
+            .collect();
+        assert_eq!(small, want);
+        assert_eq!(small.iter().filter(|b| **b).count(), 10);
     }
 }

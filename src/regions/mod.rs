@@ -444,49 +444,21 @@ pub fn pieces(
             warning: None,
         }]
     };
-    if let Some(Kind::Auto(finder)) = regions.map(|r| &r.kind) {
-        let Some(finder) = finder else {
-            return whole(Err("--regions auto has no model bound".into()));
-        };
-        let shortest = |full| finder.shortest(full);
+    let Some(regions) = regions else {
         let decoded = match photo {
-            Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, shortest),
-            Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, shortest),
+            Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, |f| f.0.min(f.1)),
+            Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, |f| f.0.min(f.1)),
         };
-        let decoded = match decoded {
-            Ok(d) => d,
-            Err(e) => return whole(Err(format!("{e:#}"))),
-        };
-        return match finder.find(&decoded.img, decoded.full) {
-            Ok(found) if found.is_empty() => whole(Err("--regions auto found no dish".into())),
-            Ok(found) => {
-                let entries: Vec<Entry> = found
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, found)| Entry {
-                        region: Region {
-                            index,
-                            name: Some(found.name),
-                            segmentation: Some(found.mask),
-                            ..Region::default()
-                        },
-                        spec: Spec::Pixels(found.rect.map(f64::from)),
-                    })
-                    .collect();
-                cut(&entries, pre, &decoded, fidelity)
-            }
-            Err(e) => whole(Err(format!("--regions auto: {e:#}"))),
-        };
-    }
-    let entries = match regions {
-        None => None,
-        Some(regions) => match regions.entries_of(photo) {
-            Some(e) if !e.is_empty() => Some(e),
-            _ => return whole(Err(format!("no regions in {}", regions.describe()))),
-        },
+        return whole(
+            decoded
+                .and_then(|d| pre.prepare_area(&d, Rect::whole(d.full), fidelity))
+                .map_err(|e| format!("{e:#}")),
+        );
     };
-    let shortest =
-        |full: (u32, u32)| entries.map_or(full.0.min(full.1), |e| shortest_side(e, full));
+    if !regions.is_auto() && regions.entries_of(photo).is_none_or(|e| e.is_empty()) {
+        return whole(Err(format!("no regions in {}", regions.describe())));
+    }
+    let shortest = |full| regions.shortest(photo, full);
     let decoded = match photo {
         Photo::File(path) => pre.decode_for(path, max_pixels, fidelity, shortest),
         Photo::Bytes(bytes) => pre.decode_bytes(bytes, max_pixels, fidelity, shortest),
@@ -495,14 +467,33 @@ pub fn pieces(
         Ok(p) => p,
         Err(e) => return whole(Err(format!("{e:#}"))),
     };
-    let Some(entries) = entries else {
-        let all = Rect::whole(decoded.full);
-        return whole(
-            pre.prepare_area(&decoded, all, fidelity)
-                .map_err(|e| format!("{e:#}")),
-        );
-    };
-    cut(entries, pre, &decoded, fidelity)
+    match regions.resolve(photo, &decoded) {
+        Ok(found) => found.pieces(pre, &decoded, fidelity),
+        Err(e) => whole(Err(e)),
+    }
+}
+
+/// The regions of one decoded photo: those its source gives, or those `--regions auto` found
+/// on it (see [`Regions::resolve`]).
+#[derive(Debug, Clone)]
+pub struct Resolved<'a>(std::borrow::Cow<'a, [Entry]>);
+
+impl Resolved<'_> {
+    /// The pieces of the decoded photo, one per region.
+    pub fn pieces(
+        &self,
+        pre: &PreprocessConfig,
+        decoded: &Decoded,
+        fidelity: Fidelity,
+    ) -> Vec<Piece> {
+        cut(&self.0, pre, decoded, fidelity)
+    }
+
+    /// The regions placed on the photo's upright `full` size: each with its box, and whether
+    /// the box was clipped, or its error.
+    pub fn place(&self, full: (u32, u32)) -> Vec<(Region, Result<bool, String>)> {
+        place(&self.0, full)
+    }
 }
 
 /// The pieces of a decoded photo for `entries`, placed on it.
@@ -582,28 +573,53 @@ impl Regions {
     /// The shortest side of any valid box of `photo`'s regions on its upright `full` size: how
     /// far a decoder may shrink it (the shorter side of `full` when the source has none).
     pub fn shortest(&self, photo: Photo, full: (u32, u32)) -> u32 {
+        if let Kind::Auto(Some(finder)) = &self.kind {
+            return finder.shortest(full);
+        }
         self.entries_of(photo)
             .filter(|e| !e.is_empty())
             .map_or(full.0.min(full.1), |e| shortest_side(e, full))
     }
 
-    /// The pieces of `photo`, already decoded (see [`pieces`]); one failed piece when the
-    /// source has no region for it.
-    pub fn pieces_of(
-        &self,
-        photo: Photo,
-        pre: &PreprocessConfig,
-        decoded: &Decoded,
-        fidelity: Fidelity,
-    ) -> Vec<Piece> {
-        match self.entries_of(photo).filter(|e| !e.is_empty()) {
-            Some(entries) => cut(entries, pre, decoded, fidelity),
-            None => vec![Piece {
-                region: None,
-                picture: Err(format!("no regions in {}", self.describe())),
-                warning: None,
-            }],
+    /// The regions of `photo`, decoded as `decoded`: the source's (an error when it has none
+    /// for the photo), or those `--regions auto` finds on it (an error when it finds no dish).
+    pub fn resolve(&self, photo: Photo, decoded: &Decoded) -> Result<Resolved<'_>, String> {
+        if let Kind::Auto(finder) = &self.kind {
+            let finder = finder.as_ref().ok_or("--regions auto has no model bound")?;
+            let found = finder
+                .find(&decoded.img, decoded.full)
+                .map_err(|e| format!("--regions auto: {e:#}"))?;
+            if found.is_empty() {
+                return Err("--regions auto found no dish".into());
+            }
+            let entries = found
+                .into_iter()
+                .enumerate()
+                .map(|(index, found)| Entry {
+                    region: Region {
+                        index,
+                        name: Some(found.name),
+                        segmentation: Some(found.mask),
+                        ..Region::default()
+                    },
+                    spec: Spec::Pixels(found.rect.map(f64::from)),
+                })
+                .collect();
+            return Ok(Resolved(std::borrow::Cow::Owned(entries)));
         }
+        match self.entries_of(photo).filter(|e| !e.is_empty()) {
+            Some(entries) => Ok(Resolved(std::borrow::Cow::Borrowed(entries))),
+            None => Err(format!("no regions in {}", self.describe())),
+        }
+    }
+
+    /// The regions the source gives for `photo`, not yet placed (without boxes).
+    pub fn listed(&self, photo: Photo) -> Vec<Region> {
+        self.entries_of(photo)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.region.clone())
+            .collect()
     }
 
     /// The regions of `photo` placed on its upright `full` size (see [`Spec::place`]): each

@@ -747,12 +747,6 @@ async fn leftovers(State(state): State<Arc<AppState>>, req: Request) -> Result<R
             Some(text) => {
                 Regions::boxes(text).map_err(|e| ApiError::bad(format!("regions: {e:#}")))?
             }
-            None if ready.regions.as_ref().is_some_and(Regions::is_auto) => {
-                return Err(ApiError::bad(
-                    "/v1/leftovers needs compartments: this server finds dishes with \
-                             --regions auto, which leftovers does not take yet; send regions",
-                ))
-            }
             None => ready
                 .regions
                 .clone()
