@@ -502,23 +502,8 @@ fn leftovers_answer_as_the_command_does() {
     assert_eq!(got.status, 200, "{}", got.body);
     let got = got.body.as_array().unwrap();
     assert_eq!(got.len(), 5);
-    for (g, w) in got.iter().zip(&want) {
-        assert_eq!(g["served"], "s.jpg");
-        for key in [
-            "tray",
-            "date",
-            "compartment",
-            "box",
-            "dish",
-            "served_coverage",
-            "returned_coverage",
-            "leftover",
-            "registration",
-        ] {
-            assert_eq!(g[key], w[key], "{key}: {g} against {w}");
-        }
-        assert!((g["prob"].as_f64().unwrap() - w["prob"].as_f64().unwrap()).abs() < 1e-4);
-    }
+    same_leftovers(got, &want);
+    assert!(got.iter().all(|g| g["served"] == "s.jpg"));
     // Without a returned photo: 400; with one that is no photo: 422; the server goes on.
     let only = server.post_fields("/v1/leftovers", &[("served", "s.jpg", read(&served))], &[]);
     assert_eq!(only.status, 400, "{}", only.body);
@@ -1195,18 +1180,7 @@ fn a_server_with_regions_auto_answers_as_classify_does() {
     assert_eq!(a.status, 200, "{}", a.body);
     let got = a.body.as_array().unwrap();
     assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
-        for key in [
-            "compartment",
-            "box",
-            "dish",
-            "served_coverage",
-            "returned_coverage",
-            "leftover",
-        ] {
-            assert_eq!(g[key], w[key], "{key}: {g} against {w}");
-        }
-    }
+    same_leftovers(got, &want);
 }
 
 /// `foodclip leftovers` with the fixture labels on one pair of photos (`tray`, 2026-11-03) and
@@ -1229,4 +1203,25 @@ fn leftovers_command(tray: &str, served: &Path, returned: &Path, regions: &[&str
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     common::jsonl_records(&o.stdout)
+}
+
+/// The server's leftovers records are the command's (the served photo's name aside).
+fn same_leftovers(got: &[Value], want: &[Value]) {
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(want) {
+        for key in [
+            "tray",
+            "date",
+            "compartment",
+            "box",
+            "dish",
+            "served_coverage",
+            "returned_coverage",
+            "leftover",
+            "registration",
+        ] {
+            assert_eq!(g[key], w[key], "{key}: {g} against {w}");
+        }
+        assert!((g["prob"].as_f64().unwrap() - w["prob"].as_f64().unwrap()).abs() < 1e-4);
+    }
 }
