@@ -103,7 +103,7 @@ fn in_process(file: &Path, labels: &Path, plan_file: &Path) -> anyhow::Result<()
     let mut dishes = Dishes::new(&set);
     let planned = plan::load(plan_file, &mut dishes)?;
     let t = Instant::now();
-    let h = history::load(&[file], &mut dishes)?;
+    let h = history::load(&[file], None, &mut dishes)?;
     let load = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let forecaster = Forecaster::new(&h, &dishes);

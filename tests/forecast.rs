@@ -245,7 +245,7 @@ fn the_processes_effects_are_recovered() {
     let s = Setup::new(4);
     let labels = foodclip::labels::LabelSet::load(&s.path("labels.txt")).unwrap();
     let mut dishes = Dishes::new(&labels);
-    let h = history::load(&[s.path("history.csv")], &mut dishes).unwrap();
+    let h = history::load(&[s.path("history.csv")], None, &mut dishes).unwrap();
     assert_eq!(h.rows as usize, s.served.len());
     let groups = dishes.groups();
     let end = h.span().unwrap().1.plus(1);
@@ -353,7 +353,7 @@ fn leftovers_records_in_every_format_read_as_the_same_history() {
     let load = |name: &str| {
         let set = foodclip::labels::LabelSet::load(&labels).unwrap();
         let mut dishes = Dishes::new(&set);
-        let h = history::load(&[dir.path().join(name)], &mut dishes).unwrap();
+        let h = history::load(&[dir.path().join(name)], None, &mut dishes).unwrap();
         (h, dishes.list.len())
     };
     let (a, n) = load("h.jsonl");

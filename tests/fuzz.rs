@@ -537,7 +537,7 @@ fn adapters_load_consistent_or_are_refused() {
 
 #[test]
 fn index_databases_open_or_are_refused() {
-    use foodclip::index::{FileState, Index, Kind};
+    use foodclip::store::{FileState, Filter, Kind, Store};
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.sqlite");
     let kind = Kind {
@@ -546,7 +546,7 @@ fn index_databases_open_or_are_refused() {
         source: String::new(),
     };
     {
-        let mut index = Index::open(&good, true).unwrap();
+        let mut index = Store::open(&good, true, None).unwrap();
         index
             .batch(|b| {
                 for i in 0..20u8 {
@@ -569,12 +569,12 @@ fn index_databases_open_or_are_refused() {
         }
         std::fs::write(&file, bytes).unwrap();
         for write in [false, true] {
-            match Index::open(&file, write) {
-                Ok(index) => {
-                    if let Ok(rows) = index.rows(&kind) {
+            match Store::open(&file, write, None) {
+                Ok(mut index) => {
+                    if let Ok(rows) = index.rows(&kind, None) {
                         assert!(rows.iter().all(|r| r.vector.len() <= 2));
                     }
-                    let _ = index.top(&kind, &[1.0, 0.0], |_, _| true, 3);
+                    let _ = index.top(&kind, &[1.0, 0.0], &Filter::default(), 3);
                 }
                 Err(e) => assert!(!format!("{e:#}").contains('\n'), "{e:#}"),
             }

@@ -7,15 +7,15 @@ use crate::adapter::Adapter;
 use crate::cache::{default_root, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::classify::Classifier;
-use crate::index::Kind;
 use crate::labels::{check, LabelSet, Templates};
 use crate::model::Precision;
 use crate::preprocess::Fidelity;
 use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
+use crate::store::{Kind, Store};
 use anyhow::{bail, Context as _, Result};
 use std::io::{self, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// The global flags, resolved.
@@ -24,6 +24,8 @@ pub(super) struct Context {
     pub hub: HubOptions,
     pub registry: Registry,
     pub fidelity: Fidelity,
+    /// `--site`: a shared store's site.
+    pub site: Option<String>,
     model: Option<String>,
     device: DeviceKind,
     precision: Precision,
@@ -61,6 +63,7 @@ impl Context {
             } else {
                 Fidelity::Fast
             },
+            site: cli.site.clone(),
             model: cli.model.clone(),
             device: cli.device,
             precision: cli.precision,
@@ -238,6 +241,11 @@ impl Context {
             mode: format!("{fidelity}-{}", ckpt.precision),
             source: regions.source_id()?,
         })
+    }
+
+    /// Opens the store `db` (see [`Store::open`]) with `--site`.
+    pub fn store(&self, db: &Path, create: bool) -> Result<Store> {
+        Store::open(db, create, self.site.as_deref())
     }
 
     /// Warns once when the labels use a language the model's registry entry lacks.

@@ -42,6 +42,10 @@ pub struct Cli {
     /// No warnings, progress or server log on stderr (errors are still shown).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// With a shared PostgreSQL store (`--db postgres://...`): the site whose files this run
+    /// writes (default: the host name), or, for search, classify and eval, the only site read.
+    #[arg(long, global = true, value_name = "NAME", env = "FOODCLIP_SITE")]
+    pub site: Option<String>,
     /// Where to run the model.
     #[arg(long, global = true, value_enum, default_value_t = DeviceKind::Cpu)]
     pub device: DeviceKind,
@@ -161,10 +165,10 @@ pub struct LeftoversArgs {
     /// Write DIR/index.html: dishes by what comes back, the trend per day, the worst trays.
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
-    /// Also store every record in the SQLite store FILE (the `index` database; made if
-    /// missing), one transaction per tray; measuring a tray again replaces its rows.
-    /// `forecast --history FILE` reads them.
-    #[arg(long, value_name = "FILE")]
+    /// Also store every record in the store DB (the `index` database: a SQLite file, made if
+    /// missing, or a postgres:// URL), one transaction per tray; measuring a tray again
+    /// replaces its rows. `forecast --db DB` reads them.
+    #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Write records to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
@@ -184,8 +188,9 @@ pub struct ForecastArgs {
     /// or its --db store) or a CSV `date,dish,leftover[,trays][,served_g]`. Repeatable.
     #[arg(long, value_name = "FILE", required_unless_present = "db")]
     pub history: Vec<PathBuf>,
-    /// The store `leftovers --db FILE` keeps its records in, as history (beside any --history).
-    #[arg(long, value_name = "FILE")]
+    /// The store `leftovers --db DB` keeps its records in (a SQLite file or a postgres:// URL;
+    /// this site's rows), as history (beside any --history).
+    #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Label file: the dishes, their other names, and the `[group]` headers forecasts borrow
     /// strength from.
@@ -339,8 +344,8 @@ pub struct StoredArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "save_embeddings")]
     pub embeddings: Option<PathBuf>,
     /// Score the photos (or, with --layout/--grid/--regions, the regions) of this `foodclip
-    /// index` database instead of reading them.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["save_embeddings", "embeddings"])]
+    /// index` store (a SQLite file or a postgres:// URL) instead of reading them.
+    #[arg(long, value_name = "DB", conflicts_with_all = ["save_embeddings", "embeddings"])]
     pub db: Option<PathBuf>,
 }
 
@@ -350,8 +355,9 @@ pub struct IndexArgs {
     /// Folders (or photos) of the archive.
     #[arg(required_unless_present = "export")]
     pub dirs: Vec<PathBuf>,
-    /// The database (default: DIR/.foodclip/index.sqlite for a single folder).
-    #[arg(long, value_name = "FILE")]
+    /// The store: a SQLite file (default: DIR/.foodclip/index.sqlite for a single folder), or
+    /// a shared PostgreSQL database with pgvector, postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Write the index's embeddings (of this model, mode and regions) to DIR as
     /// img_emb/img_emb_0.npy with paths.txt and metadata.jsonl, for numpy, autofaiss or
@@ -375,8 +381,8 @@ pub struct SearchArgs {
     /// Photos whose looks to search for (a term of weight 1 each).
     #[arg(long, value_name = "PHOTO")]
     pub like: Vec<PathBuf>,
-    /// The database (default: ./.foodclip/index.sqlite).
-    #[arg(long, value_name = "FILE")]
+    /// The store: a SQLite file (default: ./.foodclip/index.sqlite) or a postgres:// URL.
+    #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// How many results.
     #[arg(long, default_value_t = 10, value_name = "N")]

@@ -45,7 +45,7 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
         .map(|p| p.as_path())
         .chain(args.db.as_deref())
         .collect();
-    let history = history::load(&files, &mut dishes)?;
+    let history = history::load(&files, cx.site.as_deref(), &mut dishes)?;
     let (first, last) = history.span().expect("a loaded history has days");
     cx.ui.note(&format!(
         "history: {} rows, {} dish-days from {first} to {last} ({} rows without a measurement)",

@@ -6,9 +6,9 @@ use super::flags::IndexArgs;
 use super::job::{embedder, run_photos};
 use super::Outcome;
 use crate::fsutil::{write_atomically, PathJson};
-use crate::index::{content_hash, npy, FileState, Index, Kind};
 use crate::inputs::collect_inputs;
 use crate::pipeline::embedding_rows;
+use crate::store::{content_hash, npy, FileState, Kind};
 use anyhow::{bail, Context as _, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,11 +24,12 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .map(|d| std::fs::canonicalize(d).with_context(|| format!("cannot read {}", d.display())))
         .collect::<Result<_>>()?;
     let db = database(args, &roots)?;
-    let mut index = Index::open(&db, true)?;
+    let mut index = cx.store(&db, true)?;
     let regions = args.regions.load()?;
     let paths = collect_inputs(&roots, false, std::io::empty())?.paths;
     let ckpt = cx.model(false)?;
     let kind = cx.index_kind(&ckpt, &args.regions)?;
+    index.prepare(&kind, ckpt.config.projection_dim)?;
 
     // What each photo needs: nothing (unchanged), its file row (moved, or touched), or the model.
     let (mut unchanged, mut reused, mut failed_reads) = (0, 0, 0);
@@ -78,7 +79,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     let removed = gone.len();
     index.batch(|b| {
         gone.iter().try_for_each(|p| b.remove(p))?;
-        b.collect_garbage().map(|_| ())
+        b.collect_garbage()
     })?;
 
     // The rest through the model, one transaction per batch.
@@ -110,7 +111,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     cx.ui.note(&format!(
         "{}: {} photos: {unchanged} unchanged, {reused} reused by content (moved or touched), \
          {} embedded, {removed} removed{}",
-        db.display(),
+        index.describe(),
         paths.len(),
         stats.photos,
         if failed_reads > 0 {
@@ -150,14 +151,14 @@ fn database(args: &IndexArgs, roots: &[PathBuf]) -> Result<PathBuf> {
 /// `--export DIR`: `img_emb/img_emb_0.npy`, `paths.txt` and `metadata.jsonl` (path, region).
 fn export(cx: &Context, args: &IndexArgs, dir: &Path) -> Result<Outcome> {
     let db = args.db.as_ref().expect("clap: --export requires --db");
-    let index = Index::open(db, false)?;
+    let mut index = cx.store(db, false)?;
     let ckpt = cx.model(true)?;
     let kind: Kind = cx.index_kind(&ckpt, &args.regions)?;
-    let rows = index.rows(&kind)?;
+    let rows = index.rows(&kind, cx.site.as_deref())?;
     if rows.is_empty() {
         bail!(
             "{} holds no embeddings of this model with these settings",
-            db.display()
+            index.describe()
         );
     }
     let dim = rows[0].vector.len();

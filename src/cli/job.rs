@@ -314,8 +314,8 @@ impl StoredArgs {
         if let Some(db) = &self.db {
             let ckpt = cx.model(true)?;
             let kind = cx.index_kind(&ckpt, asked)?;
-            let index = crate::index::Index::open(db, false)?;
-            let stored = index.stored(&kind, ckpt.config.projection_dim)?;
+            let mut index = cx.store(db, false)?;
+            let stored = index.stored(&kind, ckpt.config.projection_dim, cx.site.as_deref())?;
             if stored.paths.is_empty() {
                 bail!(
                     "{} holds no embeddings of this model with these settings ({}, regions: {}); \

@@ -64,11 +64,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
     if format == Format::Coco {
         bail!("--format coco is not for leftovers: give table, jsonl, json, csv or tsv");
     }
-    let mut store = args
-        .db
-        .as_deref()
-        .map(|p| crate::index::Index::open(p, true))
-        .transpose()?;
+    let mut store = args.db.as_deref().map(|p| cx.store(p, true)).transpose()?;
     let ckpt = std::sync::Arc::new(cx.model(false)?);
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
@@ -373,8 +369,8 @@ fn write_summary(path: &Path, format: Format, s: &SummaryFile) -> Result<()> {
 }
 
 /// A record as the store keeps it.
-fn stored(r: &Record) -> crate::index::LeftoverRow {
-    crate::index::LeftoverRow {
+fn stored(r: &Record) -> crate::store::LeftoverRow {
+    crate::store::LeftoverRow {
         date: r.date.clone().unwrap_or_default(),
         tray: r.tray.clone(),
         compartment: r.compartment.clone().unwrap_or_default(),

@@ -7,9 +7,9 @@ use super::ui::quiet_on_closed_pipe;
 use super::Outcome;
 use crate::classify::{embed_pictures, Classifier};
 use crate::fsutil::path_bytes;
-use crate::index::{Index, Row};
 use crate::labels::{LabelClass, LabelSet, Templates};
 use crate::output::{Format, Layout, Printer, RecordKind};
+use crate::store::{Filter, Row};
 use anyhow::{bail, Context as _, Result};
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
@@ -80,7 +80,7 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
         .db
         .clone()
         .unwrap_or_else(|| PathBuf::from(".foodclip/index.sqlite"));
-    let index = Index::open(&db, false)?;
+    let mut index = cx.store(&db, false)?;
     // The image tower only for --like: text queries whose prompts are cached read no tower.
     let ckpt = cx.model(args.like.is_empty())?;
     let kind = cx.index_kind(&ckpt, &args.regions)?;
@@ -130,18 +130,18 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
         .under
         .as_ref()
         .map(|u| std::fs::canonicalize(u).unwrap_or_else(|_| u.clone()));
-    let under = under.as_ref().map(|u| path_bytes(u).into_owned());
-    let keep = |path: &[u8], mtime: i64| {
-        under.as_ref().is_none_or(|u| path.starts_with(u))
-            && since.is_none_or(|s| mtime >= s)
-            && until.is_none_or(|u| mtime < u)
+    let filter = Filter {
+        under: under.as_ref().map(|u| path_bytes(u).into_owned()),
+        since,
+        until,
+        site: cx.site.clone(),
     };
-    let hits = index.top(&kind, &query, keep, args.top)?;
+    let hits = index.top(&kind, &query, &filter, args.top)?;
     if hits.is_empty() && index.rows_of(&kind)? == 0 {
         bail!(
             "{} holds no embeddings of this model with these settings; index it with the same \
              --model, --precision, --exact-preprocess and region flags",
-            db.display()
+            index.describe()
         );
     }
     let out = io::stdout().lock();

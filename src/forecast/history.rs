@@ -168,7 +168,11 @@ fn kind_of(path: &Path, head: &[u8]) -> Kind {
 
 /// Reads history files into one [`History`], naming dishes in `dishes`. Errors name the file
 /// and line (or record, in a JSON array).
-pub fn load(paths: &[impl AsRef<Path>], dishes: &mut Dishes) -> Result<History> {
+pub fn load(
+    paths: &[impl AsRef<Path>],
+    site: Option<&str>,
+    dishes: &mut Dishes,
+) -> Result<History> {
     let mut folder = Folder {
         dishes,
         sums: HashMap::new(),
@@ -177,6 +181,10 @@ pub fn load(paths: &[impl AsRef<Path>], dishes: &mut Dishes) -> Result<History> 
     };
     for path in paths {
         let path = path.as_ref();
+        if crate::store::is_postgres(path) {
+            store_rows(path, site, &mut folder)?;
+            continue;
+        }
         let file = std::fs::File::open(path)
             .with_context(|| format!("cannot open history {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
@@ -193,25 +201,7 @@ pub fn load(paths: &[impl AsRef<Path>], dishes: &mut Dishes) -> Result<History> 
         match kind {
             Kind::Store => {
                 drop(reader);
-                let index = crate::index::Index::open(path, false)?;
-                index.leftovers(|row| {
-                    let at = || {
-                        format!(
-                            "{at}: day {} tray {} compartment {}",
-                            row.date, row.tray, row.compartment
-                        )
-                    };
-                    folder
-                        .add(Row {
-                            date: Some(row.date.clone()).filter(|d| !d.is_empty()),
-                            dish: row.dish.clone(),
-                            leftover: row.leftover,
-                            trays: None,
-                            served_g: None,
-                            error: row.error.clone(),
-                        })
-                        .with_context(at)
-                })?;
+                store_rows(path, site, &mut folder)?;
             }
             Kind::JsonLines => json_lines(reader, &mut folder, path)?,
             Kind::JsonArray => {
@@ -386,4 +376,30 @@ impl<'de> Visitor<'de> for Rows<'_, '_> {
         }
         Ok(())
     }
+}
+
+/// Folds the leftovers rows of the store at `path` (a SQLite file, or `site`'s rows of a
+/// shared PostgreSQL store).
+fn store_rows(path: &Path, site: Option<&str>, folder: &mut Folder) -> Result<()> {
+    let mut store = crate::store::Store::open(path, false, site)?;
+    let at = store.describe();
+    store.leftovers(|row| {
+        let at = || {
+            format!(
+                "{at}: day {} tray {} compartment {}",
+                row.date, row.tray, row.compartment
+            )
+        };
+        folder
+            .add(Row {
+                date: Some(row.date.clone()).filter(|d| !d.is_empty()),
+                dish: row.dish.clone(),
+                leftover: row.leftover,
+                trays: None,
+                served_g: None,
+                error: row.error.clone(),
+            })
+            .with_context(at)
+    })?;
+    Ok(())
 }

@@ -366,7 +366,7 @@ impl Service {
     /// Reads the history files and fits, naming dishes by `labels`.
     pub fn load(history: &[impl AsRef<std::path::Path>], labels: &LabelSet) -> Result<Self> {
         let mut dishes = Dishes::new(labels);
-        let h = history::load(history, &mut dishes)?;
+        let h = history::load(history, None, &mut dishes)?;
         let span = h.span().expect("a loaded history has days");
         Ok(Self {
             forecaster: Forecaster::new(&h, &dishes),

@@ -12,9 +12,8 @@
 //! The database says what it is with `PRAGMA application_id` and its layout with
 //! `PRAGMA user_version`; any other file is refused untouched.
 
-use crate::embeddings::StoredEmbeddings;
+use super::{dot_le, region_of, FileState, Filter, Kind, LeftoverRow, Row};
 use crate::fsutil::{path_bytes, path_from_bytes};
-use crate::regions::Region;
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -42,80 +41,6 @@ const LEFTOVERS: &str = concat!(
     "compartment TEXT NOT NULL, dish TEXT, dish_group TEXT, leftover REAL, portion_g REAL, ",
     "served TEXT, returned TEXT, error TEXT, PRIMARY KEY(date, tray, compartment));"
 );
-
-/// One row of `leftovers`: a tray's compartment on a day (empty strings where there is none).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LeftoverRow {
-    /// `YYYY-MM-DD`, or empty.
-    pub date: String,
-    /// The tray's name.
-    pub tray: String,
-    /// The compartment's name, or empty for a tray that could not be measured at all.
-    pub compartment: String,
-    /// The dish.
-    pub dish: Option<String>,
-    /// Its group.
-    pub group: Option<String>,
-    /// Share left.
-    pub leftover: Option<f64>,
-    /// Grams per portion.
-    pub portion_g: Option<f64>,
-    /// The served photo.
-    pub served: Option<String>,
-    /// The returned photo.
-    pub returned: Option<String>,
-    /// Why it has no measurement.
-    pub error: Option<String>,
-}
-
-/// What a set of embeddings was made with: they are only compared with their own kind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Kind {
-    /// The checkpoint's fingerprint.
-    pub checkpoint: String,
-    /// Preprocessing and precision, such as `fast-f32`.
-    pub mode: String,
-    /// Where the regions came from (empty for whole photos).
-    pub source: String,
-}
-
-/// A file as the index last saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileState {
-    /// Size in bytes.
-    pub size: u64,
-    /// Modification time, nanoseconds since the epoch.
-    pub mtime: i64,
-}
-
-impl FileState {
-    /// The state of the file at `path` now.
-    pub fn of(path: &Path) -> Result<Self> {
-        let meta = std::fs::metadata(path).context("cannot read")?;
-        let mtime = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos() as i64);
-        Ok(Self {
-            size: meta.len(),
-            mtime,
-        })
-    }
-}
-
-/// One indexed embedding with its photo.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    /// The photo.
-    pub path: PathBuf,
-    /// Its modification time (ns since the epoch).
-    pub mtime: i64,
-    /// The region, for region rows.
-    pub region: Option<Region>,
-    /// The embedding.
-    pub vector: Vec<f32>,
-}
 
 /// An open index.
 pub struct Index {
@@ -269,9 +194,9 @@ impl Index {
     }
 
     /// Runs `f` in one transaction (one batch: committed whole or not at all).
-    pub fn batch<T>(&mut self, f: impl FnOnce(&Batch) -> Result<T>) -> Result<T> {
+    pub fn batch<T>(&mut self, f: impl FnOnce(Batch) -> Result<T>) -> Result<T> {
         let tx = self.conn.transaction()?;
-        let out = f(&Batch { tx: &tx })?;
+        let out = f(Batch { tx: &tx })?;
         tx.commit()
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         Ok(out)
@@ -325,83 +250,62 @@ impl Index {
         Ok(out)
     }
 
-    /// Every embedding of `kind` with its photos (a content indexed under several paths is a
-    /// row per path), in path order.
-    pub fn rows(&self, kind: &Kind) -> Result<Vec<Row>> {
+    /// Calls `f` with every embedding of `kind` with its photo, in path order (a content
+    /// indexed under several paths is a row per path).
+    pub fn each_row(&self, kind: &Kind, mut f: impl FnMut(Row) -> Result<()>) -> Result<()> {
         let mut stmt = self.conn.prepare(
             "SELECT f.path, f.mtime, e.region, e.vector FROM embeddings e \
              JOIN files f ON f.hash = e.hash \
              WHERE e.checkpoint = ?1 AND e.mode = ?2 AND e.source = ?3 ORDER BY f.path, e.idx",
         )?;
-        let rows = stmt.query_map(params![kind.checkpoint, kind.mode, kind.source], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (path, mtime, region, vector) = row?;
-            let region = if region.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(&region).context("a damaged region in the index")?)
-            };
-            out.push(Row {
-                path: path_from_bytes(path),
-                mtime,
-                region,
-                vector: crate::embeddings::le_values(&vector, f32::from_le_bytes),
-            });
+        let mut rows = stmt.query(params![kind.checkpoint, kind.mode, kind.source])?;
+        while let Some(r) = rows.next()? {
+            f(Row {
+                site: None,
+                path: path_from_bytes(r.get::<_, Vec<u8>>(0)?),
+                mtime: r.get(1)?,
+                region: region_of(r.get_ref(2)?.as_str()?)?,
+                vector: crate::embeddings::le_values(r.get_ref(3)?.as_blob()?, f32::from_le_bytes),
+            })?;
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// The `n` rows of `kind` most similar to `query` (cosine: rows and query are unit length)
-    /// among those whose photo `keep` accepts (by path bytes and mtime), best first. Rows are
-    /// streamed: memory holds only the best `n`.
+    /// The `n` rows of `kind` most similar to `query` among the photos `filter` keeps, best
+    /// first (see [`super::Store::top`]). Rows are streamed: memory holds only the best `n`.
     pub fn top(
         &self,
         kind: &Kind,
         query: &[f32],
-        keep: impl Fn(&[u8], i64) -> bool,
+        filter: &Filter,
         n: usize,
     ) -> Result<Vec<(f32, Row)>> {
         use std::cmp::Reverse;
         use std::collections::BinaryHeap;
         let mut stmt = self.conn.prepare(
-            "SELECT f.path, f.mtime, e.region, e.vector FROM embeddings e \
+            "SELECT f.path, f.mtime, e.region, e.vector, e.idx FROM embeddings e \
              JOIN files f ON f.hash = e.hash \
              WHERE e.checkpoint = ?1 AND e.mode = ?2 AND e.source = ?3",
         )?;
         let mut rows = stmt.query(params![kind.checkpoint, kind.mode, kind.source])?;
         let mut best: BinaryHeap<Reverse<Candidate>> = BinaryHeap::new();
-        let mut seq = 0u64;
         while let Some(r) = rows.next()? {
             let path = r.get_ref(0)?.as_blob()?;
             let mtime: i64 = r.get(1)?;
-            if n == 0 || !keep(path, mtime) {
+            if n == 0 || !filter.keeps(path, mtime) {
                 continue;
             }
-            let vector = r.get_ref(3)?.as_blob()?;
-            let score: f32 = vector
-                .chunks_exact(4)
-                .zip(query)
-                .map(|(c, q)| f32::from_le_bytes(c.try_into().expect("4 bytes")) * q)
-                .sum();
-            seq += 1;
-            let better = best
-                .peek()
-                .is_none_or(|Reverse(w)| (score, Reverse(seq)) > (w.score, Reverse(w.seq)));
-            if best.len() < n || better {
+            let candidate = Candidate {
+                score: dot_le(r.get_ref(3)?.as_blob()?, query),
+                path: path.to_vec(),
+                idx: r.get(4)?,
+                mtime,
+                region: String::new(),
+            };
+            if best.len() < n || best.peek().is_some_and(|Reverse(w)| candidate > *w) {
                 best.push(Reverse(Candidate {
-                    score,
-                    seq,
-                    path: path.to_vec(),
-                    mtime,
                     region: r.get(2)?,
+                    ..candidate
                 }));
                 if best.len() > n {
                     best.pop();
@@ -412,20 +316,14 @@ impl Index {
         out.sort_by(|a, b| b.cmp(a));
         out.into_iter()
             .map(|c| {
-                let region = if c.region.is_empty() {
-                    None
-                } else {
-                    Some(serde_json::from_str(&c.region).context("a damaged region in the index")?)
+                let row = Row {
+                    site: None,
+                    path: path_from_bytes(c.path),
+                    mtime: c.mtime,
+                    region: region_of(&c.region)?,
+                    vector: Vec::new(),
                 };
-                Ok((
-                    c.score,
-                    Row {
-                        path: path_from_bytes(c.path),
-                        mtime: c.mtime,
-                        region,
-                        vector: Vec::new(),
-                    },
-                ))
+                Ok((c.score, row))
             })
             .collect()
     }
@@ -438,44 +336,24 @@ impl Index {
             |r| r.get::<_, i64>(0),
         )? as usize)
     }
-
-    /// The rows of `kind` as stored embeddings (for `classify --db`, `eval --db`).
-    pub fn stored(&self, kind: &Kind, dim: usize) -> Result<StoredEmbeddings> {
-        let rows = self.rows(kind)?;
-        let mut stored = StoredEmbeddings {
-            checkpoint: kind.checkpoint.clone(),
-            paths: Vec::with_capacity(rows.len()),
-            regions: Vec::new(),
-            dim,
-            values: Vec::with_capacity(rows.len() * dim),
-        };
-        let regions = rows.iter().any(|r| r.region.is_some());
-        for row in rows {
-            if row.vector.len() != dim {
-                bail!("{} holds embeddings of another width", self.path.display());
-            }
-            stored.paths.push(row.path);
-            stored.values.extend(row.vector);
-            if regions {
-                stored.regions.push(row.region);
-            }
-        }
-        Ok(stored)
-    }
 }
 
-/// A row in the running best of [`Index::top`]: ordered by score, then earlier rows first.
+/// A row in the running best of [`Index::top`]: ordered by score, then (better) the smaller
+/// path and region index.
 struct Candidate {
     score: f32,
-    seq: u64,
     path: Vec<u8>,
+    idx: i64,
     mtime: i64,
     region: String,
 }
 
 impl Ord for Candidate {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.score.total_cmp(&o.score).then(o.seq.cmp(&self.seq))
+        self.score
+            .total_cmp(&o.score)
+            .then_with(|| o.path.cmp(&self.path))
+            .then(o.idx.cmp(&self.idx))
     }
 }
 
@@ -520,14 +398,10 @@ impl Batch<'_> {
         hash: &[u8],
         kind: &Kind,
         idx: usize,
-        region: Option<&Region>,
+        region: &str,
         vector: &[f32],
     ) -> Result<()> {
         let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let region = match region {
-            Some(r) => serde_json::to_string(r)?,
-            None => String::new(),
-        };
         self.tx.execute(
             "INSERT OR REPLACE INTO embeddings(hash, checkpoint, mode, source, idx, region, vector) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -575,29 +449,6 @@ impl Batch<'_> {
     }
 }
 
-/// The BLAKE3 hash of the file at `path`.
-pub fn content_hash(path: &Path) -> Result<Vec<u8>> {
-    let mut hasher = blake3::Hasher::new();
-    let mut file = std::fs::File::open(path).context("cannot read")?;
-    std::io::copy(&mut file, &mut hasher).context("cannot read")?;
-    Ok(hasher.finalize().as_bytes().to_vec())
-}
-
-/// `values` (`rows x dim`, f32) as a NumPy `.npy` file's bytes (format 1.0, little-endian).
-pub fn npy(values: &[f32], rows: usize, dim: usize) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}");
-    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
-    let total = (10 + header.len() + 1).div_ceil(64) * 64;
-    header.push_str(&" ".repeat(total - 10 - header.len() - 1));
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend((header.len() as u16).to_le_bytes());
-    out.extend(header.as_bytes());
-    out.extend(values.iter().flat_map(|v| v.to_le_bytes()));
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -620,11 +471,17 @@ mod tests {
             .batch(|b| {
                 b.file(Path::new("/a/x.jpg"), &state, b"h1")?;
                 b.file(Path::new("/a/y.jpg"), &state, b"h1")?;
-                b.embedding(b"h1", &kind(), 0, None, &[0.6, 0.8])
+                b.embedding(b"h1", &kind(), 0, "", &[0.6, 0.8])
             })
             .unwrap();
         assert!(index.has(b"h1", &kind()).unwrap());
-        let rows = index.rows(&kind()).unwrap();
+        let mut rows = Vec::new();
+        index
+            .each_row(&kind(), |r| {
+                rows.push(r);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(rows.len(), 2, "one content, two paths");
         assert_eq!(rows[1].vector, vec![0.6, 0.8]);
         index.batch(|b| b.remove(Path::new("/a/x.jpg"))).unwrap();
@@ -689,16 +546,5 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version, 2);
-    }
-
-    #[test]
-    fn npy_header_is_aligned() {
-        let bytes = npy(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 2, 3);
-        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-        let len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + len) % 64, 0);
-        let header = std::str::from_utf8(&bytes[10..10 + len]).unwrap();
-        assert!(header.contains("'shape': (2, 3)") && header.ends_with('\n'));
-        assert_eq!(bytes.len(), 10 + len + 24);
     }
 }
