@@ -14,13 +14,7 @@ use std::process::Output;
 use std::time::{Duration, SystemTime};
 
 fn run(dir: &Path, args: &[&str]) -> Output {
-    foodclip()
-        .current_dir(dir)
-        .arg("--model")
-        .arg(fixtures().join("tiny-openai"))
-        .args(args)
-        .output()
-        .unwrap()
+    run_in(dir, args)
 }
 
 fn stderr(o: &Output) -> String {

@@ -353,7 +353,7 @@ pub struct StoredArgs {
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// Folders (or photos) of the archive.
-    #[arg(required_unless_present = "export")]
+    #[arg(required_unless_present_any = ["export", "copy_to"])]
     pub dirs: Vec<PathBuf>,
     /// The store: a SQLite file (default: DIR/.foodclip/index.sqlite for a single folder), or
     /// a shared PostgreSQL database with pgvector, postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
@@ -364,6 +364,11 @@ pub struct IndexArgs {
     /// clip-retrieval, instead of indexing.
     #[arg(long, value_name = "DIR", requires = "db")]
     pub export: Option<PathBuf>,
+    /// Copy the whole SQLite index --db (files as this --site's, every checkpoint's
+    /// embeddings, the leftovers) into a shared store, postgres://..., instead of indexing.
+    /// Rows already there are replaced, so a copy can be run again.
+    #[arg(long, value_name = "URL", requires = "db", conflicts_with = "export")]
+    pub copy_to: Option<PathBuf>,
     /// Batching and decoding.
     #[command(flatten)]
     pub batch: BatchArgs,

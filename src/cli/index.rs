@@ -8,7 +8,7 @@ use super::Outcome;
 use crate::fsutil::{write_atomically, PathJson};
 use crate::inputs::collect_inputs;
 use crate::pipeline::embedding_rows;
-use crate::store::{content_hash, npy, FileState, Kind};
+use crate::store::{content_hash, is_postgres, npy, FileState, Kind};
 use anyhow::{bail, Context as _, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     if let Some(dir) = &args.export {
         return export(cx, args, dir);
+    }
+    if let Some(url) = &args.copy_to {
+        return copy_to(cx, args, url);
     }
     // Absolute paths: the index means the same from any working directory.
     let roots: Vec<PathBuf> = args
@@ -186,6 +189,26 @@ fn export(cx: &Context, args: &IndexArgs, dir: &Path) -> Result<Outcome> {
         "wrote {} embeddings of {dim} values to {}",
         rows.len(),
         dir.display()
+    ));
+    Ok(Outcome::Success)
+}
+
+/// `--copy-to URL`: the SQLite index `--db` copied whole into a shared store.
+fn copy_to(cx: &Context, args: &IndexArgs, url: &Path) -> Result<Outcome> {
+    let db = args.db.as_ref().expect("clap: --copy-to requires --db");
+    if is_postgres(db) || !is_postgres(url) {
+        bail!("--copy-to copies a SQLite index (--db FILE) into a shared store: give --copy-to postgres://...");
+    }
+    let from = crate::store::sqlite::Index::open(db, false)?;
+    let mut to = cx.store(url, true)?;
+    let c = crate::store::copy(&from, &mut to)?;
+    cx.ui.note(&format!(
+        "copied {} files, {} embeddings and {} leftovers rows from {} to {}",
+        c.files,
+        c.embeddings,
+        c.leftovers,
+        db.display(),
+        to.describe()
     ));
     Ok(Outcome::Success)
 }

@@ -51,7 +51,7 @@ fn day(date: &str, days_after: i64) -> Result<i64> {
     let [y, m, d] = parts[..] else {
         return Err(bad());
     };
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return Err(bad());
     }
     // Days from the civil date (Howard Hinnant's algorithm).
@@ -61,7 +61,8 @@ fn day(date: &str, days_after: i64) -> Result<i64> {
     let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468 + days_after;
-    Ok(days * 86_400 * 1_000_000_000)
+    // Past 2262 the nanoseconds overflow: such a day is later than any file.
+    Ok(days.saturating_mul(86_400 * 1_000_000_000))
 }
 
 pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {

@@ -289,6 +289,94 @@ impl Store {
     }
 }
 
+/// What [`copy`] copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Copied {
+    /// File rows.
+    pub files: usize,
+    /// Embeddings.
+    pub embeddings: usize,
+    /// Leftovers rows.
+    pub leftovers: usize,
+}
+
+/// Rows per transaction of [`copy`].
+const COPY_BATCH: usize = 1000;
+
+/// Copies a SQLite index whole into `to` (a shared store): its files (as `to`'s site), every
+/// kind's embeddings (each kind's vector index built once its rows are in), and its leftovers;
+/// in transactions of [`COPY_BATCH`] rows, upserted, so a copy cut short can be run again.
+pub fn copy(from: &sqlite::Index, to: &mut Store) -> Result<Copied> {
+    let mut copied = Copied::default();
+    let mut files = Vec::with_capacity(COPY_BATCH);
+    let flush_files = |to: &mut Store, files: &mut Vec<(PathBuf, FileState, Vec<u8>)>| {
+        to.batch(|b| files.iter().try_for_each(|(p, s, h)| b.file(p, s, h)))?;
+        files.clear();
+        anyhow::Ok(())
+    };
+    from.each_file(|path, state, hash| {
+        files.push((path, state, hash));
+        copied.files += 1;
+        if files.len() == COPY_BATCH {
+            flush_files(to, &mut files)?;
+        }
+        Ok(())
+    })?;
+    flush_files(to, &mut files)?;
+    type Embedding = (Vec<u8>, usize, String, Vec<f32>);
+    let mut kinds: Vec<Kind> = Vec::new();
+    let mut rows: Vec<Embedding> = Vec::with_capacity(COPY_BATCH);
+    let flush = |to: &mut Store, kind: &Kind, rows: &mut Vec<Embedding>| {
+        to.batch(|b| {
+            rows.iter()
+                .try_for_each(|(hash, idx, region, vector)| match b {
+                    Batch::Postgres(p) => p.embedding(hash, kind, *idx, region, vector),
+                    Batch::Sqlite(s) => s.embedding(hash, kind, *idx, region, vector),
+                })
+        })?;
+        rows.clear();
+        anyhow::Ok(())
+    };
+    from.each_embedding(|hash, kind, idx, region, vector| {
+        if kinds.last() != Some(&kind) {
+            if let Some(last) = kinds.last().cloned() {
+                flush(to, &last, &mut rows)?;
+            }
+            if let Store::Postgres(p) = to {
+                p.register(&kind, vector.len())?;
+            }
+            kinds.push(kind.clone());
+        }
+        rows.push((hash, idx, region, vector));
+        copied.embeddings += 1;
+        if rows.len() == COPY_BATCH {
+            flush(to, &kind, &mut rows)?;
+        }
+        Ok(())
+    })?;
+    if let Some(last) = kinds.last().cloned() {
+        flush(to, &last, &mut rows)?;
+    }
+    let mut leftovers = Vec::new();
+    from.leftovers(|row| {
+        leftovers.push(row);
+        copied.leftovers += 1;
+        if leftovers.len() == COPY_BATCH {
+            to.batch(|b| leftovers.iter().try_for_each(|r| b.leftover(r)))?;
+            leftovers.clear();
+        }
+        Ok(())
+    })?;
+    to.batch(|b| leftovers.iter().try_for_each(|r| b.leftover(r)))?;
+    for kind in &kinds {
+        if let Store::Postgres(p) = to {
+            let dim = p.width(kind)?;
+            p.prepare(kind, dim)?;
+        }
+    }
+    Ok(copied)
+}
+
 impl Batch<'_> {
     /// Records `path` as it is now, with its content hash.
     pub fn file(&mut self, path: &Path, state: &FileState, hash: &[u8]) -> Result<()> {

@@ -233,6 +233,11 @@ impl Shared {
             .is_some())
     }
 
+    /// The width of `kind`'s embeddings (0 when the store has none).
+    pub fn width(&mut self, kind: &Kind) -> Result<usize> {
+        Ok(self.kind(kind)?.map_or(0, |(_, dim)| dim))
+    }
+
     /// Numbers `kind` (`dim` wide) and gives it its HNSW index, once for the store.
     pub fn prepare(&mut self, kind: &Kind, dim: usize) -> Result<()> {
         self.register(kind, dim)?;

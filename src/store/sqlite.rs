@@ -328,6 +328,54 @@ impl Index {
             .collect()
     }
 
+    /// Calls `f` with every file row: path, state and hash.
+    pub fn each_file(
+        &self,
+        mut f: impl FnMut(PathBuf, FileState, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, size, mtime, hash FROM files")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let state = FileState {
+                size: r.get::<_, i64>(1)? as u64,
+                mtime: r.get(2)?,
+            };
+            f(path_from_bytes(r.get::<_, Vec<u8>>(0)?), state, r.get(3)?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every embedding as stored: content hash, kind, region index, region
+    /// JSON and vector.
+    pub fn each_embedding(
+        &self,
+        mut f: impl FnMut(Vec<u8>, Kind, usize, String, Vec<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare(
+            "SELECT hash, checkpoint, mode, source, idx, region, vector FROM embeddings \
+             ORDER BY checkpoint, mode, source",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let kind = Kind {
+                checkpoint: r.get(1)?,
+                mode: r.get(2)?,
+                source: r.get(3)?,
+            };
+            let vector = crate::embeddings::le_values(r.get_ref(6)?.as_blob()?, f32::from_le_bytes);
+            f(
+                r.get(0)?,
+                kind,
+                r.get::<_, i64>(4)? as usize,
+                r.get(5)?,
+                vector,
+            )?;
+        }
+        Ok(())
+    }
+
     /// How many rows of `kind` the index holds.
     pub fn rows_of(&self, kind: &Kind) -> Result<usize> {
         Ok(self.conn.query_row(

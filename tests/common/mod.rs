@@ -5,6 +5,7 @@ pub mod browser;
 pub mod kitchen;
 #[cfg(unix)]
 pub mod memory;
+pub mod pgserver;
 pub mod photos;
 
 use foodclip::checkpoint::Checkpoint;
@@ -29,6 +30,20 @@ pub fn foodclip() -> std::process::Command {
         )
         .env_remove("FOODCLIP_MODEL");
     cmd
+}
+
+/// `foodclip --model tiny-openai ARGS`, run in `dir`, away from any store or site the
+/// environment names.
+pub fn run_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    foodclip()
+        .current_dir(dir)
+        .arg("--model")
+        .arg(fixtures().join("tiny-openai"))
+        .args(args)
+        .env_remove("FOODCLIP_DB")
+        .env_remove("FOODCLIP_SITE")
+        .output()
+        .unwrap()
 }
 
 /// Copies the fixture checkpoint `name` into `to`.
