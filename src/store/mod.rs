@@ -328,11 +328,9 @@ pub fn copy(from: &sqlite::Index, to: &mut Store) -> Result<Copied> {
     let mut rows: Vec<Embedding> = Vec::with_capacity(COPY_BATCH);
     let flush = |to: &mut Store, kind: &Kind, rows: &mut Vec<Embedding>| {
         to.batch(|b| {
-            rows.iter()
-                .try_for_each(|(hash, idx, region, vector)| match b {
-                    Batch::Postgres(p) => p.embedding(hash, kind, *idx, region, vector),
-                    Batch::Sqlite(s) => s.embedding(hash, kind, *idx, region, vector),
-                })
+            rows.iter().try_for_each(|(hash, idx, region, vector)| {
+                b.embedding_json(hash, kind, *idx, region, vector)
+            })
         })?;
         rows.clear();
         anyhow::Ok(())
@@ -400,9 +398,21 @@ impl Batch<'_> {
             Some(r) => serde_json::to_string(r)?,
             None => String::new(),
         };
+        self.embedding_json(hash, kind, idx, &region, vector)
+    }
+
+    /// [`Self::embedding`] with the region as its stored JSON (empty for a whole photo).
+    pub fn embedding_json(
+        &mut self,
+        hash: &[u8],
+        kind: &Kind,
+        idx: usize,
+        region: &str,
+        vector: &[f32],
+    ) -> Result<()> {
         match self {
-            Self::Sqlite(b) => b.embedding(hash, kind, idx, &region, vector),
-            Self::Postgres(b) => b.embedding(hash, kind, idx, &region, vector),
+            Self::Sqlite(b) => b.embedding(hash, kind, idx, region, vector),
+            Self::Postgres(b) => b.embedding(hash, kind, idx, region, vector),
         }
     }
 

@@ -439,8 +439,8 @@ impl Batch<'_> {
         Ok(())
     }
 
-    /// Stores the embedding of region `idx` (or the whole photo, `region` `None`) of the content
-    /// `hash`.
+    /// Stores the embedding of region `idx` of the content `hash`, the region as JSON (empty
+    /// for a whole photo).
     pub fn embedding(
         &self,
         hash: &[u8],
