@@ -8,7 +8,8 @@ use crate::embeddings::StoredEmbeddings;
 use crate::fsutil::is_closed_pipe;
 use crate::preprocess::Fidelity;
 use crate::regions::{pieces, Photo, Piece, Region, Regions};
-use anyhow::{Context, Result};
+use crate::store::Row;
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -37,6 +38,8 @@ pub struct Stats {
     pub done: usize,
     /// Records that failed (a photo that could not be read, a region without a valid box).
     pub failed: usize,
+    /// Photos of a streamed store that the run's filter left out (`--shard`, `--resume`).
+    pub skipped: usize,
     /// Stopped early because the output was closed (`| head`).
     pub output_closed: bool,
     /// Wall time of the run.
@@ -88,9 +91,26 @@ pub enum Embedder<'a> {
         /// Where the tensors go.
         device: &'a Device,
     },
+    /// Every photo of a store, its rows read once, in the store's order (`classify --db`):
+    /// memory holds one batch, however many rows the store has.
+    Streamed {
+        /// The rows, a photo's together (see [`RowStream`]).
+        rows: RowStream<'a>,
+        /// Which photos the run takes; the rest count as skipped.
+        keep: Box<dyn Fn(&Path) -> bool + 'a>,
+        /// Photos per batch.
+        batch_size: usize,
+        /// Where the tensors go.
+        device: &'a Device,
+    },
 }
 
-/// Embeds `paths` in batches and hands every batch to `emit` in input order: the embeddings of
+/// Stored rows read once: calls its argument with each row in turn (a photo's rows one after
+/// another), and stops with the argument's first error.
+pub type RowStream<'a> = Box<dyn FnOnce(&mut dyn FnMut(Row) -> Result<()>) -> Result<()> + 'a>;
+
+/// Embeds `paths` in batches (or, with [`Embedder::Streamed`], every photo the store holds:
+/// `paths` is not read) and hands every batch to `emit` in input order: the embeddings of
 /// the records that have one (`None` if none has), the batch's paths and each photo's records.
 /// Photos are decoded on the rayon pool while the previous batch is embedded. Stops after the
 /// batch in flight when `interrupted` is set, or when `emit` fails with a broken pipe (a normal
@@ -176,9 +196,105 @@ pub fn run_batches(
                 }
             }
         }
+        Embedder::Streamed {
+            rows,
+            keep,
+            batch_size,
+            device,
+        } => stats.skipped = stream(rows, keep, batch_size, device, &mut deliver)?,
     }
     stats.elapsed = start.elapsed();
     Ok(stats)
+}
+
+/// Why a [`RowStream`] was stopped early: the run was told to stop.
+#[derive(Debug)]
+struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// The [`Embedder::Streamed`] loop: gathers the rows of `batch_size` photos that `keep` takes
+/// (a photo is a run of rows with one site and path) and hands them on. Returns how many
+/// photos `keep` left out.
+fn stream(
+    rows: RowStream,
+    keep: Box<dyn Fn(&Path) -> bool + '_>,
+    batch_size: usize,
+    device: &Device,
+    deliver: &mut impl FnMut(Option<Tensor>, &[PathBuf], Items) -> Result<bool>,
+) -> Result<usize> {
+    let batch_size = batch_size.max(1);
+    let mut chunk: Vec<PathBuf> = Vec::with_capacity(batch_size);
+    let mut items: Items = Vec::with_capacity(batch_size);
+    let mut values: Vec<f32> = Vec::new();
+    let mut width = 0;
+    // The photo of the last row (site and path), and whether it is kept.
+    let mut last: Option<(Option<String>, PathBuf, bool)> = None;
+    let mut skipped = 0;
+    // Hands the gathered batch on; `Ok(true)` means stop.
+    let mut flush =
+        |chunk: &mut Vec<PathBuf>, items: &mut Items, values: &mut Vec<f32>, width: usize| {
+            if chunk.is_empty() {
+                return Ok(false);
+            }
+            let n = values.len() / width.max(1);
+            let emb = (n > 0)
+                .then(|| Tensor::from_vec(std::mem::take(values), (n, width), device))
+                .transpose()?;
+            let stop = deliver(emb, chunk, std::mem::take(items))?;
+            chunk.clear();
+            anyhow::Ok(stop)
+        };
+    let read = rows(&mut |row: Row| {
+        let same = last
+            .as_ref()
+            .is_some_and(|(site, path, _)| *site == row.site && *path == row.path);
+        if !same {
+            if chunk.len() == batch_size && flush(&mut chunk, &mut items, &mut values, width)? {
+                return Err(Stopped.into());
+            }
+            let kept = keep(&row.path);
+            if kept {
+                chunk.push(row.path.clone());
+                items.push(Vec::new());
+            } else {
+                skipped += 1;
+            }
+            last = Some((row.site, row.path, kept));
+        }
+        if last.as_ref().is_some_and(|(_, _, kept)| *kept) {
+            if width == 0 {
+                width = row.vector.len();
+            }
+            if row.vector.len() != width {
+                bail!(
+                    "stored embeddings of two widths ({width} and {})",
+                    row.vector.len()
+                );
+            }
+            values.extend(row.vector);
+            items.last_mut().expect("a photo per row").push(Item {
+                region: row.region,
+                result: Ok(()),
+                warning: None,
+            });
+        }
+        Ok(())
+    });
+    match read {
+        Err(e) if e.is::<Stopped>() => {}
+        Err(e) => return Err(e),
+        Ok(()) => {
+            flush(&mut chunk, &mut items, &mut values, width)?;
+        }
+    }
+    Ok(skipped)
 }
 
 /// The [`Embedder::Photos`] loop: each photo's pieces through [`run_prepared`].

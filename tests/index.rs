@@ -337,6 +337,59 @@ fn classify_db_equals_classify_and_export_reads_back() {
     )));
     assert_eq!(scored.len(), 8);
     assert_eq!(scored[1]["region"]["name"], "r1c2");
+    // The store is streamed batch by batch: batches that end inside a photo's regions,
+    // --shard and --resume give the same records.
+    let classify = |extra: &[&str]| {
+        let args = [
+            &["classify", "--labels", l, "-f", "jsonl"][..],
+            &grid,
+            extra,
+        ]
+        .concat();
+        jsonl_records(ok(&run(d, &args)))
+    };
+    assert_eq!(classify(&["--batch-size", "3"]), scored);
+    let key = |r: &Value| format!("{}#{}", r["path"], r["region"]["name"]);
+    let mut all = scored.clone();
+    all.sort_by_key(key);
+    // Shards by path hash (temporary paths differ per run): the first count that splits them.
+    let (count, mut shards) = (2..16)
+        .map(|n| (n, classify(&["--shard", &format!("0/{n}")])))
+        .find(|(_, first)| !first.is_empty() && first.len() < all.len())
+        .unwrap();
+    for k in 1..count {
+        shards.extend(classify(&["--shard", &format!("{k}/{count}")]));
+    }
+    shards.sort_by_key(key);
+    assert_eq!(shards, all);
+    let shard = format!("0/{count}");
+    assert!(classify(&["--shard", &shard, "-o", "part.jsonl"]).is_empty());
+    let first = jsonl_records(&std::fs::read(d.join("part.jsonl")).unwrap());
+    let photos: std::collections::HashSet<_> = first.iter().map(|r| r["path"].clone()).collect();
+    let o = run(
+        d,
+        &[
+            &[
+                "classify",
+                "--labels",
+                l,
+                "-f",
+                "jsonl",
+                "--resume",
+                "-o",
+                "part.jsonl",
+            ][..],
+            &grid,
+        ]
+        .concat(),
+    );
+    ok(&o);
+    let resumed = std::fs::read(d.join("part.jsonl")).unwrap();
+    let mut resumed = jsonl_records(&resumed);
+    resumed.sort_by_key(key);
+    assert_eq!(resumed, all);
+    let skipped = format!("{} skipped", photos.len());
+    assert!(stderr(&o).contains(&skipped), "{}", stderr(&o));
     // Export: img_emb/img_emb_0.npy (f32, rows x dim) and paths.txt in the same order.
     ok(&run(
         d,

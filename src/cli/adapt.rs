@@ -38,10 +38,11 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
     if let Some(a) = &old {
         cx.check_adapter(&ckpt, a)?;
     }
-    let sink = args
-        .data
-        .stored
-        .prepare(cx, source.stored.as_ref(), &ckpt)?;
+    let sink = args.data.stored.prepare(
+        cx,
+        source.stored.as_ref().map(|s| s.checkpoint.as_str()),
+        &ckpt,
+    )?;
     cx.warn_language(&ckpt, &labels);
     let dim = ckpt.config.projection_dim;
     let classifier = cx.classifier(&ckpt, &labels, &templates)?;
@@ -131,7 +132,7 @@ fn augmented(
     args: &AdaptArgs,
 ) -> Result<Vec<f32>> {
     let dim = ckpt.config.projection_dim;
-    let progress = cx.ui.progress_bar(cases.len());
+    let progress = cx.ui.progress_bar(Some(cases.len()));
     let mut out = Vec::with_capacity(cases.len() * dim);
     for chunk in cases.chunks(args.data.batch.batch_size as usize) {
         let pictures = chunk

@@ -2,7 +2,7 @@
 
 use super::context::Context;
 use super::flags::ClassifyArgs;
-use super::job::{embedder, Job, Record};
+use super::job::{embedder, Job, Listed, Record, Stored};
 use super::Outcome;
 use crate::classify::{OpenSet, Ranking, Shown};
 use crate::draw::{file_for, write_svg, Mark};
@@ -25,7 +25,7 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let open_set = OpenSet::new(args.threshold, args.min_margin)
         .map_err(|e| anyhow!("--threshold, --min-margin: {e}"))?;
     let mut regions = args.input.regions.load_auto()?;
-    let stored = args
+    let mut stored = args
         .stored
         .load(cx, &args.input.regions, regions.as_ref())?;
     let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
@@ -41,13 +41,18 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let layout = Layout {
         groups: !labels.groups.is_empty(),
         decision: open_set.is_active(),
-        regions: regions.is_some() || stored.as_ref().is_some_and(|s| !s.regions.is_empty()),
+        regions: regions.is_some() || stored.as_ref().is_some_and(Stored::by_regions),
         ..Layout::new(format, RecordKind::Predictions)
     };
-    let listed = stored.as_ref().map(|s| s.photos());
-    let job = Job::prepare(&args.input, layout, listed, regions.as_ref())?;
+    let listed = match &stored {
+        None => Listed::Inputs,
+        Some(Stored::File(s)) => Listed::Photos(s.photos()),
+        Some(Stored::Db(_)) => Listed::Streamed,
+    };
+    let mut job = Job::prepare(&args.input, layout, listed, regions.as_ref())?;
     let ckpt = std::sync::Arc::new(cx.model(stored.is_some())?);
-    let sink = args.stored.prepare(cx, stored.as_ref(), &ckpt)?;
+    let made_by = stored.as_ref().map(Stored::checkpoint);
+    let sink = args.stored.prepare(cx, made_by, &ckpt)?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
     let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.input.regions);
@@ -65,7 +70,11 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
         Ok(rankings)
     };
     let batch = &args.input.batch;
-    let embedder = embedder(&ckpt, stored.as_ref(), regions.as_ref(), batch, cx.fidelity);
+    let embedder = match &mut stored {
+        Some(Stored::Db(db)) => db.embedder(&ckpt, batch, job.keep()),
+        Some(Stored::File(s)) => embedder(&ckpt, Some(s), None, batch, cx.fidelity),
+        None => embedder(&ckpt, None, regions.as_ref(), batch, cx.fidelity),
+    };
     if let Some(dir) = &args.draw {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--draw: cannot create {}", dir.display()))?;

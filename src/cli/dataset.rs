@@ -15,7 +15,7 @@ use crate::labels::LabelSet;
 use crate::pipeline::{embedding_rows, Item, Stats};
 use crate::regions::{Photo, Region, Regions};
 use anyhow::{bail, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// A data set's photos, where their regions come from, and what they show.
@@ -26,7 +26,7 @@ pub(super) struct DataSet {
     /// With `--regions auto`: the region file's labelled boxes, the truth found regions are
     /// paired with ([`crate::eval::pair_boxes`]).
     truth_boxes: Option<Regions>,
-    /// Stored embeddings (`--embeddings`) instead of photos.
+    /// Stored embeddings (`--embeddings`, or the data set's rows of `--db`) instead of photos.
     pub stored: Option<StoredEmbeddings>,
     names: ClassNames,
     labels: LabelSet,
@@ -96,7 +96,6 @@ impl DataSet {
                 "--regions auto finds the regions on the photos: leave out --embeddings and --db"
             );
         }
-        let stored = args.stored.load(cx, &args.regions, asked.as_ref())?;
         let mut truth_boxes = None;
         // A region file as the data set: its photos, and a truth per region.
         let (samples, regions) = if is_region_file(path) && auto {
@@ -128,9 +127,21 @@ impl DataSet {
                     truth: Truth::Unmatched(String::new()),
                 })
                 .collect();
-            (samples, stored.is_none().then_some(regions))
+            (samples, (!args.stored.is_given()).then_some(regions))
         } else {
             (crate::eval::load_dataset(path, labels)?, asked)
+        };
+        // Only the data set's rows of a store, found by the path as given or made absolute.
+        let stored = match args.stored.load(cx, &args.regions, regions.as_ref())? {
+            Some(stored) => {
+                let mut wanted: HashSet<PathBuf> = HashSet::new();
+                for s in &samples {
+                    wanted.extend(std::fs::canonicalize(&s.path));
+                    wanted.insert(s.path.clone());
+                }
+                Some(stored.of_photos(|p| wanted.contains(p))?)
+            }
+            None => None,
         };
         Ok(Self {
             samples,
@@ -176,8 +187,13 @@ impl DataSet {
         let paths: Vec<PathBuf> = scorable.iter().map(|s| s.path.clone()).collect();
         let mut cases = Vec::with_capacity(paths.len());
         let mut missed = Vec::new();
-        let (stats, interrupted) =
-            run_photos(embedder, &paths, &cx.ui, sink, |emb, chunk, items| {
+        let (stats, interrupted) = run_photos(
+            embedder,
+            &paths,
+            Some(paths.len()),
+            &cx.ui,
+            sink,
+            |emb, chunk, items| {
                 let mut rows = embedding_rows(emb)?;
                 for (path, photo) in chunk.iter().zip(items) {
                     let photo = match &self.truth_boxes {
@@ -209,7 +225,8 @@ impl DataSet {
                     }
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         warn_unmatched(&cx.ui, &self.labels, &unmatched, by_regions);
         Ok(Embedded {
             cases,

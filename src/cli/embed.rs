@@ -2,7 +2,7 @@
 
 use super::context::Context;
 use super::flags::EmbedArgs;
-use super::job::{embedder, Job};
+use super::job::{embedder, Job, Listed};
 use super::Outcome;
 use crate::output::{Format, Layout, RecordKind};
 use anyhow::{bail, Context as _, Result};
@@ -16,7 +16,7 @@ pub(super) fn run(cx: &Context, args: &EmbedArgs) -> Result<Outcome> {
         regions: regions.is_some(),
         ..Layout::new(args.format, RecordKind::Embedding)
     };
-    let job = Job::prepare(&args.input, layout, None, regions.as_ref())?;
+    let job = Job::prepare(&args.input, layout, Listed::Inputs, regions.as_ref())?;
     let ckpt = cx.model(false)?;
     if let Some(file) = &args.adapter {
         cx.check_adapter(&ckpt, &crate::adapter::Adapter::load(file)?)?;

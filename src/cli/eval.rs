@@ -52,10 +52,11 @@ pub(super) fn run(cx: &Context, args: &EvalArgs) -> Result<Outcome> {
     let (labels, adapter, templates) = cx.classes(&args.classes)?;
     let mut source = DataSet::open(cx, &args.data, &labels)?;
     let ckpt = std::sync::Arc::new(cx.model(source.stored.is_some())?);
-    let sink = args
-        .data
-        .stored
-        .prepare(cx, source.stored.as_ref(), &ckpt)?;
+    let sink = args.data.stored.prepare(
+        cx,
+        source.stored.as_ref().map(|s| s.checkpoint.as_str()),
+        &ckpt,
+    )?;
     cx.warn_language(&ckpt, &labels);
     let classifier = cx.scorer(&ckpt, &labels, &templates, adapter.as_ref())?;
     let dishes = super::auto::Dishes::new(&labels, &classifier, &templates, &args.data.regions);

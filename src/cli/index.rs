@@ -92,8 +92,13 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .map(|(p, s, h)| (p.as_path(), (s, h.as_slice())))
         .collect();
     let embedder = embedder(&ckpt, None, regions.as_ref(), &args.batch, cx.fidelity);
-    let (stats, interrupted) =
-        run_photos(embedder, &todo_paths, &cx.ui, None, |emb, chunk, items| {
+    let (stats, interrupted) = run_photos(
+        embedder,
+        &todo_paths,
+        Some(todo_paths.len()),
+        &cx.ui,
+        None,
+        |emb, chunk, items| {
             let mut rows = embedding_rows(emb)?;
             index.batch(|b| {
                 for (path, photo) in chunk.iter().zip(items) {
@@ -109,7 +114,8 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
                 }
                 Ok(())
             })
-        })?;
+        },
+    )?;
     cx.ui.summary(&stats, 0, None, interrupted);
     cx.ui.note(&format!(
         "{}: {} photos: {unchanged} unchanged, {reused} reused by content (moved or touched), \

@@ -8,13 +8,15 @@ use super::ui::{interrupt_flag, quiet_on_closed_pipe, Ui};
 use super::Outcome;
 use crate::checkpoint::Checkpoint;
 use crate::embeddings::StoredEmbeddings;
-use crate::inputs::{collect_inputs, recorded_paths, Inputs};
+use crate::inputs::{collect_inputs, recorded_paths, Inputs, Shard};
 use crate::output::{Layout, Printer};
 use crate::pipeline::{run_batches, BatchOptions, Embedder, Items, Stats};
 use crate::preprocess::Fidelity;
 use crate::regions::{Region, Regions};
+use crate::store::{Kind, Row, Store};
 use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
+use std::collections::HashSet;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -25,16 +27,18 @@ pub(super) type Record<T> = (Option<Region>, Result<T, String>);
 
 /// Embeds (or looks up) `paths` batch by batch, with the progress bar, per-record error and
 /// warning lines and the `--save-embeddings` sink, handing each batch to `on_batch`. The one
-/// emit loop. Returns the run's statistics and whether Ctrl-C stopped it.
+/// emit loop. `total`: how many photos the progress bar counts to, if known. Returns the run's
+/// statistics and whether Ctrl-C stopped it.
 pub(super) fn run_photos(
     embedder: Embedder,
     paths: &[PathBuf],
+    total: Option<usize>,
     ui: &Ui,
     mut sink: Option<EmbeddingSink>,
     mut on_batch: impl FnMut(Option<&Tensor>, &[PathBuf], Items) -> Result<()>,
 ) -> Result<(Stats, bool)> {
     let interrupted = interrupt_flag();
-    let progress = ui.progress_bar(paths.len());
+    let progress = ui.progress_bar(total);
     let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, items| {
         ui.report(&progress, chunk, &items);
         if let Some(sink) = &mut sink {
@@ -55,11 +59,39 @@ pub(super) fn run_photos(
 /// The photos of one classify or embed run and where their records go.
 pub(super) struct Job {
     paths: Vec<PathBuf>,
+    /// Whether the photos are a store's, streamed: `paths` is empty, and `keep` says which
+    /// of them the run takes.
+    streamed: bool,
+    keep: Option<Keep>,
     /// Left out: non-image files in folders and, with --resume, photos already recorded.
     skipped: usize,
     /// With regions from a file: how many it lists for photos not given (ignored).
     ignored: Option<usize>,
     printer: Printer<Box<dyn Write>>,
+}
+
+/// Where a run's photos come from.
+pub(super) enum Listed {
+    /// The files, folders or list given on the command line.
+    Inputs,
+    /// These photos (an `--embeddings` file's).
+    Photos(Vec<PathBuf>),
+    /// Every photo of a store, streamed (`--db`).
+    Streamed,
+}
+
+/// Which photos of a streamed store a run takes: those of its `--shard`, less those that
+/// `--resume` finds recorded.
+pub(super) struct Keep {
+    shard: Option<Shard>,
+    done: HashSet<PathBuf>,
+}
+
+impl Keep {
+    /// Whether the run takes the photo at `path`.
+    pub fn keeps(&self, path: &Path) -> bool {
+        self.shard.is_none_or(|s| s.contains(path)) && !self.done.contains(path)
+    }
 }
 
 impl Job {
@@ -68,33 +100,37 @@ impl Job {
     pub fn prepare(
         args: &InputArgs,
         layout: Layout,
-        listed: Option<Vec<PathBuf>>,
+        listed: Listed,
         regions: Option<&Regions>,
     ) -> Result<Self> {
+        let streamed = matches!(listed, Listed::Streamed);
         let inputs = match listed {
-            Some(paths) if args.inputs.is_empty() => Inputs {
+            Listed::Inputs if args.inputs.is_empty() => {
+                bail!("no photos given (files, folders, or - for a list on stdin)")
+            }
+            Listed::Inputs => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
+            _ if !args.inputs.is_empty() => {
+                bail!("give either photos or stored embeddings (--embeddings, --db), not both")
+            }
+            Listed::Photos(paths) => Inputs {
                 paths,
                 not_images: 0,
             },
-            Some(_) => bail!("give either photos or --embeddings, not both"),
-            None if args.inputs.is_empty() => {
-                bail!("no photos given (files, folders, or - for a list on stdin)")
-            }
-            None => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
+            Listed::Streamed => Inputs::default(),
         };
         let mut paths = inputs.paths;
-        let ignored = regions.map(|r| r.unmatched(&paths));
+        let ignored = regions.filter(|_| !streamed).map(|r| r.unmatched(&paths));
         if let Some(shard) = args.shard {
             paths.retain(|p| shard.contains(p));
         }
         let mut skipped = inputs.not_images;
         let mut continuing = false;
+        let mut done = HashSet::new();
         let out: Box<dyn Write> = match &args.output {
             None => Box::new(io::stdout().lock()),
             Some(file) => {
                 if args.resume {
-                    let done =
-                        recorded_paths(file, |whole, partial| layout.recorded(whole, partial))?;
+                    done = recorded_paths(file, |whole, partial| layout.recorded(whole, partial))?;
                     let before = paths.len();
                     paths.retain(|p| !done.contains(p));
                     skipped += before - paths.len();
@@ -119,9 +155,22 @@ impl Job {
         };
         Ok(Self {
             paths,
+            streamed,
+            keep: streamed.then(|| Keep {
+                shard: args.shard,
+                done,
+            }),
             skipped,
             ignored,
             printer,
+        })
+    }
+
+    /// Which of a streamed store's photos the run takes (once; see [`Listed::Streamed`]).
+    pub fn keep(&mut self) -> Keep {
+        self.keep.take().unwrap_or(Keep {
+            shard: None,
+            done: HashSet::new(),
         })
     }
 
@@ -145,8 +194,14 @@ impl Job {
         mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Vec<Record<T>>) -> Result<()>,
     ) -> Result<Outcome> {
         let printer = &mut self.printer;
-        let (stats, interrupted) =
-            run_photos(embedder, &self.paths, ui, sink, |emb, paths, items| {
+        let total = (!self.streamed).then_some(self.paths.len());
+        let (stats, interrupted) = run_photos(
+            embedder,
+            &self.paths,
+            total,
+            ui,
+            sink,
+            |emb, paths, items| {
                 let mut rows = match emb {
                     Some(e) => rows(e)?,
                     None => Vec::new(),
@@ -164,9 +219,11 @@ impl Job {
                     printer.flush().context("cannot write output")?;
                 }
                 Ok(())
-            })?;
+            },
+        )?;
         quiet_on_closed_pipe(self.printer.finish().map_err(anyhow::Error::new))?;
-        ui.summary(&stats, self.skipped, self.ignored, interrupted);
+        let skipped = self.skipped + stats.skipped;
+        ui.summary(&stats, skipped, self.ignored, interrupted);
         Ok(Outcome::of(&stats, interrupted))
     }
 }
@@ -301,7 +358,107 @@ pub(super) fn embedder<'a>(
     }
 }
 
+/// Stored image embeddings to score instead of photos.
+pub(super) enum Stored {
+    /// Those of an `--embeddings` file, read whole.
+    File(StoredEmbeddings),
+    /// The rows of one kind in a `--db` store, read as they are scored.
+    Db(DbRows),
+}
+
+/// The rows of one kind (and site) in an open store.
+pub(super) struct DbRows {
+    store: Store,
+    kind: Kind,
+    site: Option<String>,
+    dim: usize,
+}
+
+impl Stored {
+    /// The fingerprint of the checkpoint that made them.
+    pub fn checkpoint(&self) -> &str {
+        match self {
+            Self::File(s) => &s.checkpoint,
+            Self::Db(db) => &db.kind.checkpoint,
+        }
+    }
+
+    /// Whether they are regions' embeddings.
+    pub fn by_regions(&self) -> bool {
+        match self {
+            Self::File(s) => !s.regions.is_empty(),
+            Self::Db(db) => !db.kind.source.is_empty(),
+        }
+    }
+
+    /// Those of the photos `wanted` takes, read whole (a data set's, for `eval`).
+    pub fn of_photos(self, wanted: impl Fn(&Path) -> bool) -> Result<StoredEmbeddings> {
+        let mut db = match self {
+            Self::File(s) => return Ok(s),
+            Self::Db(db) => db,
+        };
+        let mut stored = StoredEmbeddings {
+            checkpoint: db.kind.checkpoint.clone(),
+            paths: Vec::new(),
+            regions: Vec::new(),
+            dim: db.dim,
+            values: Vec::new(),
+        };
+        db.each_row(&mut |row| {
+            if wanted(&row.path) {
+                stored.paths.push(row.path);
+                stored.values.extend(row.vector);
+                stored.regions.push(row.region);
+            }
+            Ok(())
+        })?;
+        if stored.regions.iter().all(Option::is_none) {
+            stored.regions.clear();
+        }
+        Ok(stored)
+    }
+}
+
+impl DbRows {
+    /// Calls `f` with each row, in the store's order; a row of another width than the
+    /// model's is an error.
+    fn each_row(&mut self, f: &mut dyn FnMut(Row) -> Result<()>) -> Result<()> {
+        let name = self.store.describe();
+        let dim = self.dim;
+        self.store
+            .each_row(&self.kind, self.site.as_deref(), |row| {
+                if row.vector.len() != dim {
+                    bail!(
+                        "{name} holds embeddings of another width ({}, the model's: {dim})",
+                        row.vector.len()
+                    );
+                }
+                f(row)
+            })
+    }
+
+    /// Every photo of the store that `keep` takes, streamed (`classify --db`).
+    pub fn embedder<'a>(
+        &'a mut self,
+        ckpt: &'a Checkpoint,
+        batch: &BatchArgs,
+        keep: Keep,
+    ) -> Embedder<'a> {
+        Embedder::Streamed {
+            rows: Box::new(move |f| self.each_row(f)),
+            keep: Box::new(move |p| keep.keeps(p)),
+            batch_size: batch.batch_size as usize,
+            device: &ckpt.device,
+        }
+    }
+}
+
 impl StoredArgs {
+    /// Whether stored embeddings are asked for (`--embeddings` or `--db`).
+    pub(super) fn is_given(&self) -> bool {
+        self.embeddings.is_some() || self.db.is_some()
+    }
+
     /// The embeddings of `--embeddings` or `--db`, if given. Those of `--embeddings` bring
     /// their regions, so `regions` (asked for on the command line) must be `None` then; for
     /// `--db`, `asked` picks the index's rows (whole photos, or the regions of that source).
@@ -310,13 +467,12 @@ impl StoredArgs {
         cx: &Context,
         asked: &RegionArgs,
         regions: Option<&Regions>,
-    ) -> Result<Option<StoredEmbeddings>> {
+    ) -> Result<Option<Stored>> {
         if let Some(db) = &self.db {
             let ckpt = cx.model(true)?;
             let kind = cx.index_kind(&ckpt, asked)?;
-            let mut index = cx.store(db, false)?;
-            let stored = index.stored(&kind, ckpt.config.projection_dim, cx.site.as_deref())?;
-            if stored.paths.is_empty() {
+            let mut store = cx.store(db, false)?;
+            if store.rows_of(&kind)? == 0 {
                 bail!(
                     "{} holds no embeddings of this model with these settings ({}, regions: {}); \
                      run foodclip index with the same --model, --precision, --exact-preprocess \
@@ -330,33 +486,36 @@ impl StoredArgs {
                     }
                 );
             }
-            return Ok(Some(stored));
+            return Ok(Some(Stored::Db(DbRows {
+                store,
+                kind,
+                site: cx.site.clone(),
+                dim: ckpt.config.projection_dim,
+            })));
         }
         if self.embeddings.is_some() && regions.is_some() {
             bail!("--embeddings brings the regions it was made with; leave out --regions, --layout and --grid");
         }
-        self.embeddings
-            .as_deref()
-            .map(StoredEmbeddings::load)
-            .transpose()
+        let file = self.embeddings.as_deref().map(StoredEmbeddings::load);
+        Ok(file.transpose()?.map(Stored::File))
     }
 
-    /// Refuses `stored` embeddings made by another checkpoint than `ckpt`, and opens the
-    /// `--save-embeddings` sink.
+    /// Refuses stored embeddings made by another checkpoint (`made_by`, their fingerprint)
+    /// than `ckpt`, and opens the `--save-embeddings` sink.
     pub(super) fn prepare(
         &self,
         cx: &Context,
-        stored: Option<&StoredEmbeddings>,
+        made_by: Option<&str>,
         ckpt: &Checkpoint,
     ) -> Result<Option<EmbeddingSink>> {
-        if let (Some(stored), Some(file)) = (stored, self.embeddings.as_ref().or(self.db.as_ref()))
+        if let (Some(made_by), Some(file)) =
+            (made_by, self.embeddings.as_ref().or(self.db.as_ref()))
         {
             let ours = cx.fingerprint(ckpt)?;
-            if stored.checkpoint != ours {
+            if made_by != ours {
                 bail!(
-                    "{} holds embeddings from checkpoint {}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
+                    "{} holds embeddings from checkpoint {made_by}, but the model is {} ({ours}); pass the --model that made them, or embed the photos again",
                     file.display(),
-                    stored.checkpoint,
                     ckpt.identity
                 );
             }

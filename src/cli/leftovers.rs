@@ -91,7 +91,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
     let mut comparison = Comparison::default();
     let mut worst = crate::report::leftovers::Worst::new(12);
     let interrupted = interrupt_flag();
-    let progress = cx.ui.progress_bar(pairs.len());
+    let progress = cx.ui.progress_bar(Some(pairs.len()));
     let start = Instant::now();
     let (mut measured_n, mut failed, mut trays) = (0usize, 0usize, 0usize);
     let pre = &ckpt.preprocess;

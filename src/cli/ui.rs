@@ -31,16 +31,18 @@ impl Ui {
         }
     }
 
-    /// A progress bar over `len` photos on stderr, when stderr is a terminal and not `--quiet`.
-    pub fn progress_bar(&self, len: usize) -> ProgressBar {
+    /// A progress bar over `len` photos (a count with no end when `None`) on stderr, when stderr is a terminal and not `--quiet`.
+    pub fn progress_bar(&self, len: Option<usize>) -> ProgressBar {
         if self.quiet || !io::stderr().is_terminal() {
             return ProgressBar::hidden();
         }
-        let bar = ProgressBar::with_draw_target(Some(len as u64), ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}")
-                .expect("valid template"),
-        );
+        let bar =
+            ProgressBar::with_draw_target(len.map(|n| n as u64), ProgressDrawTarget::stderr());
+        let template = match len {
+            Some(_) => "{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}",
+            None => "{spinner} {pos} photos  {per_sec}",
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
         bar
     }
 

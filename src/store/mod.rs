@@ -11,9 +11,8 @@
 pub mod postgres;
 pub mod sqlite;
 
-use crate::embeddings::StoredEmbeddings;
 use crate::regions::Region;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// One row of `leftovers`: a tray's compartment on a day (empty strings where there is none).
@@ -256,36 +255,6 @@ impl Store {
             Self::Sqlite(s) => s.rows_of(kind),
             Self::Postgres(p) => p.rows_of(kind),
         }
-    }
-
-    /// The rows of `kind` as stored embeddings (for `classify --db`, `eval --db`).
-    pub fn stored(
-        &mut self,
-        kind: &Kind,
-        dim: usize,
-        site: Option<&str>,
-    ) -> Result<StoredEmbeddings> {
-        let mut stored = StoredEmbeddings {
-            checkpoint: kind.checkpoint.clone(),
-            paths: Vec::new(),
-            regions: Vec::new(),
-            dim,
-            values: Vec::new(),
-        };
-        let name = self.describe();
-        self.each_row(kind, site, |row| {
-            if row.vector.len() != dim {
-                bail!("{name} holds embeddings of another width");
-            }
-            stored.paths.push(row.path);
-            stored.values.extend(row.vector);
-            stored.regions.push(row.region);
-            Ok(())
-        })?;
-        if stored.regions.iter().all(Option::is_none) {
-            stored.regions.clear();
-        }
-        Ok(stored)
     }
 }
 

@@ -69,8 +69,6 @@ impl Index {
         let conn = Connection::open_with_flags(path, flags)
             .with_context(|| format!("cannot open {}", path.display()))?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        // Reads through the page cache's mapping rather than a copy per page.
-        conn.pragma_update(None, "mmap_size", 1i64 << 32)?;
         let index = Self {
             conn,
             path: path.to_path_buf(),
