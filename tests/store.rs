@@ -1,7 +1,7 @@
 //! The shared store, `--db postgres://...`, against a real PostgreSQL with pgvector started
 //! for each test (see `common::pgserver`): the same answers as the SQLite index, sites kept
-//! apart, two writers at once with one killed mid-run losing and duplicating nothing, and
-//! clear one-line errors.
+//! apart, two writers at once with one killed mid-run losing and duplicating nothing, TLS as
+//! libpq's `sslmode` asks, and clear one-line errors.
 
 mod common;
 
@@ -158,9 +158,15 @@ fn two_writers_one_killed_lose_and_duplicate_nothing() {
     // Both start at once (both make the schema), then the first is killed mid-run.
     let (mut first, mut second) = (writer("school-1", "one"), writer("school-2", "two"));
     let start = Instant::now();
+    // One connection, polled often: a loaded machine still catches the writer mid-run.
+    let mut watch = loop {
+        match postgres::Client::connect(&pg.url, postgres::NoTls) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
     loop {
-        let done = pg
-            .client()
+        let done = watch
             .query_opt("SELECT count(*) FROM files WHERE site = 'school-1'", &[])
             .ok()
             .flatten()
@@ -172,7 +178,7 @@ fn two_writers_one_killed_lose_and_duplicate_nothing() {
             start.elapsed() < Duration::from_secs(120),
             "the first writer wrote nothing"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(2));
     }
     first.kill().unwrap();
     first.wait().unwrap();
@@ -346,4 +352,94 @@ fn a_sqlite_index_copies_into_the_shared_store() {
         err.contains("6 unchanged") && err.contains("0 embedded"),
         "{err}"
     );
+}
+
+/// A certificate authority, and a server certificate it signs for `names` (PEM: the chain, the
+/// server's key, the authority's certificate).
+fn certificates(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (cert.pem(), key.serialize_pem(), ca.pem())
+}
+
+#[test]
+fn tls_connections_are_checked_as_libpq_checks_them() {
+    let (cert, key, ca) = certificates(&["db.district.example"]);
+    let Some(pg) = PgServer::start_tls(&cert, &key) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("ca.pem"), &ca).unwrap();
+    let (_, _, stranger) = certificates(&["db.district.example"]);
+    std::fs::write(d.join("stranger.pem"), &stranger).unwrap();
+    let with = |query: &str| format!("{}?{query}", pg.url);
+    let one_line_error = |o: &Output, wanted: &str| {
+        assert_eq!(o.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(wanted) && err.trim().lines().count() == 1,
+            "{err}"
+        );
+    };
+    // This server has no pgvector: a connection that got through reads that it holds no
+    // foodclip store, and the server logs each connection's TLS.
+    let search = |query: &str| {
+        let url = if query.is_empty() {
+            pg.url.clone()
+        } else {
+            with(query)
+        };
+        run(d, &["search", "rice", "--db", &url])
+    };
+    let encrypted = || pg.log().matches("SSL enabled").count();
+    // The server takes TLS only: without it, refused.
+    one_line_error(&search("sslmode=disable"), "cannot connect");
+    assert_eq!(encrypted(), 0);
+    // Encrypted, not checked (the default asks for TLS when offered; require insists); then
+    // checked against the authority: the chain (verify-ca; the certificate names
+    // db.district.example, not 127.0.0.1).
+    let through = [
+        "",
+        "sslmode=require",
+        "sslmode=verify-ca&sslrootcert=ca.pem",
+    ];
+    for (i, query) in through.into_iter().enumerate() {
+        one_line_error(&search(query), "holds no foodclip store");
+        assert_eq!(encrypted(), i + 1, "{query}: {}", pg.log());
+    }
+    // verify-full checks the name too; another authority's certificate is no proof.
+    one_line_error(
+        &search("sslmode=verify-full&sslrootcert=ca.pem"),
+        "certificate",
+    );
+    one_line_error(
+        &search("sslmode=verify-ca&sslrootcert=stranger.pem"),
+        "certificate",
+    );
+    one_line_error(
+        &search("sslmode=verify-ca&sslrootcert=missing.pem"),
+        "missing.pem",
+    );
+    assert_eq!(encrypted(), through.len());
+    // Named in the certificate, the host passes verify-full.
+    let (cert, key, ca) = certificates(&["localhost", "127.0.0.1"]);
+    let Some(pg) = PgServer::start_tls(&cert, &key) else {
+        return;
+    };
+    std::fs::write(d.join("ca.pem"), &ca).unwrap();
+    let url = format!("{}?sslmode=verify-full&sslrootcert=ca.pem", pg.url);
+    one_line_error(
+        &run(d, &["search", "rice", "--db", &url]),
+        "holds no foodclip store",
+    );
+    assert_eq!(pg.log().matches("SSL enabled").count(), 1);
 }

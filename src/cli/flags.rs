@@ -392,6 +392,10 @@ pub struct SearchArgs {
     /// How many results.
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub top: usize,
+    /// A postgres:// store: rows its vector index proposes, then scored exactly; more is
+    /// slower and nearer an exact scan, 0 scans every row. (SQLite always scans.)
+    #[arg(long, default_value_t = crate::store::postgres::CANDIDATES, value_name = "N")]
+    pub candidates: usize,
     /// Only photos under this folder.
     #[arg(long, value_name = "PATH")]
     pub under: Option<PathBuf>,

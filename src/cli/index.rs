@@ -209,12 +209,14 @@ fn copy_to(cx: &Context, args: &IndexArgs, url: &Path) -> Result<Outcome> {
     let mut to = cx.store(url, true)?;
     let c = crate::store::copy(&from, &mut to)?;
     cx.ui.note(&format!(
-        "copied {} files, {} embeddings and {} leftovers rows from {} to {}",
+        "copied {} files, {} embeddings and {} leftovers rows from {} to {} \
+         (vector index built in {:.1} s)",
         c.files,
         c.embeddings,
         c.leftovers,
         db.display(),
-        to.describe()
+        to.describe(),
+        c.index_build.as_secs_f64()
     ));
     Ok(Outcome::Success)
 }

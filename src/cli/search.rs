@@ -137,6 +137,7 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
         until,
         site: cx.site.clone(),
     };
+    index.set_candidates(args.candidates);
     let hits = index.top(&kind, &query, &filter, args.top)?;
     if hits.is_empty() && index.rows_of(&kind)? == 0 {
         bail!(

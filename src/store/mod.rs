@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+mod tls;
 
 use crate::regions::Region;
 use anyhow::{Context, Result};
@@ -249,6 +250,14 @@ impl Store {
         }
     }
 
+    /// Sets how many rows a shared store's search takes from its vector index before scoring
+    /// them exactly (0: every row; see [`postgres::CANDIDATES`]). SQLite always scans exactly.
+    pub fn set_candidates(&mut self, candidates: usize) {
+        if let Self::Postgres(p) = self {
+            p.set_candidates(candidates);
+        }
+    }
+
     /// How many rows of `kind` the store holds.
     pub fn rows_of(&mut self, kind: &Kind) -> Result<usize> {
         match self {
@@ -259,7 +268,7 @@ impl Store {
 }
 
 /// What [`copy`] copied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Copied {
     /// File rows.
     pub files: usize,
@@ -267,6 +276,8 @@ pub struct Copied {
     pub embeddings: usize,
     /// Leftovers rows.
     pub leftovers: usize,
+    /// Time spent building the vector indexes, after the rows were in.
+    pub index_build: std::time::Duration,
 }
 
 /// Rows per transaction of [`copy`].
@@ -335,12 +346,14 @@ pub fn copy(from: &sqlite::Index, to: &mut Store) -> Result<Copied> {
         Ok(())
     })?;
     to.batch(|b| leftovers.iter().try_for_each(|r| b.leftover(r)))?;
+    let start = std::time::Instant::now();
     for kind in &kinds {
         if let Store::Postgres(p) = to {
             let dim = p.width(kind)?;
             p.prepare(kind, dim)?;
         }
     }
+    copied.index_build = start.elapsed();
     Ok(copied)
 }
 

