@@ -14,7 +14,9 @@ rounds; the median of each is reported:
 | fp32, AVX-512 | default build | fp32 |
 | fp32, AVX2 | `--no-default-features` build | fp32, `ONEDNN_MAX_CPU_ISA=AVX2` |
 
-A path the CPU lacks is skipped. Nothing is asserted; run it on an otherwise idle machine.
+A path the CPU lacks is skipped. Then `--precision auto` (the engine its probe measures fastest)
+against foodclip's own f32, alternating the same way: it should never be slower. `--auto-only`
+measures just that. Nothing is asserted; run it on an otherwise idle machine.
 
 `--siglip` measures a random SigLIP base instead (transformers' default `SiglipConfig`: ViT-B/16
 at 224 px, 196 patches and the attention-pooling head), built once under --workdir.
@@ -94,6 +96,7 @@ def main():
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--siglip", action="store_true", help="a random SigLIP base, not CLIP ViT-B/32")
     ap.add_argument("--no-avx2", action="store_true", help="skip the AVX2 path (a second build)")
+    ap.add_argument("--auto-only", action="store_true", help="only --precision auto against f32")
     args = ap.parse_args()
     if args.siglip:
         ckpt = os.path.join(args.workdir, "siglip-b16")
@@ -113,7 +116,7 @@ def main():
         paths.append(("fp32, AVX-512", "f32", {}, None, None))
     if not args.no_avx2:
         paths.append(("fp32, AVX2 only", "f32", {"FOODCLIP_BF16": "off"}, avx2_target, "AVX2"))
-    for name, precision, env, target, isa in paths:
+    for name, precision, env, target, isa in [] if args.auto_only else paths:
         ours, peer = [], []
         for _ in range(args.rounds):
             ours.append(foodclip(ckpt, precision, args.iterations, env, target))
@@ -122,6 +125,13 @@ def main():
         print(f"{name}: foodclip {o:.1f} img/s, PyTorch {p:.1f} img/s "
               f"({'ONEDNN_MAX_CPU_ISA=' + isa if isa else 'unrestricted'}), ratio {o / p:.2f}x",
               flush=True)
+    auto, f32 = [], []
+    for _ in range(args.rounds):
+        auto.append(foodclip(ckpt, "auto", args.iterations, {}, None))
+        f32.append(foodclip(ckpt, "f32", args.iterations, {}, None))
+    a, f = statistics.median(auto), statistics.median(f32)
+    print(f"auto (measured): foodclip {a:.1f} img/s against its f32 {f:.1f} img/s, ratio {a / f:.2f}x",
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         },
         &Device::Cpu,
         precision,
+        None,
     )?;
     let size = ckpt.model.image_size();
     let pixels = Tensor::randn(0f32, 1f32, (batch, 3, size, size), &Device::Cpu)?;

@@ -49,17 +49,19 @@ impl Checkpoint {
     /// # anyhow::Ok(())
     /// ```
     pub fn load(source: &ModelSource, hub: &HubOptions, device: &Device) -> Result<Self> {
-        Self::load_with(source, hub, device, Precision::F32)
+        Self::load_with(source, hub, device, Precision::F32, None)
     }
 
-    /// Like [`Checkpoint::load`], running the model in `precision`.
+    /// Like [`Checkpoint::load`], running the model in `precision`; `--precision auto`
+    /// remembers what it measured under `cache` (see [`crate::model::probe`]).
     pub fn load_with(
         source: &ModelSource,
         hub: &HubOptions,
         device: &Device,
         precision: Precision,
+        cache: Option<&Path>,
     ) -> Result<Self> {
-        let ckpt = Self::open(source, hub, device, precision)?;
+        let ckpt = Self::open(source, hub, device, precision, cache)?;
         ckpt.model.build_image_tower()?;
         Ok(ckpt)
     }
@@ -72,6 +74,7 @@ impl Checkpoint {
         hub: &HubOptions,
         device: &Device,
         precision: Precision,
+        cache: Option<&Path>,
     ) -> Result<Self> {
         let files = source.fetcher(hub);
         let config_path = files.file("config.json")?;
@@ -105,7 +108,7 @@ impl Checkpoint {
             config.text_config.pad_left = tokenizer.pads_left();
         }
         let weights_path = files.weights()?;
-        let plan = precision.plan(device)?;
+        let plan = precision.plan(device, &config.vision_config, cache)?;
         let vb = weights::open(&weights_path, plan.dtype, device)?;
         let model = ClipModel::load(vb, &config, plan.matmul)
             .with_context(|| format!("cannot read {}", weights_path.display()))?;

@@ -87,9 +87,21 @@ impl Context {
                 .context("--device cuda: no usable GPU (build with `--features cuda`)")?,
         };
         let loaded = if open_only {
-            Checkpoint::open(&source, &self.hub, &device, self.precision)
+            Checkpoint::open(
+                &source,
+                &self.hub,
+                &device,
+                self.precision,
+                self.cache_root.as_deref(),
+            )
         } else {
-            Checkpoint::load_with(&source, &self.hub, &device, self.precision)
+            Checkpoint::load_with(
+                &source,
+                &self.hub,
+                &device,
+                self.precision,
+                self.cache_root.as_deref(),
+            )
         };
         let ckpt = loaded.with_context(|| format!("cannot load model {}", source.identity()))?;
         if let Some(note) = &ckpt.note {

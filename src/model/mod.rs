@@ -14,6 +14,7 @@ pub mod config;
 pub mod encoder;
 pub mod math;
 pub mod ops;
+pub mod probe;
 pub mod siglip_text;
 pub mod siglip_vision;
 pub mod text;
@@ -42,7 +43,8 @@ pub enum Precision {
     Bf16,
     /// IEEE half precision.
     F16,
-    /// bf16 where the CPU has bf16 arithmetic (AMX or AVX-512 BF16), else f32.
+    /// Whichever engine this CPU runs the model fastest with (f32, or bf16 on AMX or AVX-512
+    /// BF16), measured once per machine and model shape ([`probe`]).
     Auto,
 }
 
@@ -65,10 +67,16 @@ impl Precision {
     /// bf16 on a CPU keeps f32 tensors and multiplies in bf16 with the best engine the CPU has,
     /// AMX tiles, else AVX-512 BF16 (as PyTorch's bf16 autocast does; `FOODCLIP_BF16` forces
     /// one). A CPU with neither has no bf16 arithmetic: bf16 storage would only add conversions,
-    /// so it runs f32, with a note. On a GPU the tensors themselves are bf16. `auto` is bf16 where
-    /// the CPU has bf16 arithmetic and f32 everywhere else (GPUs included). A forced engine this
-    /// CPU lacks is an error.
-    pub fn plan(self, device: &candle_core::Device) -> Result<Plan> {
+    /// so it runs f32, with a note. On a GPU the tensors themselves are bf16. `auto` on a CPU is
+    /// the engine [`probe::choose`] measures fastest for a model with this `vision` tower (its
+    /// choice remembered under `cache`), or the one `FOODCLIP_BF16` forces; on a GPU, f32. A
+    /// forced engine this CPU lacks is an error.
+    pub fn plan(
+        self,
+        device: &candle_core::Device,
+        vision: &config::VisionConfig,
+        cache: Option<&std::path::Path>,
+    ) -> Result<Plan> {
         let native = |precision: Precision| Plan {
             precision,
             dtype: precision.dtype(),
@@ -84,6 +92,19 @@ impl Precision {
         }
         if !matches!(self, Precision::Bf16 | Precision::Auto) {
             return Ok(native(self));
+        }
+        if self == Precision::Auto && std::env::var_os(bf16::FORCE_VAR).is_none() {
+            let chosen = probe::choose(vision, &probe::candidates(), cache)?;
+            return Ok(Plan {
+                precision: match chosen.matmul {
+                    MatmulKind::Native => Precision::F32,
+                    #[cfg(target_arch = "x86_64")]
+                    MatmulKind::PackedBf16(_) => Precision::Bf16,
+                },
+                dtype: DType::F32,
+                matmul: chosen.matmul,
+                note: None,
+            });
         }
         #[cfg(target_arch = "x86_64")]
         if let Some(engine) = bf16::engine().map_err(anyhow::Error::msg)? {
@@ -386,17 +407,32 @@ mod tests {
     #[test]
     fn plans_resolve_auto_and_run_f32_without_bf16_arithmetic() {
         let cpu = candle_core::Device::Cpu;
-        let f32 = Precision::F32.plan(&cpu).unwrap();
+        let vision = config::VisionConfig {
+            hidden_size: 64,
+            intermediate_size: 256,
+            image_size: 32,
+            patch_size: 8,
+            ..Default::default()
+        };
+        let plan = |p: Precision| p.plan(&cpu, &vision, None);
+        let f32 = plan(Precision::F32).unwrap();
         assert_eq!(
             (f32.precision, f32.matmul),
             (Precision::F32, MatmulKind::Native)
         );
         let (auto, bf16) = (
-            Precision::Auto.plan(&cpu).unwrap(),
-            Precision::Bf16.plan(&cpu).unwrap(),
+            plan(Precision::Auto).unwrap(),
+            plan(Precision::Bf16).unwrap(),
         );
-        // auto is bf16 where bf16 has an engine, f32 elsewhere, and never warns.
-        assert_eq!((auto.precision, auto.matmul), (bf16.precision, bf16.matmul));
+        // auto is one of the engines the CPU has (measured), and never warns.
+        let engines: Vec<MatmulKind> = probe::candidates().iter().map(|c| c.matmul).collect();
+        assert!(engines.contains(&auto.matmul));
+        let expected = match auto.matmul {
+            MatmulKind::Native => Precision::F32,
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::PackedBf16(_) => Precision::Bf16,
+        };
+        assert_eq!(auto.precision, expected);
         assert!(auto.note.is_none() && auto.dtype == DType::F32);
         match bf16.matmul {
             MatmulKind::Native => {

@@ -361,6 +361,7 @@ mod tests {
             },
             &candle_core::Device::Cpu,
             crate::model::Precision::F32,
+            None,
         )
         .unwrap();
         let strip = RgbImage::from_pixel(20_000, 2, image::Rgb([200, 100, 50]));

@@ -260,10 +260,15 @@ impl Index {
     /// Read without the memory map: pages mapped once stay counted as the process's own, so a
     /// run over every row (`classify --db`) would seem to grow with the file.
     pub fn each_row(&self, kind: &Kind, f: impl FnMut(Row) -> Result<()>) -> Result<()> {
+        self.unmapped(|| self.each_row_read(kind, f))
+    }
+
+    /// Runs `read` with the memory map off.
+    fn unmapped<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
         self.conn.pragma_update(None, "mmap_size", 0)?;
-        let read = self.each_row_read(kind, f);
+        let out = read();
         self.conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
-        read
+        out
     }
 
     fn each_row_read(&self, kind: &Kind, mut f: impl FnMut(Row) -> Result<()>) -> Result<()> {
@@ -390,13 +395,16 @@ impl Index {
         Ok(())
     }
 
-    /// How many rows of `kind` the index holds.
+    /// How many rows of `kind` the index holds (counted without the memory map, as
+    /// [`Self::each_row`] reads).
     pub fn rows_of(&self, kind: &Kind) -> Result<usize> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM embeddings WHERE checkpoint = ?1 AND mode = ?2 AND source = ?3",
-            params![kind.checkpoint, kind.mode, kind.source],
-            |r| r.get::<_, i64>(0),
-        )? as usize)
+        self.unmapped(|| {
+            Ok(self.conn.query_row(
+                "SELECT COUNT(*) FROM embeddings WHERE checkpoint = ?1 AND mode = ?2 AND source = ?3",
+                params![kind.checkpoint, kind.mode, kind.source],
+                |r| r.get::<_, i64>(0),
+            )? as usize)
+        })
     }
 }
 

@@ -125,7 +125,7 @@ pub fn load_checkpoint(dir: &Path, precision: foodclip::model::Precision) -> Che
         offline: true,
         progress: false,
     };
-    Checkpoint::load_with(&source, &hub, &candle_core::Device::Cpu, precision).unwrap()
+    Checkpoint::load_with(&source, &hub, &candle_core::Device::Cpu, precision, None).unwrap()
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
