@@ -59,9 +59,9 @@ pub(super) fn run_photos(
 /// The photos of one classify or embed run and where their records go.
 pub(super) struct Job {
     paths: Vec<PathBuf>,
-    /// Whether the photos are a store's, streamed: `paths` is empty, and `keep` says which
-    /// of them the run takes.
-    streamed: bool,
+    /// How many photos the run reads, if known before (not for a streamed store, whose
+    /// photos `keep` picks as they come).
+    total: Option<usize>,
     keep: Option<Keep>,
     /// Left out: non-image files in folders and, with --resume, photos already recorded.
     skipped: usize,
@@ -82,6 +82,7 @@ pub(super) enum Listed {
 
 /// Which photos of a streamed store a run takes: those of its `--shard`, less those that
 /// `--resume` finds recorded.
+#[derive(Default)]
 pub(super) struct Keep {
     shard: Option<Shard>,
     done: HashSet<PathBuf>,
@@ -154,8 +155,8 @@ impl Job {
             Printer::new(out, layout)
         };
         Ok(Self {
+            total: (!streamed).then_some(paths.len()),
             paths,
-            streamed,
             keep: streamed.then(|| Keep {
                 shard: args.shard,
                 done,
@@ -168,10 +169,7 @@ impl Job {
 
     /// Which of a streamed store's photos the run takes (once; see [`Listed::Streamed`]).
     pub fn keep(&mut self) -> Keep {
-        self.keep.take().unwrap_or(Keep {
-            shard: None,
-            done: HashSet::new(),
-        })
+        self.keep.take().unwrap_or_default()
     }
 
     /// Sets each class's COCO category id, for `--format coco`.
@@ -194,11 +192,10 @@ impl Job {
         mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Vec<Record<T>>) -> Result<()>,
     ) -> Result<Outcome> {
         let printer = &mut self.printer;
-        let total = (!self.streamed).then_some(self.paths.len());
         let (stats, interrupted) = run_photos(
             embedder,
             &self.paths,
-            total,
+            self.total,
             ui,
             sink,
             |emb, paths, items| {
@@ -472,7 +469,7 @@ impl StoredArgs {
             let ckpt = cx.model(true)?;
             let kind = cx.index_kind(&ckpt, asked)?;
             let mut store = cx.store(db, false)?;
-            if store.rows_of(&kind)? == 0 {
+            if !store.holds(&kind)? {
                 bail!(
                     "{} holds no embeddings of this model with these settings ({}, regions: {}); \
                      run foodclip index with the same --model, --precision, --exact-preprocess \

@@ -139,7 +139,7 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
     };
     index.set_candidates(args.candidates);
     let hits = index.top(&kind, &query, &filter, args.top)?;
-    if hits.is_empty() && index.rows_of(&kind)? == 0 {
+    if hits.is_empty() && !index.holds(&kind)? {
         bail!(
             "{} holds no embeddings of this model with these settings; index it with the same \
              --model, --precision, --exact-preprocess and region flags",

@@ -258,11 +258,11 @@ impl Store {
         }
     }
 
-    /// How many rows of `kind` the store holds.
-    pub fn rows_of(&mut self, kind: &Kind) -> Result<usize> {
+    /// Whether the store holds any row of `kind`.
+    pub fn holds(&mut self, kind: &Kind) -> Result<bool> {
         match self {
-            Self::Sqlite(s) => s.rows_of(kind),
-            Self::Postgres(p) => p.rows_of(kind),
+            Self::Sqlite(s) => s.holds(kind),
+            Self::Postgres(p) => p.holds(kind),
         }
     }
 }

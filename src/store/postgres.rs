@@ -539,8 +539,19 @@ impl Shared {
         Ok(best(scored, n))
     }
 
+    /// Whether the store holds any row of `kind`.
+    pub fn holds(&mut self, kind: &Kind) -> Result<bool> {
+        let Some((id, _)) = self.kind(kind)? else {
+            return Ok(false);
+        };
+        let row = self
+            .client
+            .query_opt("SELECT 1 FROM embeddings WHERE kind = $1 LIMIT 1", &[&id])?;
+        Ok(row.is_some())
+    }
+
     /// How many rows of `kind` the store holds.
-    pub fn rows_of(&mut self, kind: &Kind) -> Result<usize> {
+    fn rows_of(&mut self, kind: &Kind) -> Result<usize> {
         let Some((id, _)) = self.kind(kind)? else {
             return Ok(0);
         };

@@ -260,15 +260,10 @@ impl Index {
     /// Read without the memory map: pages mapped once stay counted as the process's own, so a
     /// run over every row (`classify --db`) would seem to grow with the file.
     pub fn each_row(&self, kind: &Kind, f: impl FnMut(Row) -> Result<()>) -> Result<()> {
-        self.unmapped(|| self.each_row_read(kind, f))
-    }
-
-    /// Runs `read` with the memory map off.
-    fn unmapped<T>(&self, read: impl FnOnce() -> Result<T>) -> Result<T> {
         self.conn.pragma_update(None, "mmap_size", 0)?;
-        let out = read();
+        let read = self.each_row_read(kind, f);
         self.conn.pragma_update(None, "mmap_size", MMAP_SIZE)?;
-        out
+        read
     }
 
     fn each_row_read(&self, kind: &Kind, mut f: impl FnMut(Row) -> Result<()>) -> Result<()> {
@@ -395,16 +390,18 @@ impl Index {
         Ok(())
     }
 
-    /// How many rows of `kind` the index holds (counted without the memory map, as
-    /// [`Self::each_row`] reads).
-    pub fn rows_of(&self, kind: &Kind) -> Result<usize> {
-        self.unmapped(|| {
-            Ok(self.conn.query_row(
-                "SELECT COUNT(*) FROM embeddings WHERE checkpoint = ?1 AND mode = ?2 AND source = ?3",
+    /// Whether the index holds any row of `kind` (stops at the first: no count of them all).
+    pub fn holds(&self, kind: &Kind) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM embeddings WHERE checkpoint = ?1 AND mode = ?2 AND source = ?3 \
+                 LIMIT 1",
                 params![kind.checkpoint, kind.mode, kind.source],
-                |r| r.get::<_, i64>(0),
-            )? as usize)
-        })
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 }
 
