@@ -22,6 +22,10 @@
 //! AVX-512 step in plain Rust, so that all the packing, blocking, epilogue and hand-off logic is
 //! tested on any CPU; the kernel tests run each hardware engine where the CPU has it.
 
+use super::epilogue::{
+    self, collect_rows, finish_block, finished_row, layer_norm, Block, Grid, Isa, Place,
+};
+pub use super::epilogue::{Epilogue, Norm};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::{Cell, RefCell};
@@ -86,6 +90,15 @@ pub fn engine() -> Result<Option<Engine>, String> {
 }
 
 impl Engine {
+    /// The instructions of its f32 steps.
+    fn isa(self) -> Isa {
+        match self {
+            Engine::Amx | Engine::Avx512 => Isa::Avx512,
+            #[cfg(test)]
+            Engine::Emulated => Isa::Plain,
+        }
+    }
+
     /// Checks that this engine can run here.
     fn check(self) {
         match self {
@@ -195,7 +208,6 @@ pub struct PackedWeight {
     inp: usize,
     out: usize,
     k_tiles: usize,
-    n_tiles: usize,
     engine: Engine,
 }
 
@@ -203,8 +215,7 @@ pub struct PackedWeight {
 pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
     assert_eq!(w.len(), out * inp, "the weight is out x inp");
     let k_tiles = inp.div_ceil(32);
-    let n_tiles = out.div_ceil(32) * 2;
-    let mut data = vec![ZERO_LINE; n_tiles * k_tiles * TILE];
+    let mut data = vec![ZERO_LINE; out.div_ceil(32) * 2 * k_tiles * TILE];
     data.par_chunks_mut(k_tiles * TILE)
         .enumerate()
         .for_each(|(nt, column)| {
@@ -227,7 +238,6 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         inp,
         out,
         k_tiles,
-        n_tiles,
         engine,
     }
 }
@@ -273,7 +283,7 @@ fn pack_activations(
             for r in 0..valid {
                 let mut row = &x[(g * 16 + r) * inp..][..inp];
                 if let Some(norm) = &norm {
-                    layer_norm(engine, row, norm, &mut normed);
+                    layer_norm(engine.isa(), row, norm, &mut normed);
                     row = &normed;
                 }
                 pack_row(engine, row, &mut group[r..], k_tiles);
@@ -285,61 +295,6 @@ fn pack_activations(
                 }
             }
         });
-}
-
-/// Layer normalisation of the activations, applied to each row as it is packed.
-#[derive(Clone, Copy)]
-pub struct Norm<'a> {
-    /// Scale per input, `(inp)`.
-    pub weight: &'a [f32],
-    /// Shift per input, `(inp)`.
-    pub bias: Option<&'a [f32]>,
-    /// Added to the variance.
-    pub eps: f32,
-}
-
-/// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
-#[inline(always)]
-fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
-    #[inline(always)]
-    fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-        let mut lanes = [0f32; 16];
-        let chunks = xs.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-        for chunk in chunks {
-            lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
-        }
-        lanes.iter().sum::<f32>() + tail
-    }
-    let n = row.len() as f32;
-    let mean = lane_sum(row, |x| x) / n;
-    let var = lane_sum(row, |x| (x - mean) * (x - mean)) / n;
-    let inv = 1.0 / (var + norm.eps).sqrt();
-    for ((o, &x), &w) in out.iter_mut().zip(row).zip(norm.weight) {
-        *o = (x - mean) * inv * w;
-    }
-    if let Some(bias) = norm.bias {
-        out.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-    }
-}
-
-/// [`layer_norm_plain`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-unsafe fn layer_norm_avx512(row: &[f32], norm: &Norm, out: &mut [f32]) {
-    layer_norm_plain(row, norm, out)
-}
-
-/// Layer-normalises one row with `engine`'s instructions.
-fn layer_norm(engine: Engine, row: &[f32], norm: &Norm, out: &mut [f32]) {
-    match engine {
-        // SAFETY: both engines are only used where the CPU has AVX-512 F (`Engine::check`).
-        Engine::Amx | Engine::Avx512 => unsafe { layer_norm_avx512(row, norm, out) },
-        #[cfg(test)]
-        Engine::Emulated => layer_norm_plain(row, norm, out),
-    }
 }
 
 /// Converts one row of activations to bf16, 32 values (one tile row) at a time, into every
@@ -392,18 +347,6 @@ unsafe fn pack_row_avx512(row: &[f32], dst: &mut [Line], k_tiles: usize) {
     }
 }
 
-/// What happens to each block of `x · Wᵀ` on its way to the output, while it is still in the
-/// L1 cache: `act(x · Wᵀ + bias) + residual`.
-#[derive(Clone, Copy, Default)]
-pub struct Epilogue<'a> {
-    /// Added to every row, `(out)`.
-    pub bias: Option<&'a [f32]>,
-    /// Added after the activation, `(rows, out)`.
-    pub residual: Option<&'a [f32]>,
-    /// The activation to apply before the residual.
-    pub activation: Option<super::math::Fused>,
-}
-
 /// Activations in bf16 tiles, as [`matmul_to_tiles`] leaves them for the next layer: `rows`
 /// rows of `k_tiles` tiles' width, laid out as packed activations.
 pub struct Tiles {
@@ -425,17 +368,12 @@ fn with_packed<R>(
     w.engine.check();
     assert_eq!(x.len(), rows * w.inp);
     assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
-    check_epilogue(rows, w, epilogue);
+    epilogue.check(rows, w.out);
     let mut a = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
     pack_activations(x, rows, w.inp, w.k_tiles, norm, w.engine, &mut a);
     let result = f(&a);
     ACTIVATIONS.with(|buf| *buf.borrow_mut() = a);
     result
-}
-
-fn check_epilogue(rows: usize, w: &PackedWeight, epilogue: &Epilogue) {
-    assert!(epilogue.bias.is_none_or(|b| b.len() == w.out));
-    assert!(epilogue.residual.is_none_or(|r| r.len() == rows * w.out));
 }
 
 /// `act(norm(x) · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: bf16 products, f32
@@ -486,31 +424,25 @@ pub fn matmul_to_tiles(
 pub fn matmul_tiles(x: &Tiles, w: &PackedWeight, epilogue: Epilogue) -> Vec<f32> {
     w.engine.check();
     assert_eq!(x.k_tiles, w.k_tiles);
-    check_epilogue(x.rows, w, &epilogue);
+    epilogue.check(x.rows, w.out);
     product_rows(&x.lines, x.rows, w, &epilogue)
 }
 
 /// The product of packed activations with `w`, through the epilogue into f32 rows.
 fn product_rows(a: &[Line], rows: usize, w: &PackedWeight, epilogue: &Epilogue) -> Vec<f32> {
     let out = w.out;
-    let mut y = Vec::with_capacity(rows * out);
-    for_each_block(
-        a,
-        rows,
-        w,
-        &mut y.spare_capacity_mut()[..rows * out],
-        out,
-        |block, at, dst, mp| finish_block(w.engine, block, at, epilogue, &mut dst[mp * out..]),
-    );
+    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+        for_each_block(a, rows, w, y, out, |block, at, dst, mp| {
+            finish_block(w.engine.isa(), block, at, epilogue, &mut dst[mp * out..])
+        })
+    };
     // SAFETY: the blocks cover every row and column of the output exactly once, and
-    // `finish_block` wrote each of their values.
-    unsafe { y.set_len(rows * out) };
-    y
+    // `finish_block` writes each of their values.
+    unsafe { collect_rows(rows, out, fill) }
 }
 
-/// Computes every 32x32 block of `A · Wᵀ` and hands it to `finish` with its place and its
-/// thread's share of `y` (`per_row` elements per row of the result) and row in that share.
-/// Each thread gets an even share of 32-row blocks, so none waits on a last small task.
+/// Computes every 32x32 block of `A · Wᵀ` and hands it to `finish` with its place, its
+/// thread's share of `y` (`per_row` elements per row of the result) and its row in that share.
 fn for_each_block<T: Send>(
     a: &[Line],
     rows: usize,
@@ -519,128 +451,24 @@ fn for_each_block<T: Send>(
     per_row: usize,
     finish: impl Fn(&Block, Place, &mut [T], usize) + Sync,
 ) {
-    let per_thread = rows
-        .div_ceil(32)
-        .div_ceil(rayon::current_num_threads())
-        .max(1)
-        * 32;
-    // Within a share, rows go in chunks whose activations stay in the core's L2 cache while
-    // every weight column passes over them.
-    let block_bytes = 32 * w.k_tiles * 32 * 2; // one 32-row block of bf16 activations
-    let chunk = (CHUNK_BYTES / block_bytes).clamp(1, 16) * 32;
-    y.par_chunks_mut(per_thread * per_row)
-        .enumerate()
-        .for_each(|(share, y)| {
-            if w.engine == Engine::Amx {
-                configure_thread();
-            }
-            let first = share * per_thread;
-            let share_rows = (rows - first).min(per_thread);
-            let mut block = Block([0f32; 32 * 32]);
-            for c0 in (0..share_rows).step_by(chunk) {
-                for np in 0..w.n_tiles / 2 {
-                    for mp in (c0..(c0 + chunk).min(share_rows)).step_by(32) {
-                        let row = first + mp;
-                        let a = &a[(row / 16) * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
-                        let b = &w.data[2 * np * w.k_tiles * TILE..][..2 * w.k_tiles * TILE];
-                        tile_product(w.engine, a, b, w.k_tiles, &mut block);
-                        let place = Place {
-                            row,
-                            col: np * 32,
-                            rows: (share_rows - mp).min(32),
-                            cols: (w.out - np * 32).min(32),
-                            out: w.out,
-                        };
-                        finish(&block, place, y, mp);
-                    }
-                }
-            }
-        });
-}
-
-/// A 32x32 f32 block of results, aligned for tile stores.
-#[repr(C, align(64))]
-struct Block([f32; 32 * 32]);
-
-/// Bytes of bf16 activations a thread works on at a time (half of a 2 MiB L2 cache).
-const CHUNK_BYTES: usize = 1024 * 1024;
-
-/// Where a 32x32 block of results goes: its first row and column in the output, how many of its
-/// rows and columns are real (at the edges fewer than 32), and the output's width.
-#[derive(Clone, Copy)]
-struct Place {
-    row: usize,
-    col: usize,
-    rows: usize,
-    cols: usize,
-    out: usize,
-}
-
-/// Row `r` of a finished block through the epilogue; columns past the output's edge are zero.
-#[inline(always)]
-fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32; 32] {
-    let mut row = [0f32; 32];
-    let zeros = [0f32; 32];
-    let bias = epilogue
-        .bias
-        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
-    let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
-        &res[(at.row + r) * at.out + at.col..][..at.cols]
+    let grid = Grid {
+        rows,
+        out: w.out,
+        block_bytes: 32 * w.k_tiles * 32 * 2,
+    };
+    let strip = w.k_tiles * TILE;
+    let init = || {
+        if w.engine == Engine::Amx {
+            configure_thread();
+        }
+        Block([0f32; 32 * 32])
+    };
+    epilogue::for_each_block(grid, y, per_row, init, |block, at, y, mp| {
+        let a = &a[(at.row / 16) * strip..][..2 * strip];
+        let b = &w.data[(at.col / 16) * strip..][..2 * strip];
+        tile_product(w.engine, a, b, w.k_tiles, block);
+        finish(block, at, y, mp);
     });
-    let sums = &block.0[r * 32..][..at.cols];
-    let values = row[..at.cols].iter_mut().zip(sums).zip(bias).zip(residual);
-    match epilogue.activation {
-        Some(f) => super::math::with_fused!(f, |act| values
-            .for_each(|(((v, s), b), res)| *v = act(s + b) + res)),
-        None => values.for_each(|(((v, s), b), res)| *v = s + b + res),
-    }
-    row
-}
-
-/// Writes a finished block through the epilogue into `dst`, whose first row is the block's.
-fn finish_block(
-    engine: Engine,
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    match engine {
-        // SAFETY: both engines are only used where the CPU has AVX-512 F (`Engine::check`).
-        Engine::Amx | Engine::Avx512 => unsafe { finish_block_avx512(block, at, epilogue, dst) },
-        #[cfg(test)]
-        Engine::Emulated => finish_block_plain(block, at, epilogue, dst),
-    }
-}
-
-#[inline(always)]
-fn finish_block_plain(
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    for r in 0..at.rows {
-        let row = finished_row(block, at, epilogue, r);
-        let d = &mut dst[r * at.out + at.col..][..at.cols];
-        d.iter_mut().zip(&row).for_each(|(d, &v)| {
-            d.write(v);
-        });
-    }
-}
-
-/// [`finish_block_plain`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-unsafe fn finish_block_avx512(
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    finish_block_plain(block, at, epilogue, dst)
 }
 
 /// Writes a finished block through the epilogue into bf16 tiles: `lines` starts at the block's
@@ -873,6 +701,7 @@ pub(crate) fn engines() -> Vec<Engine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::epilogue::{layer_norm_avx512, layer_norm_plain};
 
     #[test]
     #[ignore = "timing, run by hand: cargo test --release --lib bf16 -- --ignored --nocapture"]

@@ -12,6 +12,8 @@
 pub mod bf16;
 pub mod config;
 pub mod encoder;
+#[cfg(target_arch = "x86_64")]
+pub mod epilogue;
 pub mod math;
 pub mod ops;
 pub mod probe;

@@ -1,0 +1,275 @@
+//! The f32 steps around a packed CPU product, shared by the bf16 ([`super::bf16`]) and int8
+//! ([`super::int8`]) engines: the layer norm applied to each row of activations as it is
+//! packed, the walk over 32x32 blocks of results split evenly between threads, and the
+//! epilogue (bias, activation, residual) applied to each block while it is still in L1.
+
+use rayon::prelude::*;
+
+/// The vector instructions the f32 steps are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 F (only where the CPU has it).
+    Avx512,
+    /// AVX2 and FMA (only where the CPU has them).
+    Avx2,
+    /// Plain Rust, for the emulated engines of the tests.
+    #[cfg(test)]
+    Plain,
+}
+
+/// Layer normalisation of the activations, applied to each row as it is packed.
+#[derive(Clone, Copy)]
+pub struct Norm<'a> {
+    /// Scale per input, `(inp)`.
+    pub weight: &'a [f32],
+    /// Shift per input, `(inp)`.
+    pub bias: Option<&'a [f32]>,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+/// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
+#[inline(always)]
+pub(super) fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
+    #[inline(always)]
+    fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+        let mut lanes = [0f32; 16];
+        let chunks = xs.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+        for chunk in chunks {
+            lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
+        }
+        lanes.iter().sum::<f32>() + tail
+    }
+    let n = row.len() as f32;
+    let mean = lane_sum(row, |x| x) / n;
+    let var = lane_sum(row, |x| (x - mean) * (x - mean)) / n;
+    let inv = 1.0 / (var + norm.eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(row).zip(norm.weight) {
+        *o = (x - mean) * inv * w;
+    }
+    if let Some(bias) = norm.bias {
+        out.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+    }
+}
+
+/// [`layer_norm_plain`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn layer_norm_avx512(row: &[f32], norm: &Norm, out: &mut [f32]) {
+    layer_norm_plain(row, norm, out)
+}
+
+/// [`layer_norm_plain`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_avx2(row: &[f32], norm: &Norm, out: &mut [f32]) {
+    layer_norm_plain(row, norm, out)
+}
+
+/// Layer-normalises one row with `isa`'s instructions.
+pub(super) fn layer_norm(isa: Isa, row: &[f32], norm: &Norm, out: &mut [f32]) {
+    match isa {
+        // SAFETY: an engine says Avx512 (or Avx2) only where the CPU has it (its `check`).
+        Isa::Avx512 => unsafe { layer_norm_avx512(row, norm, out) },
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { layer_norm_avx2(row, norm, out) },
+        #[cfg(test)]
+        Isa::Plain => layer_norm_plain(row, norm, out),
+    }
+}
+
+/// What happens to each block of `x · Wᵀ` on its way to the output, while it is still in the
+/// L1 cache: `act(x · Wᵀ + bias) + residual`.
+#[derive(Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every row, `(out)`.
+    pub bias: Option<&'a [f32]>,
+    /// Added after the activation, `(rows, out)`.
+    pub residual: Option<&'a [f32]>,
+    /// The activation to apply before the residual.
+    pub activation: Option<super::math::Fused>,
+}
+
+impl Epilogue<'_> {
+    /// Panics unless the bias and residual fit a `(rows, out)` result.
+    pub(super) fn check(&self, rows: usize, out: usize) {
+        assert!(self.bias.is_none_or(|b| b.len() == out));
+        assert!(self.residual.is_none_or(|r| r.len() == rows * out));
+    }
+}
+
+/// A 32x32 f32 block of results, aligned for tile stores.
+#[repr(C, align(64))]
+pub(super) struct Block(pub [f32; 32 * 32]);
+
+/// Bytes of packed activations a thread works on at a time (half of a 2 MiB L2 cache).
+const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Where a 32x32 block of results goes: its first row and column in the output, how many of its
+/// rows and columns are real (at the edges fewer than 32), and the output's width.
+#[derive(Clone, Copy)]
+pub(super) struct Place {
+    pub row: usize,
+    pub col: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub out: usize,
+}
+
+/// The shape of a packed product, for [`for_each_block`].
+#[derive(Clone, Copy)]
+pub(super) struct Grid {
+    /// Rows of the result.
+    pub rows: usize,
+    /// Columns of the result.
+    pub out: usize,
+    /// Bytes of one 32-row block of packed activations.
+    pub block_bytes: usize,
+}
+
+/// Hands every 32x32 block of a `(rows, out)` result to `visit`, with its place, its thread's
+/// share of `y` (`per_row` elements per row of the result) and its row in that share, and the
+/// thread's scratch (made once per thread by `init`). Each thread gets an even share of 32-row
+/// blocks, so none waits on a last small task; within a share, rows go in chunks whose
+/// activations stay in the core's L2 cache while every weight column passes over them.
+pub(super) fn for_each_block<T: Send, S>(
+    grid: Grid,
+    y: &mut [T],
+    per_row: usize,
+    init: impl Fn() -> S + Sync,
+    visit: impl Fn(&mut S, Place, &mut [T], usize) + Sync,
+) {
+    let Grid { rows, out, .. } = grid;
+    let per_thread = rows
+        .div_ceil(32)
+        .div_ceil(rayon::current_num_threads())
+        .max(1)
+        * 32;
+    let chunk = (CHUNK_BYTES / grid.block_bytes.max(1)).clamp(1, 16) * 32;
+    y.par_chunks_mut(per_thread * per_row)
+        .enumerate()
+        .for_each(|(share, y)| {
+            let mut scratch = init();
+            let first = share * per_thread;
+            let share_rows = (rows - first).min(per_thread);
+            for c0 in (0..share_rows).step_by(chunk) {
+                for col in (0..out).step_by(32) {
+                    for mp in (c0..(c0 + chunk).min(share_rows)).step_by(32) {
+                        let place = Place {
+                            row: first + mp,
+                            col,
+                            rows: (share_rows - mp).min(32),
+                            cols: (out - col).min(32),
+                            out,
+                        };
+                        visit(&mut scratch, place, y, mp);
+                    }
+                }
+            }
+        });
+}
+
+/// Row `r` of a finished block through the epilogue; columns past the output's edge are zero.
+#[inline(always)]
+pub(super) fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usize) -> [f32; 32] {
+    let mut row = [0f32; 32];
+    let zeros = [0f32; 32];
+    let bias = epilogue
+        .bias
+        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
+    let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
+        &res[(at.row + r) * at.out + at.col..][..at.cols]
+    });
+    let sums = &block.0[r * 32..][..at.cols];
+    let values = row[..at.cols].iter_mut().zip(sums).zip(bias).zip(residual);
+    match epilogue.activation {
+        Some(f) => super::math::with_fused!(f, |act| values
+            .for_each(|(((v, s), b), res)| *v = act(s + b) + res)),
+        None => values.for_each(|(((v, s), b), res)| *v = s + b + res),
+    }
+    row
+}
+
+/// Writes a finished block through the epilogue into `dst`, whose first row is the block's,
+/// with `isa`'s instructions.
+pub(super) fn finish_block(
+    isa: Isa,
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    match isa {
+        // SAFETY: an engine says Avx512 (or Avx2) only where the CPU has it (its `check`).
+        Isa::Avx512 => unsafe { finish_block_avx512(block, at, epilogue, dst) },
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { finish_block_avx2(block, at, epilogue, dst) },
+        #[cfg(test)]
+        Isa::Plain => finish_block_plain(block, at, epilogue, dst),
+    }
+}
+
+#[inline(always)]
+fn finish_block_plain(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    for r in 0..at.rows {
+        let row = finished_row(block, at, epilogue, r);
+        let d = &mut dst[r * at.out + at.col..][..at.cols];
+        d.iter_mut().zip(&row).for_each(|(d, &v)| {
+            d.write(v);
+        });
+    }
+}
+
+/// [`finish_block_plain`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[target_feature(enable = "avx512f")]
+unsafe fn finish_block_avx512(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    finish_block_plain(block, at, epilogue, dst)
+}
+
+/// [`finish_block_plain`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_block_avx2(
+    block: &Block,
+    at: Place,
+    epilogue: &Epilogue,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+) {
+    finish_block_plain(block, at, epilogue, dst)
+}
+
+/// `rows x out` f32 results written by `fill`.
+///
+/// # Safety
+/// `fill` must write every one of them (as `for_each_block` visits with `finish_block` do).
+pub(super) unsafe fn collect_rows(
+    rows: usize,
+    out: usize,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<f32>]),
+) -> Vec<f32> {
+    let mut y = Vec::with_capacity(rows * out);
+    fill(&mut y.spare_capacity_mut()[..rows * out]);
+    // SAFETY: `fill` wrote every value (the caller's promise).
+    unsafe { y.set_len(rows * out) };
+    y
+}
