@@ -280,8 +280,10 @@ fn pipeline_probabilities_match(name: &str) {
     }
 }
 
+/// bf16, f16 and int8 (with the engine this CPU picks) keep every image and prompt embedding
+/// of every fixture within cosine 0.999 of f32's.
 #[test]
-fn half_precision_embeddings_stay_close_to_f32() {
+fn reduced_precision_embeddings_stay_close_to_f32() {
     use foodclip::model::Precision;
     for name in CHECKPOINTS {
         let reference = reference(name);
@@ -303,12 +305,15 @@ fn half_precision_embeddings_stay_close_to_f32() {
             rows
         };
         let full = embed(&f32_ckpt);
-        for precision in [Precision::Bf16, Precision::F16] {
-            let half = embed(&load_checkpoint(&fixtures().join(name), precision));
-            for (a, b) in half.iter().zip(&full) {
+        for precision in [Precision::Bf16, Precision::F16, Precision::Int8] {
+            let reduced = embed(&load_checkpoint(&fixtures().join(name), precision));
+            let mut worst = 1f64;
+            for (a, b) in reduced.iter().zip(&full) {
                 let cos = cosine(a, b);
                 assert!(cos >= 0.999, "{name} {precision}: cosine {cos}");
+                worst = worst.min(cos);
             }
+            eprintln!("{name} {precision}: lowest cosine to f32 {worst:.6}");
         }
     }
 }
@@ -352,18 +357,48 @@ fn legacy_eos_config_pools_as_transformers_does() {
 }
 
 /// `--precision bf16` on every path this CPU can take, each forced with `FOODCLIP_BF16`: the
-/// AMX tiles, AVX-512 BF16, and no bf16 arithmetic (f32). Image embeddings stay within cosine
-/// 0.999 of transformers' f32 ones, and every photo's top-1 class is unchanged. (The kernels of
-/// the engines a CPU lacks are tested emulated, in `model::bf16`.)
+/// AMX tiles, AVX-512 BF16, and no bf16 arithmetic (f32). (The kernels of the engines a CPU
+/// lacks are tested emulated, in `model::bf16`.)
 #[test]
 fn bf16_on_every_path_keeps_embeddings_and_top1() {
+    every_path_keeps_embeddings_and_top1(
+        "bf16",
+        "FOODCLIP_BF16",
+        &["amx", "avx512", "off"],
+        "no bf16 arithmetic",
+    );
+}
+
+/// `--precision int8` on every path this CPU can take, each forced with `FOODCLIP_INT8`:
+/// AVX-512 VNNI, AVX2, and no int8 arithmetic (f32). (The kernels of the engines a CPU lacks
+/// are tested emulated, in `model::int8`.)
+#[test]
+fn int8_on_every_path_keeps_embeddings_and_top1() {
+    every_path_keeps_embeddings_and_top1(
+        "int8",
+        "FOODCLIP_INT8",
+        &["vnni", "avx2", "off"],
+        "no int8 dot products",
+    );
+}
+
+/// `--precision precision` with each engine `var` can force: image embeddings stay within
+/// cosine 0.999 of transformers' f32 ones, and every photo's top-1 class is unchanged. The
+/// path `off` runs f32 and says so (`off_note`); a path this CPU lacks is skipped, said on
+/// stderr.
+fn every_path_keeps_embeddings_and_top1(
+    precision: &str,
+    var: &str,
+    paths: &[&str],
+    off_note: &str,
+) {
     for name in CHECKPOINTS {
         let reference = reference(name);
         let images = fixtures().join("images");
-        for path in ["amx", "avx512", "off"] {
+        for &path in paths {
             let o = foodclip()
-                .env("FOODCLIP_BF16", path)
-                .args(["--exact-preprocess", "--precision", "bf16", "--model"])
+                .env(var, path)
+                .args(["--exact-preprocess", "--precision", precision, "--model"])
                 .arg(fixtures().join(name))
                 .args(["embed", "--format", "jsonl"])
                 .args(reference.images.iter().map(|i| images.join(&i.file)))
@@ -371,11 +406,11 @@ fn bf16_on_every_path_keeps_embeddings_and_top1() {
                 .unwrap();
             let err = String::from_utf8_lossy(&o.stderr);
             if o.status.code() == Some(2) && err.contains("this CPU has no") {
-                eprintln!("{name}: skipped FOODCLIP_BF16={path}: {}", err.trim());
+                eprintln!("{name}: skipped {var}={path}: {}", err.trim());
                 continue;
             }
             assert!(o.status.success(), "{name} {path}: {err}");
-            assert_eq!(err.contains("no bf16 arithmetic"), path == "off", "{err}");
+            assert_eq!(err.contains(off_note), path == "off", "{err}");
             let records = jsonl_records(&o.stdout);
             for (img, record) in reference.images.iter().zip(&records) {
                 let ours: Vec<f32> = serde_json::from_value(record["embedding"].clone()).unwrap();

@@ -701,7 +701,6 @@ pub(crate) fn engines() -> Vec<Engine> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::epilogue::{layer_norm_avx512, layer_norm_plain};
 
     #[test]
     #[ignore = "timing, run by hand: cargo test --release --lib bf16 -- --ignored --nocapture"]
@@ -891,9 +890,8 @@ mod tests {
                 eps: 1e-5,
             };
             let (mut a, mut b) = (vec![0f32; len], vec![0f32; len]);
-            // SAFETY: the CPU has AVX-512 F.
-            unsafe { layer_norm_avx512(&row, &norm, &mut a) };
-            layer_norm_plain(&row, &norm, &mut b);
+            layer_norm(Isa::Avx512, &row, &norm, &mut a);
+            layer_norm(Isa::Plain, &row, &norm, &mut b);
             for (x, y) in a.iter().zip(&b) {
                 assert!(
                     (x - y).abs() <= 1e-5 * (1.0 + y.abs()),

@@ -17,6 +17,35 @@ pub enum Isa {
     Plain,
 }
 
+/// Defines `fn $name(isa: Isa, args...)`, which runs the plain function `$plain(args...)`
+/// (`#[inline(always)]`) compiled for `isa`'s instructions, so that its loops vectorise for
+/// the CPU the engine runs on.
+macro_rules! for_isa {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $plain:path) => {
+        $(#[$meta])*
+        $vis fn $name(isa: $crate::model::epilogue::Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                $plain($($arg),*)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                $plain($($arg),*)
+            }
+            match isa {
+                // SAFETY: an engine says Avx512 (or Avx2) only where the CPU has it (its
+                // `check`).
+                $crate::model::epilogue::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                $crate::model::epilogue::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                #[cfg(test)]
+                $crate::model::epilogue::Isa::Plain => $plain($($arg),*),
+            }
+        }
+    };
+}
+pub(super) use for_isa;
+
 /// Layer normalisation of the activations, applied to each row as it is packed.
 #[derive(Clone, Copy)]
 pub struct Norm<'a> {
@@ -30,7 +59,7 @@ pub struct Norm<'a> {
 
 /// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
 #[inline(always)]
-pub(super) fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
+fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
     #[inline(always)]
     fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
         let mut lanes = [0f32; 16];
@@ -53,34 +82,9 @@ pub(super) fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
     }
 }
 
-/// [`layer_norm_plain`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-pub(super) unsafe fn layer_norm_avx512(row: &[f32], norm: &Norm, out: &mut [f32]) {
-    layer_norm_plain(row, norm, out)
-}
-
-/// [`layer_norm_plain`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn layer_norm_avx2(row: &[f32], norm: &Norm, out: &mut [f32]) {
-    layer_norm_plain(row, norm, out)
-}
-
-/// Layer-normalises one row with `isa`'s instructions.
-pub(super) fn layer_norm(isa: Isa, row: &[f32], norm: &Norm, out: &mut [f32]) {
-    match isa {
-        // SAFETY: an engine says Avx512 (or Avx2) only where the CPU has it (its `check`).
-        Isa::Avx512 => unsafe { layer_norm_avx512(row, norm, out) },
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { layer_norm_avx2(row, norm, out) },
-        #[cfg(test)]
-        Isa::Plain => layer_norm_plain(row, norm, out),
-    }
+for_isa! {
+    /// Layer-normalises one row with `isa`'s instructions.
+    pub(super) fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) = layer_norm_plain
 }
 
 /// What happens to each block of `x · Wᵀ` on its way to the output, while it is still in the
@@ -195,25 +199,8 @@ pub(super) fn finished_row(block: &Block, at: Place, epilogue: &Epilogue, r: usi
     row
 }
 
-/// Writes a finished block through the epilogue into `dst`, whose first row is the block's,
-/// with `isa`'s instructions.
-pub(super) fn finish_block(
-    isa: Isa,
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    match isa {
-        // SAFETY: an engine says Avx512 (or Avx2) only where the CPU has it (its `check`).
-        Isa::Avx512 => unsafe { finish_block_avx512(block, at, epilogue, dst) },
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { finish_block_avx2(block, at, epilogue, dst) },
-        #[cfg(test)]
-        Isa::Plain => finish_block_plain(block, at, epilogue, dst),
-    }
-}
-
+/// Writes a finished block through the epilogue into `dst`, whose first row is the block's
+/// (straight into `dst`: a row assembled on the stack first stalls on store forwarding).
 #[inline(always)]
 fn finish_block_plain(
     block: &Block,
@@ -221,41 +208,36 @@ fn finish_block_plain(
     epilogue: &Epilogue,
     dst: &mut [std::mem::MaybeUninit<f32>],
 ) {
+    let zeros = [0f32; 32];
+    let bias = epilogue
+        .bias
+        .map_or(&zeros[..at.cols], |b| &b[at.col..][..at.cols]);
     for r in 0..at.rows {
-        let row = finished_row(block, at, epilogue, r);
-        let d = &mut dst[r * at.out + at.col..][..at.cols];
-        d.iter_mut().zip(&row).for_each(|(d, &v)| {
-            d.write(v);
+        let residual = epilogue.residual.map_or(&zeros[..at.cols], |res| {
+            &res[(at.row + r) * at.out + at.col..][..at.cols]
         });
+        let sums = &block.0[r * 32..][..at.cols];
+        let d = &mut dst[r * at.out + at.col..][..at.cols];
+        let values = d.iter_mut().zip(sums).zip(bias).zip(residual);
+        match epilogue.activation {
+            Some(f) => super::math::with_fused!(f, |act| values.for_each(|(((d, s), b), res)| {
+                d.write(act(s + b) + res);
+            })),
+            None => values.for_each(|(((d, s), b), res)| {
+                d.write(s + b + res);
+            }),
+        }
     }
 }
 
-/// [`finish_block_plain`] compiled for AVX-512.
-///
-/// # Safety
-/// The CPU must have AVX-512 F.
-#[target_feature(enable = "avx512f")]
-unsafe fn finish_block_avx512(
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    finish_block_plain(block, at, epilogue, dst)
-}
-
-/// [`finish_block_plain`] compiled for AVX2.
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn finish_block_avx2(
-    block: &Block,
-    at: Place,
-    epilogue: &Epilogue,
-    dst: &mut [std::mem::MaybeUninit<f32>],
-) {
-    finish_block_plain(block, at, epilogue, dst)
+for_isa! {
+    /// [`finish_block_plain`] with `isa`'s instructions.
+    pub(super) fn finish_block(
+        block: &Block,
+        at: Place,
+        epilogue: &Epilogue,
+        dst: &mut [std::mem::MaybeUninit<f32>],
+    ) = finish_block_plain
 }
 
 /// `rows x out` f32 results written by `fill`.

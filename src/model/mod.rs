@@ -14,6 +14,8 @@ pub mod config;
 pub mod encoder;
 #[cfg(target_arch = "x86_64")]
 pub mod epilogue;
+#[cfg(target_arch = "x86_64")]
+pub mod int8;
 pub mod math;
 pub mod ops;
 pub mod probe;
@@ -45,6 +47,11 @@ pub enum Precision {
     Bf16,
     /// IEEE half precision.
     F16,
+    /// int8 products on the CPU (AVX-512 VNNI, else AVX2): weights quantised per output
+    /// channel at load, activations per row as each product runs, int32 sums, everything else
+    /// f32 (see [`int8`]). A speed choice: embeddings drift from f32's (the README measures
+    /// it). Elsewhere f32 (see [`Precision::plan`]).
+    Int8,
     /// Whichever engine this CPU runs the model fastest with (f32, or bf16 on AMX or AVX-512
     /// BF16), measured once per machine and model shape ([`probe`]).
     Auto,
@@ -86,11 +93,37 @@ impl Precision {
             note: None,
         };
         if !device.is_cpu() {
-            return Ok(native(if self == Precision::Auto {
-                Precision::F32
-            } else {
-                self
-            }));
+            return Ok(match self {
+                Precision::Auto => native(Precision::F32),
+                Precision::Int8 => Plan {
+                    note: Some(
+                        "--precision int8 runs on the CPU only; on this device the model runs \
+                         in f32"
+                            .to_string(),
+                    ),
+                    ..native(Precision::F32)
+                },
+                _ => native(self),
+            });
+        }
+        if self == Precision::Int8 {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(engine) = int8::engine().map_err(anyhow::Error::msg)? {
+                return Ok(Plan {
+                    precision: Precision::Int8,
+                    dtype: DType::F32,
+                    matmul: MatmulKind::Int8(engine),
+                    note: None,
+                });
+            }
+            return Ok(Plan {
+                note: Some(
+                    "--precision int8: this CPU has no int8 dot products (AVX-512 VNNI or AVX2), \
+                     so the model runs in f32"
+                        .to_string(),
+                ),
+                ..native(Precision::F32)
+            });
         }
         if !matches!(self, Precision::Bf16 | Precision::Auto) {
             return Ok(native(self));
@@ -102,6 +135,8 @@ impl Precision {
                     MatmulKind::Native => Precision::F32,
                     #[cfg(target_arch = "x86_64")]
                     MatmulKind::PackedBf16(_) => Precision::Bf16,
+                    #[cfg(target_arch = "x86_64")]
+                    MatmulKind::Int8(_) => Precision::Int8,
                 },
                 dtype: DType::F32,
                 matmul: chosen.matmul,
@@ -133,7 +168,7 @@ impl Precision {
             Precision::F32 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
-            Precision::Auto => DType::F32,
+            Precision::Auto | Precision::Int8 => DType::F32,
         }
     }
 }
@@ -145,6 +180,7 @@ impl std::fmt::Display for Precision {
             Precision::Bf16 => "bf16",
             Precision::F16 => "f16",
             Precision::Auto => "auto",
+            Precision::Int8 => "int8",
         })
     }
 }
@@ -157,7 +193,8 @@ impl std::str::FromStr for Precision {
             "bf16" => Precision::Bf16,
             "f16" | "fp16" => Precision::F16,
             "auto" => Precision::Auto,
-            other => bail!("unknown precision {other:?} (f32, bf16, f16, auto)"),
+            "int8" => Precision::Int8,
+            other => bail!("unknown precision {other:?} (f32, bf16, f16, int8, auto)"),
         })
     }
 }
@@ -292,7 +329,13 @@ impl ClipModel {
     /// The bias-free projection `name` from a tower's width into the shared space.
     fn projection(&self, hidden: usize, name: &str) -> Result<Dense> {
         let proj = self.config.projection_dim;
-        Dense::load(hidden, proj, false, self.weights.pp(name), self.matmul)
+        Dense::load(
+            hidden,
+            proj,
+            false,
+            self.weights.pp(name),
+            self.matmul.at_edge(),
+        )
     }
 
     /// The text tower, built from the weights on first use.
@@ -433,6 +476,8 @@ mod tests {
             MatmulKind::Native => Precision::F32,
             #[cfg(target_arch = "x86_64")]
             MatmulKind::PackedBf16(_) => Precision::Bf16,
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::Int8(_) => panic!("auto never picks int8 (it is opt-in)"),
         };
         assert_eq!(auto.precision, expected);
         assert!(auto.note.is_none() && auto.dtype == DType::F32);
@@ -446,7 +491,28 @@ mod tests {
                 assert_eq!(bf16.precision, Precision::Bf16);
                 assert!(bf16.note.is_none());
             }
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::Int8(_) => panic!("bf16 planned as int8"),
         }
+        // int8 runs an int8 engine where the CPU has one, else f32 and says so.
+        let int8 = plan(Precision::Int8).unwrap();
+        assert_eq!(int8.dtype, DType::F32);
+        match int8.matmul {
+            MatmulKind::Native => {
+                assert_eq!(int8.precision, Precision::F32);
+                assert!(int8.note.unwrap().contains("no int8 dot products"));
+            }
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::Int8(engine) => {
+                assert_eq!(Some(engine), int8::engine().unwrap());
+                assert_eq!(int8.precision, Precision::Int8);
+                assert!(int8.note.is_none());
+            }
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::PackedBf16(_) => panic!("int8 planned as bf16"),
+        }
+        assert_eq!(int8.matmul.at_edge(), MatmulKind::Native);
+        assert_eq!("int8".parse::<Precision>().unwrap(), Precision::Int8);
         assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
     }
 }

@@ -14,6 +14,8 @@
 //! Other devices and dtypes take candle's ops; unit tests check the two paths agree.
 
 use super::config::Activation;
+#[cfg(target_arch = "x86_64")]
+use super::epilogue::{Epilogue, Norm};
 use super::math::{with_fused, Fused};
 use anyhow::Result;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
@@ -171,6 +173,25 @@ pub enum MatmulKind {
     /// engine the CPU has: see [`super::bf16::engine`]).
     #[cfg(target_arch = "x86_64")]
     PackedBf16(super::bf16::Engine),
+    /// int8 products with int32 sums on the CPU by a [`super::int8::Engine`] (AVX-512 VNNI or
+    /// AVX2): weights quantised per output channel at load, activations per row as they are
+    /// packed; tensors stay f32 (see [`super::int8::engine`]).
+    #[cfg(target_arch = "x86_64")]
+    Int8(super::int8::Engine),
+}
+
+impl MatmulKind {
+    /// How the layers at a tower's edges multiply: the patch embedding, which reads raw pixels,
+    /// and the projections into the shared space, which write the embeddings. int8 keeps them
+    /// in f32 (they are under 2% of a tower's work, and quantising them adds most of int8's
+    /// drift: see the README); every other kind is unchanged.
+    pub fn at_edge(self) -> MatmulKind {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::Int8(_) => MatmulKind::Native,
+            kind => kind,
+        }
+    }
 }
 
 /// A dense layer's weight, as its matmul wants it.
@@ -180,6 +201,9 @@ enum Weight {
     /// Packed into bf16 tiles.
     #[cfg(target_arch = "x86_64")]
     Packed(super::bf16::PackedWeight),
+    /// Quantised to int8 and packed.
+    #[cfg(target_arch = "x86_64")]
+    Int8(super::int8::PackedWeight),
 }
 
 impl Dense {
@@ -212,17 +236,22 @@ impl Dense {
                 candle_core::bail!("a bias of shape {:?} for a {out} x {inp} weight", b.dims());
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        let packed =
+            |pack: &dyn Fn(&[f32]) -> Weight| match with_cpu_f32(&weight.contiguous()?, pack) {
+                Some(packed) => Ok(packed),
+                None => candle_core::bail!("packed CPU layers need CPU f32 weights"),
+            };
         let weight = match kind {
             #[cfg(target_arch = "x86_64")]
             MatmulKind::PackedBf16(engine) => {
-                let (out, inp) = weight.dims2()?;
-                let w = weight.contiguous()?;
-                match with_cpu_f32(&w, |w| super::bf16::pack(w, out, inp, engine)) {
-                    Some(packed) => Weight::Packed(packed),
-                    None => candle_core::bail!("bf16 CPU layers need CPU f32 weights"),
-                }
+                packed(&|w| Weight::Packed(super::bf16::pack(w, out, inp, engine)))?
             }
-            _ => Weight::Transposed(transpose(&weight)?),
+            #[cfg(target_arch = "x86_64")]
+            MatmulKind::Int8(engine) => {
+                packed(&|w| Weight::Int8(super::int8::pack(w, out, inp, engine)))?
+            }
+            MatmulKind::Native => Weight::Transposed(transpose(&weight)?),
         };
         Ok(Self { weight, bias })
     }
@@ -233,6 +262,8 @@ impl Dense {
             Weight::Transposed(wt) => wt.dims2(),
             #[cfg(target_arch = "x86_64")]
             Weight::Packed(p) => Ok((p.inp(), p.out())),
+            #[cfg(target_arch = "x86_64")]
+            Weight::Int8(p) => Ok((p.inp(), p.out())),
         }
     }
 
@@ -252,7 +283,7 @@ impl Dense {
         self.forward_full(x, None, residual, act)
     }
 
-    /// `act(norm(x) Wᵀ + b)`. With packed bf16 layers the layer norm is applied to each row as the activations
+    /// `act(norm(x) Wᵀ + b)`. With packed (bf16 or int8) layers the layer norm is applied to each row as the activations
     /// are packed, so the normalised tensor is never written out; elsewhere `norm` runs first.
     pub fn forward_normed(
         &self,
@@ -303,9 +334,9 @@ impl Dense {
                 _ => Ok(y),
             };
         }
-        // Only packed bf16 layers keep `norm` for themselves, and they need CPU f32 tensors.
+        // Only packed layers keep `norm` for themselves, and they need CPU f32 tensors.
         let Weight::Transposed(weight_t) = &self.weight else {
-            anyhow::bail!("packed bf16 layers take CPU f32 inputs");
+            anyhow::bail!("packed CPU layers take CPU f32 inputs");
         };
         let mut y = x.reshape((rows, inp))?.matmul(weight_t)?;
         if let Some(b) = &self.bias {
@@ -321,17 +352,17 @@ impl Dense {
         Ok(y)
     }
 
-    /// Whether the matmul applies `norm` itself (packed bf16 layers, plain layer norms).
+    /// Whether the matmul applies `norm` itself (packed layers, plain layer norms).
     fn normalises_in_packing(&self, norm: &LayerNorm) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if let Weight::Packed(_) = self.weight {
+        if let Weight::Packed(_) | Weight::Int8(_) = self.weight {
             return norm.remove_mean();
         }
         let _ = norm;
         false
     }
 
-    /// The CPU f32 path: `None` when a tensor is not CPU f32. `norm` is only given to packed bf16 layers.
+    /// The CPU f32 path: `None` when a tensor is not CPU f32. `norm` is only given to packed layers.
     #[allow(clippy::too_many_arguments)]
     fn fused(
         &self,
@@ -347,14 +378,19 @@ impl Dense {
         let weight_t = match &self.weight {
             Weight::Transposed(wt) => wt,
             #[cfg(target_arch = "x86_64")]
-            Weight::Packed(packed) => {
-                return Ok(self.packed_bf16(x, rows, packed, norm, residual.as_ref(), act));
+            Weight::Packed(w) => {
+                return Ok(self.packed(x, norm, residual.as_ref(), act, |xs, n, e| {
+                    super::bf16::matmul(xs, rows, w, n, e)
+                }));
+            }
+            #[cfg(target_arch = "x86_64")]
+            Weight::Int8(w) => {
+                return Ok(self.packed(x, norm, residual.as_ref(), act, |xs, n, e| {
+                    super::int8::matmul(xs, rows, w, n, e)
+                }));
             }
         };
-        debug_assert!(
-            norm.is_none(),
-            "only packed bf16 layers normalise while packing"
-        );
+        debug_assert!(norm.is_none(), "only packed layers normalise while packing");
         let residual = match residual.map(|r| with_cpu_f32(&r, <[f32]>::to_vec)) {
             Some(None) => return Ok(None),
             Some(Some(v)) => Some(v),
@@ -429,25 +465,24 @@ impl Dense {
         Ok(Some(dst))
     }
 
-    /// The packed bf16 path: the layer norm is applied as activations are packed, and bias, quick_gelu
-    /// and the residual to each block as it leaves the tiles. `None` when a tensor is not CPU
-    /// f32.
+    /// The packed (bf16 or int8) path, `product` being the engine's: the layer norm is applied
+    /// as activations are packed, and bias, quick_gelu and the residual to each block as it
+    /// leaves the product. `None` when a tensor is not CPU f32.
     #[cfg(target_arch = "x86_64")]
-    fn packed_bf16(
+    fn packed(
         &self,
         x: &Tensor,
-        rows: usize,
-        packed: &super::bf16::PackedWeight,
         norm: Option<&LayerNorm>,
         residual: Option<&Tensor>,
         act: Option<Activation>,
+        product: impl Fn(&[f32], Option<Norm>, Epilogue) -> Vec<f32>,
     ) -> Option<Vec<f32>> {
         let bias = self.bias_vec()?;
         let norm = match norm {
             Some(n) => Some(NormParams::of(n)?),
             None => None,
         };
-        let epilogue = super::bf16::Epilogue {
+        let epilogue = Epilogue {
             bias: bias.as_deref(),
             residual: None,
             activation: act.and_then(Fused::of),
@@ -455,13 +490,13 @@ impl Dense {
         let norm = norm.as_ref().map(NormParams::as_norm);
         with_cpu_f32(x, |xs| match residual {
             Some(r) => with_cpu_f32(r, |r| {
-                let epilogue = super::bf16::Epilogue {
+                let epilogue = Epilogue {
                     residual: Some(r),
                     ..epilogue
                 };
-                super::bf16::matmul(xs, rows, packed, norm, epilogue)
+                product(xs, norm, epilogue)
             }),
-            None => Some(super::bf16::matmul(xs, rows, packed, norm, epilogue)),
+            None => Some(product(xs, norm, epilogue)),
         })
         .flatten()
     }
@@ -475,7 +510,7 @@ impl Dense {
     }
 }
 
-/// A layer norm's parameters as vectors, for the packed bf16 kernels.
+/// A layer norm's parameters as vectors, for the packed kernels.
 #[cfg(target_arch = "x86_64")]
 struct NormParams {
     weight: Vec<f32>,
@@ -497,8 +532,8 @@ impl NormParams {
         })
     }
 
-    fn as_norm(&self) -> super::bf16::Norm<'_> {
-        super::bf16::Norm {
+    fn as_norm(&self) -> Norm<'_> {
+        Norm {
             weight: &self.weight,
             bias: self.bias.as_deref(),
             eps: self.eps,
@@ -558,13 +593,13 @@ fn bf16_mlp(
             rows,
             w1,
             Some(norm.as_norm()),
-            super::bf16::Epilogue {
+            Epilogue {
                 bias: b1.as_deref(),
                 residual: None,
                 activation: Some(activation),
             },
         );
-        let epilogue = super::bf16::Epilogue {
+        let epilogue = Epilogue {
             bias: b2.as_deref(),
             residual: Some(xs),
             activation: None,
@@ -946,6 +981,47 @@ mod tests {
         let apart = fc2.forward_with(&h, Some(&x), None).unwrap();
         assert_eq!(fused.dims(), x.dims());
         assert!(max_diff(&fused, &apart) < 1e-4);
+    }
+
+    /// An int8 MLP (norm while packing, bias, activation and residual in the epilogue) with
+    /// every int8 engine, emulated ones included, stays close to the f32 MLP of the same
+    /// weights, with the fused quick_gelu and with the exact GELU applied afterwards.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn int8_mlp_stays_close_to_f32() {
+        let dev = candle_core::Device::Cpu;
+        let (hidden, inter) = (72, 130);
+        let x = Tensor::randn(0f32, 1., (2, 21, hidden), &dev).unwrap();
+        let weights = [(inter, hidden), (hidden, inter)].map(|(out, inp)| {
+            (
+                Tensor::randn(0f32, 0.2, (out, inp), &dev).unwrap(),
+                Tensor::randn(0f32, 0.2, out, &dev).unwrap(),
+            )
+        });
+        let layers = |kind| {
+            weights
+                .clone()
+                .map(|(w, b)| Dense::new(w, Some(b), kind).unwrap())
+        };
+        let norm = LayerNorm::new(
+            Tensor::randn(1f32, 0.1, hidden, &dev).unwrap(),
+            Tensor::randn(0f32, 0.1, hidden, &dev).unwrap(),
+            1e-5,
+        );
+        let [f1, f2] = layers(MatmulKind::Native);
+        for act in [Activation::QuickGelu, Activation::Gelu] {
+            let exact = mlp(&f1, &f2, &x, &norm, act).unwrap();
+            let delta = (&exact - &x).unwrap();
+            for engine in super::super::int8::engines() {
+                let [q1, q2] = layers(MatmulKind::Int8(engine));
+                let ours = mlp(&q1, &q2, &x, &norm, act).unwrap();
+                let err = (&ours - &exact).unwrap().sqr().unwrap().sum_all().unwrap();
+                let scale = delta.sqr().unwrap().sum_all().unwrap();
+                let rel =
+                    (err.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()).sqrt();
+                assert!(rel < 0.02, "{engine:?} {act:?}: relative error {rel}");
+            }
+        }
     }
 
     #[test]

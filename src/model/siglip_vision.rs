@@ -37,7 +37,7 @@ impl SiglipVisionTransformer {
             patch_embedding: Dense::new(
                 patch_weight,
                 Some(emb.get(h, "patch_embedding.bias")?),
-                matmul,
+                matmul.at_edge(),
             )?,
             position_embedding: emb.get((grid * grid, h), "position_embedding.weight")?,
             encoder: Encoder::load(vb.pp("encoder"), &shape)?,

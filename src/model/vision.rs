@@ -42,7 +42,7 @@ impl VisionTransformer {
         let patch_weight = patch_weight(&emb, c)?;
         let shape = EncoderShape::of_vision(c, matmul);
         Ok(Self {
-            patch_embedding: Dense::new(patch_weight, None, matmul)?,
+            patch_embedding: Dense::new(patch_weight, None, matmul.at_edge())?,
             class_embedding: emb.get(h, "class_embedding")?,
             position_embedding: emb.get((grid * grid + 1, h), "position_embedding.weight")?,
             pre_layrnorm: layer_norm(h, c.layer_norm_eps, vb.pp("pre_layrnorm"))?,

@@ -1,0 +1,775 @@
+//! int8 matrix products on the CPU, for `--precision int8`: weights are quantised once, at load,
+//! to signed 8-bit integers (symmetric, one scale per output channel), activations to unsigned
+//! 8-bit integers as each product packs them (asymmetric, one scale and zero point per row, as
+//! ONNX Runtime's dynamic quantisation does), and the products sum in int32. Layer norms,
+//! softmax, the attention scores and everything between the products stay f32.
+//!
+//! Two engines share every step but the innermost product: AVX-512 VNNI (`vpdpbusd`, four
+//! u8 x s8 products summed into each int32 lane: Intel since Cascade Lake, AMD Zen 4 and later),
+//! and plain AVX2 (`vpmaddubsw` then `vpmaddwd`, for every x86 CPU of the last ten years).
+//! `vpmaddubsw` saturates each pair of products at i16, so the AVX2 engine quantises activations
+//! to 0..=127 rather than 0..=255 (as fbgemm's `reduce_range` does): two products of at most
+//! 127 x 127 never reach the limit, and its sums are exact.
+//!
+//! The layout follows [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line holds
+//! four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one row.
+//! Each 32x32 block of int32 sums is dequantised (`sa · sw · (acc − zp · Σw)`) and run through
+//! the epilogue (bias, activation, residual) while it is in L1 ([`super::epilogue`]).
+//!
+//! [`engine`] picks the engine: AVX-512 VNNI, else AVX2, else none (int8 then runs in f32).
+//! `FOODCLIP_INT8=vnni|avx2|off` forces one, so that one machine can measure every path. In
+//! tests, emulated engines compute what each instruction computes in plain Rust, so the packing,
+//! quantisation and blocking are tested on any CPU, and the saturation the AVX2 engine avoids is
+//! shown.
+
+use super::epilogue::{self, collect_rows, finish_block, for_isa, layer_norm, Block, Grid, Isa};
+pub use super::epilogue::{Epilogue, Norm};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Whether the CPU has AVX-512 VNNI (and AVX-512 F and BW), and the build its AVX-512 kernels.
+pub fn vnni_available() -> bool {
+    super::ops::avx512()
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+/// Whether the CPU has AVX2 and FMA.
+pub fn avx2_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
+/// What runs a packed weight's products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// AVX-512 VNNI dot products (only where [`vnni_available`]).
+    Avx512Vnni,
+    /// AVX2 `vpmaddubsw` products, activations in 0..=127 (only where [`avx2_available`]).
+    Avx2,
+    /// What `vpdpbusd` computes, in plain Rust, for tests on any CPU.
+    #[cfg(test)]
+    EmulatedVnni,
+    /// What `vpmaddubsw` + `vpmaddwd` compute (saturation included), in plain Rust.
+    #[cfg(test)]
+    EmulatedAvx2,
+}
+
+/// The environment variable that forces an int8 engine: `vnni`, `avx2`, or `off` (no int8
+/// arithmetic: `--precision int8` runs f32).
+pub const FORCE_VAR: &str = "FOODCLIP_INT8";
+
+/// The engine for int8 products on this CPU: AVX-512 VNNI, else AVX2; `Ok(None)` when it has
+/// neither (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks is an error.
+pub fn engine() -> Result<Option<Engine>, String> {
+    let forced = std::env::var(FORCE_VAR).ok();
+    let lacks = |what: &str| {
+        Err(format!(
+            "{FORCE_VAR}={}: this CPU has no {what}",
+            forced.as_deref().unwrap_or("")
+        ))
+    };
+    match forced.as_deref().map(str::trim) {
+        None | Some("") | Some("auto") => Ok(if vnni_available() {
+            Some(Engine::Avx512Vnni)
+        } else if avx2_available() {
+            Some(Engine::Avx2)
+        } else {
+            None
+        }),
+        Some("vnni") if vnni_available() => Ok(Some(Engine::Avx512Vnni)),
+        Some("vnni") => lacks("AVX-512 VNNI"),
+        Some("avx2") if avx2_available() => Ok(Some(Engine::Avx2)),
+        Some("avx2") => lacks("AVX2"),
+        Some("off") => Ok(None),
+        Some(other) => Err(format!(
+            "{FORCE_VAR}={other:?}: use vnni, avx2, off or auto"
+        )),
+    }
+}
+
+impl Engine {
+    /// The instructions of its f32 steps.
+    fn isa(self) -> Isa {
+        match self {
+            Engine::Avx512Vnni => Isa::Avx512,
+            Engine::Avx2 => Isa::Avx2,
+            #[cfg(test)]
+            Engine::EmulatedVnni | Engine::EmulatedAvx2 => Isa::Plain,
+        }
+    }
+
+    /// The largest quantised activation: 255, or 127 where pairs of products sum in i16.
+    fn levels(self) -> u8 {
+        match self {
+            Engine::Avx512Vnni => 255,
+            Engine::Avx2 => 127,
+            #[cfg(test)]
+            Engine::EmulatedVnni => 255,
+            #[cfg(test)]
+            Engine::EmulatedAvx2 => 127,
+        }
+    }
+
+    /// Checks that this engine can run here.
+    fn check(self) {
+        match self {
+            Engine::Avx512Vnni => assert!(vnni_available(), "AVX-512 VNNI is not available"),
+            Engine::Avx2 => assert!(avx2_available(), "AVX2 is not available"),
+            #[cfg(test)]
+            Engine::EmulatedVnni | Engine::EmulatedAvx2 => {}
+        }
+    }
+}
+
+/// 64 bytes, aligned to a cache line: four inputs of 16 outputs (weights), or 64 inputs of one
+/// row (activations).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u8; 64]);
+
+const ZERO_LINE: Line = Line([0; 64]);
+
+/// Lines per tile (16 rows, or 16 groups of four inputs).
+const TILE: usize = 16;
+
+/// Inputs per tile.
+const K: usize = 64;
+
+/// The largest quantised weight (and minus the smallest).
+const WEIGHT_LEVELS: f32 = 127.0;
+
+/// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
+/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs. Outputs are padded to a
+/// multiple of 32, inputs of 64, with zeros.
+pub struct PackedWeight {
+    data: Vec<Line>,
+    /// Per output: the real weight is `scale · q`.
+    scales: Vec<f32>,
+    /// Per output: `Σ q` over the inputs, for the activations' zero point.
+    sums: Vec<i32>,
+    inp: usize,
+    out: usize,
+    k_tiles: usize,
+    engine: Engine,
+}
+
+/// Quantises a row-major f32 weight `(out, inp)` to int8 and packs it for `engine`'s products.
+pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
+    assert_eq!(w.len(), out * inp, "the weight is out x inp");
+    let k_tiles = inp.div_ceil(K).max(1);
+    let padded = out.div_ceil(32) * 32;
+    let (mut scales, mut sums) = (vec![0f32; padded], vec![0i32; padded]);
+    let mut q = vec![0i8; padded * inp];
+    q.par_chunks_mut(inp.max(1))
+        .zip(scales.par_iter_mut().zip(sums.par_iter_mut()))
+        .take(out)
+        .enumerate()
+        .for_each(|(n, (q, (scale, sum)))| {
+            let row = &w[n * inp..][..inp];
+            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+            *scale = if max > 0.0 { max / WEIGHT_LEVELS } else { 1.0 };
+            let inv = 1.0 / *scale;
+            for (q, &x) in q.iter_mut().zip(row) {
+                *q = round_even((x * inv).clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS)) as i8;
+            }
+            *sum = q.iter().map(|&v| v as i32).sum();
+        });
+    let mut data = vec![ZERO_LINE; padded / 16 * k_tiles * TILE];
+    data.par_chunks_mut(k_tiles * TILE)
+        .enumerate()
+        .for_each(|(nt, strip)| {
+            for (kt, tile) in strip.chunks_mut(TILE).enumerate() {
+                for (r, line) in tile.iter_mut().enumerate() {
+                    for c in 0..16 {
+                        let n = nt * 16 + c;
+                        for j in 0..4 {
+                            let k = kt * K + 4 * r + j;
+                            if n < out && k < inp {
+                                line.0[4 * c + j] = q[n * inp + k] as u8;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    PackedWeight {
+        data,
+        scales,
+        sums,
+        inp,
+        out,
+        k_tiles,
+        engine,
+    }
+}
+
+impl PackedWeight {
+    /// Outputs.
+    pub fn out(&self) -> usize {
+        self.out
+    }
+
+    /// Inputs.
+    pub fn inp(&self) -> usize {
+        self.inp
+    }
+
+    /// Bytes of packed weights (a quarter of the f32 weight, plus padding).
+    pub fn bytes(&self) -> usize {
+        self.data.len() * std::mem::size_of::<Line>() + self.scales.len() * 8
+    }
+}
+
+/// Activations quantised per row and packed like the weights: for each group of 16 rows,
+/// `k_tiles` tiles of 16 lines (one per row) of 64 inputs. Rows are padded to a multiple of 32.
+#[derive(Default)]
+struct Quantized {
+    lines: Vec<Line>,
+    /// Per row: the real activation is `scale · (q − zero)`.
+    scales: Vec<f32>,
+    /// Per row: the quantised value of 0.
+    zeros: Vec<i32>,
+}
+
+thread_local! {
+    /// The packed activations of the last product on this thread, kept so that every call does
+    /// not allocate (and fault in) fresh buffers.
+    static ACTIVATIONS: RefCell<Quantized> = RefCell::new(Quantized::default());
+}
+
+/// A row's quantisation to `0..=levels`: the range `[min(0, lo), max(0, hi)]` (so that 0 is
+/// exact) split into `levels` steps. Returns `(scale, zero point)`.
+#[inline(always)]
+fn row_params(row: &[f32], levels: u8) -> (f32, i32) {
+    let (mut los, mut his) = ([0f32; 16], [0f32; 16]);
+    let chunks = row.chunks_exact(16);
+    let (mut lo, mut hi) = (0f32, 0f32);
+    for &x in chunks.remainder() {
+        (lo, hi) = (lo.min(x), hi.max(x));
+    }
+    for chunk in chunks {
+        // Selects rather than `f32::min`, whose NaN rule keeps the loop from vectorising.
+        for ((l, h), &x) in los.iter_mut().zip(his.iter_mut()).zip(chunk) {
+            *l = if x < *l { x } else { *l };
+            *h = if x > *h { x } else { *h };
+        }
+    }
+    let lo = los.iter().fold(lo, |a, &b| a.min(b));
+    let hi = his.iter().fold(hi, |a, &b| a.max(b));
+    let levels = levels as f32;
+    let scale = if hi > lo { (hi - lo) / levels } else { 1.0 };
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, levels) as i32;
+    (scale, zero)
+}
+
+/// 1.5 · 2^23: a float of this size has no fraction bits, so adding it rounds `|x| <= 2^22`
+/// to the nearest integer, ties to even (the default rounding mode).
+const MAGIC: f32 = 12_582_912.0;
+
+/// `x` rounded to the nearest integer, ties to even, for `|x| <= 2^22` (the subtract is
+/// exact). Unlike `f32::round_ties_even`, it vectorises without SSE4.1.
+#[inline(always)]
+fn round_even(x: f32) -> f32 {
+    (x + MAGIC) - MAGIC
+}
+
+/// [`round_even`] as an integer: the low mantissa bits of `x + MAGIC` are the integer.
+#[inline(always)]
+fn round_even_int(x: f32) -> i32 {
+    (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
+}
+
+/// Quantises one row into every `TILE`th line of `dst` (64 inputs a line; the padding is the
+/// zero point, which meets zero weights).
+#[inline(always)]
+fn quantize_row(row: &[f32], scale: f32, zero: i32, levels: u8, dst: &mut [Line]) {
+    let inv = 1.0 / scale;
+    let (limit, levels) = (levels as f32, levels as i32);
+    for (kt, chunk) in row.chunks(K).enumerate() {
+        let line = &mut dst[kt * TILE].0;
+        for (q, &x) in line.iter_mut().zip(chunk) {
+            // The row's values lie within `levels` steps of 0, so the first clamp only guards
+            // the rounding's range.
+            let v = x * inv;
+            let v = if v < -limit {
+                -limit
+            } else if v > limit {
+                limit
+            } else {
+                v
+            };
+            *q = (round_even_int(v) + zero).clamp(0, levels) as u8;
+        }
+        line[chunk.len()..].fill(zero as u8);
+    }
+}
+
+/// Quantises one row to `0..=levels` into every `TILE`th line of `dst`; returns its scale and
+/// zero point.
+#[inline(always)]
+fn quantize_plain(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) {
+    let (scale, zero) = row_params(row, levels);
+    quantize_row(row, scale, zero, levels, dst);
+    (scale, zero)
+}
+
+for_isa! {
+    /// [`quantize_plain`] with `isa`'s instructions.
+    fn quantize(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) = quantize_plain
+}
+
+/// Quantises activations `(rows, inp)` into `q`, layer-normalising each row first with `norm`.
+fn pack_activations(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    k_tiles: usize,
+    norm: Option<Norm>,
+    engine: Engine,
+    q: &mut Quantized,
+) {
+    let padded = rows.div_ceil(32) * 32;
+    q.lines.resize(padded / 16 * k_tiles * TILE, ZERO_LINE);
+    q.scales.resize(padded, 0.0);
+    q.zeros.resize(padded, 0);
+    let (isa, levels) = (engine.isa(), engine.levels());
+    q.lines
+        .par_chunks_mut(k_tiles * TILE)
+        .zip(q.scales.par_chunks_mut(16).zip(q.zeros.par_chunks_mut(16)))
+        .enumerate()
+        .for_each(|(g, (group, (scales, zeros)))| {
+            let valid = 16.min(rows.saturating_sub(g * 16));
+            let mut normed = vec![0f32; if norm.is_some() { inp } else { 0 }];
+            for r in 0..valid {
+                let mut row = &x[(g * 16 + r) * inp..][..inp];
+                if let Some(norm) = &norm {
+                    layer_norm(isa, row, norm, &mut normed);
+                    row = &normed;
+                }
+                (scales[r], zeros[r]) = quantize(isa, row, levels, &mut group[r..]);
+            }
+            // Padding rows (the buffer is reused, so they may hold an earlier product's data).
+            for tile in group.chunks_mut(TILE) {
+                tile[valid..].fill(ZERO_LINE);
+            }
+            scales[valid..].fill(0.0);
+            zeros[valid..].fill(0);
+        });
+}
+
+/// A 32x32 block of int32 sums.
+#[repr(C, align(64))]
+struct Sums([i32; 32 * 32]);
+
+/// `act(norm(x) · Wᵀ + bias) + residual` for `x` `(rows, inp)`, row-major: int8 products, int32
+/// sums, the norm, dequantisation and epilogue in f32. Returns `(rows, out)`.
+pub fn matmul(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeight,
+    norm: Option<Norm>,
+    epilogue: Epilogue,
+) -> Vec<f32> {
+    w.engine.check();
+    assert_eq!(x.len(), rows * w.inp);
+    assert!(norm.is_none_or(|n| n.weight.len() == w.inp && n.bias.is_none_or(|b| b.len() == w.inp)));
+    epilogue.check(rows, w.out);
+    let mut q = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
+    pack_activations(x, rows, w.inp, w.k_tiles, norm, w.engine, &mut q);
+    let out = w.out;
+    let grid = Grid {
+        rows,
+        out,
+        block_bytes: 32 * w.k_tiles * K,
+    };
+    let strip = w.k_tiles * TILE;
+    let isa = w.engine.isa();
+    let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
+        let init = || (Sums([0; 32 * 32]), Block([0f32; 32 * 32]));
+        epilogue::for_each_block(grid, y, out, init, |(sums, block), at, y, mp| {
+            let a = &q.lines[(at.row / 16) * strip..][..2 * strip];
+            let b = &w.data[(at.col / 16) * strip..][..2 * strip];
+            tile_product(w.engine, a, b, w.k_tiles, sums);
+            let rows = at.row..at.row + 32;
+            let cols = at.col..at.col + 32;
+            dequantize(
+                isa,
+                sums,
+                (&q.scales[rows.clone()], &q.zeros[rows]),
+                (&w.scales[cols.clone()], &w.sums[cols]),
+                block,
+            );
+            finish_block(isa, block, at, &epilogue, &mut y[mp * out..]);
+        })
+    };
+    // SAFETY: the blocks cover every row and column of the output exactly once, and
+    // `finish_block` writes each of their values.
+    let y = unsafe { collect_rows(rows, out, fill) };
+    ACTIVATIONS.with(|buf| *buf.borrow_mut() = q);
+    y
+}
+
+/// `block = sa · sw · (sums − zero · Σw)` for each row (scale `sa`, zero point) and column
+/// (scale `sw`, weight sum `Σw`) of the block.
+#[inline(always)]
+fn dequantize_plain(
+    sums: &Sums,
+    (row_scales, zeros): (&[f32], &[i32]),
+    (col_scales, col_sums): (&[f32], &[i32]),
+    block: &mut Block,
+) {
+    // Fixed lengths, so that the loop vectorises without a scalar fallback.
+    let block_of = |s: &[f32]| -> [f32; 32] { s[..32].try_into().expect("32 values") };
+    let (col_scales, row_scales) = (block_of(col_scales), block_of(row_scales));
+    let col_sums: &[i32; 32] = col_sums[..32].try_into().expect("32 sums");
+    for m in 0..32 {
+        let (sa, zero) = (row_scales[m], zeros[m]);
+        let out: &mut [f32; 32] = (&mut block.0[m * 32..][..32]).try_into().expect("a row");
+        let acc: &[i32; 32] = sums.0[m * 32..][..32].try_into().expect("a row");
+        for n in 0..32 {
+            out[n] = (acc[n] - zero * col_sums[n]) as f32 * (sa * col_scales[n]);
+        }
+    }
+}
+
+for_isa! {
+    /// [`dequantize_plain`] with `isa`'s instructions.
+    fn dequantize(
+        sums: &Sums,
+        rows: (&[f32], &[i32]),
+        cols: (&[f32], &[i32]),
+        block: &mut Block,
+    ) = dequantize_plain
+}
+
+/// One 32x32 block of int32 sums of `A · B` into `c` with `engine`: A is two strips of
+/// `k_tiles` packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight
+/// tiles (columns 0-15, then 16-31).
+fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
+    assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
+    match engine {
+        // SAFETY: the engine is only used where the CPU has AVX-512 VNNI; the lengths are
+        // checked above.
+        Engine::Avx512Vnni => unsafe {
+            rows_vnni::<12>(a, b, k_tiles, c, 0);
+            rows_vnni::<12>(a, b, k_tiles, c, 12);
+            rows_vnni::<8>(a, b, k_tiles, c, 24);
+        },
+        // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
+        Engine::Avx2 => unsafe {
+            for m0 in (0..32).step_by(2) {
+                rows_avx2(a, b, k_tiles, c, m0);
+            }
+        },
+        #[cfg(test)]
+        Engine::EmulatedVnni => product_emulated(a, b, k_tiles, c, |a, b| {
+            (0..4).map(|j| a[j] as i32 * b[j] as i8 as i32).sum()
+        }),
+        #[cfg(test)]
+        Engine::EmulatedAvx2 => product_emulated(a, b, k_tiles, c, |a, b| {
+            let pair = |j: usize| {
+                let p = a[j] as i32 * b[j] as i8 as i32 + a[j + 1] as i32 * b[j + 1] as i8 as i32;
+                p.clamp(i16::MIN as i32, i16::MAX as i32)
+            };
+            pair(0) + pair(2)
+        }),
+    }
+}
+
+/// Rows `m0..m0 + R` of a block with `vpdpbusd`: each weight line holds four inputs of 16
+/// columns, and each row's four activations are broadcast to all 16 lanes. 12 rows x 2
+/// vectors are 24 accumulators, which leaves registers for the weights.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and VNNI; `a` and `b` must each hold `2 * k_tiles` tiles;
+/// `m0 + R <= 32`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn rows_vnni<const R: usize>(
+    a: &[Line],
+    b: &[Line],
+    k_tiles: usize,
+    c: &mut Sums,
+    m0: usize,
+) {
+    use std::arch::x86_64::*;
+    let strip = k_tiles * TILE;
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [[_mm512_setzero_si512(); 2]; R];
+    let rows: [*const i32; R] = std::array::from_fn(|i| {
+        let m = m0 + i;
+        a.add((m / 16) * strip + m % 16).cast::<i32>()
+    });
+    for kt in 0..k_tiles {
+        for r in 0..TILE {
+            let b0 = _mm512_load_si512(b.add(kt * TILE + r).cast());
+            let b1 = _mm512_load_si512(b.add(strip + kt * TILE + r).cast());
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm512_set1_epi32(*row.add(kt * TILE * 16 + r));
+                acc[0] = _mm512_dpbusd_epi32(acc[0], x, b0);
+                acc[1] = _mm512_dpbusd_epi32(acc[1], x, b1);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let out = c.0.as_mut_ptr().add((m0 + i) * 32);
+        _mm512_store_si512(out.cast(), acc[0]);
+        _mm512_store_si512(out.add(16).cast(), acc[1]);
+    }
+}
+
+/// Rows `m0` and `m0 + 1` of a block with `vpmaddubsw` (pairs of u8 x s8 products summed in
+/// i16) and `vpmaddwd` by ones (pairs of those summed in i32): 2 rows x 4 vectors of 8 columns.
+///
+/// # Safety
+/// The CPU must have AVX2; `a` and `b` must each hold `2 * k_tiles` tiles; `m0 + 2 <= 32`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums, m0: usize) {
+    use std::arch::x86_64::*;
+    const R: usize = 2;
+    let strip = k_tiles * TILE;
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 4]; R];
+    let rows: [*const i32; R] = std::array::from_fn(|i| {
+        let m = m0 + i;
+        a.add((m / 16) * strip + m % 16).cast::<i32>()
+    });
+    for kt in 0..k_tiles {
+        for r in 0..TILE {
+            let (l0, l1) = (b.add(kt * TILE + r), b.add(strip + kt * TILE + r));
+            let w = [
+                _mm256_load_si256(l0.cast()),
+                _mm256_load_si256(l0.cast::<__m256i>().add(1)),
+                _mm256_load_si256(l1.cast()),
+                _mm256_load_si256(l1.cast::<__m256i>().add(1)),
+            ];
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm256_set1_epi32(*row.add(kt * TILE * 16 + r));
+                for (acc, w) in acc.iter_mut().zip(&w) {
+                    let pairs = _mm256_maddubs_epi16(x, *w);
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let out = c.0.as_mut_ptr().add((m0 + i) * 32);
+        for (j, v) in acc.iter().enumerate() {
+            _mm256_store_si256(out.add(8 * j).cast(), *v);
+        }
+    }
+}
+
+/// A block of sums in plain Rust, `dot4` giving what the instruction makes of four activations
+/// and four weights.
+#[cfg(test)]
+fn product_emulated(
+    a: &[Line],
+    b: &[Line],
+    k_tiles: usize,
+    c: &mut Sums,
+    dot4: impl Fn(&[u8], &[u8]) -> i32,
+) {
+    let strip = k_tiles * TILE;
+    for m in 0..32 {
+        for n in 0..32 {
+            let mut sum = 0i32;
+            for kt in 0..k_tiles {
+                let arow = &a[(m / 16) * strip + kt * TILE + m % 16].0;
+                for r in 0..TILE {
+                    let brow = &b[(n / 16) * strip + kt * TILE + r].0;
+                    sum += dot4(&arow[4 * r..][..4], &brow[4 * (n % 16)..][..4]);
+                }
+            }
+            c.0[m * 32 + n] = sum;
+        }
+    }
+}
+
+#[cfg(test)]
+/// The emulations everywhere, and each hardware engine where the CPU has it (said on stderr
+/// otherwise).
+pub(crate) fn engines() -> Vec<Engine> {
+    let mut engines = vec![Engine::EmulatedVnni, Engine::EmulatedAvx2];
+    for (engine, here, what) in [
+        (Engine::Avx512Vnni, vnni_available(), "AVX-512 VNNI"),
+        (Engine::Avx2, avx2_available(), "AVX2"),
+    ] {
+        if here {
+            engines.push(engine);
+        } else {
+            eprintln!("no {what} on this CPU: its kernel is not run here");
+        }
+    }
+    engines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in `[-1, 1)` with some spread of magnitudes.
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 23) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// What the product should be, from the quantised values in plain Rust: each weight
+    /// quantised per output, each row of activations per row, exact integer sums.
+    fn reference(
+        x: &[f32],
+        rows: usize,
+        w: &[f32],
+        out: usize,
+        inp: usize,
+        levels: u8,
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; rows * out];
+        for m in 0..rows {
+            let row = &x[m * inp..][..inp];
+            let (sa, zero) = row_params(row, levels);
+            let qa: Vec<i32> = row
+                .iter()
+                .map(|&v| {
+                    ((v * (1.0 / sa)).round_ties_even() + zero as f32).clamp(0.0, levels as f32)
+                        as i32
+                })
+                .collect();
+            for n in 0..out {
+                let wrow = &w[n * inp..][..inp];
+                let max = wrow.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let sw = if max > 0.0 { max / 127.0 } else { 1.0 };
+                let qw: Vec<i32> = wrow
+                    .iter()
+                    .map(|&v| (v * (1.0 / sw)).round_ties_even().clamp(-127.0, 127.0) as i32)
+                    .collect();
+                let acc: i64 = qa
+                    .iter()
+                    .zip(&qw)
+                    .map(|(&a, &b)| ((a - zero) * b) as i64)
+                    .sum();
+                y[m * out + n] = acc as f32 * sa * sw;
+            }
+        }
+        y
+    }
+
+    /// Every engine against the plain reference on ragged shapes (rows, inputs and outputs
+    /// off the 32-, 64- and 16-multiples), with zero rows and a residual and bias.
+    #[test]
+    fn products_match_the_integer_reference_on_ragged_shapes() {
+        for engine in engines() {
+            for &(rows, inp, out) in &[
+                (1, 1, 1),
+                (3, 63, 17),
+                (17, 64, 32),
+                (33, 65, 33),
+                (40, 130, 70),
+                (64, 200, 48),
+            ] {
+                let mut x = values(rows * inp, (rows * 31 + inp) as u64);
+                x[..inp].fill(0.0); // a row of zeros
+                let w = values(out * inp, (out * 7 + inp) as u64);
+                let bias = values(out, 5);
+                let residual = values(rows * out, 9);
+                let packed = pack(&w, out, inp, engine);
+                let ours = matmul(
+                    &x,
+                    rows,
+                    &packed,
+                    None,
+                    Epilogue {
+                        bias: Some(&bias),
+                        residual: Some(&residual),
+                        activation: None,
+                    },
+                );
+                let expected = reference(&x, rows, &w, out, inp, engine.levels());
+                for (i, (a, e)) in ours.iter().zip(&expected).enumerate() {
+                    let e = e + bias[i % out] + residual[i];
+                    assert!(
+                        (a - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                        "{engine:?} {rows}x{inp}x{out} at {i}: {a} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Quantisation costs little: against the f32 product, the error stays near one step of
+    /// the activations' scale over the input width.
+    #[test]
+    fn products_stay_close_to_f32() {
+        let (rows, inp, out) = (24, 256, 40);
+        let x = values(rows * inp, 1);
+        let w = values(out * inp, 2);
+        for engine in engines() {
+            let y = matmul(
+                &x,
+                rows,
+                &pack(&w, out, inp, engine),
+                None,
+                Epilogue::default(),
+            );
+            let (mut err, mut norm) = (0f64, 0f64);
+            for m in 0..rows {
+                for n in 0..out {
+                    let exact: f32 = (0..inp).map(|k| x[m * inp + k] * w[n * inp + k]).sum();
+                    err += ((y[m * out + n] - exact) as f64).powi(2);
+                    norm += (exact as f64).powi(2);
+                }
+            }
+            let rel = (err / norm).sqrt();
+            assert!(rel < 0.02, "{engine:?}: relative error {rel}");
+        }
+    }
+
+    /// Why the AVX2 engine keeps activations to 0..=127: at 0..=255, two products of a pair
+    /// exceed i16 and `vpmaddubsw` saturates, so the sums would be wrong.
+    #[test]
+    fn full_range_activations_would_saturate_vpmaddubsw() {
+        let mut a = vec![ZERO_LINE; 2 * TILE];
+        let mut b = vec![ZERO_LINE; 2 * TILE];
+        a[0].0[..4].copy_from_slice(&[255, 255, 0, 0]);
+        b[0].0[..4].copy_from_slice(&[127, 127, 0, 0]);
+        let (mut vnni, mut avx2) = (Sums([0; 1024]), Sums([0; 1024]));
+        tile_product(Engine::EmulatedVnni, &a, &b, 1, &mut vnni);
+        tile_product(Engine::EmulatedAvx2, &a, &b, 1, &mut avx2);
+        assert_eq!(vnni.0[0], 2 * 255 * 127);
+        assert_eq!(avx2.0[0], i16::MAX as i32);
+        a[0].0[..2].copy_from_slice(&[127, 127]);
+        tile_product(Engine::EmulatedAvx2, &a, &b, 1, &mut avx2);
+        assert_eq!(avx2.0[0], 2 * 127 * 127);
+    }
+
+    /// The layer norm applied while packing gives what normalising first gives.
+    #[test]
+    fn normalising_while_packing_matches_normalising_first() {
+        let (rows, inp, out) = (5, 96, 20);
+        let x = values(rows * inp, 3);
+        let w = values(out * inp, 4);
+        let (scale, shift) = (values(inp, 6), values(inp, 7));
+        let norm = Norm {
+            weight: &scale,
+            bias: Some(&shift),
+            eps: 1e-5,
+        };
+        for engine in engines() {
+            let packed = pack(&w, out, inp, engine);
+            let mut normed = vec![0f32; rows * inp];
+            for (row, dst) in x.chunks(inp).zip(normed.chunks_mut(inp)) {
+                layer_norm(engine.isa(), row, &norm, dst);
+            }
+            let first = matmul(&normed, rows, &packed, None, Epilogue::default());
+            let fused = matmul(&x, rows, &packed, Some(norm), Epilogue::default());
+            assert_eq!(first, fused, "{engine:?}");
+        }
+    }
+}
