@@ -22,9 +22,7 @@
 //! AVX-512 step in plain Rust, so that all the packing, blocking, epilogue and hand-off logic is
 //! tested on any CPU; the kernel tests run each hardware engine where the CPU has it.
 
-use super::epilogue::{
-    self, collect_rows, finish_block, finished_row, layer_norm, Block, Grid, Isa, Place,
-};
+use super::epilogue::{self, collect_rows, finish_block, finished_row, Block, Grid, Isa, Place};
 pub use super::epilogue::{Epilogue, Norm};
 use rayon::prelude::*;
 use std::arch::asm;
@@ -60,33 +58,24 @@ pub enum Engine {
 /// arithmetic: `--precision bf16` runs f32).
 pub const FORCE_VAR: &str = "FOODCLIP_BF16";
 
+/// The bf16 engines, best first.
+fn choices() -> [epilogue::Choice<Engine>; 2] {
+    let amx = "AMX (or Linux did not grant the tile state)";
+    [
+        ("amx", amx_available(), amx, Engine::Amx),
+        (
+            "avx512",
+            avx512_bf16_available(),
+            "AVX-512 BF16",
+            Engine::Avx512,
+        ),
+    ]
+}
+
 /// The engine for bf16 products on this CPU: AMX, else AVX-512 BF16; `Ok(None)` when it has no
 /// bf16 arithmetic (or `FOODCLIP_BF16=off`). A forced engine the CPU lacks is an error.
 pub fn engine() -> Result<Option<Engine>, String> {
-    let forced = std::env::var(FORCE_VAR).ok();
-    let lacks = |what: &str| {
-        Err(format!(
-            "{FORCE_VAR}={}: this CPU has no {what}",
-            forced.as_deref().unwrap_or("")
-        ))
-    };
-    match forced.as_deref().map(str::trim) {
-        None | Some("") | Some("auto") => Ok(if amx_available() {
-            Some(Engine::Amx)
-        } else if avx512_bf16_available() {
-            Some(Engine::Avx512)
-        } else {
-            None
-        }),
-        Some("amx") if amx_available() => Ok(Some(Engine::Amx)),
-        Some("amx") => lacks("AMX (or Linux did not grant the tile state)"),
-        Some("avx512") if avx512_bf16_available() => Ok(Some(Engine::Avx512)),
-        Some("avx512") => lacks("AVX-512 BF16"),
-        Some("off") => Ok(None),
-        Some(other) => Err(format!(
-            "{FORCE_VAR}={other:?}: use amx, avx512, off or auto"
-        )),
-    }
+    epilogue::choose(FORCE_VAR, &choices())
 }
 
 impl Engine {
@@ -273,28 +262,19 @@ fn pack_activations(
     engine: Engine,
     a: &mut Vec<Line>,
 ) {
-    let groups = rows.div_ceil(32) * 2;
-    a.resize(groups * k_tiles * TILE, ZERO_LINE);
-    a.par_chunks_mut(k_tiles * TILE)
-        .enumerate()
-        .for_each(|(g, group)| {
-            let valid = 16.min(rows.saturating_sub(g * 16));
-            let mut normed = vec![0f32; if norm.is_some() { inp } else { 0 }];
-            for r in 0..valid {
-                let mut row = &x[(g * 16 + r) * inp..][..inp];
-                if let Some(norm) = &norm {
-                    layer_norm(engine.isa(), row, norm, &mut normed);
-                    row = &normed;
-                }
-                pack_row(engine, row, &mut group[r..], k_tiles);
-            }
-            if valid < 16 {
-                // Padding rows (the buffer is reused, so they may hold an earlier product's data).
-                for tile in group.chunks_mut(TILE) {
-                    tile[valid..].fill(ZERO_LINE);
-                }
-            }
-        });
+    let padded = rows.div_ceil(32) * 32;
+    a.resize(padded / 16 * k_tiles * TILE, ZERO_LINE);
+    let lines = (&mut a[..], k_tiles * TILE, ZERO_LINE);
+    epilogue::pack_rows(
+        x,
+        rows,
+        inp,
+        norm,
+        engine.isa(),
+        lines,
+        &mut vec![(); padded],
+        |row, dst, _| pack_row(engine, row, dst, k_tiles),
+    );
 }
 
 /// Converts one row of activations to bf16, 32 values (one tile row) at a time, into every
@@ -681,26 +661,15 @@ unsafe fn tile_product_amx(a: *const Line, b: *const Line, k_tiles: usize, c: &m
 }
 
 #[cfg(test)]
-/// The emulation everywhere, and each hardware engine where the CPU has it (said on
-/// stderr otherwise).
+/// The emulation everywhere, and each hardware engine where the CPU has it.
 pub(crate) fn engines() -> Vec<Engine> {
-    let mut engines = vec![Engine::Emulated];
-    for (engine, here, what) in [
-        (Engine::Avx512, avx512_bf16_available(), "AVX-512 BF16"),
-        (Engine::Amx, amx_available(), "AMX"),
-    ] {
-        if here {
-            engines.push(engine);
-        } else {
-            eprintln!("no {what} on this CPU: its kernel is not run here");
-        }
-    }
-    engines
+    epilogue::testable(&[Engine::Emulated], &choices())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::epilogue::layer_norm;
 
     #[test]
     #[ignore = "timing, run by hand: cargo test --release --lib bf16 -- --ignored --nocapture"]

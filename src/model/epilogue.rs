@@ -5,6 +5,47 @@
 
 use rayon::prelude::*;
 
+/// An engine that an environment variable can force: its name there, whether this CPU has it,
+/// what the CPU lacks when it does not, and the engine.
+pub(super) type Choice<E> = (&'static str, bool, &'static str, E);
+
+/// The engine `var` forces (by its name), or else the first of `choices` (best first) this CPU
+/// has; `Ok(None)` for `off`, or when it has none. A forced engine the CPU lacks is an error.
+pub(super) fn choose<E: Copy>(var: &str, choices: &[Choice<E>]) -> Result<Option<E>, String> {
+    let forced = std::env::var(var).ok();
+    let forced = forced.as_deref().map(str::trim);
+    match forced {
+        None | Some("") | Some("auto") => Ok(choices.iter().find(|c| c.1).map(|c| c.3)),
+        Some("off") => Ok(None),
+        Some(name) => match choices.iter().find(|c| c.0 == name) {
+            Some(&(_, true, _, engine)) => Ok(Some(engine)),
+            Some(&(_, false, lacks, _)) => Err(format!("{var}={name}: this CPU has no {lacks}")),
+            None => {
+                let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+                Err(format!(
+                    "{var}={name:?}: use {}, off or auto",
+                    names.join(", ")
+                ))
+            }
+        },
+    }
+}
+
+/// The emulated engines, and each of `choices` this CPU has (the others said on stderr): the
+/// engines the kernel tests run here.
+#[cfg(test)]
+pub(super) fn testable<E: Copy>(emulated: &[E], choices: &[Choice<E>]) -> Vec<E> {
+    let mut engines = emulated.to_vec();
+    for &(_, here, lacks, engine) in choices {
+        if here {
+            engines.push(engine);
+        } else {
+            eprintln!("no {lacks} on this CPU: its kernel is not run here");
+        }
+    }
+    engines
+}
+
 /// The vector instructions the f32 steps are compiled for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -85,6 +126,44 @@ fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
 for_isa! {
     /// Layer-normalises one row with `isa`'s instructions.
     pub(super) fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) = layer_norm_plain
+}
+
+/// Packs activations `(rows, inp)` 16 rows at a time, in parallel: `lines` holds each group of
+/// 16 rows in `group_len` lines (tiles of 16 lines, a line per row), `params` each row's
+/// parameters. Each row, layer-normalised first with `norm`, goes to `pack(row, lines from
+/// the row's own, its parameters)`. Padding rows past `rows` are reset to `zero` and the default
+/// parameters (the buffers are reused, so they may hold an earlier product's data).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack_rows<L: Copy + Send + Sync, P: Default + Send>(
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    norm: Option<Norm>,
+    isa: Isa,
+    (lines, group_len, zero): (&mut [L], usize, L),
+    params: &mut [P],
+    pack: impl Fn(&[f32], &mut [L], &mut P) + Sync,
+) {
+    lines
+        .par_chunks_mut(group_len)
+        .zip(params.par_chunks_mut(16))
+        .enumerate()
+        .for_each(|(g, (group, params))| {
+            let valid = 16.min(rows.saturating_sub(g * 16));
+            let mut normed = vec![0f32; if norm.is_some() { inp } else { 0 }];
+            for (r, p) in params.iter_mut().enumerate().take(valid) {
+                let mut row = &x[(g * 16 + r) * inp..][..inp];
+                if let Some(norm) = &norm {
+                    layer_norm(isa, row, norm, &mut normed);
+                    row = &normed;
+                }
+                pack(row, &mut group[r..], p);
+            }
+            for tile in group.chunks_mut(16) {
+                tile[valid..].fill(zero);
+            }
+            params[valid..].iter_mut().for_each(|p| *p = P::default());
+        });
 }
 
 /// What happens to each block of `x · Wᵀ` on its way to the output, while it is still in the

@@ -22,7 +22,7 @@
 //! quantisation and blocking are tested on any CPU, and the saturation the AVX2 engine avoids is
 //! shown.
 
-use super::epilogue::{self, collect_rows, finish_block, for_isa, layer_norm, Block, Grid, Isa};
+use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
 pub use super::epilogue::{Epilogue, Norm};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -58,33 +58,18 @@ pub enum Engine {
 /// arithmetic: `--precision int8` runs f32).
 pub const FORCE_VAR: &str = "FOODCLIP_INT8";
 
+/// The int8 engines, best first.
+fn choices() -> [epilogue::Choice<Engine>; 2] {
+    [
+        ("vnni", vnni_available(), "AVX-512 VNNI", Engine::Avx512Vnni),
+        ("avx2", avx2_available(), "AVX2", Engine::Avx2),
+    ]
+}
+
 /// The engine for int8 products on this CPU: AVX-512 VNNI, else AVX2; `Ok(None)` when it has
 /// neither (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks is an error.
 pub fn engine() -> Result<Option<Engine>, String> {
-    let forced = std::env::var(FORCE_VAR).ok();
-    let lacks = |what: &str| {
-        Err(format!(
-            "{FORCE_VAR}={}: this CPU has no {what}",
-            forced.as_deref().unwrap_or("")
-        ))
-    };
-    match forced.as_deref().map(str::trim) {
-        None | Some("") | Some("auto") => Ok(if vnni_available() {
-            Some(Engine::Avx512Vnni)
-        } else if avx2_available() {
-            Some(Engine::Avx2)
-        } else {
-            None
-        }),
-        Some("vnni") if vnni_available() => Ok(Some(Engine::Avx512Vnni)),
-        Some("vnni") => lacks("AVX-512 VNNI"),
-        Some("avx2") if avx2_available() => Ok(Some(Engine::Avx2)),
-        Some("avx2") => lacks("AVX2"),
-        Some("off") => Ok(None),
-        Some(other) => Err(format!(
-            "{FORCE_VAR}={other:?}: use vnni, avx2, off or auto"
-        )),
-    }
+    epilogue::choose(FORCE_VAR, &choices())
 }
 
 impl Engine {
@@ -225,10 +210,9 @@ impl PackedWeight {
 #[derive(Default)]
 struct Quantized {
     lines: Vec<Line>,
-    /// Per row: the real activation is `scale · (q − zero)`.
-    scales: Vec<f32>,
-    /// Per row: the quantised value of 0.
-    zeros: Vec<i32>,
+    /// Per row: the scale and the quantised value of 0; the real activation is
+    /// `scale · (q − zero)`.
+    params: Vec<(f32, i32)>,
 }
 
 thread_local! {
@@ -330,31 +314,19 @@ fn pack_activations(
 ) {
     let padded = rows.div_ceil(32) * 32;
     q.lines.resize(padded / 16 * k_tiles * TILE, ZERO_LINE);
-    q.scales.resize(padded, 0.0);
-    q.zeros.resize(padded, 0);
+    q.params.resize(padded, (0.0, 0));
     let (isa, levels) = (engine.isa(), engine.levels());
-    q.lines
-        .par_chunks_mut(k_tiles * TILE)
-        .zip(q.scales.par_chunks_mut(16).zip(q.zeros.par_chunks_mut(16)))
-        .enumerate()
-        .for_each(|(g, (group, (scales, zeros)))| {
-            let valid = 16.min(rows.saturating_sub(g * 16));
-            let mut normed = vec![0f32; if norm.is_some() { inp } else { 0 }];
-            for r in 0..valid {
-                let mut row = &x[(g * 16 + r) * inp..][..inp];
-                if let Some(norm) = &norm {
-                    layer_norm(isa, row, norm, &mut normed);
-                    row = &normed;
-                }
-                (scales[r], zeros[r]) = quantize(isa, row, levels, &mut group[r..]);
-            }
-            // Padding rows (the buffer is reused, so they may hold an earlier product's data).
-            for tile in group.chunks_mut(TILE) {
-                tile[valid..].fill(ZERO_LINE);
-            }
-            scales[valid..].fill(0.0);
-            zeros[valid..].fill(0);
-        });
+    let lines = (&mut q.lines[..], k_tiles * TILE, ZERO_LINE);
+    epilogue::pack_rows(
+        x,
+        rows,
+        inp,
+        norm,
+        isa,
+        lines,
+        &mut q.params,
+        |row, dst, p| *p = quantize(isa, row, levels, dst),
+    );
 }
 
 /// A 32x32 block of int32 sums.
@@ -390,12 +362,12 @@ pub fn matmul(
             let a = &q.lines[(at.row / 16) * strip..][..2 * strip];
             let b = &w.data[(at.col / 16) * strip..][..2 * strip];
             tile_product(w.engine, a, b, w.k_tiles, sums);
-            let rows = at.row..at.row + 32;
             let cols = at.col..at.col + 32;
+            let rows = &q.params[at.row..at.row + 32];
             dequantize(
                 isa,
                 sums,
-                (&q.scales[rows.clone()], &q.zeros[rows]),
+                rows,
                 (&w.scales[cols.clone()], &w.sums[cols]),
                 block,
             );
@@ -414,16 +386,14 @@ pub fn matmul(
 #[inline(always)]
 fn dequantize_plain(
     sums: &Sums,
-    (row_scales, zeros): (&[f32], &[i32]),
+    rows: &[(f32, i32)],
     (col_scales, col_sums): (&[f32], &[i32]),
     block: &mut Block,
 ) {
     // Fixed lengths, so that the loop vectorises without a scalar fallback.
-    let block_of = |s: &[f32]| -> [f32; 32] { s[..32].try_into().expect("32 values") };
-    let (col_scales, row_scales) = (block_of(col_scales), block_of(row_scales));
+    let col_scales: &[f32; 32] = col_scales[..32].try_into().expect("32 scales");
     let col_sums: &[i32; 32] = col_sums[..32].try_into().expect("32 sums");
-    for m in 0..32 {
-        let (sa, zero) = (row_scales[m], zeros[m]);
+    for (m, &(sa, zero)) in rows[..32].iter().enumerate() {
         let out: &mut [f32; 32] = (&mut block.0[m * 32..][..32]).try_into().expect("a row");
         let acc: &[i32; 32] = sums.0[m * 32..][..32].try_into().expect("a row");
         for n in 0..32 {
@@ -436,7 +406,7 @@ for_isa! {
     /// [`dequantize_plain`] with `isa`'s instructions.
     fn dequantize(
         sums: &Sums,
-        rows: (&[f32], &[i32]),
+        rows: &[(f32, i32)],
         cols: (&[f32], &[i32]),
         block: &mut Block,
     ) = dequantize_plain
@@ -587,26 +557,15 @@ fn product_emulated(
 }
 
 #[cfg(test)]
-/// The emulations everywhere, and each hardware engine where the CPU has it (said on stderr
-/// otherwise).
+/// The emulations everywhere, and each hardware engine where the CPU has it.
 pub(crate) fn engines() -> Vec<Engine> {
-    let mut engines = vec![Engine::EmulatedVnni, Engine::EmulatedAvx2];
-    for (engine, here, what) in [
-        (Engine::Avx512Vnni, vnni_available(), "AVX-512 VNNI"),
-        (Engine::Avx2, avx2_available(), "AVX2"),
-    ] {
-        if here {
-            engines.push(engine);
-        } else {
-            eprintln!("no {what} on this CPU: its kernel is not run here");
-        }
-    }
-    engines
+    epilogue::testable(&[Engine::EmulatedVnni, Engine::EmulatedAvx2], &choices())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::epilogue::layer_norm;
 
     /// Deterministic values in `[-1, 1)` with some spread of magnitudes.
     fn values(n: usize, seed: u64) -> Vec<f32> {
