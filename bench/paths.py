@@ -14,6 +14,16 @@ rounds; the median of each is reported:
 | fp32, AVX-512 | default build | fp32 |
 | fp32, AVX2 | `--no-default-features` build | fp32, `ONEDNN_MAX_CPU_ISA=AVX2` |
 
+| int8, AVX-512 VNNI | `--precision int8` (`FOODCLIP_INT8=vnni`) | ONNX Runtime dynamic int8 |
+| int8, AVX2 | `FOODCLIP_INT8=avx2` | ONNX Runtime dynamic int8 (unrestricted) |
+
+Then ONNX Runtime (PyPI `onnxruntime`), as CPU deployments of CLIP run it: the same image tower
+and projection exported with `torch.onnx.export`, the CPU provider with as many intra-op
+threads as foodclip's (the CPUs this process may use), fp32 against foodclip's f32, and its
+dynamic quantisation (`quantize_dynamic`, int8 weights, activations quantised per call) against
+foodclip's int8, alternating the same way. `--no-ort` skips it; the exports are kept under
+--workdir. Each foodclip run also reports its peak resident memory.
+
 A path the CPU lacks is skipped. Then `--precision auto` (the engine its probe measures fastest)
 against foodclip's own f32, alternating the same way: it should never be slower. `--auto-only`
 measures just that. Nothing is asserted; run it on an otherwise idle machine.
@@ -60,6 +70,62 @@ def make_siglip_checkpoint(path):
         shutil.copy(os.path.join(tok, f), os.path.join(path, f))
 
 
+# ONNX Runtime in a process of its own: the export (once) and the timing.
+ORT_EXPORT = r"""
+import sys, torch
+from transformers import AutoModel
+from onnxruntime.quantization import QuantType, quantize_dynamic
+ckpt, fp32_path, int8_path = sys.argv[1:4]
+model = AutoModel.from_pretrained(ckpt).eval()
+
+class Tower(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, pixel_values):
+        out = self.m.get_image_features(pixel_values=pixel_values)
+        return getattr(out, "pooler_output", out)
+
+with torch.no_grad():
+    torch.onnx.export(Tower(model), (torch.randn(2, 3, 224, 224),), fp32_path,
+                      input_names=["pixel_values"], output_names=["embeds"],
+                      dynamic_axes={"pixel_values": {0: "batch"}}, opset_version=17, dynamo=False)
+quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8)
+"""
+
+ORT_TIME = r"""
+import sys, time
+import numpy as np, onnxruntime as ort
+path, batch, iterations, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+options = ort.SessionOptions()
+options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+x = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
+session.run(None, {"pixel_values": x})
+start = time.perf_counter()
+for _ in range(iterations):
+    session.run(None, {"pixel_values": x})
+print(batch * iterations / (time.perf_counter() - start))
+"""
+
+
+def ort_models(ckpt):
+    """The tower exported to ONNX in fp32 and dynamically quantised to int8, beside `ckpt`."""
+    fp32, int8 = ckpt + "-fp32.onnx", ckpt + "-int8.onnx"
+    if not (os.path.exists(fp32) and os.path.exists(int8)):
+        subprocess.run([sys.executable, "-c", ORT_EXPORT, ckpt, fp32, int8], check=True,
+                       capture_output=True)
+    return {"f32": fp32, "int8": int8}
+
+
+def ort(model, iterations):
+    threads = len(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", ORT_TIME, model, "32", str(iterations), str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def cpu_flags():
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -76,7 +142,13 @@ def foodclip(ckpt, precision, iterations, env, target):
         cwd=ROOT, capture_output=True, text=True, check=True,
         env=dict(os.environ, **env, **({} if target is None else {"CARGO_TARGET_DIR": target})),
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["images_per_second"]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    PEAK_RSS[precision + "".join(f" {k}={v}" for k, v in env.items())] = record["peak_rss_mb"]
+    return record["images_per_second"]
+
+
+# Peak resident memory (MB) of the last foodclip run of each precision and environment.
+PEAK_RSS = {}
 
 
 def torch(ckpt, precision, iterations, isa):
@@ -97,6 +169,7 @@ def main():
     ap.add_argument("--siglip", action="store_true", help="a random SigLIP base, not CLIP ViT-B/32")
     ap.add_argument("--no-avx2", action="store_true", help="skip the AVX2 path (a second build)")
     ap.add_argument("--auto-only", action="store_true", help="only --precision auto against f32")
+    ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     args = ap.parse_args()
     if args.siglip:
         ckpt = os.path.join(args.workdir, "siglip-b16")
@@ -116,6 +189,24 @@ def main():
         paths.append(("fp32, AVX-512", "f32", {}, None, None))
     if not args.no_avx2:
         paths.append(("fp32, AVX2 only", "f32", {"FOODCLIP_BF16": "off"}, avx2_target, "AVX2"))
+    if args.siglip:
+        args.no_ort = True  # the export above is written for CLIP's get_image_features
+    if not args.auto_only and not args.no_ort:
+        models = ort_models(ckpt)
+        ort_paths = []
+        if "avx512_vnni" in flags:
+            ort_paths.append(("int8, AVX-512 VNNI", "int8", {"FOODCLIP_INT8": "vnni"}))
+        if "avx2" in flags:
+            ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}))
+        ort_paths.append(("fp32", "f32", {}))
+        for name, precision, env in ort_paths:
+            ours, peer = [], []
+            for _ in range(args.rounds):
+                ours.append(foodclip(ckpt, precision, args.iterations, env, None))
+                peer.append(ort(models[precision], args.iterations))
+            o, p = statistics.median(ours), statistics.median(peer)
+            print(f"{name}: foodclip {o:.1f} img/s, ONNX Runtime {'int8 dynamic' if precision == 'int8' else 'fp32'} "
+                  f"{p:.1f} img/s, ratio {o / p:.2f}x", flush=True)
     for name, precision, env, target, isa in [] if args.auto_only else paths:
         ours, peer = [], []
         for _ in range(args.rounds):
@@ -132,6 +223,8 @@ def main():
     a, f = statistics.median(auto), statistics.median(f32)
     print(f"auto (measured): foodclip {a:.1f} img/s against its f32 {f:.1f} img/s, ratio {a / f:.2f}x",
           flush=True)
+    for run, mb in PEAK_RSS.items():
+        print(f"peak resident memory, foodclip {run}: {mb} MB")
 
 
 if __name__ == "__main__":

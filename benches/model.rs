@@ -1,7 +1,7 @@
 //! Model-only throughput: image embeddings from preprocessed tensors.
 //!
 //! `cargo bench --bench model -- CHECKPOINT_DIR [BATCH] [ITERATIONS] [PRECISION]` prints one JSON
-//! line with the mean seconds per batch. `bench/bench.py` runs it beside PyTorch on the same
+//! line with the mean seconds per batch and the peak resident memory. `bench/bench.py` runs it beside PyTorch on the same
 //! checkpoint; it takes random pixels, so no photo decoding is timed.
 
 use candle_core::{Device, Tensor};
@@ -42,6 +42,15 @@ fn main() -> anyhow::Result<()> {
         ckpt.model.image_features(&pixels)?;
     }
     let secs = start.elapsed().as_secs_f64() / iterations as f64;
-    println!("{{\"batch\": {batch}, \"precision\": \"{precision}\", \"seconds_per_batch\": {secs:.4}, \"images_per_second\": {:.2}}}", batch as f64 / secs);
+    let peak = peak_rss_mb().map_or("null".to_string(), |mb| format!("{mb:.0}"));
+    println!("{{\"batch\": {batch}, \"precision\": \"{precision}\", \"seconds_per_batch\": {secs:.4}, \"images_per_second\": {:.2}, \"peak_rss_mb\": {peak}}}", batch as f64 / secs);
     Ok(())
+}
+
+/// This process's peak resident memory (`VmHWM`), on Linux.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }

@@ -6,10 +6,10 @@
 //!
 //! Two engines share every step but the innermost product: AVX-512 VNNI (`vpdpbusd`, four
 //! u8 x s8 products summed into each int32 lane: Intel since Cascade Lake, AMD Zen 4 and later),
-//! and plain AVX2 (`vpmaddubsw` then `vpmaddwd`, for every x86 CPU of the last ten years).
-//! `vpmaddubsw` saturates each pair of products at i16, so the AVX2 engine quantises activations
-//! to 0..=127 rather than 0..=255 (as fbgemm's `reduce_range` does): two products of at most
-//! 127 x 127 never reach the limit, and its sums are exact.
+//! and plain AVX2 (`vpmaddwd` on the bytes widened to 16 bits, for every x86 CPU of the last ten
+//! years). Both sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the
+//! bytes as they are, but it saturates each pair of products at 16 bits: fbgemm then keeps
+//! activations to 0..=127, which on our fixtures moved text embeddings past cosine 0.999.)
 //!
 //! The layout follows [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line holds
 //! four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one row.
@@ -18,9 +18,8 @@
 //!
 //! [`engine`] picks the engine: AVX-512 VNNI, else AVX2, else none (int8 then runs in f32).
 //! `FOODCLIP_INT8=vnni|avx2|off` forces one, so that one machine can measure every path. In
-//! tests, emulated engines compute what each instruction computes in plain Rust, so the packing,
-//! quantisation and blocking are tested on any CPU, and the saturation the AVX2 engine avoids is
-//! shown.
+//! tests, an emulated engine computes the sums in plain Rust, so the packing, quantisation and
+//! blocking are tested on any CPU.
 
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
 pub use super::epilogue::{Epilogue, Norm};
@@ -44,14 +43,12 @@ pub fn avx2_available() -> bool {
 pub enum Engine {
     /// AVX-512 VNNI dot products (only where [`vnni_available`]).
     Avx512Vnni,
-    /// AVX2 `vpmaddubsw` products, activations in 0..=127 (only where [`avx2_available`]).
+    /// AVX2 `vpmaddwd` products of the bytes widened to 16 bits (only where
+    /// [`avx2_available`]).
     Avx2,
-    /// What `vpdpbusd` computes, in plain Rust, for tests on any CPU.
+    /// The same sums in plain Rust, for tests on any CPU.
     #[cfg(test)]
-    EmulatedVnni,
-    /// What `vpmaddubsw` + `vpmaddwd` compute (saturation included), in plain Rust.
-    #[cfg(test)]
-    EmulatedAvx2,
+    Emulated,
 }
 
 /// The environment variable that forces an int8 engine: `vnni`, `avx2`, or `off` (no int8
@@ -79,19 +76,7 @@ impl Engine {
             Engine::Avx512Vnni => Isa::Avx512,
             Engine::Avx2 => Isa::Avx2,
             #[cfg(test)]
-            Engine::EmulatedVnni | Engine::EmulatedAvx2 => Isa::Plain,
-        }
-    }
-
-    /// The largest quantised activation: 255, or 127 where pairs of products sum in i16.
-    fn levels(self) -> u8 {
-        match self {
-            Engine::Avx512Vnni => 255,
-            Engine::Avx2 => 127,
-            #[cfg(test)]
-            Engine::EmulatedVnni => 255,
-            #[cfg(test)]
-            Engine::EmulatedAvx2 => 127,
+            Engine::Emulated => Isa::Plain,
         }
     }
 
@@ -101,7 +86,7 @@ impl Engine {
             Engine::Avx512Vnni => assert!(vnni_available(), "AVX-512 VNNI is not available"),
             Engine::Avx2 => assert!(avx2_available(), "AVX2 is not available"),
             #[cfg(test)]
-            Engine::EmulatedVnni | Engine::EmulatedAvx2 => {}
+            Engine::Emulated => {}
         }
     }
 }
@@ -122,6 +107,9 @@ const K: usize = 64;
 
 /// The largest quantised weight (and minus the smallest).
 const WEIGHT_LEVELS: f32 = 127.0;
+
+/// The largest quantised activation.
+const ACTIVATION_LEVELS: u8 = 255;
 
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
 /// and 64 inputs, 16 lines of four inputs for each of the 16 outputs. Outputs are padded to a
@@ -315,7 +303,7 @@ fn pack_activations(
     let padded = rows.div_ceil(32) * 32;
     q.lines.resize(padded / 16 * k_tiles * TILE, ZERO_LINE);
     q.params.resize(padded, (0.0, 0));
-    let (isa, levels) = (engine.isa(), engine.levels());
+    let (isa, levels) = (engine.isa(), ACTIVATION_LEVELS);
     let lines = (&mut q.lines[..], k_tiles * TILE, ZERO_LINE);
     epilogue::pack_rows(
         x,
@@ -432,17 +420,7 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
             }
         },
         #[cfg(test)]
-        Engine::EmulatedVnni => product_emulated(a, b, k_tiles, c, |a, b| {
-            (0..4).map(|j| a[j] as i32 * b[j] as i8 as i32).sum()
-        }),
-        #[cfg(test)]
-        Engine::EmulatedAvx2 => product_emulated(a, b, k_tiles, c, |a, b| {
-            let pair = |j: usize| {
-                let p = a[j] as i32 * b[j] as i8 as i32 + a[j + 1] as i32 * b[j + 1] as i8 as i32;
-                p.clamp(i16::MIN as i32, i16::MAX as i32)
-            };
-            pair(0) + pair(2)
-        }),
+        Engine::Emulated => product_emulated(a, b, k_tiles, c),
     }
 }
 
@@ -487,8 +465,10 @@ unsafe fn rows_vnni<const R: usize>(
     }
 }
 
-/// Rows `m0` and `m0 + 1` of a block with `vpmaddubsw` (pairs of u8 x s8 products summed in
-/// i16) and `vpmaddwd` by ones (pairs of those summed in i32): 2 rows x 4 vectors of 8 columns.
+/// Rows `m0` and `m0 + 1` of a block with `vpmaddwd`, 16 columns at a time: each weight line's
+/// 16 bytes for four columns are widened to 16 bits (lanes of two inputs of one column), each
+/// row's four activations likewise and broadcast; the two lanes of a column are added at the
+/// end. Every product and pair sum fits (`2 · 255 · 127 < 2^31`), so the sums are exact.
 ///
 /// # Safety
 /// The CPU must have AVX2; `a` and `b` must each hold `2 * k_tiles` tiles; `m0 + 2 <= 32`.
@@ -498,48 +478,43 @@ unsafe fn rows_avx2(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums, m0: us
     const R: usize = 2;
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 4]; R];
     let rows: [*const i32; R] = std::array::from_fn(|i| {
         let m = m0 + i;
         a.add((m / 16) * strip + m % 16).cast::<i32>()
     });
-    for kt in 0..k_tiles {
-        for r in 0..TILE {
-            let (l0, l1) = (b.add(kt * TILE + r), b.add(strip + kt * TILE + r));
-            let w = [
-                _mm256_load_si256(l0.cast()),
-                _mm256_load_si256(l0.cast::<__m256i>().add(1)),
-                _mm256_load_si256(l1.cast()),
-                _mm256_load_si256(l1.cast::<__m256i>().add(1)),
-            ];
-            for (acc, row) in acc.iter_mut().zip(&rows) {
-                let x = _mm256_set1_epi32(*row.add(kt * TILE * 16 + r));
-                for (acc, w) in acc.iter_mut().zip(&w) {
-                    let pairs = _mm256_maddubs_epi16(x, *w);
-                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(pairs, ones));
+    for half in 0..2 {
+        let b = b.add(half * strip);
+        // Lanes (column, inputs 0-1), (column, inputs 2-3) for four columns a vector.
+        let mut acc = [[_mm256_setzero_si256(); 4]; R];
+        for kt in 0..k_tiles {
+            for r in 0..TILE {
+                let line = b.add(kt * TILE + r).cast::<__m128i>();
+                let w: [__m256i; 4] =
+                    std::array::from_fn(|j| _mm256_cvtepi8_epi16(_mm_load_si128(line.add(j))));
+                for (acc, row) in acc.iter_mut().zip(&rows) {
+                    let quad = _mm_cvtsi32_si128(*row.add(kt * TILE * 16 + r));
+                    let x = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(quad));
+                    for (acc, w) in acc.iter_mut().zip(&w) {
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(x, *w));
+                    }
                 }
             }
         }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        let out = c.0.as_mut_ptr().add((m0 + i) * 32);
-        for (j, v) in acc.iter().enumerate() {
-            _mm256_store_si256(out.add(8 * j).cast(), *v);
+        for (i, acc) in acc.iter().enumerate() {
+            let out = c.0.as_mut_ptr().add((m0 + i) * 32 + half * 16);
+            for p in 0..2 {
+                // Columns 0, 1, 4, 5 | 2, 3, 6, 7 of these eight, put in order.
+                let sums = _mm256_hadd_epi32(acc[2 * p], acc[2 * p + 1]);
+                let sums = _mm256_permute4x64_epi64(sums, 0b11_01_10_00);
+                _mm256_storeu_si256(out.add(8 * p).cast(), sums);
+            }
         }
     }
 }
 
-/// A block of sums in plain Rust, `dot4` giving what the instruction makes of four activations
-/// and four weights.
+/// A block of sums in plain Rust.
 #[cfg(test)]
-fn product_emulated(
-    a: &[Line],
-    b: &[Line],
-    k_tiles: usize,
-    c: &mut Sums,
-    dot4: impl Fn(&[u8], &[u8]) -> i32,
-) {
+fn product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
     let strip = k_tiles * TILE;
     for m in 0..32 {
         for n in 0..32 {
@@ -548,7 +523,8 @@ fn product_emulated(
                 let arow = &a[(m / 16) * strip + kt * TILE + m % 16].0;
                 for r in 0..TILE {
                     let brow = &b[(n / 16) * strip + kt * TILE + r].0;
-                    sum += dot4(&arow[4 * r..][..4], &brow[4 * (n % 16)..][..4]);
+                    let (x, w) = (&arow[4 * r..][..4], &brow[4 * (n % 16)..][..4]);
+                    sum += (0..4).map(|j| x[j] as i32 * w[j] as i8 as i32).sum::<i32>();
                 }
             }
             c.0[m * 32 + n] = sum;
@@ -559,7 +535,7 @@ fn product_emulated(
 #[cfg(test)]
 /// The emulations everywhere, and each hardware engine where the CPU has it.
 pub(crate) fn engines() -> Vec<Engine> {
-    epilogue::testable(&[Engine::EmulatedVnni, Engine::EmulatedAvx2], &choices())
+    epilogue::testable(&[Engine::Emulated], &choices())
 }
 
 #[cfg(test)]
@@ -650,7 +626,7 @@ mod tests {
                         activation: None,
                     },
                 );
-                let expected = reference(&x, rows, &w, out, inp, engine.levels());
+                let expected = reference(&x, rows, &w, out, inp, ACTIVATION_LEVELS);
                 for (i, (a, e)) in ours.iter().zip(&expected).enumerate() {
                     let e = e + bias[i % out] + residual[i];
                     assert!(
@@ -690,22 +666,23 @@ mod tests {
         }
     }
 
-    /// Why the AVX2 engine keeps activations to 0..=127: at 0..=255, two products of a pair
-    /// exceed i16 and `vpmaddubsw` saturates, so the sums would be wrong.
+    /// At the extremes (every activation 255, weights ±127 and -128) every engine's sums are
+    /// exact: none saturates a pair of products, as `vpmaddubsw` would.
     #[test]
-    fn full_range_activations_would_saturate_vpmaddubsw() {
-        let mut a = vec![ZERO_LINE; 2 * TILE];
-        let mut b = vec![ZERO_LINE; 2 * TILE];
-        a[0].0[..4].copy_from_slice(&[255, 255, 0, 0]);
-        b[0].0[..4].copy_from_slice(&[127, 127, 0, 0]);
-        let (mut vnni, mut avx2) = (Sums([0; 1024]), Sums([0; 1024]));
-        tile_product(Engine::EmulatedVnni, &a, &b, 1, &mut vnni);
-        tile_product(Engine::EmulatedAvx2, &a, &b, 1, &mut avx2);
-        assert_eq!(vnni.0[0], 2 * 255 * 127);
-        assert_eq!(avx2.0[0], i16::MAX as i32);
-        a[0].0[..2].copy_from_slice(&[127, 127]);
-        tile_product(Engine::EmulatedAvx2, &a, &b, 1, &mut avx2);
-        assert_eq!(avx2.0[0], 2 * 127 * 127);
+    fn extreme_values_sum_exactly() {
+        let k_tiles = 3;
+        let a = vec![Line([255; 64]); 2 * k_tiles * TILE];
+        let b: Vec<Line> = (0..2 * k_tiles * TILE)
+            .map(|i| Line(std::array::from_fn(|j| [127u8, 0x81, 0x80][(i + j) % 3])))
+            .collect();
+        let mut expected = Sums([0; 1024]);
+        product_emulated(&a, &b, k_tiles, &mut expected);
+        assert!(expected.0.iter().any(|&v| v.abs() > 1 << 20));
+        for engine in engines() {
+            let mut sums = Sums([0; 1024]);
+            tile_product(engine, &a, &b, k_tiles, &mut sums);
+            assert_eq!(sums.0, expected.0, "{engine:?}");
+        }
     }
 
     /// The layer norm applied while packing gives what normalising first gives.
