@@ -24,7 +24,6 @@
 
 use super::epilogue::{self, collect_rows, finish_block, finished_row, Block, Grid, Isa, Place};
 pub use super::epilogue::{Epilogue, Norm};
-use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::{Cell, RefCell};
 use std::sync::OnceLock;
@@ -205,23 +204,9 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
     assert_eq!(w.len(), out * inp, "the weight is out x inp");
     let k_tiles = inp.div_ceil(32);
     let mut data = vec![ZERO_LINE; out.div_ceil(32) * 2 * k_tiles * TILE];
-    data.par_chunks_mut(k_tiles * TILE)
-        .enumerate()
-        .for_each(|(nt, column)| {
-            for (kt, tile) in column.chunks_mut(TILE).enumerate() {
-                for (r, line) in tile.iter_mut().enumerate() {
-                    for c in 0..16 {
-                        let n = nt * 16 + c;
-                        for j in 0..2 {
-                            let k = kt * 32 + 2 * r + j;
-                            if n < out && k < inp {
-                                line.0[c * 2 + j] = half::bf16::from_f32(w[n * inp + k]).to_bits();
-                            }
-                        }
-                    }
-                }
-            }
-        });
+    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 2), |line, i, n, k| {
+        line.0[i] = half::bf16::from_f32(w[n * inp + k]).to_bits()
+    });
     PackedWeight {
         data,
         inp,

@@ -128,6 +128,34 @@ for_isa! {
     pub(super) fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) = layer_norm_plain
 }
 
+/// Fills a weight `(out, inp)` into packed tiles, in parallel: `data` holds, for each strip of
+/// 16 outputs, `k_tiles` tiles of 16 lines, and line `r` of tile `kt` holds `per` consecutive
+/// inputs (from `(16 · kt + r) · per`) of each of the strip's outputs, which
+/// `put(line, place in line, output, input)` writes. Places past `out` or `inp` are left alone
+/// (zero padding).
+pub(super) fn fill_weight_tiles<L: Send>(
+    data: &mut [L],
+    (out, inp, k_tiles, per): (usize, usize, usize, usize),
+    put: impl Fn(&mut L, usize, usize, usize) + Sync,
+) {
+    data.par_chunks_mut(k_tiles * 16)
+        .enumerate()
+        .for_each(|(strip, lines)| {
+            for (i, line) in lines.iter_mut().enumerate() {
+                let first = i * per; // (16 · kt + r) · per
+                for c in 0..16 {
+                    let n = strip * 16 + c;
+                    for j in 0..per {
+                        let k = first + j;
+                        if n < out && k < inp {
+                            put(line, c * per + j, n, k);
+                        }
+                    }
+                }
+            }
+        });
+}
+
 /// Packs activations `(rows, inp)` 16 rows at a time, in parallel: `lines` holds each group of
 /// 16 rows in `group_len` lines (tiles of 16 lines, a line per row), `params` each row's
 /// parameters. Each row, layer-normalised first with `norm`, goes to `pack(row, lines from

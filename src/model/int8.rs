@@ -148,23 +148,9 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
             *sum = q.iter().map(|&v| v as i32).sum();
         });
     let mut data = vec![ZERO_LINE; padded / 16 * k_tiles * TILE];
-    data.par_chunks_mut(k_tiles * TILE)
-        .enumerate()
-        .for_each(|(nt, strip)| {
-            for (kt, tile) in strip.chunks_mut(TILE).enumerate() {
-                for (r, line) in tile.iter_mut().enumerate() {
-                    for c in 0..16 {
-                        let n = nt * 16 + c;
-                        for j in 0..4 {
-                            let k = kt * K + 4 * r + j;
-                            if n < out && k < inp {
-                                line.0[4 * c + j] = q[n * inp + k] as u8;
-                            }
-                        }
-                    }
-                }
-            }
-        });
+    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, i, n, k| {
+        line.0[i] = q[n * inp + k] as u8
+    });
     PackedWeight {
         data,
         scales,
@@ -185,11 +171,6 @@ impl PackedWeight {
     /// Inputs.
     pub fn inp(&self) -> usize {
         self.inp
-    }
-
-    /// Bytes of packed weights (a quarter of the f32 weight, plus padding).
-    pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<Line>() + self.scales.len() * 8
     }
 }
 
