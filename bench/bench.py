@@ -10,8 +10,9 @@ transformers and a set of 12-megapixel JPEG tray photos (a third with EXIF rotat
 1. model only: image embeddings from preprocessed tensors, batch 32, all cores; PyTorch fp32 and
    bf16 autocast vs `cargo bench --bench model` in f32 and bf16;
 2. end to end: paths in, labels out (labels/korean.txt, 150 classes): the transformers pipeline
-   (PIL decode + CLIPImageProcessor + model, fp32) vs `foodclip classify` in f32 and bf16 with its
-   prompt cache warm, as photos/s and as the wall time of the whole process;
+   (PIL decode + CLIPImageProcessor + model, fp32) vs `foodclip classify` in f32, bf16, int8 and
+   auto (the engine its probe measured fastest) with its prompt cache warm, as photos/s and as the
+   wall time of the whole process;
 3. the prompt cache: `foodclip classify` of one photo with the 150 Korean labels, first with an
    empty cache and then again.
 
@@ -19,8 +20,9 @@ It prints every figure and the ratios (foodclip speed / peer speed). Run it on a
 machine; nothing here is asserted.
 
 `--avx2` measures the AVX2 path on a machine with AVX-512: foodclip built with
-`--no-default-features` (under target/avx2-build, shared with bench/paths.py) and PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`; bf16 is
-skipped, as an AVX2 CPU has no bf16 arithmetic.
+`--no-default-features` (under target/avx2-build, shared with bench/paths.py) and PyTorch with
+`ONEDNN_MAX_CPU_ISA=AVX2`; bf16 is skipped, as an AVX2 CPU has no bf16 arithmetic (int8 then
+runs its AVX2 engine, and auto its probe's choice among what that build has).
 """
 
 import argparse
@@ -215,7 +217,7 @@ def main():
     peer_wall, peer = run_timed([sys.executable, "-c", PEER_SCRIPT, ckpt, labels, "16"], stdin=listing)
     peer_rate = float(peer.stderr.strip().split()[-1])
     env = dict(os.environ, FOODCLIP_CACHE_DIR=os.path.join(args.workdir, "cache"))
-    for precision in ["f32"] + ([] if args.skip_bf16 else ["bf16"]):
+    for precision in ["f32"] + ([] if args.skip_bf16 else ["bf16"]) + ["int8", "auto"]:
         cmd = [exe, "--model", ckpt, "--precision", precision, "classify", "-", "--labels", labels,
                "--format", "jsonl", "-t", "a photo of {}, a type of food."]
         run_timed(cmd, stdin=listing, env=env)  # warm caches (page cache, text embeddings)

@@ -7,14 +7,15 @@ Random ViT-B/32 (bench.py's checkpoint), batch 32, image embeddings from random 
 path is measured on both sides in the same run, alternating foodclip and PyTorch for --rounds
 rounds; the median of each is reported:
 
-| path | foodclip | PyTorch |
+| path | foodclip | peer (PyTorch or ONNX Runtime) |
 | --- | --- | --- |
 | bf16, AMX | `FOODCLIP_BF16=amx` | bf16 autocast |
 | bf16, AVX-512 BF16 | `FOODCLIP_BF16=avx512` | autocast, `ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16` |
 | fp32, AVX-512 | default build | fp32 |
 | fp32, AVX2 | `--no-default-features` build | fp32, `ONEDNN_MAX_CPU_ISA=AVX2` |
-
-| int8, AVX-512 VNNI | `--precision int8` (`FOODCLIP_INT8=vnni`) | ONNX Runtime dynamic int8 |
+| int8, AMX | `--precision int8` (`FOODCLIP_INT8=amx`) | ONNX Runtime dynamic int8 |
+| int8, AVX-512 VNNI | `FOODCLIP_INT8=vnni` | ONNX Runtime dynamic int8 |
+| int8, AVX-VNNI | `FOODCLIP_INT8=avx-vnni` | ONNX Runtime dynamic int8 (unrestricted) |
 | int8, AVX2 | `FOODCLIP_INT8=avx2` | ONNX Runtime dynamic int8 (unrestricted) |
 
 Then ONNX Runtime (PyPI `onnxruntime`), as CPU deployments of CLIP run it: the same image tower
@@ -194,8 +195,12 @@ def main():
     if not args.auto_only and not args.no_ort:
         models = ort_models(ckpt)
         ort_paths = []
+        if "amx_int8" in flags:
+            ort_paths.append(("int8, AMX", "int8", {"FOODCLIP_INT8": "amx"}))
         if "avx512_vnni" in flags:
             ort_paths.append(("int8, AVX-512 VNNI", "int8", {"FOODCLIP_INT8": "vnni"}))
+        if "avx_vnni" in flags:
+            ort_paths.append(("int8, AVX-VNNI", "int8", {"FOODCLIP_INT8": "avx-vnni"}))
         if "avx2" in flags:
             ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}))
         ort_paths.append(("fp32", "f32", {}))

@@ -10,9 +10,7 @@
 //! MLP hands its hidden layer to the next product as tiles. All tile buffers are cache-line
 //! aligned.
 //!
-//! Stable Rust has no AMX intrinsics, so the few AMX instructions are written as bytes (their
-//! encodings are checked against GNU as in the comments). Linux must grant each process the
-//! tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); [`amx_available`] asks once.
+//! The AMX tile product is shared with the int8 engine ([`super::amx`]).
 //!
 //! [`engine`] picks the engine: AMX, else AVX-512 BF16, else none (bf16 then runs in f32,
 //! faster than bf16 storage without bf16 arithmetic). `FOODCLIP_BF16=amx|avx512|off` forces
@@ -22,17 +20,15 @@
 //! AVX-512 step in plain Rust, so that all the packing, blocking, epilogue and hand-off logic is
 //! tested on any CPU; the kernel tests run each hardware engine where the CPU has it.
 
+use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, finished_row, Block, Grid, Isa, Place};
 pub use super::epilogue::{Epilogue, Norm};
-use std::arch::asm;
-use std::cell::{Cell, RefCell};
-use std::sync::OnceLock;
+use std::cell::RefCell;
 
 /// Whether AMX bf16 can be used here: the CPU has it (and AVX-512 F and BF16, to convert
 /// activations), the OS saves the tile state, and Linux has granted it to this process.
 pub fn amx_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| avx512_bf16_available() && cpu_has_amx() && os_grants_tiles())
+    avx512_bf16_available() && amx::available(Dot::Bf16)
 }
 
 /// Whether the CPU has AVX-512 F and BF16 (`vdpbf16ps`, `vcvtne2ps2bf16`), and the build its
@@ -96,86 +92,6 @@ impl Engine {
             Engine::Emulated => {}
         }
     }
-}
-
-fn cpu_has_amx() -> bool {
-    use std::arch::x86_64::__cpuid_count;
-    // cpuid exists on every x86_64 CPU; leaf 7 is read only when the CPU has it.
-    let (max, leaf1) = (__cpuid_count(0, 0).eax, __cpuid_count(1, 0));
-    if max < 7 || leaf1.ecx & (1 << 27) == 0 {
-        return false; // no leaf 7, or no OSXSAVE (so no xgetbv)
-    }
-    let leaf7 = __cpuid_count(7, 0);
-    let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-    let (lo, _hi): (u32, u32);
-    // SAFETY: OSXSAVE is set, so xgetbv is allowed; it reads XCR0 into edx:eax.
-    unsafe { asm!("xgetbv", in("ecx") 0, out("eax") lo, out("edx") _hi, options(nomem, nostack)) };
-    // XCR0 bits 17 and 18: the OS saves XTILECFG and XTILEDATA.
-    amx_bf16 && amx_tile && lo & (3 << 17) == 3 << 17
-}
-
-#[cfg(target_os = "linux")]
-fn os_grants_tiles() -> bool {
-    const SYS_ARCH_PRCTL: i64 = 158;
-    const ARCH_REQ_XCOMP_PERM: i64 = 0x1023;
-    const XFEATURE_XTILEDATA: i64 = 18;
-    let ret: i64;
-    // SAFETY: the arch_prctl system call with these arguments only changes this process's
-    // permitted extended state; it reads and writes no memory of ours.
-    unsafe {
-        asm!(
-            "syscall",
-            inlateout("rax") SYS_ARCH_PRCTL => ret,
-            in("rdi") ARCH_REQ_XCOMP_PERM,
-            in("rsi") XFEATURE_XTILEDATA,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack)
-        )
-    };
-    ret == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn os_grants_tiles() -> bool {
-    false
-}
-
-/// The tile palette: tiles 0-3 hold 16x16 f32 results, 4-5 activations and 6-7 weights, each
-/// 16 rows of 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-static CONFIG: TileConfig = TileConfig {
-    palette: 1,
-    start_row: 0,
-    reserved: [0; 14],
-    colsb: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
-    rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
-};
-
-thread_local! {
-    static CONFIGURED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Loads the tile configuration on this thread (once; nothing else here uses AMX).
-fn configure_thread() {
-    CONFIGURED.with(|done| {
-        if !done.get() {
-            // SAFETY: ldtilecfg [rdi] (c4 e2 78 49 07) reads the 64-byte config; `amx_available()`
-            // was checked by the caller.
-            unsafe {
-                asm!(".byte 0xc4, 0xe2, 0x78, 0x49, 0x07", in("rdi") &CONFIG, options(nostack, readonly))
-            };
-            done.set(true);
-        }
-    });
 }
 
 /// One tile row: 32 bf16 values (64 bytes), aligned to a cache line. Tile loads from unaligned
@@ -422,12 +338,7 @@ fn for_each_block<T: Send>(
         block_bytes: 32 * w.k_tiles * 32 * 2,
     };
     let strip = w.k_tiles * TILE;
-    let init = || {
-        if w.engine == Engine::Amx {
-            configure_thread();
-        }
-        Block([0f32; 32 * 32])
-    };
+    let init = || Block([0f32; 32 * 32]);
     epilogue::for_each_block(grid, y, per_row, init, |block, at, y, mp| {
         let a = &a[(at.row / 16) * strip..][..2 * strip];
         let b = &w.data[(at.col / 16) * strip..][..2 * strip];
@@ -494,9 +405,12 @@ unsafe fn pack_block_avx512(
 fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Block) {
     assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
     match engine {
-        // SAFETY: a and b hold two strips of k_tiles tiles each (checked above), and this
-        // thread loaded the tile configuration (`for_each_block`).
-        Engine::Amx => unsafe { tile_product_amx(a.as_ptr(), b.as_ptr(), k_tiles, c) },
+        // SAFETY: the engine is only used where the CPU has AMX bf16; the lengths are checked
+        // above.
+        Engine::Amx => unsafe {
+            let c = c.0.as_mut_ptr().cast();
+            amx::product(Dot::Bf16, a.as_ptr().cast(), b.as_ptr().cast(), k_tiles, c)
+        },
         // SAFETY: the engine is only used where the CPU has AVX-512 BF16; the lengths are
         // checked above.
         Engine::Avx512 => unsafe { tile_product_avx512(a, b, k_tiles, c) },
@@ -537,10 +451,7 @@ unsafe fn rows_avx512<const R: usize>(
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     // Each row's line in the first tile of its strip.
-    let rows: [*const u32; R] = std::array::from_fn(|i| {
-        let m = m0 + i;
-        a.add((m / 16) * strip + m % 16).cast::<u32>()
-    });
+    let rows: [*const u32; R] = epilogue::row_lines(a, strip, m0);
     for kt in 0..k_tiles {
         for r in 0..TILE {
             let b0: __m512bh = std::mem::transmute(_mm512_load_si512(b.add(kt * TILE + r).cast()));
@@ -584,65 +495,6 @@ fn tile_product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Block) 
             }
         }
     }
-}
-
-/// [`tile_product`] on the AMX tiles (row stride 32 in `c`).
-///
-/// # Safety
-/// The tile configuration must be loaded on this thread, and `a` and `b` must each hold
-/// `2 * k_tiles` tiles.
-unsafe fn tile_product_amx(a: *const Line, b: *const Line, k_tiles: usize, c: &mut Block) {
-    // tilezero tmm0..tmm3
-    asm!(
-        ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc0",
-        ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xc8",
-        ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xd0",
-        ".byte 0xc4, 0xe2, 0x7b, 0x49, 0xd8",
-        options(nostack, nomem)
-    );
-    let strip = k_tiles * TILE;
-    for kt in 0..k_tiles {
-        // Loads interleaved with the products that free their registers first:
-        // tileloadd tmm4, [rax+rcx] (A rows 0-15); tileloadd tmm6, [rdx+rcx] (B columns 0-15);
-        // tdpbf16ps tmm0, tmm4, tmm6; tileloadd tmm7, [rsi+rcx] (B columns 16-31);
-        // tdpbf16ps tmm1, tmm4, tmm7; tileloadd tmm5, [rdi+rcx] (A rows 16-31);
-        // tdpbf16ps tmm2, tmm5, tmm6; tdpbf16ps tmm3, tmm5, tmm7
-        asm!(
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x24, 0x08",
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x34, 0x0a",
-            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xc4",
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x3c, 0x0e",
-            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xcc",
-            ".byte 0xc4, 0xe2, 0x7b, 0x4b, 0x2c, 0x0f",
-            ".byte 0xc4, 0xe2, 0x4a, 0x5c, 0xd5",
-            ".byte 0xc4, 0xe2, 0x42, 0x5c, 0xdd",
-            in("rax") a.add(kt * TILE),
-            in("rdi") a.add(strip + kt * TILE),
-            in("rdx") b.add(kt * TILE),
-            in("rsi") b.add(strip + kt * TILE),
-            in("rcx") 64usize,
-            options(nostack, readonly)
-        );
-    }
-    let c = c.0.as_mut_ptr();
-    // tilestored [rax+rcx], tmm0; [rdx+rcx], tmm1  (the top quarters, row stride 128 bytes)
-    asm!(
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x04, 0x08",
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x0c, 0x0a",
-        in("rax") c,
-        in("rdx") c.add(16),
-        in("rcx") 128usize,
-        options(nostack)
-    );
-    // tilestored [rax+rcx], tmm2; [rdx+rcx], tmm3  (the bottom quarters)
-    asm!(
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x14, 0x08",
-        ".byte 0xc4, 0xe2, 0x7a, 0x4b, 0x1c, 0x0a",
-        in("rax") c.add(16 * 32),
-        in("rdx") c.add(16 * 32 + 16),
-        in("rcx") 128usize,
-        options(nostack)
-    );
 }
 
 #[cfg(test)]

@@ -128,6 +128,20 @@ for_isa! {
     pub(super) fn layer_norm(row: &[f32], norm: &Norm, out: &mut [f32]) = layer_norm_plain
 }
 
+/// The lines of rows `m0..m0 + R` of a block in the first tile of their strip, for a kernel's
+/// inner loop: packed activations are strips of `strip` lines, 16 rows a tile; each line is read
+/// as groups of inputs of type `T` (two bf16 or four bytes: 32 bits).
+pub(super) fn row_lines<L, T, const R: usize>(
+    a: *const L,
+    strip: usize,
+    m0: usize,
+) -> [*const T; R] {
+    std::array::from_fn(|i| {
+        let m = m0 + i;
+        a.wrapping_add((m / 16) * strip + m % 16).cast::<T>()
+    })
+}
+
 /// Fills a weight `(out, inp)` into packed tiles, in parallel: `data` holds, for each strip of
 /// 16 outputs, `k_tiles` tiles of 16 lines, and line `r` of tile `kt` holds `per` consecutive
 /// inputs (from `(16 · kt + r) · per`) of each of the strip's outputs, which

@@ -4,23 +4,29 @@
 //! ONNX Runtime's dynamic quantisation does), and the products sum in int32. Layer norms,
 //! softmax, the attention scores and everything between the products stay f32.
 //!
-//! Two engines share every step but the innermost product: AVX-512 VNNI (`vpdpbusd`, four
-//! u8 x s8 products summed into each int32 lane: Intel since Cascade Lake, AMD Zen 4 and later),
-//! and plain AVX2 (`vpmaddwd` on the bytes widened to 16 bits, for every x86 CPU of the last ten
-//! years). Both sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the
-//! bytes as they are, but it saturates each pair of products at 16 bits: fbgemm then keeps
-//! activations to 0..=127, which on our fixtures moved text embeddings past cosine 0.999.)
+//! Four engines share every step but the innermost product, best first:
+//! - Intel AMX tiles (`tdpbusd`: Sapphire Rapids and later, [`super::amx`]);
+//! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
+//!   since Cascade Lake, AMD Zen 4 and later);
+//! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
+//! - plain AVX2 (`vpmaddwd` on the bytes widened to 16 bits, for every x86 CPU of the last ten
+//!   years).
 //!
-//! The layout follows [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line holds
+//! All sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the bytes as
+//! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
+//! to 0..=127, which on our fixtures moved text embeddings past cosine 0.999.)
+//!
+//! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line holds
 //! four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one row.
 //! Each 32x32 block of int32 sums is dequantised (`sa · sw · (acc − zp · Σw)`) and run through
 //! the epilogue (bias, activation, residual) while it is in L1 ([`super::epilogue`]).
 //!
-//! [`engine`] picks the engine: AVX-512 VNNI, else AVX2, else none (int8 then runs in f32).
-//! `FOODCLIP_INT8=vnni|avx2|off` forces one, so that one machine can measure every path. In
-//! tests, an emulated engine computes the sums in plain Rust, so the packing, quantisation and
+//! [`engine`] picks the first engine the CPU has, else none (int8 then runs in f32).
+//! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx2|off` forces one, so that one machine can measure every
+//! path. In tests, an emulated engine computes the sums in plain Rust, so the packing, quantisation and
 //! blocking are tested on any CPU.
 
+use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
 pub use super::epilogue::{Epilogue, Norm};
 use rayon::prelude::*;
@@ -33,16 +39,32 @@ pub fn vnni_available() -> bool {
         && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
+/// Whether AMX int8 can be used here: the CPU has it (and AVX-512 VNNI, whose f32 steps the
+/// engine shares), the OS saves the tile state, and Linux has granted it to this process.
+pub fn amx_available() -> bool {
+    vnni_available() && amx::available(Dot::Int8)
+}
+
 /// Whether the CPU has AVX2 and FMA.
 pub fn avx2_available() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// Whether the CPU has AVX-VNNI (`vpdpbusd` on 256-bit vectors, VEX-encoded: Intel Alder Lake
+/// and later desktops and laptops, Sapphire Rapids, AMD Zen 5), and AVX2 and FMA.
+pub fn avx_vnni_available() -> bool {
+    avx2_available() && std::arch::is_x86_feature_detected!("avxvnni")
+}
+
 /// What runs a packed weight's products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
+    /// The AMX tiles' `tdpbusd` (only where [`amx_available`]).
+    Amx,
     /// AVX-512 VNNI dot products (only where [`vnni_available`]).
     Avx512Vnni,
+    /// AVX-VNNI dot products, 256 bits wide (only where [`avx_vnni_available`]).
+    AvxVnni,
     /// AVX2 `vpmaddwd` products of the bytes widened to 16 bits (only where
     /// [`avx2_available`]).
     Avx2,
@@ -51,20 +73,28 @@ pub enum Engine {
     Emulated,
 }
 
-/// The environment variable that forces an int8 engine: `vnni`, `avx2`, or `off` (no int8
+/// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx2`, or `off` (no int8
 /// arithmetic: `--precision int8` runs f32).
 pub const FORCE_VAR: &str = "FOODCLIP_INT8";
 
 /// The int8 engines, best first.
-fn choices() -> [epilogue::Choice<Engine>; 2] {
+fn choices() -> [epilogue::Choice<Engine>; 4] {
+    let amx = "AMX int8 (or Linux did not grant the tile state)";
     [
+        ("amx", amx_available(), amx, Engine::Amx),
         ("vnni", vnni_available(), "AVX-512 VNNI", Engine::Avx512Vnni),
+        (
+            "avx-vnni",
+            avx_vnni_available(),
+            "AVX-VNNI",
+            Engine::AvxVnni,
+        ),
         ("avx2", avx2_available(), "AVX2", Engine::Avx2),
     ]
 }
 
-/// The engine for int8 products on this CPU: AVX-512 VNNI, else AVX2; `Ok(None)` when it has
-/// neither (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks is an error.
+/// The engine for int8 products on this CPU: AMX, else AVX-512 VNNI, else AVX-VNNI, else AVX2;
+/// `Ok(None)` when it has none of them (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks is an error.
 pub fn engine() -> Result<Option<Engine>, String> {
     epilogue::choose(FORCE_VAR, &choices())
 }
@@ -73,8 +103,8 @@ impl Engine {
     /// The instructions of its f32 steps.
     fn isa(self) -> Isa {
         match self {
-            Engine::Avx512Vnni => Isa::Avx512,
-            Engine::Avx2 => Isa::Avx2,
+            Engine::Amx | Engine::Avx512Vnni => Isa::Avx512,
+            Engine::AvxVnni | Engine::Avx2 => Isa::Avx2,
             #[cfg(test)]
             Engine::Emulated => Isa::Plain,
         }
@@ -83,7 +113,9 @@ impl Engine {
     /// Checks that this engine can run here.
     fn check(self) {
         match self {
+            Engine::Amx => assert!(amx_available(), "AMX int8 is not available"),
             Engine::Avx512Vnni => assert!(vnni_available(), "AVX-512 VNNI is not available"),
+            Engine::AvxVnni => assert!(avx_vnni_available(), "AVX-VNNI is not available"),
             Engine::Avx2 => assert!(avx2_available(), "AVX2 is not available"),
             #[cfg(test)]
             Engine::Emulated => {}
@@ -387,12 +419,27 @@ for_isa! {
 fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
     assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
     match engine {
+        // SAFETY: the engine is only used where the CPU has AMX int8; the lengths are checked
+        // above.
+        Engine::Amx => unsafe {
+            let c = c.0.as_mut_ptr().cast();
+            amx::product(Dot::Int8, a.as_ptr().cast(), b.as_ptr().cast(), k_tiles, c)
+        },
         // SAFETY: the engine is only used where the CPU has AVX-512 VNNI; the lengths are
         // checked above.
         Engine::Avx512Vnni => unsafe {
             rows_vnni::<12>(a, b, k_tiles, c, 0);
             rows_vnni::<12>(a, b, k_tiles, c, 12);
             rows_vnni::<8>(a, b, k_tiles, c, 24);
+        },
+        // SAFETY: the engine is only used where the CPU has AVX-VNNI; the lengths are checked.
+        Engine::AvxVnni => unsafe {
+            for half in 0..2 {
+                for m0 in (0..30).step_by(6) {
+                    rows_avx_vnni::<6>(a, b, k_tiles, c, (m0, half));
+                }
+                rows_avx_vnni::<2>(a, b, k_tiles, c, (30, half));
+            }
         },
         // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
         Engine::Avx2 => unsafe {
@@ -424,10 +471,7 @@ unsafe fn rows_vnni<const R: usize>(
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
-    let rows: [*const i32; R] = std::array::from_fn(|i| {
-        let m = m0 + i;
-        a.add((m / 16) * strip + m % 16).cast::<i32>()
-    });
+    let rows: [*const i32; R] = epilogue::row_lines(a, strip, m0);
     for kt in 0..k_tiles {
         for r in 0..TILE {
             let b0 = _mm512_load_si512(b.add(kt * TILE + r).cast());
@@ -446,6 +490,45 @@ unsafe fn rows_vnni<const R: usize>(
     }
 }
 
+/// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with AVX-VNNI's
+/// `vpdpbusd` on 256-bit vectors: a weight line is two vectors (four inputs of columns 0-7, then
+/// 8-15), and each row's four activations are broadcast to all 8 lanes. 6 rows x 2 vectors are
+/// 12 of the 16 registers.
+///
+/// # Safety
+/// The CPU must have AVX2 and AVX-VNNI; `a` and `b` must each hold `2 * k_tiles` tiles;
+/// `m0 + R <= 32`, `half < 2`.
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn rows_avx_vnni<const R: usize>(
+    a: &[Line],
+    b: &[Line],
+    k_tiles: usize,
+    c: &mut Sums,
+    (m0, half): (usize, usize),
+) {
+    use std::arch::x86_64::*;
+    let strip = k_tiles * TILE;
+    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    let rows: [*const i32; R] = epilogue::row_lines(a, strip, m0);
+    for kt in 0..k_tiles {
+        for r in 0..TILE {
+            let line = b.add(kt * TILE + r).cast::<__m256i>();
+            let (b0, b1) = (_mm256_load_si256(line), _mm256_load_si256(line.add(1)));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm256_set1_epi32(*row.add(kt * TILE * 16 + r));
+                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], x, b0);
+                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], x, b1);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        let out = c.0.as_mut_ptr().add((m0 + i) * 32 + half * 16);
+        _mm256_store_si256(out.cast(), acc[0]);
+        _mm256_store_si256(out.add(8).cast(), acc[1]);
+    }
+}
+
 /// Rows `m0` and `m0 + 1` of a block with `vpmaddwd`, 16 columns at a time: each weight line's
 /// 16 bytes for four columns are widened to 16 bits (lanes of two inputs of one column), each
 /// row's four activations likewise and broadcast; the two lanes of a column are added at the
@@ -459,10 +542,7 @@ unsafe fn rows_avx2(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums, m0: us
     const R: usize = 2;
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
-    let rows: [*const i32; R] = std::array::from_fn(|i| {
-        let m = m0 + i;
-        a.add((m / 16) * strip + m % 16).cast::<i32>()
-    });
+    let rows: [*const i32; R] = epilogue::row_lines(a, strip, m0);
     for half in 0..2 {
         let b = b.add(half * strip);
         // Lanes (column, inputs 0-1), (column, inputs 2-3) for four columns a vector.

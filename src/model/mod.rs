@@ -9,6 +9,8 @@
 //! `tests/candle_transformers_differs.rs` shows the difference on a fixture.
 
 #[cfg(target_arch = "x86_64")]
+pub mod amx;
+#[cfg(target_arch = "x86_64")]
 pub mod bf16;
 pub mod config;
 pub mod encoder;
