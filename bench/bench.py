@@ -186,6 +186,7 @@ def main():
     if args.avx2:
         # Before PyTorch is first imported (in this process and in the peers it starts).
         os.environ["ONEDNN_MAX_CPU_ISA"] = "AVX2"
+        os.environ["MKL_ENABLE_INSTRUCTIONS"] = "AVX2"  # MKL's sgemm (fp32 Linear) ignores oneDNN's
         target = os.path.join(ROOT, "target", "avx2-build")  # the one bench/paths.py builds
         os.environ["CARGO_TARGET_DIR"] = target
         build.append("--no-default-features")

@@ -51,7 +51,7 @@ pub struct Cli {
     pub device: DeviceKind,
     /// Number format of the model: f32 (as the reference); bf16, on CPUs with bf16 arithmetic
     /// (AMX, AVX-512 BF16; elsewhere it runs f32), or on GPUs; int8, int8 products on the CPU
-    /// (AVX-512 VNNI or AVX2), a speed choice whose embeddings drift further from f32's; auto:
+    /// (AMX, VNNI or AVX2), a speed choice whose embeddings drift further from f32's; auto:
     /// f32 or bf16, whichever this CPU runs faster, measured once and cached. Embeddings stay
     /// within cosine 0.999 of f32.
     #[arg(long, global = true, default_value = "f32", value_parser = choice::<Precision>(&["f32", "bf16", "f16", "int8", "auto"]))]

@@ -120,7 +120,7 @@ impl Precision {
             }
             return Ok(Plan {
                 note: Some(
-                    "--precision int8: this CPU has no int8 dot products (AVX-512 VNNI or AVX2), \
+                    "--precision int8: this CPU has no int8 dot products (AMX, VNNI or AVX2), \
                      so the model runs in f32"
                         .to_string(),
                 ),
