@@ -127,6 +127,15 @@ def ort(model, iterations):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def alternate(rounds, ours, peer):
+    """Runs `ours` and `peer` in turn `rounds` times; the median of each."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(ours())
+        b.append(peer())
+    return statistics.median(a), statistics.median(b)
+
+
 def cpu_flags():
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -209,27 +218,18 @@ def main():
             ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}))
         ort_paths.append(("fp32", "f32", {}))
         for name, precision, env in ort_paths:
-            ours, peer = [], []
-            for _ in range(args.rounds):
-                ours.append(foodclip(ckpt, precision, args.iterations, env, None))
-                peer.append(ort(models[precision], args.iterations))
-            o, p = statistics.median(ours), statistics.median(peer)
+            o, p = alternate(args.rounds, lambda: foodclip(ckpt, precision, args.iterations, env, None),
+                             lambda: ort(models[precision], args.iterations))
             print(f"{name}: foodclip {o:.1f} img/s, ONNX Runtime {'int8 dynamic' if precision == 'int8' else 'fp32'} "
                   f"{p:.1f} img/s, ratio {o / p:.2f}x", flush=True)
     for name, precision, env, target, isa in [] if args.auto_only else paths:
-        ours, peer = [], []
-        for _ in range(args.rounds):
-            ours.append(foodclip(ckpt, precision, args.iterations, env, target))
-            peer.append(torch(ckpt, precision, args.iterations, isa))
-        o, p = statistics.median(ours), statistics.median(peer)
+        o, p = alternate(args.rounds, lambda: foodclip(ckpt, precision, args.iterations, env, target),
+                         lambda: torch(ckpt, precision, args.iterations, isa))
         print(f"{name}: foodclip {o:.1f} img/s, PyTorch {p:.1f} img/s "
               f"({'ONEDNN_MAX_CPU_ISA=' + isa if isa else 'unrestricted'}), ratio {o / p:.2f}x",
               flush=True)
-    auto, f32 = [], []
-    for _ in range(args.rounds):
-        auto.append(foodclip(ckpt, "auto", args.iterations, {}, None))
-        f32.append(foodclip(ckpt, "f32", args.iterations, {}, None))
-    a, f = statistics.median(auto), statistics.median(f32)
+    a, f = alternate(args.rounds, lambda: foodclip(ckpt, "auto", args.iterations, {}, None),
+                     lambda: foodclip(ckpt, "f32", args.iterations, {}, None))
     print(f"auto (measured): foodclip {a:.1f} img/s against its f32 {f:.1f} img/s, ratio {a / f:.2f}x",
           flush=True)
     for run, mb in PEAK_RSS.items():

@@ -1,8 +1,8 @@
 //! Model-only throughput: image embeddings from preprocessed tensors.
 //!
 //! `cargo bench --bench model -- CHECKPOINT_DIR [BATCH] [ITERATIONS] [PRECISION]` prints one JSON
-//! line with the mean seconds per batch and the peak resident memory. `bench/bench.py` runs it beside PyTorch on the same
-//! checkpoint; it takes random pixels, so no photo decoding is timed.
+//! line with the mean seconds per batch and the peak resident memory. `bench/bench.py` runs it
+//! beside PyTorch on the same checkpoint; it takes random pixels, so no photo decoding is timed.
 
 use candle_core::{Device, Tensor};
 use foodclip::checkpoint::Checkpoint;

@@ -450,7 +450,6 @@ unsafe fn rows_avx512<const R: usize>(
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    // Each row's line in the first tile of its strip.
     let rows: [*const u32; R] = epilogue::row_lines(a, strip, m0);
     for kt in 0..k_tiles {
         for r in 0..TILE {

@@ -16,15 +16,16 @@
 //! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
 //! to 0..=127, which on our fixtures moved text embeddings past cosine 0.999.)
 //!
-//! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line holds
-//! four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one row.
+//! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line
+//! holds four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one
+//! row.
 //! Each 32x32 block of int32 sums is dequantised (`sa · sw · (acc − zp · Σw)`) and run through
 //! the epilogue (bias, activation, residual) while it is in L1 ([`super::epilogue`]).
 //!
 //! [`engine`] picks the first engine the CPU has, else none (int8 then runs in f32).
 //! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx2|off` forces one, so that one machine can measure every
-//! path. In tests, an emulated engine computes the sums in plain Rust, so the packing, quantisation and
-//! blocking are tested on any CPU.
+//! path. In tests, an emulated engine computes the sums in plain Rust, so the packing,
+//! quantisation and blocking are tested on any CPU.
 
 use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
@@ -73,8 +74,8 @@ pub enum Engine {
     Emulated,
 }
 
-/// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx2`, or `off` (no int8
-/// arithmetic: `--precision int8` runs f32).
+/// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx2`, or
+/// `off` (no int8 arithmetic: `--precision int8` runs f32).
 pub const FORCE_VAR: &str = "FOODCLIP_INT8";
 
 /// The int8 engines, best first.
@@ -94,7 +95,8 @@ fn choices() -> [epilogue::Choice<Engine>; 4] {
 }
 
 /// The engine for int8 products on this CPU: AMX, else AVX-512 VNNI, else AVX-VNNI, else AVX2;
-/// `Ok(None)` when it has none of them (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks is an error.
+/// `Ok(None)` when it has none of them (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks
+/// is an error.
 pub fn engine() -> Result<Option<Engine>, String> {
     epilogue::choose(FORCE_VAR, &choices())
 }
@@ -222,10 +224,10 @@ thread_local! {
     static ACTIVATIONS: RefCell<Quantized> = RefCell::new(Quantized::default());
 }
 
-/// A row's quantisation to `0..=levels`: the range `[min(0, lo), max(0, hi)]` (so that 0 is
-/// exact) split into `levels` steps. Returns `(scale, zero point)`.
+/// A row's quantisation to `0..=ACTIVATION_LEVELS`: the range `[min(0, lo), max(0, hi)]` (so
+/// that 0 is exact) split into that many steps. Returns `(scale, zero point)`.
 #[inline(always)]
-fn row_params(row: &[f32], levels: u8) -> (f32, i32) {
+fn row_params(row: &[f32]) -> (f32, i32) {
     let (mut los, mut his) = ([0f32; 16], [0f32; 16]);
     let chunks = row.chunks_exact(16);
     let (mut lo, mut hi) = (0f32, 0f32);
@@ -241,7 +243,7 @@ fn row_params(row: &[f32], levels: u8) -> (f32, i32) {
     }
     let lo = los.iter().fold(lo, |a, &b| a.min(b));
     let hi = his.iter().fold(hi, |a, &b| a.max(b));
-    let levels = levels as f32;
+    let levels = ACTIVATION_LEVELS as f32;
     let scale = if hi > lo { (hi - lo) / levels } else { 1.0 };
     let zero = (-lo / scale).round_ties_even().clamp(0.0, levels) as i32;
     (scale, zero)
@@ -267,14 +269,14 @@ fn round_even_int(x: f32) -> i32 {
 /// Quantises one row into every `TILE`th line of `dst` (64 inputs a line; the padding is the
 /// zero point, which meets zero weights).
 #[inline(always)]
-fn quantize_row(row: &[f32], scale: f32, zero: i32, levels: u8, dst: &mut [Line]) {
+fn quantize_row(row: &[f32], scale: f32, zero: i32, dst: &mut [Line]) {
     let inv = 1.0 / scale;
-    let (limit, levels) = (levels as f32, levels as i32);
+    let (limit, levels) = (ACTIVATION_LEVELS as f32, ACTIVATION_LEVELS as i32);
     for (kt, chunk) in row.chunks(K).enumerate() {
         let line = &mut dst[kt * TILE].0;
         for (q, &x) in line.iter_mut().zip(chunk) {
-            // The row's values lie within `levels` steps of 0, so the first clamp only guards
-            // the rounding's range.
+            // The row's values lie within `ACTIVATION_LEVELS` steps of 0, so the first clamp
+            // only guards the rounding's range.
             let v = x * inv;
             let v = if v < -limit {
                 -limit
@@ -289,18 +291,18 @@ fn quantize_row(row: &[f32], scale: f32, zero: i32, levels: u8, dst: &mut [Line]
     }
 }
 
-/// Quantises one row to `0..=levels` into every `TILE`th line of `dst`; returns its scale and
-/// zero point.
+/// Quantises one row to `0..=ACTIVATION_LEVELS` into every `TILE`th line of `dst`; returns its
+/// scale and zero point.
 #[inline(always)]
-fn quantize_plain(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) {
-    let (scale, zero) = row_params(row, levels);
-    quantize_row(row, scale, zero, levels, dst);
+fn quantize_plain(row: &[f32], dst: &mut [Line]) -> (f32, i32) {
+    let (scale, zero) = row_params(row);
+    quantize_row(row, scale, zero, dst);
     (scale, zero)
 }
 
 for_isa! {
     /// [`quantize_plain`] with `isa`'s instructions.
-    fn quantize(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) = quantize_plain
+    fn quantize(row: &[f32], dst: &mut [Line]) -> (f32, i32) = quantize_plain
 }
 
 /// Quantises activations `(rows, inp)` into `q`, layer-normalising each row first with `norm`.
@@ -316,7 +318,7 @@ fn pack_activations(
     let padded = rows.div_ceil(32) * 32;
     q.lines.resize(padded / 16 * k_tiles * TILE, ZERO_LINE);
     q.params.resize(padded, (0.0, 0));
-    let (isa, levels) = (engine.isa(), ACTIVATION_LEVELS);
+    let isa = engine.isa();
     let lines = (&mut q.lines[..], k_tiles * TILE, ZERO_LINE);
     epilogue::pack_rows(
         x,
@@ -326,7 +328,7 @@ fn pack_activations(
         isa,
         lines,
         &mut q.params,
-        |row, dst, p| *p = quantize(isa, row, levels, dst),
+        |row, dst, p| *p = quantize(isa, row, dst),
     );
 }
 
@@ -619,23 +621,16 @@ mod tests {
 
     /// What the product should be, from the quantised values in plain Rust: each weight
     /// quantised per output, each row of activations per row, exact integer sums.
-    fn reference(
-        x: &[f32],
-        rows: usize,
-        w: &[f32],
-        out: usize,
-        inp: usize,
-        levels: u8,
-    ) -> Vec<f32> {
+    fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize) -> Vec<f32> {
         let mut y = vec![0f32; rows * out];
         for m in 0..rows {
             let row = &x[m * inp..][..inp];
-            let (sa, zero) = row_params(row, levels);
+            let (sa, zero) = row_params(row);
+            let levels = ACTIVATION_LEVELS as f32;
             let qa: Vec<i32> = row
                 .iter()
                 .map(|&v| {
-                    ((v * (1.0 / sa)).round_ties_even() + zero as f32).clamp(0.0, levels as f32)
-                        as i32
+                    ((v * (1.0 / sa)).round_ties_even() + zero as f32).clamp(0.0, levels) as i32
                 })
                 .collect();
             for n in 0..out {
@@ -687,7 +682,7 @@ mod tests {
                         activation: None,
                     },
                 );
-                let expected = reference(&x, rows, &w, out, inp, ACTIVATION_LEVELS);
+                let expected = reference(&x, rows, &w, out, inp);
                 for (i, (a, e)) in ours.iter().zip(&expected).enumerate() {
                     let e = e + bias[i % out] + residual[i];
                     assert!(
