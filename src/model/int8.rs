@@ -9,8 +9,9 @@
 //! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
 //!   since Cascade Lake, AMD Zen 4 and later);
 //! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
-//! - plain AVX2 (`vpmaddwd` on the bytes widened to 16 bits, for every x86 CPU of the last ten
-//!   years).
+//! - plain AVX2 (`vpmaddwd` on 16-bit values, for every x86 CPU of the last ten years: its
+//!   weights are widened to 16 bits once, at load, and each product's activations as it packs
+//!   them, so the innermost loop only loads, multiplies and adds).
 //!
 //! All sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the bytes as
 //! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
@@ -66,7 +67,7 @@ pub enum Engine {
     Avx512Vnni,
     /// AVX-VNNI dot products, 256 bits wide (only where [`avx_vnni_available`]).
     AvxVnni,
-    /// AVX2 `vpmaddwd` products of the bytes widened to 16 bits (only where
+    /// AVX2 `vpmaddwd` products of the values widened to 16 bits (only where
     /// [`avx2_available`]).
     Avx2,
     /// The same sums in plain Rust, for tests on any CPU.
@@ -112,6 +113,15 @@ impl Engine {
         }
     }
 
+    /// Lines per packed tile: 16, or 32 for AVX2, whose lines hold the values widened to
+    /// 16 bits.
+    fn tile_lines(self) -> usize {
+        match self {
+            Engine::Avx2 => 2 * TILE,
+            _ => TILE,
+        }
+    }
+
     /// Checks that this engine can run here.
     fn check(self) {
         match self {
@@ -146,8 +156,8 @@ const WEIGHT_LEVELS: f32 = 127.0;
 const ACTIVATION_LEVELS: u8 = 255;
 
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
-/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs. Outputs are padded to a
-/// multiple of 32, inputs of 64, with zeros.
+/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs (for AVX2, 32 lines: see
+/// [`widen_weights`]). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
 pub struct PackedWeight {
     data: Vec<Line>,
     /// Per output: the real weight is `scale · q`.
@@ -185,6 +195,9 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
     epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, i, n, k| {
         line.0[i] = q[n * inp + k] as u8
     });
+    if engine == Engine::Avx2 {
+        data = widen_weights(&data);
+    }
     PackedWeight {
         data,
         scales,
@@ -216,6 +229,8 @@ struct Quantized {
     /// Per row: the scale and the quantised value of 0; the real activation is
     /// `scale · (q − zero)`.
     params: Vec<(f32, i32)>,
+    /// For AVX2: `lines` widened to 16 bits ([`widen_activations`]).
+    wide: Vec<Line>,
 }
 
 thread_local! {
@@ -351,18 +366,24 @@ pub fn matmul(
     epilogue.check(rows, w.out);
     let mut q = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
     pack_activations(x, rows, w.inp, w.k_tiles, norm, w.engine, &mut q);
+    let lines = if w.engine == Engine::Avx2 {
+        widen_activations(&q.lines, &mut q.wide);
+        &q.wide
+    } else {
+        &q.lines
+    };
     let out = w.out;
+    let strip = w.k_tiles * w.engine.tile_lines();
     let grid = Grid {
         rows,
         out,
-        block_bytes: 32 * w.k_tiles * K,
+        block_bytes: 32 * strip * size_of::<Line>() / TILE,
     };
-    let strip = w.k_tiles * TILE;
     let isa = w.engine.isa();
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
         let init = || (Sums([0; 32 * 32]), Block([0f32; 32 * 32]));
         epilogue::for_each_block(grid, y, out, init, |(sums, block), at, y, mp| {
-            let a = &q.lines[(at.row / 16) * strip..][..2 * strip];
+            let a = &lines[(at.row / 16) * strip..][..2 * strip];
             let b = &w.data[(at.col / 16) * strip..][..2 * strip];
             tile_product(w.engine, a, b, w.k_tiles, sums);
             let cols = at.col..at.col + 32;
@@ -419,7 +440,8 @@ for_isa! {
 /// `k_tiles` packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight
 /// tiles (columns 0-15, then 16-31).
 fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
-    assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
+    let strip = k_tiles * engine.tile_lines();
+    assert!(a.len() >= 2 * strip && b.len() >= 2 * strip);
     match engine {
         // SAFETY: the engine is only used where the CPU has AMX int8; the lengths are checked
         // above.
@@ -443,10 +465,17 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
                 rows_avx_vnni::<2>(a, b, k_tiles, c, (30, half));
             }
         },
+        // In passes of AVX2_PASS tiles of inputs, so that a pass's weight and activation lines
+        // (16 KB each) stay in L1 while every row of the block is run through them.
         // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
         Engine::Avx2 => unsafe {
-            for m0 in (0..32).step_by(2) {
-                rows_avx2(a, b, k_tiles, c, m0);
+            for k0 in (0..k_tiles).step_by(AVX2_PASS) {
+                let tiles = k0..k_tiles.min(k0 + AVX2_PASS);
+                for half in 0..2 {
+                    for m0 in (0..32).step_by(4) {
+                        rows_avx2::<4>(a, b, k_tiles, c, (m0, half), tiles.clone());
+                    }
+                }
             }
         },
         #[cfg(test)]
@@ -531,47 +560,101 @@ unsafe fn rows_avx_vnni<const R: usize>(
     }
 }
 
-/// Rows `m0` and `m0 + 1` of a block with `vpmaddwd`, 16 columns at a time: each weight line's
-/// 16 bytes for four columns are widened to 16 bits (lanes of two inputs of one column), each
-/// row's four activations likewise and broadcast; the two lanes of a column are added at the
-/// end. Every product and pair sum fits (`2 · 255 · 127 < 2^31`), so the sums are exact.
-///
-/// # Safety
-/// The CPU must have AVX2; `a` and `b` must each hold `2 * k_tiles` tiles; `m0 + 2 <= 32`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums, m0: usize) {
-    use std::arch::x86_64::*;
-    const R: usize = 2;
-    let strip = k_tiles * TILE;
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    let rows: [*const i32; R] = epilogue::row_lines(a, strip, m0);
-    for half in 0..2 {
-        let b = b.add(half * strip);
-        // Lanes (column, inputs 0-1), (column, inputs 2-3) for four columns a vector.
-        let mut acc = [[_mm256_setzero_si256(); 4]; R];
-        for kt in 0..k_tiles {
-            for r in 0..TILE {
-                let line = b.add(kt * TILE + r).cast::<__m128i>();
-                let w: [__m256i; 4] =
-                    std::array::from_fn(|j| _mm256_cvtepi8_epi16(_mm_load_si128(line.add(j))));
-                for (acc, row) in acc.iter_mut().zip(&rows) {
-                    let quad = _mm_cvtsi32_si128(*row.add(kt * TILE * 16 + r));
-                    let x = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(quad));
-                    for (acc, w) in acc.iter_mut().zip(&w) {
-                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(x, *w));
+/// Tiles of inputs per pass of the AVX2 engine over a block.
+const AVX2_PASS: usize = 4;
+
+/// AVX2's weight lines: each packed line (four inputs of 16 outputs) becomes two lines of
+/// 16-bit values, four vectors of eight outputs: inputs 0-1 of outputs 0-7, of outputs 8-15,
+/// then inputs 2-3 of each. A lane holds one output's two inputs, as `vpmaddwd` pairs them.
+fn widen_weights(lines: &[Line]) -> Vec<Line> {
+    let mut wide = vec![ZERO_LINE; 2 * lines.len()];
+    wide.par_chunks_mut(2)
+        .zip(lines.par_iter())
+        .for_each(|(dst, src)| {
+            for (i, &byte) in src.0.iter().enumerate() {
+                let (n, k) = (i / 4, i % 4);
+                // Vector (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
+                let at = ((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2;
+                let bytes = (byte as i8 as i16).to_le_bytes();
+                dst[at / 32].0[(at % 32) * 2..][..2].copy_from_slice(&bytes);
+            }
+        });
+    wide
+}
+
+/// AVX2's activation lines: each packed line's 64 bytes, in order, as 16-bit values in two
+/// lines, so that a row's four inputs for a weight line are two 32-bit pairs to broadcast.
+fn widen_activations(lines: &[Line], wide: &mut Vec<Line>) {
+    wide.resize(2 * lines.len(), ZERO_LINE);
+    wide.par_chunks_mut(512)
+        .zip(lines.par_chunks(256))
+        .for_each(|(dst, src)| {
+            for (dst, src) in dst.chunks_exact_mut(2).zip(src) {
+                for (half, bytes) in dst.iter_mut().zip(src.0.chunks_exact(32)) {
+                    for (pair, &byte) in half.0.chunks_exact_mut(2).zip(bytes) {
+                        pair.copy_from_slice(&[byte, 0]);
                     }
                 }
             }
+        });
+}
+
+/// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with `vpmaddwd` on
+/// the widened lines, over the input tiles `tiles` (added to the sums already in `c` unless
+/// they start at 0): for each weight line, four vectors (see [`widen_weights`]), and each
+/// row's two pairs of inputs broadcast to all eight lanes. Every product and pair sum fits
+/// (`2 · 255 · 128 < 2^31`), so the sums are exact. 4 rows x 2 vectors are 8 accumulators,
+/// beside the four weight vectors and two broadcasts.
+///
+/// # Safety
+/// The CPU must have AVX2; `a` and `b` must each hold `2 * k_tiles` widened tiles;
+/// `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn rows_avx2<const R: usize>(
+    a: &[Line],
+    b: &[Line],
+    k_tiles: usize,
+    c: &mut Sums,
+    (m0, half): (usize, usize),
+    tiles: std::ops::Range<usize>,
+) {
+    use std::arch::x86_64::*;
+    let tile = 2 * TILE;
+    let strip = k_tiles * tile;
+    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
+    let c = c.0.as_mut_ptr();
+    let out = |i: usize| c.add((m0 + i) * 32 + half * 16);
+    let mut acc = [[_mm256_setzero_si256(); 2]; R];
+    if tiles.start > 0 {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            *acc = [0, 8].map(|j| _mm256_load_si256(out(i).add(j).cast()));
         }
-        for (i, acc) in acc.iter().enumerate() {
-            let out = c.0.as_mut_ptr().add((m0 + i) * 32 + half * 16);
-            for p in 0..2 {
-                // Columns 0, 1, 4, 5 | 2, 3, 6, 7 of these eight, put in order.
-                let sums = _mm256_hadd_epi32(acc[2 * p], acc[2 * p + 1]);
-                let sums = _mm256_permute4x64_epi64(sums, 0b11_01_10_00);
-                _mm256_storeu_si256(out.add(8 * p).cast(), sums);
+    }
+    // Row m's part of a tile is two lines, at 2 · (m % 16) in its group's tile.
+    let rows: [*const i32; R] = std::array::from_fn(|i| {
+        let m = m0 + i;
+        a.add((m / 16) * strip + 2 * (m % 16)).cast()
+    });
+    for kt in tiles {
+        for r in 0..TILE {
+            let line = b.add(kt * tile + 2 * r).cast::<__m256i>();
+            let w: [__m256i; 4] = std::array::from_fn(|j| _mm256_load_si256(line.add(j)));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let pairs = row.add(kt * tile * 16 + 2 * r);
+                let (lo, hi) = (_mm256_set1_epi32(*pairs), _mm256_set1_epi32(*pairs.add(1)));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let sum = _mm256_add_epi32(
+                        _mm256_madd_epi16(lo, w[j]),
+                        _mm256_madd_epi16(hi, w[j + 2]),
+                    );
+                    *acc = _mm256_add_epi32(*acc, sum);
+                }
             }
         }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        _mm256_store_si256(out(i).cast(), acc[0]);
+        _mm256_store_si256(out(i).add(8).cast(), acc[1]);
     }
 }
 
@@ -735,6 +818,14 @@ mod tests {
         product_emulated(&a, &b, k_tiles, &mut expected);
         assert!(expected.0.iter().any(|&v| v.abs() > 1 << 20));
         for engine in engines() {
+            // AVX2 takes the lines widened to 16 bits, as its packing makes them.
+            let (a, b) = if engine == Engine::Avx2 {
+                let mut wide = Vec::new();
+                widen_activations(&a, &mut wide);
+                (wide, widen_weights(&b))
+            } else {
+                (a.clone(), b.clone())
+            };
             let mut sums = Sums([0; 1024]);
             tile_product(engine, &a, &b, k_tiles, &mut sums);
             assert_eq!(sums.0, expected.0, "{engine:?}");
