@@ -22,23 +22,83 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Storage, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 use rayon::prelude::*;
 
+/// A pass over f32s in place, written so that its loops vectorise, run by [`in_place`] with the
+/// widest vectors the CPU offers.
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    /// An activation on every value.
+    Activation(Fused),
+    /// Softmax over each row of `width` attention scores, after adding `mask` (as many values
+    /// as the rows hold) when there is one.
+    Softmax {
+        width: usize,
+        mask: Option<&'a [f32]>,
+    },
+}
+
 #[inline(always)]
-fn activation_slice(xs: &mut [f32], f: Fused) {
-    with_fused!(f, |act| for x in xs.iter_mut() {
-        *x = act(*x);
-    })
+fn pass_plain(xs: &mut [f32], pass: Pass) {
+    match pass {
+        Pass::Activation(f) => with_fused!(f, |act| for x in xs.iter_mut() {
+            *x = act(*x);
+        }),
+        Pass::Softmax { width, mask } => {
+            for (r, row) in xs.chunks_mut(width.max(1)).enumerate() {
+                softmax_row(row, mask.map(|m| &m[r * width..][..row.len()]));
+            }
+        }
+    }
+}
+
+/// Softmax of one row in place, `mask` added first: the largest value and the sum are taken
+/// in 16 lanes (selects rather than `f32::max`, whose NaN rule keeps a loop scalar), so that
+/// every loop vectorises.
+#[inline(always)]
+fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
+    if let Some(m) = mask {
+        row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
+    }
+    let larger = |a: f32, x: f32| if x > a { x } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
+    for chunk in chunks {
+        lanes
+            .iter_mut()
+            .zip(chunk)
+            .for_each(|(l, &x)| *l = larger(*l, x));
+    }
+    let max = lanes.iter().fold(tail, |a, &x| larger(a, x));
+    let mut sums = [0f32; 16];
+    let mut chunks = row.chunks_exact_mut(16);
+    for chunk in &mut chunks {
+        for (sum, x) in sums.iter_mut().zip(chunk) {
+            *x = super::math::exp(*x - max);
+            *sum += *x;
+        }
+    }
+    let mut sum = 0f32;
+    for x in chunks.into_remainder() {
+        *x = super::math::exp(*x - max);
+        sum += *x;
+    }
+    let sum = sums.iter().sum::<f32>() + sum;
+    row.iter_mut().for_each(|x| *x /= sum);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn activation_avx512(xs: &mut [f32], f: Fused) {
-    activation_slice(xs, f)
+unsafe fn pass_avx512(xs: &mut [f32], pass: Pass) {
+    pass_plain(xs, pass)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn activation_avx2(xs: &mut [f32], f: Fused) {
-    activation_slice(xs, f)
+unsafe fn pass_avx2(xs: &mut [f32], pass: Pass) {
+    pass_plain(xs, pass)
 }
 
 /// Whether AVX-512 kernels may run: the CPU has AVX-512 F and the build has the `avx512`
@@ -50,21 +110,21 @@ pub fn avx512() -> bool {
     false
 }
 
-/// Applies `f` in place, with the widest vectors the CPU (and the build) offers.
-fn activate_in_place(xs: &mut [f32], f: Fused) {
+/// Runs `pass` over `xs` with the widest vectors the CPU (and the build) offers.
+fn in_place(xs: &mut [f32], pass: Pass) {
     #[cfg(target_arch = "x86_64")]
     {
         if avx512() {
             // SAFETY: the CPU supports AVX-512F, checked just above.
-            return unsafe { activation_avx512(xs, f) };
+            return unsafe { pass_avx512(xs, pass) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { activation_avx2(xs, f) };
+            return unsafe { pass_avx2(xs, pass) };
         }
     }
-    activation_slice(xs, f)
+    pass_plain(xs, pass)
 }
 
 /// A fused activation as a candle op: one vectorised pass over the tensor.
@@ -86,7 +146,7 @@ impl CustomOp1 for FusedOp {
         let f = self.0;
         let run = |mut v: Vec<f32>| -> Vec<f32> {
             v.par_chunks_mut(1 << 14)
-                .for_each(|c| activate_in_place(c, f));
+                .for_each(|c| in_place(c, Pass::Activation(f)));
             v
         };
         let out = match storage {
@@ -477,7 +537,7 @@ impl Dense {
         }
         if let Some(f) = act.and_then(Fused::of) {
             dst.par_chunks_mut(1 << 14)
-                .for_each(|c| activate_in_place(c, f));
+                .for_each(|c| in_place(c, Pass::Activation(f)));
         }
         Ok(Some(dst))
     }
@@ -750,20 +810,11 @@ pub fn attention(qkv: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Te
                 let mask_block = mask_data
                     .as_ref()
                     .map(|m| &m[(bi % mask_rows) * t * t..][..t * t]);
-                for (r, row) in scores.chunks_mut(t).enumerate() {
-                    if let Some(m) = mask_block {
-                        row.iter_mut()
-                            .zip(&m[r * t..(r + 1) * t])
-                            .for_each(|(s, m)| *s += m);
-                    }
-                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f32;
-                    for s in row.iter_mut() {
-                        *s = super::math::exp(*s - max);
-                        sum += *s;
-                    }
-                    row.iter_mut().for_each(|s| *s /= sum);
-                }
+                let softmax = Pass::Softmax {
+                    width: t,
+                    mask: mask_block,
+                };
+                in_place(&mut scores, softmax);
                 let dst = out_ptr;
                 // SAFETY: this task alone writes the t x d block of head hi of image bi, at
                 // offset bi*t*c + hi*d with row stride c.
@@ -841,7 +892,7 @@ mod tests {
             // Every variant the CPU can run, whichever one the dispatch picks here.
             let fresh = x.to_vec1::<f32>().unwrap();
             let mut xs = fresh.clone();
-            activation_slice(&mut xs, f);
+            pass_plain(&mut xs, Pass::Activation(f));
             close(&xs, "plain");
             #[cfg(target_arch = "x86_64")]
             {
@@ -849,14 +900,63 @@ mod tests {
                 if has!("avx2") && has!("fma") {
                     xs.copy_from_slice(&fresh);
                     // SAFETY: the CPU has AVX2 and FMA (checked).
-                    unsafe { activation_avx2(&mut xs, f) };
+                    unsafe { pass_avx2(&mut xs, Pass::Activation(f)) };
                     close(&xs, "avx2");
                 }
                 if has!("avx512f") {
                     xs.copy_from_slice(&fresh);
                     // SAFETY: the CPU has AVX-512 F (checked).
-                    unsafe { activation_avx512(&mut xs, f) };
+                    unsafe { pass_avx512(&mut xs, Pass::Activation(f)) };
                     close(&xs, "avx512");
+                }
+            }
+        }
+    }
+
+    /// Softmax with a mask on ragged widths, every variant the CPU can run, against f64.
+    #[test]
+    fn softmax_matches_f64_in_every_variant() {
+        for width in [1, 7, 16, 50, 77] {
+            let rows = 3;
+            let xs: Vec<f32> = (0..rows * width)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            let mask: Vec<f32> = (0..rows * width)
+                .map(|i| if i % 5 == 0 { -1e4 } else { 0.0 })
+                .collect();
+            let mut want = Vec::new();
+            for (row, m) in xs.chunks(width).zip(mask.chunks(width)) {
+                let s: Vec<f64> = row.iter().zip(m).map(|(&x, &m)| (x + m) as f64).collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let sum: f64 = s.iter().map(|x| (x - max).exp()).sum();
+                want.extend(s.iter().map(|x| (x - max).exp() / sum));
+            }
+            let pass = Pass::Softmax {
+                width,
+                mask: Some(&mask),
+            };
+            let check = |run: &dyn Fn(&mut [f32]), what: &str| {
+                let mut got = xs.clone();
+                run(&mut got);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() < 1e-6,
+                        "{what} {width} at {i}: {a} vs {b}"
+                    );
+                }
+            };
+            check(&|xs| pass_plain(xs, pass), "plain");
+            check(&|xs| in_place(xs, pass), "dispatched");
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked).
+                    check(&|xs| unsafe { pass_avx2(xs, pass) }, "avx2");
+                }
+                if has!("avx512f") {
+                    // SAFETY: the CPU has AVX-512 F (checked).
+                    check(&|xs| unsafe { pass_avx512(xs, pass) }, "avx512");
                 }
             }
         }
