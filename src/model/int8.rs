@@ -9,9 +9,9 @@
 //! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
 //!   since Cascade Lake, AMD Zen 4 and later);
 //! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
-//! - plain AVX2 (`vpmaddwd` on 16-bit values, for every x86 CPU of the last ten years: its
-//!   weights are widened to 16 bits once, at load, and each product's activations as it packs
-//!   them, so the innermost loop only loads, multiplies and adds).
+//! - plain AVX2 (`vpmaddwd` on 16-bit values, for every x86 CPU of the last ten years: each
+//!   product's activations are widened to 16 bits as it packs them, and the weights a pass at a
+//!   time into an L1 buffer, so the innermost loop only loads, multiplies and adds).
 //!
 //! All sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the bytes as
 //! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
@@ -113,7 +113,7 @@ impl Engine {
         }
     }
 
-    /// Lines per packed tile: 16, or 32 for AVX2, whose lines hold the values widened to
+    /// Lines per packed activation tile: 16, or 32 for AVX2, whose activations are widened to
     /// 16 bits.
     fn tile_lines(self) -> usize {
         match self {
@@ -156,8 +156,8 @@ const WEIGHT_LEVELS: f32 = 127.0;
 const ACTIVATION_LEVELS: u8 = 255;
 
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
-/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs (for AVX2, 32 lines: see
-/// [`widen_weights`]). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
+/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs (for AVX2, each line's
+/// bytes in [`pair_order`]). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
 pub struct PackedWeight {
     data: Vec<Line>,
     /// Per output: the real weight is `scale · q`.
@@ -196,7 +196,7 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         line.0[i] = q[n * inp + k] as u8
     });
     if engine == Engine::Avx2 {
-        data = widen_weights(&data);
+        pair_order(&mut data);
     }
     PackedWeight {
         data,
@@ -373,18 +373,18 @@ pub fn matmul(
         &q.lines
     };
     let out = w.out;
-    let strip = w.k_tiles * w.engine.tile_lines();
+    let (a_strip, b_strip) = (w.k_tiles * w.engine.tile_lines(), w.k_tiles * TILE);
     let grid = Grid {
         rows,
         out,
-        block_bytes: 32 * strip * size_of::<Line>() / TILE,
+        block_bytes: 32 * a_strip * size_of::<Line>() / TILE,
     };
     let isa = w.engine.isa();
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
         let init = || (Sums([0; 32 * 32]), Block([0f32; 32 * 32]));
         epilogue::for_each_block(grid, y, out, init, |(sums, block), at, y, mp| {
-            let a = &lines[(at.row / 16) * strip..][..2 * strip];
-            let b = &w.data[(at.col / 16) * strip..][..2 * strip];
+            let a = &lines[(at.row / 16) * a_strip..][..2 * a_strip];
+            let b = &w.data[(at.col / 16) * b_strip..][..2 * b_strip];
             tile_product(w.engine, a, b, w.k_tiles, sums);
             let cols = at.col..at.col + 32;
             let rows = &q.params[at.row..at.row + 32];
@@ -440,8 +440,7 @@ for_isa! {
 /// `k_tiles` packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight
 /// tiles (columns 0-15, then 16-31).
 fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
-    let strip = k_tiles * engine.tile_lines();
-    assert!(a.len() >= 2 * strip && b.len() >= 2 * strip);
+    assert!(a.len() >= 2 * k_tiles * engine.tile_lines() && b.len() >= 2 * k_tiles * TILE);
     match engine {
         // SAFETY: the engine is only used where the CPU has AMX int8; the lengths are checked
         // above.
@@ -465,15 +464,18 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
                 rows_avx_vnni::<2>(a, b, k_tiles, c, (30, half));
             }
         },
-        // In passes of AVX2_PASS tiles of inputs, so that a pass's weight and activation lines
-        // (16 KB each) stay in L1 while every row of the block is run through them.
+        // In passes of AVX2_PASS tiles of inputs: a pass's weights are widened into `wide`,
+        // and they and the pass's activation lines (16 KB each) stay in L1 while every row of
+        // the block is run through them.
         // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
         Engine::Avx2 => unsafe {
+            let mut wide = [ZERO_LINE; 2 * AVX2_PASS * 2 * TILE];
             for k0 in (0..k_tiles).step_by(AVX2_PASS) {
                 let tiles = k0..k_tiles.min(k0 + AVX2_PASS);
+                widen_pass(b, k_tiles, tiles.clone(), &mut wide);
                 for half in 0..2 {
                     for m0 in (0..32).step_by(4) {
-                        rows_avx2::<4>(a, b, k_tiles, c, (m0, half), tiles.clone());
+                        rows_avx2::<4>(a, &wide, k_tiles, c, (m0, half), tiles.clone());
                     }
                 }
             }
@@ -563,23 +565,49 @@ unsafe fn rows_avx_vnni<const R: usize>(
 /// Tiles of inputs per pass of the AVX2 engine over a block.
 const AVX2_PASS: usize = 4;
 
-/// AVX2's weight lines: each packed line (four inputs of 16 outputs) becomes two lines of
-/// 16-bit values, four vectors of eight outputs: inputs 0-1 of outputs 0-7, of outputs 8-15,
-/// then inputs 2-3 of each. A lane holds one output's two inputs, as `vpmaddwd` pairs them.
-fn widen_weights(lines: &[Line]) -> Vec<Line> {
-    let mut wide = vec![ZERO_LINE; 2 * lines.len()];
-    wide.par_chunks_mut(2)
-        .zip(lines.par_iter())
-        .for_each(|(dst, src)| {
-            for (i, &byte) in src.0.iter().enumerate() {
-                let (n, k) = (i / 4, i % 4);
-                // Vector (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
-                let at = ((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2;
-                let bytes = (byte as i8 as i16).to_le_bytes();
-                dst[at / 32].0[(at % 32) * 2..][..2].copy_from_slice(&bytes);
+/// AVX2's weight lines, at load: each packed line's 64 bytes (four inputs of 16 outputs)
+/// reordered into four runs of 16, as [`widen_pass`] turns each into a vector of eight outputs:
+/// inputs 0-1 of outputs 0-7, of outputs 8-15, then inputs 2-3 of each. Widened, a lane holds
+/// one output's two inputs, as `vpmaddwd` pairs them.
+fn pair_order(lines: &mut [Line]) {
+    lines.par_iter_mut().for_each(|line| {
+        let packed = line.0;
+        for (i, &byte) in packed.iter().enumerate() {
+            let (n, k) = (i / 4, i % 4);
+            // Run (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
+            line.0[((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2] = byte;
+        }
+    });
+}
+
+/// Widens the weight lines of input tiles `tiles` of both strips of `b` (in [`pair_order`]) to
+/// 16 bits into `wide`: for each strip, `AVX2_PASS` tiles of 32 lines, each packed line
+/// becoming two.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[target_feature(enable = "avx2")]
+unsafe fn widen_pass(
+    b: &[Line],
+    k_tiles: usize,
+    tiles: std::ops::Range<usize>,
+    wide: &mut [Line; 2 * AVX2_PASS * 2 * TILE],
+) {
+    use std::arch::x86_64::*;
+    assert!(tiles.len() <= AVX2_PASS && tiles.end <= k_tiles && b.len() >= 2 * k_tiles * TILE);
+    for half in 0..2 {
+        for (i, kt) in tiles.clone().enumerate() {
+            let src = &b[(half * k_tiles + kt) * TILE..][..TILE];
+            let dst = &mut wide[(half * AVX2_PASS + i) * 2 * TILE..][..2 * TILE];
+            for (line, pair) in src.iter().zip(dst.chunks_exact_mut(2)) {
+                let (src, dst) = (line.0.as_ptr().cast::<__m128i>(), pair.as_mut_ptr());
+                for j in 0..4 {
+                    let v = _mm256_cvtepi8_epi16(_mm_load_si128(src.add(j)));
+                    _mm256_store_si256(dst.cast::<__m256i>().add(j), v);
+                }
             }
-        });
-    wide
+        }
+    }
 }
 
 /// AVX2's activation lines: each packed line's 64 bytes, in order, as 16-bit values in two
@@ -601,14 +629,15 @@ fn widen_activations(lines: &[Line], wide: &mut Vec<Line>) {
 
 /// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with `vpmaddwd` on
 /// the widened lines, over the input tiles `tiles` (added to the sums already in `c` unless
-/// they start at 0): for each weight line, four vectors (see [`widen_weights`]), and each
-/// row's two pairs of inputs broadcast to all eight lanes. Every product and pair sum fits
+/// they start at 0): for each weight line, four vectors (see [`pair_order`]), and each row's
+/// two pairs of inputs broadcast to all eight lanes. Every product and pair sum fits
 /// (`2 · 255 · 128 < 2^31`), so the sums are exact. 4 rows x 2 vectors are 8 accumulators,
 /// beside the four weight vectors and two broadcasts.
 ///
 /// # Safety
-/// The CPU must have AVX2; `a` and `b` must each hold `2 * k_tiles` widened tiles;
-/// `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`.
+/// The CPU must have AVX2; `a` must hold `2 * k_tiles` widened tiles and `b` the pass's
+/// ([`widen_pass`]); `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`, at most `AVX2_PASS`
+/// tiles.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2<const R: usize>(
     a: &[Line],
@@ -621,7 +650,8 @@ unsafe fn rows_avx2<const R: usize>(
     use std::arch::x86_64::*;
     let tile = 2 * TILE;
     let strip = k_tiles * tile;
-    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
+    let first = tiles.start;
+    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * AVX2_PASS * tile));
     let c = c.0.as_mut_ptr();
     let out = |i: usize| c.add((m0 + i) * 32 + half * 16);
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
@@ -637,7 +667,7 @@ unsafe fn rows_avx2<const R: usize>(
     });
     for kt in tiles {
         for r in 0..TILE {
-            let line = b.add(kt * tile + 2 * r).cast::<__m256i>();
+            let line = b.add((kt - first) * tile + 2 * r).cast::<__m256i>();
             let w: [__m256i; 4] = std::array::from_fn(|j| _mm256_load_si256(line.add(j)));
             for (acc, row) in acc.iter_mut().zip(&rows) {
                 let pairs = row.add(kt * tile * 16 + 2 * r);
@@ -818,11 +848,12 @@ mod tests {
         product_emulated(&a, &b, k_tiles, &mut expected);
         assert!(expected.0.iter().any(|&v| v.abs() > 1 << 20));
         for engine in engines() {
-            // AVX2 takes the lines widened to 16 bits, as its packing makes them.
+            // AVX2 takes its activations widened and its weights reordered, as packing makes them.
             let (a, b) = if engine == Engine::Avx2 {
-                let mut wide = Vec::new();
+                let (mut wide, mut b) = (Vec::new(), b.clone());
                 widen_activations(&a, &mut wide);
-                (wide, widen_weights(&b))
+                pair_order(&mut b);
+                (wide, b)
             } else {
                 (a.clone(), b.clone())
             };
