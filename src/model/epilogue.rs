@@ -101,16 +101,7 @@ pub struct Norm<'a> {
 /// `out = (row - mean) / sqrt(var + eps) * weight + bias`, sums in 16 lanes.
 #[inline(always)]
 fn layer_norm_plain(row: &[f32], norm: &Norm, out: &mut [f32]) {
-    #[inline(always)]
-    fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
-        let mut lanes = [0f32; 16];
-        let chunks = xs.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
-        for chunk in chunks {
-            lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
-        }
-        lanes.iter().sum::<f32>() + tail
-    }
+    use super::math::lane_sum;
     let n = row.len() as f32;
     let mean = lane_sum(row, |x| x) / n;
     let var = lane_sum(row, |x| (x - mean) * (x - mean)) / n;

@@ -157,7 +157,7 @@ const ACTIVATION_LEVELS: u8 = 255;
 
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
 /// and 64 inputs, 16 lines of four inputs for each of the 16 outputs (for AVX2, each line's
-/// bytes in [`pair_order`]). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
+/// bytes where [`pair_position`] puts them). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
 pub struct PackedWeight {
     data: Vec<Line>,
     /// Per output: the real weight is `scale · q`.
@@ -192,12 +192,14 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
             *sum = q.iter().map(|&v| v as i32).sum();
         });
     let mut data = vec![ZERO_LINE; padded / 16 * k_tiles * TILE];
+    let position = if engine == Engine::Avx2 {
+        pair_position
+    } else {
+        std::convert::identity
+    };
     epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, i, n, k| {
-        line.0[i] = q[n * inp + k] as u8
+        line.0[position(i)] = q[n * inp + k] as u8
     });
-    if engine == Engine::Avx2 {
-        pair_order(&mut data);
-    }
     PackedWeight {
         data,
         scales,
@@ -565,24 +567,19 @@ unsafe fn rows_avx_vnni<const R: usize>(
 /// Tiles of inputs per pass of the AVX2 engine over a block.
 const AVX2_PASS: usize = 4;
 
-/// AVX2's weight lines, at load: each packed line's 64 bytes (four inputs of 16 outputs)
-/// reordered into four runs of 16, as [`widen_pass`] turns each into a vector of eight outputs:
-/// inputs 0-1 of outputs 0-7, of outputs 8-15, then inputs 2-3 of each. Widened, a lane holds
-/// one output's two inputs, as `vpmaddwd` pairs them.
-fn pair_order(lines: &mut [Line]) {
-    lines.par_iter_mut().for_each(|line| {
-        let packed = line.0;
-        for (i, &byte) in packed.iter().enumerate() {
-            let (n, k) = (i / 4, i % 4);
-            // Run (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
-            line.0[((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2] = byte;
-        }
-    });
+/// Where AVX2's weight lines hold byte `i` of a packed line (input `i % 4` of output `i / 4`):
+/// the 64 bytes in four runs of 16, as [`widen_pass`] turns each into a vector of eight
+/// outputs: inputs 0-1 of outputs 0-7, of outputs 8-15, then inputs 2-3 of each. Widened, a
+/// lane holds one output's two inputs, as `vpmaddwd` pairs them.
+fn pair_position(i: usize) -> usize {
+    let (n, k) = (i / 4, i % 4);
+    // Run (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
+    ((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2
 }
 
-/// Widens the weight lines of input tiles `tiles` of both strips of `b` (in [`pair_order`]) to
-/// 16 bits into `wide`: for each strip, `AVX2_PASS` tiles of 32 lines, each packed line
-/// becoming two.
+/// Widens the weight lines of input tiles `tiles` of both strips of `b` (in [`pair_position`]'s
+/// order) to 16 bits into `wide`: for each strip, `AVX2_PASS` tiles of 32 lines, each packed
+/// line becoming two.
 ///
 /// # Safety
 /// The CPU must have AVX2.
@@ -629,7 +626,7 @@ fn widen_activations(lines: &[Line], wide: &mut Vec<Line>) {
 
 /// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with `vpmaddwd` on
 /// the widened lines, over the input tiles `tiles` (added to the sums already in `c` unless
-/// they start at 0): for each weight line, four vectors (see [`pair_order`]), and each row's
+/// they start at 0): for each weight line, four vectors (see [`pair_position`]), and each row's
 /// two pairs of inputs broadcast to all eight lanes. Every product and pair sum fits
 /// (`2 · 255 · 128 < 2^31`), so the sums are exact. 4 rows x 2 vectors are 8 accumulators,
 /// beside the four weight vectors and two broadcasts.
@@ -850,10 +847,13 @@ mod tests {
         for engine in engines() {
             // AVX2 takes its activations widened and its weights reordered, as packing makes them.
             let (a, b) = if engine == Engine::Avx2 {
-                let (mut wide, mut b) = (Vec::new(), b.clone());
+                let mut wide = Vec::new();
                 widen_activations(&a, &mut wide);
-                pair_order(&mut b);
-                (wide, b)
+                let mut ordered = b.clone();
+                for (dst, src) in ordered.iter_mut().zip(&b) {
+                    (0..64).for_each(|i| dst.0[pair_position(i)] = src.0[i]);
+                }
+                (wide, ordered)
             } else {
                 (a.clone(), b.clone())
             };

@@ -26,6 +26,39 @@ pub fn exp(x: f32) -> f32 {
     e * f32::from_bits((n_bits.wrapping_add(127) << 23) as u32)
 }
 
+/// `Σ f(x)` over `xs`, summed in 16 lanes so that the loop vectorises (the remainder first,
+/// then the lanes).
+#[inline(always)]
+pub fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
+    for chunk in chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, &x)| *l += f(x));
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest of `xs` (`-inf` if empty), in 16 lanes of selects: `f32::max`'s NaN rule would
+/// keep the loop scalar.
+#[inline(always)]
+pub fn lane_max(xs: &[f32]) -> f32 {
+    let larger = |a: f32, x: f32| if x > a { x } else { a };
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
+    for chunk in chunks {
+        lanes
+            .iter_mut()
+            .zip(chunk)
+            .for_each(|(l, &x)| *l = larger(*l, x));
+    }
+    lanes.iter().fold(tail, |a, &x| larger(a, x))
+}
+
 /// `x * sigmoid(1.702 x)`, vectorisable.
 #[inline(always)]
 pub fn quick_gelu_value(x: f32) -> f32 {

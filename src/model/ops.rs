@@ -50,42 +50,17 @@ fn pass_plain(xs: &mut [f32], pass: Pass) {
     }
 }
 
-/// Softmax of one row in place, `mask` added first: the largest value and the sum are taken
-/// in 16 lanes (selects rather than `f32::max`, whose NaN rule keeps a loop scalar), so that
-/// every loop vectorises.
+/// Softmax of one row in place, `mask` added first; the largest value and the sum are taken in
+/// 16 lanes, so that every loop vectorises.
 #[inline(always)]
 fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
+    use super::math::{exp, lane_max, lane_sum};
     if let Some(m) = mask {
         row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
     }
-    let larger = |a: f32, x: f32| if x > a { x } else { a };
-    let mut lanes = [f32::NEG_INFINITY; 16];
-    let chunks = row.chunks_exact(16);
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
-    for chunk in chunks {
-        lanes
-            .iter_mut()
-            .zip(chunk)
-            .for_each(|(l, &x)| *l = larger(*l, x));
-    }
-    let max = lanes.iter().fold(tail, |a, &x| larger(a, x));
-    let mut sums = [0f32; 16];
-    let mut chunks = row.chunks_exact_mut(16);
-    for chunk in &mut chunks {
-        for (sum, x) in sums.iter_mut().zip(chunk) {
-            *x = super::math::exp(*x - max);
-            *sum += *x;
-        }
-    }
-    let mut sum = 0f32;
-    for x in chunks.into_remainder() {
-        *x = super::math::exp(*x - max);
-        sum += *x;
-    }
-    let sum = sums.iter().sum::<f32>() + sum;
+    let max = lane_max(row);
+    row.iter_mut().for_each(|x| *x = exp(*x - max));
+    let sum = lane_sum(row, |x| x);
     row.iter_mut().for_each(|x| *x /= sum);
 }
 
