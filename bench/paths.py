@@ -15,8 +15,9 @@ rounds; the median of each is reported:
 | fp32, AVX2 | `--no-default-features` build | fp32, `ONEDNN_MAX_CPU_ISA=AVX2` |
 | int8, AMX | `--precision int8` (`FOODCLIP_INT8=amx`) | ONNX Runtime dynamic int8 |
 | int8, AVX-512 VNNI | `FOODCLIP_INT8=vnni` | ONNX Runtime dynamic int8 |
-| int8, AVX-VNNI | `FOODCLIP_INT8=avx-vnni` | ONNX Runtime dynamic int8 (unrestricted) |
-| int8, AVX2 | `FOODCLIP_INT8=avx2` | ONNX Runtime dynamic int8 (unrestricted) |
+| int8, AVX-VNNI | `FOODCLIP_INT8=avx-vnni`, CPU masked to AVX-VNNI | ONNX Runtime dynamic int8, masked the same |
+| int8, AVX2 | `FOODCLIP_INT8=avx2`, CPU masked to AVX2 | ONNX Runtime dynamic int8, masked the same |
+| fp32, AVX2 | default build, CPU masked to AVX2 | ONNX Runtime fp32, masked the same |
 
 Then ONNX Runtime (PyPI `onnxruntime`), as CPU deployments of CLIP run it: the same image tower
 and projection exported with `torch.onnx.export`, the CPU provider with as many intra-op
@@ -24,6 +25,13 @@ threads as foodclip's (the CPUs this process may use), fp32 against foodclip's f
 dynamic quantisation (`quantize_dynamic`, int8 weights, activations quantised per call) against
 foodclip's int8, alternating the same way. `--no-ort` skips it; the exports are kept under
 --workdir. Each foodclip run also reports its peak resident memory.
+
+ONNX Runtime has no switch to keep it from AVX-512: it reads the CPU's features with CPUID. So
+on the masked rows both processes run under `bench/cpuid_mask.c` (built here with gcc, loaded
+with LD_PRELOAD), which makes every CPUID trap (Linux CPUID faulting, CPUs flagged
+`cpuid_fault`) and answers it with AVX-512, AMX and AVX512-BF16 hidden (and AVX-VNNI, for the
+AVX2 rows): both sides pick their kernels as on a CPU without them. Where the CPU cannot fault
+on CPUID, those rows run ONNX Runtime unmasked and say so.
 
 A path the CPU lacks is skipped. Then `--precision auto` (the engine its probe measures fastest)
 against foodclip's own f32, alternating the same way: it should never be slower. `--auto-only`
@@ -120,11 +128,23 @@ def ort_models(ckpt):
     return {"f32": fp32, "int8": int8}
 
 
-def ort(model, iterations):
+def ort(model, iterations, env=None):
     threads = len(os.sched_getaffinity(0))
     out = subprocess.run([sys.executable, "-c", ORT_TIME, model, "32", str(iterations), str(threads)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=dict(os.environ, **(env or {})))
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def cpuid_mask(workdir, features):
+    """The environment that runs a process as if the CPU had only `features` ("avx2" or
+    "avx-vnni"), or None where this CPU cannot fault on CPUID."""
+    if "cpuid_fault" not in cpu_flags():
+        return None
+    lib = os.path.join(workdir, "cpuid_mask.so")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpuid_mask.c")
+    if not os.path.exists(lib) or os.path.getmtime(lib) < os.path.getmtime(src):
+        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", lib, src], check=True)
+    return {"LD_PRELOAD": lib, "FOODCLIP_CPUID_MASK": features}
 
 
 def alternate(rounds, ours, peer):
@@ -153,7 +173,8 @@ def foodclip(ckpt, precision, iterations, env, target):
         env=dict(os.environ, **env, **({} if target is None else {"CARGO_TARGET_DIR": target})),
     )
     record = json.loads(out.stdout.strip().splitlines()[-1])
-    PEAK_RSS[precision + "".join(f" {k}={v}" for k, v in env.items())] = record["peak_rss_mb"]
+    shown = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+    PEAK_RSS[precision + "".join(f" {k}={v}" for k, v in shown.items())] = record["peak_rss_mb"]
     return record["images_per_second"]
 
 
@@ -207,21 +228,28 @@ def main():
         args.no_ort = True  # the export above is written for CLIP's get_image_features
     if not args.auto_only and not args.no_ort:
         models = ort_models(ckpt)
+        # (name, precision, foodclip's environment, the CPU features both sides see)
         ort_paths = []
         if "amx_int8" in flags:
-            ort_paths.append(("int8, AMX", "int8", {"FOODCLIP_INT8": "amx"}))
+            ort_paths.append(("int8, AMX", "int8", {"FOODCLIP_INT8": "amx"}, None))
         if "avx512_vnni" in flags:
-            ort_paths.append(("int8, AVX-512 VNNI", "int8", {"FOODCLIP_INT8": "vnni"}))
+            ort_paths.append(("int8, AVX-512 VNNI", "int8", {"FOODCLIP_INT8": "vnni"}, None))
         if "avx_vnni" in flags:
-            ort_paths.append(("int8, AVX-VNNI", "int8", {"FOODCLIP_INT8": "avx-vnni"}))
+            ort_paths.append(("int8, AVX-VNNI", "int8", {"FOODCLIP_INT8": "avx-vnni"}, "avx-vnni"))
         if "avx2" in flags:
-            ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}))
-        ort_paths.append(("fp32", "f32", {}))
-        for name, precision, env in ort_paths:
-            o, p = alternate(args.rounds, lambda: foodclip(ckpt, precision, args.iterations, env, None),
-                             lambda: ort(models[precision], args.iterations))
+            ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}, "avx2"))
+            if "avx512f" in flags:
+                ort_paths.append(("fp32, AVX2", "f32", {"FOODCLIP_BF16": "off"}, "avx2"))
+        ort_paths.append(("fp32", "f32", {}, None))
+        for name, precision, env, features in ort_paths:
+            mask = cpuid_mask(args.workdir, features) if features else None
+            o, p = alternate(args.rounds,
+                             lambda: foodclip(ckpt, precision, args.iterations, {**env, **(mask or {})}, None),
+                             lambda: ort(models[precision], args.iterations, mask))
+            seen = (f", both with the CPU masked to {features}" if mask else
+                    ", ONNX Runtime unmasked (its best engine)" if features else "")
             print(f"{name}: foodclip {o:.1f} img/s, ONNX Runtime {'int8 dynamic' if precision == 'int8' else 'fp32'} "
-                  f"{p:.1f} img/s, ratio {o / p:.2f}x", flush=True)
+                  f"{p:.1f} img/s, ratio {o / p:.2f}x{seen}", flush=True)
     for name, precision, env, target, isa in [] if args.auto_only else paths:
         o, p = alternate(args.rounds, lambda: foodclip(ckpt, precision, args.iterations, env, target),
                          lambda: torch(ckpt, precision, args.iterations, isa))
