@@ -32,9 +32,17 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
         r[3] &= ~((1u << 2) | (1u << 3) | (1u << 8) | (1u << 22) | (1u << 23) | (1u << 24) |
                   (1u << 25));
     } else if (leaf == 7 && sub == 1) {
-        // EAX: AVX-VNNI 4, AVX512-BF16 5, AMX-FP16 21.
+        // EAX: AVX-VNNI 4, AVX512-BF16 5, AMX-FP16 21. EDX: AVX-VNNI-INT8 4, AMX-COMPLEX 8,
+        // AVX10 19 (which implies AVX-512).
         r[0] &= ~((1u << 5) | (1u << 21));
-        if (!keep_avx_vnni) r[0] &= ~(1u << 4);
+        r[3] &= ~((1u << 8) | (1u << 19));
+        if (!keep_avx_vnni) {
+            r[0] &= ~(1u << 4);
+            r[3] &= ~(1u << 4);
+        }
+    } else if (leaf == 0x1d || leaf == 0x1e || leaf == 0x24) {
+        // AMX tile and AVX10 information: nothing to report.
+        r[0] = r[1] = r[2] = r[3] = 0;
     } else if (leaf == 0xd && sub == 0) {
         // XSAVE state components: no opmask / ZMM state (5, 6, 7) and no AMX tiles (17, 18).
         r[0] &= ~((1u << 5) | (1u << 6) | (1u << 7) | (1u << 17) | (1u << 18));
