@@ -383,11 +383,17 @@ pub fn matmul(
     };
     let isa = w.engine.isa();
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        let init = || (Sums([0; 32 * 32]), Block([0f32; 32 * 32]));
-        epilogue::for_each_block(grid, y, out, init, |(sums, block), at, y, mp| {
+        let init = || {
+            (
+                Sums([0; 32 * 32]),
+                Block([0f32; 32 * 32]),
+                Widened::default(),
+            )
+        };
+        epilogue::for_each_block(grid, y, out, init, |(sums, block, wide), at, y, mp| {
             let a = &lines[(at.row / 16) * a_strip..][..2 * a_strip];
             let b = &w.data[(at.col / 16) * b_strip..][..2 * b_strip];
-            tile_product(w.engine, a, b, w.k_tiles, sums);
+            tile_product(w.engine, a, (b, wide), w.k_tiles, sums);
             let cols = at.col..at.col + 32;
             let rows = &q.params[at.row..at.row + 32];
             dequantize(
@@ -441,7 +447,13 @@ for_isa! {
 /// One 32x32 block of int32 sums of `A · B` into `c` with `engine`: A is two strips of
 /// `k_tiles` packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight
 /// tiles (columns 0-15, then 16-31).
-fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
+fn tile_product(
+    engine: Engine,
+    a: &[Line],
+    (b, wide): (&[Line], &mut Widened),
+    k_tiles: usize,
+    c: &mut Sums,
+) {
     assert!(a.len() >= 2 * k_tiles * engine.tile_lines() && b.len() >= 2 * k_tiles * TILE);
     match engine {
         // SAFETY: the engine is only used where the CPU has AMX int8; the lengths are checked
@@ -466,18 +478,21 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
                 rows_avx_vnni::<2>(a, b, k_tiles, c, (30, half));
             }
         },
-        // In passes of AVX2_PASS tiles of inputs: a pass's weights are widened into `wide`,
-        // and they and the pass's activation lines (16 KB each) stay in L1 while every row of
-        // the block is run through them.
+        // The block's weights are widened to 16 bits once for all the blocks of its columns
+        // that this thread runs in a row (`wide` keeps them), then the block runs in passes of
+        // AVX2_PASS tiles of inputs: a pass's weights and activation lines (16 KB each) stay
+        // in L1 while every row of the block is run through them.
         // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
         Engine::Avx2 => unsafe {
-            let mut wide = [ZERO_LINE; 2 * AVX2_PASS * 2 * TILE];
+            if wide.of != Some(b.as_ptr()) {
+                widen_strips(b, k_tiles, &mut wide.lines);
+                wide.of = Some(b.as_ptr());
+            }
             for k0 in (0..k_tiles).step_by(AVX2_PASS) {
                 let tiles = k0..k_tiles.min(k0 + AVX2_PASS);
-                widen_pass(b, k_tiles, tiles.clone(), &mut wide);
                 for half in 0..2 {
                     for m0 in (0..32).step_by(4) {
-                        rows_avx2::<4>(a, &wide, k_tiles, c, (m0, half), tiles.clone());
+                        rows_avx2::<4>(a, &wide.lines, k_tiles, c, (m0, half), tiles.clone());
                     }
                 }
             }
@@ -568,7 +583,7 @@ unsafe fn rows_avx_vnni<const R: usize>(
 const AVX2_PASS: usize = 4;
 
 /// Where AVX2's weight lines hold byte `i` of a packed line (input `i % 4` of output `i / 4`):
-/// the 64 bytes in four runs of 16, as [`widen_pass`] turns each into a vector of eight
+/// the 64 bytes in four runs of 16, as [`widen_strips`] turns each into a vector of eight
 /// outputs: inputs 0-1 of outputs 0-7, of outputs 8-15, then inputs 2-3 of each. Widened, a
 /// lane holds one output's two inputs, as `vpmaddwd` pairs them.
 fn pair_position(i: usize) -> usize {
@@ -577,25 +592,29 @@ fn pair_position(i: usize) -> usize {
     ((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2
 }
 
-/// Widens the weight lines of input tiles `tiles` of both strips of `b` (in [`pair_position`]'s
-/// order) to 16 bits into `wide`: for each strip, `AVX2_PASS` tiles of 32 lines, each packed
-/// line becoming two.
+/// The AVX2 engine's weights of one block's columns widened to 16 bits ([`widen_strips`]), kept
+/// by a thread while it runs the blocks below one another: `of` is the packed strips they came
+/// from.
+#[derive(Default)]
+struct Widened {
+    of: Option<*const Line>,
+    lines: Vec<Line>,
+}
+
+/// Widens the weight lines of both strips of `b` (in [`pair_position`]'s order) to 16 bits into
+/// `wide`: for each strip, `k_tiles` tiles of 32 lines, each packed line becoming two.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[target_feature(enable = "avx2")]
-unsafe fn widen_pass(
-    b: &[Line],
-    k_tiles: usize,
-    tiles: std::ops::Range<usize>,
-    wide: &mut [Line; 2 * AVX2_PASS * 2 * TILE],
-) {
+unsafe fn widen_strips(b: &[Line], k_tiles: usize, wide: &mut Vec<Line>) {
     use std::arch::x86_64::*;
-    assert!(tiles.len() <= AVX2_PASS && tiles.end <= k_tiles && b.len() >= 2 * k_tiles * TILE);
+    assert!(b.len() >= 2 * k_tiles * TILE);
+    wide.resize(2 * k_tiles * 2 * TILE, ZERO_LINE);
     for half in 0..2 {
-        for (i, kt) in tiles.clone().enumerate() {
+        for kt in 0..k_tiles {
             let src = &b[(half * k_tiles + kt) * TILE..][..TILE];
-            let dst = &mut wide[(half * AVX2_PASS + i) * 2 * TILE..][..2 * TILE];
+            let dst = &mut wide[(half * k_tiles + kt) * 2 * TILE..][..2 * TILE];
             for (line, pair) in src.iter().zip(dst.chunks_exact_mut(2)) {
                 let (src, dst) = (line.0.as_ptr().cast::<__m128i>(), pair.as_mut_ptr());
                 for j in 0..4 {
@@ -632,9 +651,8 @@ fn widen_activations(lines: &[Line], wide: &mut Vec<Line>) {
 /// beside the four weight vectors and two broadcasts.
 ///
 /// # Safety
-/// The CPU must have AVX2; `a` must hold `2 * k_tiles` widened tiles and `b` the pass's
-/// ([`widen_pass`]); `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`, at most `AVX2_PASS`
-/// tiles.
+/// The CPU must have AVX2; `a` must hold `2 * k_tiles` widened tiles and `b` the block's
+/// widened strips ([`widen_strips`]); `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn rows_avx2<const R: usize>(
     a: &[Line],
@@ -647,8 +665,7 @@ unsafe fn rows_avx2<const R: usize>(
     use std::arch::x86_64::*;
     let tile = 2 * TILE;
     let strip = k_tiles * tile;
-    let first = tiles.start;
-    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * AVX2_PASS * tile));
+    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
     let c = c.0.as_mut_ptr();
     let out = |i: usize| c.add((m0 + i) * 32 + half * 16);
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
@@ -664,7 +681,7 @@ unsafe fn rows_avx2<const R: usize>(
     });
     for kt in tiles {
         for r in 0..TILE {
-            let line = b.add((kt - first) * tile + 2 * r).cast::<__m256i>();
+            let line = b.add(kt * tile + 2 * r).cast::<__m256i>();
             let w: [__m256i; 4] = std::array::from_fn(|j| _mm256_load_si256(line.add(j)));
             for (acc, row) in acc.iter_mut().zip(&rows) {
                 let pairs = row.add(kt * tile * 16 + 2 * r);
@@ -774,6 +791,9 @@ mod tests {
                 (33, 65, 33),
                 (40, 130, 70),
                 (64, 200, 48),
+                // Several blocks of rows per thread under each block of columns (AVX2 widens
+                // a block's weights once for all of them), and several blocks of columns.
+                (300, 100, 70),
             ] {
                 let mut x = values(rows * inp, (rows * 31 + inp) as u64);
                 x[..inp].fill(0.0); // a row of zeros
@@ -858,7 +878,13 @@ mod tests {
                 (a.clone(), b.clone())
             };
             let mut sums = Sums([0; 1024]);
-            tile_product(engine, &a, &b, k_tiles, &mut sums);
+            tile_product(
+                engine,
+                &a,
+                (&b, &mut Widened::default()),
+                k_tiles,
+                &mut sums,
+            );
             assert_eq!(sums.0, expected.0, "{engine:?}");
         }
     }
