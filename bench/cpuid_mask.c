@@ -3,7 +3,9 @@
 // FOODCLIP_CPUID_MASK=avx2      hides AVX-512 (every subset), AVX-VNNI, AVX512-BF16 and AMX;
 // FOODCLIP_CPUID_MASK=avx-vnni  hides the same but keeps AVX-VNNI.
 // It uses CPUID faulting (Linux arch_prctl(ARCH_SET_CPUID), CPUs flagged `cpuid_fault`): every
-// CPUID traps, and the SIGSEGV handler answers it with the real values, masked.
+// CPUID traps, and the SIGSEGV handler answers it with the real values, masked. A program that
+// installs its own SIGSEGV handler (rustc does; Rust programs keep one that is already there)
+// cannot run under it.
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <signal.h>

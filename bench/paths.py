@@ -165,12 +165,18 @@ def cpu_flags():
 
 
 def foodclip(ckpt, precision, iterations, env, target):
+    bench = (["cargo", "bench", "--quiet", "--bench", "model"]
+             + ([] if target is None else ["--no-default-features"]))
+    target_env = {} if target is None else {"CARGO_TARGET_DIR": target}
+    if "LD_PRELOAD" in env:
+        # Built first without the CPUID mask: rustc installs its own SIGSEGV handler, which
+        # cannot answer a trapped CPUID.
+        subprocess.run(bench + ["--no-run"], cwd=ROOT, capture_output=True, check=True,
+                       env=dict(os.environ, **target_env))
     out = subprocess.run(
-        ["cargo", "bench", "--quiet", "--bench", "model"]
-        + ([] if target is None else ["--no-default-features"])
-        + ["--", ckpt, "32", str(iterations), precision],
+        bench + ["--", ckpt, "32", str(iterations), precision],
         cwd=ROOT, capture_output=True, text=True, check=True,
-        env=dict(os.environ, **env, **({} if target is None else {"CARGO_TARGET_DIR": target})),
+        env=dict(os.environ, **env, **target_env),
     )
     record = json.loads(out.stdout.strip().splitlines()[-1])
     shown = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
