@@ -10,8 +10,8 @@
 //!   since Cascade Lake, AMD Zen 4 and later);
 //! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
 //! - plain AVX2 (`vpmaddwd` on 16-bit values, for every x86 CPU of the last ten years: each
-//!   product's activations are widened to 16 bits as it packs them, and the weights a pass at a
-//!   time into an L1 buffer, so the innermost loop only loads, multiplies and adds).
+//!   product's activations are widened to 16 bits as it packs them, and a block's weights once
+//!   for the blocks of rows below it, so the innermost loop only loads, multiplies and adds).
 //!
 //! All sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the bytes as
 //! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
