@@ -92,8 +92,13 @@ impl Attention {
     /// `x + attention(norm(x))`; `mask` is added to the attention logits,
     /// `(batch or 1, 1, seq, seq)`.
     fn forward(&self, norm: &LayerNorm, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let heads = attention(&self.qkv.forward_normed(x, norm, None)?, self.heads, mask)?;
-        self.out.forward_with(&heads, Some(x), None)
+        self.out
+            .forward_with(&self.heads(norm, x, mask)?, Some(x), None)
+    }
+
+    /// The heads' outputs side by side, before the output projection.
+    fn heads(&self, norm: &LayerNorm, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        attention(&self.qkv.forward_normed(x, norm, None)?, self.heads, mask)
     }
 }
 
@@ -176,6 +181,35 @@ impl Encoder {
             x = layer.forward(&x, mask)?;
         }
         Ok(x)
+    }
+
+    /// Runs every layer over `x` `(batch, seq, hidden)` and returns only the states of the
+    /// `pooled` rows (indices into the `batch · seq` rows), `(pooled.len(), hidden)`: what a
+    /// tower that pools one token per sequence reads. The last layer's keys and values need
+    /// every row, but its output projection and MLP treat rows one by one, so they run on the
+    /// pooled rows alone: most of a layer's work saved (ViT-B/32: 50 rows down to 1 there).
+    pub fn forward_pooled(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        pooled: &[u32],
+    ) -> Result<Tensor> {
+        let Some((last, rest)) = self.layers.split_last() else {
+            anyhow::bail!("the encoder has no layers");
+        };
+        let mut x = x.clone();
+        for layer in rest {
+            x = layer.forward(&x, mask)?;
+        }
+        let (b, t, hidden) = x.dims3()?;
+        let rows = Tensor::from_slice(pooled, pooled.len(), x.device())?;
+        let pick = |y: &Tensor| -> Result<Tensor> {
+            Ok(y.reshape((b * t, hidden))?.index_select(&rows, 0)?)
+        };
+        let a = &last.self_attn;
+        let heads = pick(&a.heads(&last.layer_norm1, &x, mask)?)?;
+        let x = a.out.forward_with(&heads, Some(&pick(&x)?), None)?;
+        last.mlp.forward(&last.layer_norm2, &x)
     }
 
     /// NACLIP's dense pass: every layer but the last as usual, then the last one reduced to its

@@ -12,7 +12,7 @@ use super::config::TextConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
 use super::ops::{Dense, MatmulKind};
 use anyhow::{bail, Result};
-use candle_core::{Device, IndexOp, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
 
 /// The text transformer (`text_model`) with its head.
@@ -96,9 +96,10 @@ impl SiglipTextTransformer {
             .forward(&ids)?
             .broadcast_add(&self.position_embedding)?;
         let mask = padding_mask(sequences, t, self.pad_left, &device)?.to_dtype(x.dtype())?;
-        let x = self.encoder.forward(&x, Some(&mask))?;
-        let last = x.i((.., t - 1, ..))?.contiguous()?;
-        self.head.forward(&self.final_layer_norm.forward(&last)?)
+        // The last token of each sequence.
+        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+        let x = self.encoder.forward_pooled(&x, Some(&mask), &last)?;
+        self.head.forward(&self.final_layer_norm.forward(&x)?)
     }
 }
 

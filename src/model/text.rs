@@ -113,11 +113,8 @@ impl TextTransformer {
             .forward(&ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
         let mask = attention_mask(sequences, t, &device)?.to_dtype(x.dtype())?;
-        let x = self.encoder.forward(&x, Some(&mask))?;
-        let x = self.final_layer_norm.forward(&x)?;
-        let hidden = x.dim(2)?;
-        let rows = Tensor::from_vec(pool_rows, b, &device)?;
-        Ok(x.reshape((b * t, hidden))?.index_select(&rows, 0)?)
+        let x = self.encoder.forward_pooled(&x, Some(&mask), &pool_rows)?;
+        Ok(self.final_layer_norm.forward(&x)?)
     }
 }
 

@@ -6,7 +6,7 @@ use super::config::VisionConfig;
 use super::encoder::{layer_norm, Encoder, EncoderShape};
 use super::ops::{patchify, Dense, MatmulKind};
 use anyhow::{bail, Result};
-use candle_core::{Device, IndexOp, Module, Tensor};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 
 /// The patch convolution's kernel (`embeddings.patch_embedding.weight`) flattened to
@@ -55,10 +55,12 @@ impl VisionTransformer {
 
     /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = self.encoder.forward(&self.embed(pixels)?, None)?;
-        Ok(self
-            .post_layernorm
-            .forward(&x.i((.., 0, ..))?.contiguous()?)?)
+        let x = self.embed(pixels)?;
+        let (b, t, _) = x.dims3()?;
+        // The class token, first of each image's tokens.
+        let class: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
+        let x = self.encoder.forward_pooled(&x, None, &class)?;
+        Ok(self.post_layernorm.forward(&x)?)
     }
 
     /// Per-patch states `(batch, grid * grid, hidden)` after the post-norm, from NACLIP's dense
