@@ -168,11 +168,12 @@ def foodclip(ckpt, precision, iterations, env, target):
     bench = (["cargo", "bench", "--quiet", "--bench", "model"]
              + ([] if target is None else ["--no-default-features"]))
     target_env = {} if target is None else {"CARGO_TARGET_DIR": target}
-    if "LD_PRELOAD" in env:
-        # Built first without the CPUID mask: rustc installs its own SIGSEGV handler, which
-        # cannot answer a trapped CPUID.
+    if "LD_PRELOAD" in env and target not in BUILT:
+        # Built first (once per run) without the CPUID mask: rustc installs its own SIGSEGV
+        # handler, which cannot answer a trapped CPUID.
         subprocess.run(bench + ["--no-run"], cwd=ROOT, capture_output=True, check=True,
                        env=dict(os.environ, **target_env))
+        BUILT.add(target)
     out = subprocess.run(
         bench + ["--", ckpt, "32", str(iterations), precision],
         cwd=ROOT, capture_output=True, text=True, check=True,
@@ -183,6 +184,9 @@ def foodclip(ckpt, precision, iterations, env, target):
     PEAK_RSS[precision + "".join(f" {k}={v}" for k, v in shown.items())] = record["peak_rss_mb"]
     return record["images_per_second"]
 
+
+# The builds (CARGO_TARGET_DIR, None for the default) made unmasked in this run.
+BUILT = set()
 
 # Peak resident memory (MB) of the last foodclip run of each precision and environment.
 PEAK_RSS = {}

@@ -183,17 +183,8 @@ impl Encoder {
         Ok(x)
     }
 
-    /// Runs every layer over `x` `(batch, seq, hidden)` and returns only the states of the
-    /// `pooled` rows (indices into the `batch · seq` rows), `(pooled.len(), hidden)`: what a
-    /// tower that pools one token per sequence reads. The last layer's keys and values need
-    /// every row, but its output projection and MLP treat rows one by one, so they run on the
-    /// pooled rows alone: most of a layer's work saved (ViT-B/32: 50 rows down to 1 there).
-    pub fn forward_pooled(
-        &self,
-        x: &Tensor,
-        mask: Option<&Tensor>,
-        pooled: &[u32],
-    ) -> Result<Tensor> {
+    /// Every layer but the last over `x`, and the last layer, to be run by the caller.
+    fn all_but_last(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<(&EncoderLayer, Tensor)> {
         let Some((last, rest)) = self.layers.split_last() else {
             anyhow::bail!("the encoder has no layers");
         };
@@ -201,8 +192,27 @@ impl Encoder {
         for layer in rest {
             x = layer.forward(&x, mask)?;
         }
+        Ok((last, x))
+    }
+
+    /// Runs every layer over `x` `(batch, seq, hidden)` and returns only the state of one token
+    /// per sequence, at `positions[i]` in sequence `i`, `(batch, hidden)`: what a tower that
+    /// pools one token reads. The last layer's keys and values need every token, but its
+    /// output projection and MLP treat rows one by one, so they run on the pooled rows alone:
+    /// most of a layer's work saved (ViT-B/32: 50 rows down to 1 there).
+    pub fn forward_pooled(
+        &self,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        positions: &[usize],
+    ) -> Result<Tensor> {
+        let (last, x) = self.all_but_last(x, mask)?;
         let (b, t, hidden) = x.dims3()?;
-        let rows = Tensor::from_slice(pooled, pooled.len(), x.device())?;
+        if positions.len() != b || positions.iter().any(|&p| p >= t) {
+            anyhow::bail!("pooled positions {positions:?} for {b} sequences of {t}");
+        }
+        let pooled: Vec<u32> = (0..b).map(|i| (i * t + positions[i]) as u32).collect();
+        let rows = Tensor::from_vec(pooled, b, x.device())?;
         let pick = |y: &Tensor| -> Result<Tensor> {
             Ok(y.reshape((b * t, hidden))?.index_select(&rows, 0)?)
         };
@@ -216,13 +226,7 @@ impl Encoder {
     /// attention, with keys as queries and `neighbourhood` (`(1, 1, seq, seq)`) added to the
     /// logits, and neither the residual nor the MLP.
     pub fn forward_dense(&self, x: &Tensor, neighbourhood: &Tensor) -> Result<Tensor> {
-        let Some((last, rest)) = self.layers.split_last() else {
-            anyhow::bail!("the encoder has no layers");
-        };
-        let mut x = x.clone();
-        for layer in rest {
-            x = layer.forward(&x, None)?;
-        }
+        let (last, x) = self.all_but_last(x, None)?;
         let a = &last.self_attn;
         let qkv = a.qkv.forward_normed(&x, &last.layer_norm1, None)?;
         let h = qkv.dim(2)? / 3;

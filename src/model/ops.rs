@@ -673,7 +673,7 @@ fn transpose(w: &Tensor) -> candle_core::Result<Tensor> {
         // tile at a time: read into `tile`, then written out a whole result row's part at once.
         // (Writing each value straight to its place kept TILE result rows open at once; when a
         // row is a multiple of 4 KiB apart, as for a 3072-wide MLP, they share one L1 set, and
-        // the copy ran 2-3x slower.) Every value is written before `set_len`.
+        // the copy ran 2-3x slower.)
         dst.spare_capacity_mut()[..rows * cols]
             .par_chunks_mut((TILE * rows).max(1))
             .enumerate()

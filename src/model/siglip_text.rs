@@ -97,7 +97,7 @@ impl SiglipTextTransformer {
             .broadcast_add(&self.position_embedding)?;
         let mask = padding_mask(sequences, t, self.pad_left, &device)?.to_dtype(x.dtype())?;
         // The last token of each sequence.
-        let last: Vec<u32> = (0..b).map(|i| (i * t + t - 1) as u32).collect();
+        let last = vec![t - 1; b];
         let x = self.encoder.forward_pooled(&x, Some(&mask), &last)?;
         self.head.forward(&self.final_layer_norm.forward(&x)?)
     }

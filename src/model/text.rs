@@ -101,11 +101,11 @@ impl TextTransformer {
             );
         }
         let mut ids = Vec::with_capacity(b * t);
-        let mut pool_rows = Vec::with_capacity(b);
-        for (i, seq) in sequences.iter().enumerate() {
+        let mut positions = Vec::with_capacity(b);
+        for seq in sequences {
             ids.extend_from_slice(seq);
             ids.extend(std::iter::repeat_n(self.pad_id, t - seq.len()));
-            pool_rows.push((i * t + self.pooling.position(seq)) as u32);
+            positions.push(self.pooling.position(seq));
         }
         let ids = Tensor::from_vec(ids, (b, t), &device)?;
         let x = self
@@ -113,7 +113,7 @@ impl TextTransformer {
             .forward(&ids)?
             .broadcast_add(&self.position_embedding.narrow(0, 0, t)?)?;
         let mask = attention_mask(sequences, t, &device)?.to_dtype(x.dtype())?;
-        let x = self.encoder.forward_pooled(&x, Some(&mask), &pool_rows)?;
+        let x = self.encoder.forward_pooled(&x, Some(&mask), &positions)?;
         Ok(self.final_layer_norm.forward(&x)?)
     }
 }

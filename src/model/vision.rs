@@ -56,9 +56,8 @@ impl VisionTransformer {
     /// Pooled states `(batch, hidden)` for `pixels` of shape `(batch, 3, size, size)`.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let x = self.embed(pixels)?;
-        let (b, t, _) = x.dims3()?;
         // The class token, first of each image's tokens.
-        let class: Vec<u32> = (0..b).map(|i| (i * t) as u32).collect();
+        let class = vec![0; x.dim(0)?];
         let x = self.encoder.forward_pooled(&x, None, &class)?;
         Ok(self.post_layernorm.forward(&x)?)
     }
