@@ -285,37 +285,7 @@ fn pipeline_probabilities_match(name: &str) {
 #[test]
 fn reduced_precision_embeddings_stay_close_to_f32() {
     use foodclip::model::Precision;
-    for name in CHECKPOINTS {
-        let reference = reference(name);
-        let f32_ckpt = checkpoint(name);
-        let pictures: Vec<image::RgbImage> = reference
-            .images
-            .iter()
-            .map(|i| exact_picture(&f32_ckpt, &i.file))
-            .collect();
-        let prompts: Vec<String> = reference.prompts.iter().map(|p| p.text.clone()).collect();
-        // Image rows, then prompt rows.
-        let embed = |ckpt: &foodclip::checkpoint::Checkpoint| {
-            let mut rows = embed_pictures(ckpt, &pictures)
-                .unwrap()
-                .to_vec2::<f32>()
-                .unwrap();
-            let text = embed_prompts(ckpt, &prompts, None, |_| {}).unwrap().0;
-            rows.extend(text.to_vec2::<f32>().unwrap());
-            rows
-        };
-        let full = embed(&f32_ckpt);
-        for precision in [Precision::Bf16, Precision::F16, Precision::Int8] {
-            let reduced = embed(&load_checkpoint(&fixtures().join(name), precision));
-            let mut worst = 1f64;
-            for (a, b) in reduced.iter().zip(&full) {
-                let cos = cosine(a, b);
-                assert!(cos >= 0.999, "{name} {precision}: cosine {cos}");
-                worst = worst.min(cos);
-            }
-            eprintln!("{name} {precision}: lowest cosine to f32 {worst:.6}");
-        }
-    }
+    drift::assert_close_to_f32(&[Precision::Bf16, Precision::F16, Precision::Int8]);
 }
 
 /// The default model's config says `eos_token_id: 2`, which makes transformers pool at the

@@ -9,13 +9,14 @@
 //! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
 //!   since Cascade Lake, AMD Zen 4 and later);
 //! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
-//! - plain AVX2 (`vpmaddwd` on 16-bit values, for every x86 CPU of the last ten years: each
-//!   product's activations are widened to 16 bits as it packs them, and a block's weights once
-//!   for the blocks of rows below it, so the innermost loop only loads, multiplies and adds).
+//! - plain AVX2 (`vpmaddubsw`, two u8 x s8 products summed into each 16-bit lane, then
+//!   `vpmaddwd` by ones into int32 lanes, as ONNX Runtime does: every x86 CPU of the last ten
+//!   years).
 //!
-//! All sum exactly, so they give the same results. (AVX2's `vpmaddubsw` would take the bytes as
-//! they are, but it saturates each pair of products at 16 bits: fbgemm then keeps activations
-//! to 0..=127, which on our fixtures moved text embeddings past cosine 0.999.)
+//! All sum exactly. `vpmaddubsw` saturates each pair of products at 16 bits, which ONNX
+//! Runtime accepts; here the AVX2 engine quantises so that no pair can overflow (activations
+//! to [`AVX2_ACTIVATION_LEVELS`], pairs of weights within [`PAIR_LEVELS`]), which costs a
+//! little precision on that engine only: the others give the same results as one another.
 //!
 //! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line
 //! holds four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one
@@ -32,6 +33,7 @@ use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
 pub use super::epilogue::{Epilogue, Norm};
 use rayon::prelude::*;
+use std::arch::x86_64::*;
 use std::cell::RefCell;
 
 /// Whether the CPU has AVX-512 VNNI (and AVX-512 F and BW), and the build its AVX-512 kernels.
@@ -67,12 +69,16 @@ pub enum Engine {
     Avx512Vnni,
     /// AVX-VNNI dot products, 256 bits wide (only where [`avx_vnni_available`]).
     AvxVnni,
-    /// AVX2 `vpmaddwd` products of the values widened to 16 bits (only where
+    /// AVX2 `vpmaddubsw` products, of weights whose pairs cannot saturate (only where
     /// [`avx2_available`]).
     Avx2,
     /// The same sums in plain Rust, for tests on any CPU.
     #[cfg(test)]
     Emulated,
+    /// AVX2's sums in plain Rust, each pair of products saturated at 16 bits as `vpmaddubsw`
+    /// does, on weights quantised as for AVX2.
+    #[cfg(test)]
+    EmulatedAvx2,
 }
 
 /// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx2`, or
@@ -109,16 +115,28 @@ impl Engine {
             Engine::Amx | Engine::Avx512Vnni => Isa::Avx512,
             Engine::AvxVnni | Engine::Avx2 => Isa::Avx2,
             #[cfg(test)]
-            Engine::Emulated => Isa::Plain,
+            Engine::Emulated | Engine::EmulatedAvx2 => Isa::Plain,
         }
     }
 
-    /// Lines per packed activation tile: 16, or 32 for AVX2, whose activations are widened to
-    /// 16 bits.
-    fn tile_lines(self) -> usize {
+    /// Whether it quantises so that each pair of products fits 16 bits (AVX2's `vpmaddubsw`):
+    /// activations to [`AVX2_ACTIVATION_LEVELS`], each pair of same-signed weights within
+    /// [`PAIR_LEVELS`].
+    fn bounds_pairs(self) -> bool {
         match self {
-            Engine::Avx2 => 2 * TILE,
-            _ => TILE,
+            Engine::Avx2 => true,
+            #[cfg(test)]
+            Engine::EmulatedAvx2 => true,
+            _ => false,
+        }
+    }
+
+    /// The largest quantised activation.
+    fn activation_levels(self) -> u8 {
+        if self.bounds_pairs() {
+            AVX2_ACTIVATION_LEVELS
+        } else {
+            ACTIVATION_LEVELS
         }
     }
 
@@ -130,7 +148,7 @@ impl Engine {
             Engine::AvxVnni => assert!(avx_vnni_available(), "AVX-VNNI is not available"),
             Engine::Avx2 => assert!(avx2_available(), "AVX2 is not available"),
             #[cfg(test)]
-            Engine::Emulated => {}
+            Engine::Emulated | Engine::EmulatedAvx2 => {}
         }
     }
 }
@@ -155,9 +173,21 @@ const WEIGHT_LEVELS: f32 = 127.0;
 /// The largest quantised activation.
 const ACTIVATION_LEVELS: u8 = 255;
 
+/// The AVX2 engine's largest quantised activation, and the largest sum of the magnitudes of two
+/// same-signed quantised weights that `vpmaddubsw` multiplies as a pair (inputs `2i` and
+/// `2i + 1`): their product fits 16 bits, so no pair of products saturates. (A pair of
+/// opposite signs cannot overflow.) A weight's scale grows where a pair passes the bound. This
+/// split (activations 0.3 bit short of 8) moved the random ViT-B/32's embeddings least of
+/// those tried (mean 1 − cosine to f32 over 48 photos, ×10⁻⁴: 255 and 128, 0.65; 231 and
+/// 141, 0.55; 207 and 158, 0.54; 199 and 164, 0.59; the other engines, 0.44).
+const AVX2_ACTIVATION_LEVELS: u8 = 207;
+/// See [`AVX2_ACTIVATION_LEVELS`].
+const PAIR_LEVELS: f32 = 158.0;
+const _: () = assert!(AVX2_ACTIVATION_LEVELS as i32 * PAIR_LEVELS as i32 <= i16::MAX as i32);
+
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
-/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs (for AVX2, each line's
-/// bytes where [`pair_position`] puts them). Outputs are padded to a multiple of 32, inputs of 64, with zeros.
+/// and 64 inputs, 16 lines of four inputs for each of the 16 outputs. Outputs are padded to a
+/// multiple of 32, inputs of 64, with zeros.
 pub struct PackedWeight {
     data: Vec<Line>,
     /// Per output: the real weight is `scale · q`.
@@ -183,22 +213,23 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         .enumerate()
         .for_each(|(n, (q, (scale, sum)))| {
             let row = &w[n * inp..][..inp];
-            let max = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-            *scale = if max > 0.0 { max / WEIGHT_LEVELS } else { 1.0 };
+            let mut step = row.iter().fold(0f32, |m, x| m.max(x.abs())) / WEIGHT_LEVELS;
+            if engine.bounds_pairs() {
+                step = step.max(same_sign_pair_max(row) / PAIR_LEVELS);
+            }
+            *scale = if step > 0.0 { step } else { 1.0 };
             let inv = 1.0 / *scale;
             for (q, &x) in q.iter_mut().zip(row) {
                 *q = round_even((x * inv).clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS)) as i8;
             }
+            if engine.bounds_pairs() {
+                bound_pairs(q);
+            }
             *sum = q.iter().map(|&v| v as i32).sum();
         });
     let mut data = vec![ZERO_LINE; padded / 16 * k_tiles * TILE];
-    let position = if engine == Engine::Avx2 {
-        pair_position
-    } else {
-        std::convert::identity
-    };
     epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, i, n, k| {
-        line.0[position(i)] = q[n * inp + k] as u8
+        line.0[i] = q[n * inp + k] as u8
     });
     PackedWeight {
         data,
@@ -208,6 +239,28 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         out,
         k_tiles,
         engine,
+    }
+}
+
+/// The largest `|a| + |b|` over a row's pairs of inputs `(2i, 2i + 1)` of the same sign.
+fn same_sign_pair_max(row: &[f32]) -> f32 {
+    row.chunks_exact(2)
+        .filter(|p| (p[0] >= 0.0) == (p[1] >= 0.0))
+        .map(|p| p[0].abs() + p[1].abs())
+        .fold(0.0, f32::max)
+}
+
+/// Trims the larger of any pair of same-signed quantised weights whose magnitudes sum past
+/// [`PAIR_LEVELS`]: the scale keeps them within it, but rounding both up can pass it by one.
+fn bound_pairs(q: &mut [i8]) {
+    let limit = PAIR_LEVELS as i32;
+    for p in q.chunks_exact_mut(2) {
+        let (a, b) = (p[0] as i32, p[1] as i32);
+        let excess = a.abs() + b.abs() - limit;
+        if excess > 0 && a.signum() == b.signum() {
+            let big = if a.abs() >= b.abs() { 0 } else { 1 };
+            p[big] -= (excess * p[big].signum() as i32) as i8;
+        }
     }
 }
 
@@ -231,8 +284,6 @@ struct Quantized {
     /// Per row: the scale and the quantised value of 0; the real activation is
     /// `scale · (q − zero)`.
     params: Vec<(f32, i32)>,
-    /// For AVX2: `lines` widened to 16 bits ([`widen_activations`]).
-    wide: Vec<Line>,
 }
 
 thread_local! {
@@ -241,10 +292,10 @@ thread_local! {
     static ACTIVATIONS: RefCell<Quantized> = RefCell::new(Quantized::default());
 }
 
-/// A row's quantisation to `0..=ACTIVATION_LEVELS`: the range `[min(0, lo), max(0, hi)]` (so
-/// that 0 is exact) split into that many steps. Returns `(scale, zero point)`.
+/// A row's quantisation to `0..=levels`: the range `[min(0, lo), max(0, hi)]` (so that 0 is
+/// exact) split into that many steps. Returns `(scale, zero point)`.
 #[inline(always)]
-fn row_params(row: &[f32]) -> (f32, i32) {
+fn row_params(row: &[f32], levels: u8) -> (f32, i32) {
     let (mut los, mut his) = ([0f32; 16], [0f32; 16]);
     let chunks = row.chunks_exact(16);
     let (mut lo, mut hi) = (0f32, 0f32);
@@ -260,7 +311,7 @@ fn row_params(row: &[f32]) -> (f32, i32) {
     }
     let lo = los.iter().fold(lo, |a, &b| a.min(b));
     let hi = his.iter().fold(hi, |a, &b| a.max(b));
-    let levels = ACTIVATION_LEVELS as f32;
+    let levels = levels as f32;
     let scale = if hi > lo { (hi - lo) / levels } else { 1.0 };
     let zero = (-lo / scale).round_ties_even().clamp(0.0, levels) as i32;
     (scale, zero)
@@ -283,16 +334,16 @@ fn round_even_int(x: f32) -> i32 {
     (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
-/// Quantises one row into every `TILE`th line of `dst` (64 inputs a line; the padding is the
-/// zero point, which meets zero weights).
+/// Quantises one row to `0..=levels` into every `TILE`th line of `dst` (64 inputs a line; the
+/// padding is the zero point, which meets zero weights).
 #[inline(always)]
-fn quantize_row(row: &[f32], scale: f32, zero: i32, dst: &mut [Line]) {
+fn quantize_row(row: &[f32], (scale, zero): (f32, i32), levels: u8, dst: &mut [Line]) {
     let inv = 1.0 / scale;
-    let (limit, levels) = (ACTIVATION_LEVELS as f32, ACTIVATION_LEVELS as i32);
+    let (limit, levels) = (levels as f32, levels as i32);
     for (kt, chunk) in row.chunks(K).enumerate() {
         let line = &mut dst[kt * TILE].0;
         for (q, &x) in line.iter_mut().zip(chunk) {
-            // The row's values lie within `ACTIVATION_LEVELS` steps of 0, so the first clamp
+            // The row's values lie within `levels` steps of 0, so the first clamp
             // only guards the rounding's range.
             let v = x * inv;
             let v = if v < -limit {
@@ -308,18 +359,18 @@ fn quantize_row(row: &[f32], scale: f32, zero: i32, dst: &mut [Line]) {
     }
 }
 
-/// Quantises one row to `0..=ACTIVATION_LEVELS` into every `TILE`th line of `dst`; returns its
-/// scale and zero point.
+/// Quantises one row to `0..=levels` into every `TILE`th line of `dst`; returns its scale and
+/// zero point.
 #[inline(always)]
-fn quantize_plain(row: &[f32], dst: &mut [Line]) -> (f32, i32) {
-    let (scale, zero) = row_params(row);
-    quantize_row(row, scale, zero, dst);
-    (scale, zero)
+fn quantize_plain(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) {
+    let params = row_params(row, levels);
+    quantize_row(row, params, levels, dst);
+    params
 }
 
 for_isa! {
     /// [`quantize_plain`] with `isa`'s instructions.
-    fn quantize(row: &[f32], dst: &mut [Line]) -> (f32, i32) = quantize_plain
+    fn quantize(row: &[f32], levels: u8, dst: &mut [Line]) -> (f32, i32) = quantize_plain
 }
 
 /// Quantises activations `(rows, inp)` into `q`, layer-normalising each row first with `norm`.
@@ -345,7 +396,7 @@ fn pack_activations(
         isa,
         lines,
         &mut q.params,
-        |row, dst, p| *p = quantize(isa, row, dst),
+        |row, dst, p| *p = quantize(isa, row, engine.activation_levels(), dst),
     );
 }
 
@@ -368,32 +419,21 @@ pub fn matmul(
     epilogue.check(rows, w.out);
     let mut q = ACTIVATIONS.with(|buf| std::mem::take(&mut *buf.borrow_mut()));
     pack_activations(x, rows, w.inp, w.k_tiles, norm, w.engine, &mut q);
-    let lines = if w.engine == Engine::Avx2 {
-        widen_activations(&q.lines, &mut q.wide);
-        &q.wide
-    } else {
-        &q.lines
-    };
+    let lines = &q.lines;
     let out = w.out;
-    let (a_strip, b_strip) = (w.k_tiles * w.engine.tile_lines(), w.k_tiles * TILE);
+    let strip = w.k_tiles * TILE;
     let grid = Grid {
         rows,
         out,
-        block_bytes: 32 * a_strip * size_of::<Line>() / TILE,
+        block_bytes: 32 * strip * size_of::<Line>() / TILE,
     };
     let isa = w.engine.isa();
     let fill = |y: &mut [std::mem::MaybeUninit<f32>]| {
-        let init = || {
-            (
-                Sums([0; 32 * 32]),
-                Block([0f32; 32 * 32]),
-                Widened::default(),
-            )
-        };
-        epilogue::for_each_block(grid, y, out, init, |(sums, block, wide), at, y, mp| {
-            let a = &lines[(at.row / 16) * a_strip..][..2 * a_strip];
-            let b = &w.data[(at.col / 16) * b_strip..][..2 * b_strip];
-            tile_product(w.engine, a, (b, wide), w.k_tiles, sums);
+        let init = || (Sums([0; 32 * 32]), Block([0f32; 32 * 32]));
+        epilogue::for_each_block(grid, y, out, init, |(sums, block), at, y, mp| {
+            let a = &lines[(at.row / 16) * strip..][..2 * strip];
+            let b = &w.data[(at.col / 16) * strip..][..2 * strip];
+            tile_product(w.engine, a, b, w.k_tiles, sums);
             let cols = at.col..at.col + 32;
             let rows = &q.params[at.row..at.row + 32];
             dequantize(
@@ -447,14 +487,8 @@ for_isa! {
 /// One 32x32 block of int32 sums of `A · B` into `c` with `engine`: A is two strips of
 /// `k_tiles` packed activation tiles (rows 0-15, then 16-31), B two strips of packed weight
 /// tiles (columns 0-15, then 16-31).
-fn tile_product(
-    engine: Engine,
-    a: &[Line],
-    (b, wide): (&[Line], &mut Widened),
-    k_tiles: usize,
-    c: &mut Sums,
-) {
-    assert!(a.len() >= 2 * k_tiles * engine.tile_lines() && b.len() >= 2 * k_tiles * TILE);
+fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
+    assert!(a.len() >= 2 * k_tiles * TILE && b.len() >= 2 * k_tiles * TILE);
     match engine {
         // SAFETY: the engine is only used where the CPU has AMX int8; the lengths are checked
         // above.
@@ -473,32 +507,23 @@ fn tile_product(
         Engine::AvxVnni => unsafe {
             for half in 0..2 {
                 for m0 in (0..30).step_by(6) {
-                    rows_avx_vnni::<6>(a, b, k_tiles, c, (m0, half));
+                    rows_avx_vnni::<6>((a, b), k_tiles, c, (m0, half));
                 }
-                rows_avx_vnni::<2>(a, b, k_tiles, c, (30, half));
+                rows_avx_vnni::<2>((a, b), k_tiles, c, (30, half));
             }
         },
-        // The block's weights are widened to 16 bits once for all the blocks of its columns
-        // that this thread runs in a row (`wide` keeps them), then the block runs in passes of
-        // AVX2_PASS tiles of inputs: a pass's weights and activation lines (16 KB each) stay
-        // in L1 while every row of the block is run through them.
         // SAFETY: the engine is only used where the CPU has AVX2; the lengths are checked.
         Engine::Avx2 => unsafe {
-            if wide.of != Some(b.as_ptr()) {
-                widen_strips(b, k_tiles, &mut wide.lines);
-                wide.of = Some(b.as_ptr());
-            }
-            for k0 in (0..k_tiles).step_by(AVX2_PASS) {
-                let tiles = k0..k_tiles.min(k0 + AVX2_PASS);
-                for half in 0..2 {
-                    for m0 in (0..32).step_by(4) {
-                        rows_avx2::<4>(a, &wide.lines, k_tiles, c, (m0, half), tiles.clone());
-                    }
+            for half in 0..2 {
+                for m0 in (0..32).step_by(4) {
+                    rows_avx2::<4>((a, b), k_tiles, c, (m0, half));
                 }
             }
         },
         #[cfg(test)]
-        Engine::Emulated => product_emulated(a, b, k_tiles, c),
+        Engine::Emulated => product_emulated(a, b, k_tiles, c, false),
+        #[cfg(test)]
+        Engine::EmulatedAvx2 => product_emulated(a, b, k_tiles, c, true),
     }
 }
 
@@ -517,7 +542,6 @@ unsafe fn rows_vnni<const R: usize>(
     c: &mut Sums,
     m0: usize,
 ) {
-    use std::arch::x86_64::*;
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut acc = [[_mm512_setzero_si512(); 2]; R];
@@ -540,23 +564,22 @@ unsafe fn rows_vnni<const R: usize>(
     }
 }
 
-/// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with AVX-VNNI's
-/// `vpdpbusd` on 256-bit vectors: a weight line is two vectors (four inputs of columns 0-7, then
-/// 8-15), and each row's four activations are broadcast to all 8 lanes. 6 rows x 2 vectors are
-/// 12 of the 16 registers.
+/// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block on 256-bit vectors, each
+/// step `acc = dot(acc, x, w)` adding four inputs' products per int32 lane: a weight line is
+/// two vectors (four inputs of columns 0-7, then 8-15), and each row's four activations are
+/// broadcast to all 8 lanes.
 ///
 /// # Safety
-/// The CPU must have AVX2 and AVX-VNNI; `a` and `b` must each hold `2 * k_tiles` tiles;
-/// `m0 + R <= 32`, `half < 2`.
-#[target_feature(enable = "avx2,avxvnni")]
-unsafe fn rows_avx_vnni<const R: usize>(
-    a: &[Line],
-    b: &[Line],
+/// The CPU must have AVX2 (and whatever `dot` uses); `a` and `b` must each hold `2 * k_tiles`
+/// tiles; `m0 + R <= 32`, `half < 2`.
+#[inline(always)]
+unsafe fn rows_256<const R: usize>(
+    (a, b): (&[Line], &[Line]),
     k_tiles: usize,
     c: &mut Sums,
     (m0, half): (usize, usize),
+    dot: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) {
-    use std::arch::x86_64::*;
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
@@ -567,8 +590,8 @@ unsafe fn rows_avx_vnni<const R: usize>(
             let (b0, b1) = (_mm256_load_si256(line), _mm256_load_si256(line.add(1)));
             for (acc, row) in acc.iter_mut().zip(&rows) {
                 let x = _mm256_set1_epi32(*row.add(kt * TILE * 16 + r));
-                acc[0] = _mm256_dpbusd_avx_epi32(acc[0], x, b0);
-                acc[1] = _mm256_dpbusd_avx_epi32(acc[1], x, b1);
+                acc[0] = dot(acc[0], x, b0);
+                acc[1] = dot(acc[1], x, b1);
             }
         }
     }
@@ -579,132 +602,46 @@ unsafe fn rows_avx_vnni<const R: usize>(
     }
 }
 
-/// Tiles of inputs per pass of the AVX2 engine over a block.
-const AVX2_PASS: usize = 4;
-
-/// Where AVX2's weight lines hold byte `i` of a packed line (input `i % 4` of output `i / 4`):
-/// the 64 bytes in four runs of 16, as [`widen_strips`] turns each into a vector of eight
-/// outputs: inputs 0-1 of outputs 0-7, of outputs 8-15, then inputs 2-3 of each. Widened, a
-/// lane holds one output's two inputs, as `vpmaddwd` pairs them.
-fn pair_position(i: usize) -> usize {
-    let (n, k) = (i / 4, i % 4);
-    // Run (inputs 0-1 or 2-3, outputs 0-7 or 8-15), lane n % 8, element k % 2.
-    ((k / 2) * 2 + n / 8) * 16 + (n % 8) * 2 + k % 2
-}
-
-/// The AVX2 engine's weights of one block's columns widened to 16 bits ([`widen_strips`]), kept
-/// by a thread while it runs the blocks below one another: `of` is the packed strips they came
-/// from.
-#[derive(Default)]
-struct Widened {
-    of: Option<*const Line>,
-    lines: Vec<Line>,
-}
-
-/// Widens the weight lines of both strips of `b` (in [`pair_position`]'s order) to 16 bits into
-/// `wide`: for each strip, `k_tiles` tiles of 32 lines, each packed line becoming two.
+/// [`rows_256`] with AVX-VNNI's `vpdpbusd`. 6 rows x 2 vectors are 12 of the 16 registers.
 ///
 /// # Safety
-/// The CPU must have AVX2.
-#[target_feature(enable = "avx2")]
-unsafe fn widen_strips(b: &[Line], k_tiles: usize, wide: &mut Vec<Line>) {
-    use std::arch::x86_64::*;
-    assert!(b.len() >= 2 * k_tiles * TILE);
-    wide.resize(2 * k_tiles * 2 * TILE, ZERO_LINE);
-    for half in 0..2 {
-        for kt in 0..k_tiles {
-            let src = &b[(half * k_tiles + kt) * TILE..][..TILE];
-            let dst = &mut wide[(half * k_tiles + kt) * 2 * TILE..][..2 * TILE];
-            for (line, pair) in src.iter().zip(dst.chunks_exact_mut(2)) {
-                let (src, dst) = (line.0.as_ptr().cast::<__m128i>(), pair.as_mut_ptr());
-                for j in 0..4 {
-                    let v = _mm256_cvtepi8_epi16(_mm_load_si128(src.add(j)));
-                    _mm256_store_si256(dst.cast::<__m256i>().add(j), v);
-                }
-            }
-        }
-    }
-}
-
-/// AVX2's activation lines: each packed line's 64 bytes, in order, as 16-bit values in two
-/// lines, so that a row's four inputs for a weight line are two 32-bit pairs to broadcast.
-fn widen_activations(lines: &[Line], wide: &mut Vec<Line>) {
-    wide.resize(2 * lines.len(), ZERO_LINE);
-    wide.par_chunks_mut(512)
-        .zip(lines.par_chunks(256))
-        .for_each(|(dst, src)| {
-            for (dst, src) in dst.chunks_exact_mut(2).zip(src) {
-                for (half, bytes) in dst.iter_mut().zip(src.0.chunks_exact(32)) {
-                    for (pair, &byte) in half.0.chunks_exact_mut(2).zip(bytes) {
-                        pair.copy_from_slice(&[byte, 0]);
-                    }
-                }
-            }
-        });
-}
-
-/// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block with `vpmaddwd` on
-/// the widened lines, over the input tiles `tiles` (added to the sums already in `c` unless
-/// they start at 0): for each weight line, four vectors (see [`pair_position`]), and each row's
-/// two pairs of inputs broadcast to all eight lanes. Every product and pair sum fits
-/// (`2 · 255 · 128 < 2^31`), so the sums are exact. 4 rows x 2 vectors are 8 accumulators,
-/// beside the four weight vectors and two broadcasts.
-///
-/// # Safety
-/// The CPU must have AVX2; `a` must hold `2 * k_tiles` widened tiles and `b` the block's
-/// widened strips ([`widen_strips`]); `m0 + R <= 32`, `half < 2`, `tiles.end <= k_tiles`.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn rows_avx2<const R: usize>(
-    a: &[Line],
-    b: &[Line],
+/// The CPU must have AVX2 and AVX-VNNI; as for [`rows_256`].
+#[target_feature(enable = "avx2,avxvnni")]
+unsafe fn rows_avx_vnni<const R: usize>(
+    ab: (&[Line], &[Line]),
     k_tiles: usize,
     c: &mut Sums,
-    (m0, half): (usize, usize),
-    tiles: std::ops::Range<usize>,
+    at: (usize, usize),
 ) {
-    use std::arch::x86_64::*;
-    let tile = 2 * TILE;
-    let strip = k_tiles * tile;
-    let (a, b) = (a.as_ptr(), b.as_ptr().add(half * strip));
-    let c = c.0.as_mut_ptr();
-    let out = |i: usize| c.add((m0 + i) * 32 + half * 16);
-    let mut acc = [[_mm256_setzero_si256(); 2]; R];
-    if tiles.start > 0 {
-        for (i, acc) in acc.iter_mut().enumerate() {
-            *acc = [0, 8].map(|j| _mm256_load_si256(out(i).add(j).cast()));
-        }
-    }
-    // Row m's part of a tile is two lines, at 2 · (m % 16) in its group's tile.
-    let rows: [*const i32; R] = std::array::from_fn(|i| {
-        let m = m0 + i;
-        a.add((m / 16) * strip + 2 * (m % 16)).cast()
-    });
-    for kt in tiles {
-        for r in 0..TILE {
-            let line = b.add(kt * tile + 2 * r).cast::<__m256i>();
-            let w: [__m256i; 4] = std::array::from_fn(|j| _mm256_load_si256(line.add(j)));
-            for (acc, row) in acc.iter_mut().zip(&rows) {
-                let pairs = row.add(kt * tile * 16 + 2 * r);
-                let (lo, hi) = (_mm256_set1_epi32(*pairs), _mm256_set1_epi32(*pairs.add(1)));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    let sum = _mm256_add_epi32(
-                        _mm256_madd_epi16(lo, w[j]),
-                        _mm256_madd_epi16(hi, w[j + 2]),
-                    );
-                    *acc = _mm256_add_epi32(*acc, sum);
-                }
-            }
-        }
-    }
-    for (i, acc) in acc.iter().enumerate() {
-        _mm256_store_si256(out(i).cast(), acc[0]);
-        _mm256_store_si256(out(i).add(8).cast(), acc[1]);
-    }
+    rows_256::<R>(ab, k_tiles, c, at, |acc, x, w| {
+        _mm256_dpbusd_avx_epi32(acc, x, w)
+    })
 }
 
-/// A block of sums in plain Rust.
+/// [`rows_256`] with plain AVX2: `vpmaddubsw` (pairs of u8 x s8 products in 16-bit lanes;
+/// exact, as the engine's quantisation bounds them), `vpmaddwd` by ones (the pairs summed into
+/// int32 lanes) and an add, as ONNX Runtime does. 4 rows x 2 vectors are 8 accumulators,
+/// beside the weights, the ones, a broadcast and the products.
+///
+/// # Safety
+/// The CPU must have AVX2; as for [`rows_256`].
+#[target_feature(enable = "avx2")]
+unsafe fn rows_avx2<const R: usize>(
+    ab: (&[Line], &[Line]),
+    k_tiles: usize,
+    c: &mut Sums,
+    at: (usize, usize),
+) {
+    let ones = _mm256_set1_epi16(1);
+    rows_256::<R>(ab, k_tiles, c, at, |acc, x, w| {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w), ones))
+    })
+}
+
+/// A block of sums in plain Rust; with `saturate`, each pair of products is saturated to 16
+/// bits first, as `vpmaddubsw` does.
 #[cfg(test)]
-fn product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
+fn product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums, saturate: bool) {
     let strip = k_tiles * TILE;
     for m in 0..32 {
         for n in 0..32 {
@@ -714,7 +651,14 @@ fn product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
                 for r in 0..TILE {
                     let brow = &b[(n / 16) * strip + kt * TILE + r].0;
                     let (x, w) = (&arow[4 * r..][..4], &brow[4 * (n % 16)..][..4]);
-                    sum += (0..4).map(|j| x[j] as i32 * w[j] as i8 as i32).sum::<i32>();
+                    for j in [0, 2] {
+                        let pair: i32 = (j..j + 2).map(|j| x[j] as i32 * w[j] as i8 as i32).sum();
+                        sum += if saturate {
+                            pair.clamp(i16::MIN.into(), i16::MAX.into())
+                        } else {
+                            pair
+                        };
+                    }
                 }
             }
             c.0[m * 32 + n] = sum;
@@ -725,7 +669,7 @@ fn product_emulated(a: &[Line], b: &[Line], k_tiles: usize, c: &mut Sums) {
 #[cfg(test)]
 /// The emulations everywhere, and each hardware engine where the CPU has it.
 pub(crate) fn engines() -> Vec<Engine> {
-    epilogue::testable(&[Engine::Emulated], &choices())
+    epilogue::testable(&[Engine::Emulated, Engine::EmulatedAvx2], &choices())
 }
 
 #[cfg(test)]
@@ -746,14 +690,16 @@ mod tests {
             .collect()
     }
 
-    /// What the product should be, from the quantised values in plain Rust: each weight
-    /// quantised per output, each row of activations per row, exact integer sums.
-    fn reference(x: &[f32], rows: usize, w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    /// What `engine`'s product should be, from the quantised values in plain Rust: each weight
+    /// quantised per output (for AVX2, within the pair bound), each row of activations per
+    /// row, exact integer sums.
+    fn reference(x: &[f32], rows: usize, (w, out): (&[f32], usize), engine: Engine) -> Vec<f32> {
+        let inp = x.len() / rows;
         let mut y = vec![0f32; rows * out];
         for m in 0..rows {
             let row = &x[m * inp..][..inp];
-            let (sa, zero) = row_params(row);
-            let levels = ACTIVATION_LEVELS as f32;
+            let (sa, zero) = row_params(row, engine.activation_levels());
+            let levels = engine.activation_levels() as f32;
             let qa: Vec<i32> = row
                 .iter()
                 .map(|&v| {
@@ -762,16 +708,24 @@ mod tests {
                 .collect();
             for n in 0..out {
                 let wrow = &w[n * inp..][..inp];
-                let max = wrow.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let sw = if max > 0.0 { max / 127.0 } else { 1.0 };
-                let qw: Vec<i32> = wrow
+                let mut max = wrow.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                if engine.bounds_pairs() {
+                    for p in wrow.chunks_exact(2).filter(|p| p[0] * p[1] >= 0.0) {
+                        max = max.max((p[0].abs() + p[1].abs()) / 158.0);
+                    }
+                }
+                let sw = if max > 0.0 { max } else { 1.0 };
+                let mut qw: Vec<i8> = wrow
                     .iter()
-                    .map(|&v| (v * (1.0 / sw)).round_ties_even().clamp(-127.0, 127.0) as i32)
+                    .map(|&v| (v * (1.0 / sw)).round_ties_even().clamp(-127.0, 127.0) as i8)
                     .collect();
+                if engine.bounds_pairs() {
+                    bound_pairs(&mut qw);
+                }
                 let acc: i64 = qa
                     .iter()
                     .zip(&qw)
-                    .map(|(&a, &b)| ((a - zero) * b) as i64)
+                    .map(|(&a, &b)| ((a - zero) * b as i32) as i64)
                     .sum();
                 y[m * out + n] = acc as f32 * sa * sw;
             }
@@ -791,8 +745,8 @@ mod tests {
                 (33, 65, 33),
                 (40, 130, 70),
                 (64, 200, 48),
-                // Several blocks of rows per thread under each block of columns (AVX2 widens
-                // a block's weights once for all of them), and several blocks of columns.
+                // Several blocks of rows per thread under each block of columns, and several
+                // blocks of columns.
                 (300, 100, 70),
             ] {
                 let mut x = values(rows * inp, (rows * 31 + inp) as u64);
@@ -812,7 +766,7 @@ mod tests {
                         activation: None,
                     },
                 );
-                let expected = reference(&x, rows, &w, out, inp);
+                let expected = reference(&x, rows, (&w, out), engine);
                 for (i, (a, e)) in ours.iter().zip(&expected).enumerate() {
                     let e = e + bias[i % out] + residual[i];
                     assert!(
@@ -852,41 +806,73 @@ mod tests {
         }
     }
 
-    /// At the extremes (every activation 255, weights ±127 and -128) every engine's sums are
-    /// exact: none saturates a pair of products, as `vpmaddubsw` would.
+    /// At the extremes (every activation at its engine's top; weights ±127 and -128, and pairs
+    /// of one sign at AVX2's bound) every engine's sums are exact; past the bound,
+    /// `vpmaddubsw`'s pairs saturate (so the emulation does).
     #[test]
     fn extreme_values_sum_exactly() {
         let k_tiles = 3;
-        let a = vec![Line([255; 64]); 2 * k_tiles * TILE];
+        // Pairs of weights: opposite signs at the extremes, and one sign summing to 158.
+        let pairs: [[i8; 2]; 6] = [
+            [127, -128],
+            [79, 79],
+            [31, 127],
+            [-100, -58],
+            [79, 79],
+            [127, 31],
+        ];
         let b: Vec<Line> = (0..2 * k_tiles * TILE)
-            .map(|i| Line(std::array::from_fn(|j| [127u8, 0x81, 0x80][(i + j) % 3])))
+            .map(|i| Line(std::array::from_fn(|j| pairs[(i + j / 2) % 6][j % 2] as u8)))
             .collect();
-        let mut expected = Sums([0; 1024]);
-        product_emulated(&a, &b, k_tiles, &mut expected);
-        assert!(expected.0.iter().any(|&v| v.abs() > 1 << 20));
-        for engine in engines() {
-            // AVX2 takes its activations widened and its weights reordered, as packing makes them.
-            let (a, b) = if engine == Engine::Avx2 {
-                let mut wide = Vec::new();
-                widen_activations(&a, &mut wide);
-                let mut ordered = b.clone();
-                for (dst, src) in ordered.iter_mut().zip(&b) {
-                    (0..64).for_each(|i| dst.0[pair_position(i)] = src.0[i]);
-                }
-                (wide, ordered)
-            } else {
-                (a.clone(), b.clone())
-            };
+        let sums = |engine, top: u8, b: &[Line]| {
+            let a = vec![Line([top; 64]); 2 * k_tiles * TILE];
             let mut sums = Sums([0; 1024]);
-            tile_product(
-                engine,
-                &a,
-                (&b, &mut Widened::default()),
-                k_tiles,
-                &mut sums,
-            );
-            assert_eq!(sums.0, expected.0, "{engine:?}");
+            tile_product(engine, &a, b, k_tiles, &mut sums);
+            sums.0
+        };
+        for engine in engines() {
+            let top = engine.activation_levels();
+            let expected = sums(Engine::Emulated, top, &b);
+            assert!(expected.iter().any(|&v| v.abs() > 1 << 20));
+            assert_eq!(sums(engine, top, &b), expected, "{engine:?}");
         }
+        let past: Vec<Line> = b.iter().map(|_| Line([100; 64])).collect();
+        let (emulated, saturated) = (Engine::Emulated, Engine::EmulatedAvx2);
+        assert_ne!(sums(saturated, 207, &past), sums(emulated, 207, &past));
+    }
+
+    /// AVX2's weights keep every pair of one sign within [`PAIR_LEVELS`], on rows made to
+    /// press against it (equal weights, and rounding on the edge); the other engines' do not.
+    #[test]
+    fn avx2_weights_keep_pairs_within_the_bound() {
+        let inp = 64;
+        let rows: Vec<Vec<f32>> = vec![
+            vec![1.0; inp],
+            (0..inp)
+                .map(|k| if k % 2 == 0 { 79.5 } else { 78.5 })
+                .collect(),
+            // Scaled so that the pair sums to 158, these round to 103 and 56.
+            [0.662_447_15, 0.358_690_86].repeat(inp / 2),
+            (0..inp).map(|k| -(1.0 + (k % 7) as f32 / 13.0)).collect(),
+            values(inp, 11),
+        ];
+        let w: Vec<f32> = rows.concat();
+        for engine in [Engine::Emulated, Engine::EmulatedAvx2] {
+            let packed = pack(&w, rows.len(), inp, engine);
+            let mut worst = 0;
+            for line in &packed.data {
+                for p in line.0.chunks_exact(2) {
+                    let (a, b) = (p[0] as i8 as i32, p[1] as i8 as i32);
+                    if a.signum() == b.signum() {
+                        worst = worst.max(a.abs() + b.abs());
+                    }
+                }
+            }
+            assert_eq!(worst <= 158, engine.bounds_pairs(), "{engine:?}: {worst}");
+        }
+        let mut q = [79, 80, -127, -32, 3, -127, 0, 127];
+        bound_pairs(&mut q);
+        assert_eq!(q, [79, 79, -126, -32, 3, -127, 0, 127]);
     }
 
     /// The layer norm applied while packing gives what normalising first gives.

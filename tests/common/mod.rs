@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod drift;
 pub mod kitchen;
 #[cfg(unix)]
 pub mod memory;
