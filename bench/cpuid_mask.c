@@ -1,7 +1,9 @@
 // LD_PRELOAD shim for bench/paths.py: hides CPU features from a process, so that a library that picks its kernels by
 // CPUID (ONNX Runtime's MLAS, oneDNN, numpy) runs the path of a smaller CPU.
 // FOODCLIP_CPUID_MASK=avx2      hides AVX-512 (every subset), AVX-VNNI, AVX512-BF16 and AMX;
-// FOODCLIP_CPUID_MASK=avx-vnni  hides the same but keeps AVX-VNNI.
+// FOODCLIP_CPUID_MASK=avx-vnni  hides the same but keeps AVX-VNNI;
+// FOODCLIP_CPUID_MASK=avx512    keeps AVX-512 F, CD, BW, DQ and VL (an Intel Xeon Skylake-SP) and
+//                               hides the rest of those (AVX-512 VNNI included).
 // It uses CPUID faulting (Linux arch_prctl(ARCH_SET_CPUID), CPUs flagged `cpuid_fault`): every
 // CPUID traps, and the SIGSEGV handler answers it with the real values, masked. A program that
 // installs its own SIGSEGV handler (rustc does; Rust programs keep one that is already there)
@@ -17,7 +19,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
-static int keep_avx_vnni;
+static int keep_avx_vnni, keep_avx512;
 
 static void real_cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
     __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
@@ -26,8 +28,8 @@ static void real_cpuid(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
 static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
     if (leaf == 7 && sub == 0) {
         // EBX: AVX512F 16, DQ 17, IFMA 21, PF 26, ER 27, CD 28, BW 30, VL 31.
-        r[1] &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) |
-                  (1u << 30) | (1u << 31));
+        uint32_t skylake = (1u << 16) | (1u << 17) | (1u << 28) | (1u << 30) | (1u << 31);
+        r[1] &= ~((1u << 21) | (1u << 26) | (1u << 27) | (keep_avx512 ? 0 : skylake));
         // ECX: VBMI 1, VBMI2 6, VNNI 11, BITALG 12, VPOPCNTDQ 14.
         r[2] &= ~((1u << 1) | (1u << 6) | (1u << 11) | (1u << 12) | (1u << 14));
         // EDX: 4VNNIW 2, 4FMAPS 3, VP2INTERSECT 8, AMX-BF16 22, FP16 23, AMX-TILE 24, AMX-INT8 25.
@@ -47,7 +49,7 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
         r[0] = r[1] = r[2] = r[3] = 0;
     } else if (leaf == 0xd && sub == 0) {
         // XSAVE state components: no opmask / ZMM state (5, 6, 7) and no AMX tiles (17, 18).
-        r[0] &= ~((1u << 5) | (1u << 6) | (1u << 7) | (1u << 17) | (1u << 18));
+        r[0] &= ~((keep_avx512 ? 0 : (1u << 5) | (1u << 6) | (1u << 7)) | (1u << 17) | (1u << 18));
     }
 }
 
@@ -77,11 +79,12 @@ static void on_segv(int sig, siginfo_t *info, void *ctx) {
 __attribute__((constructor)) static void start(void) {
     const char *how = getenv("FOODCLIP_CPUID_MASK");
     if (!how || !*how) return;
-    if (strcmp(how, "avx2") && strcmp(how, "avx-vnni")) {
-        fprintf(stderr, "cpuid_mask: FOODCLIP_CPUID_MASK=%s: use avx2 or avx-vnni\n", how);
+    if (strcmp(how, "avx2") && strcmp(how, "avx-vnni") && strcmp(how, "avx512")) {
+        fprintf(stderr, "cpuid_mask: FOODCLIP_CPUID_MASK=%s: use avx2, avx-vnni or avx512\n", how);
         exit(2);
     }
     keep_avx_vnni = !strcmp(how, "avx-vnni");
+    keep_avx512 = !strcmp(how, "avx512");
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_segv;

@@ -16,6 +16,7 @@ rounds; the median of each is reported:
 | int8, AMX | `--precision int8` (`FOODCLIP_INT8=amx`) | ONNX Runtime dynamic int8 |
 | int8, AVX-512 VNNI | `FOODCLIP_INT8=vnni` | ONNX Runtime dynamic int8 |
 | int8, AVX-VNNI | `FOODCLIP_INT8=avx-vnni`, CPU masked to AVX-VNNI | ONNX Runtime dynamic int8, masked the same |
+| int8, AVX-512 BW | `FOODCLIP_INT8=avx512bw`, CPU masked to AVX-512 without VNNI | ONNX Runtime dynamic int8, masked the same |
 | int8, AVX2 | `FOODCLIP_INT8=avx2`, CPU masked to AVX2 | ONNX Runtime dynamic int8, masked the same |
 | fp32, AVX2 | default build, CPU masked to AVX2 | ONNX Runtime fp32, masked the same |
 
@@ -30,7 +31,8 @@ ONNX Runtime has no switch to keep it from AVX-512: it reads the CPU's features 
 on the masked rows both processes run under `bench/cpuid_mask.c` (built here with gcc, loaded
 with LD_PRELOAD), which makes every CPUID trap (Linux CPUID faulting, CPUs flagged
 `cpuid_fault`) and answers it with AVX-512, AMX and AVX512-BF16 hidden (and AVX-VNNI, for the
-AVX2 rows): both sides pick their kernels as on a CPU without them. Where the CPU cannot fault
+AVX2 rows; for the AVX-512 BW row, only AVX-512's later subsets, VNNI among them, as on an Intel
+Xeon Skylake-SP): both sides pick their kernels as on a CPU without them. Where the CPU cannot fault
 on CPUID, those rows run ONNX Runtime unmasked and say so.
 
 A path the CPU lacks is skipped. Then `--precision auto` (the engine its probe measures fastest)
@@ -136,8 +138,8 @@ def ort(model, iterations, env=None):
 
 
 def cpuid_mask(workdir, features):
-    """The environment that runs a process as if the CPU had only `features` ("avx2" or
-    "avx-vnni"), or None where this CPU cannot fault on CPUID."""
+    """The environment that runs a process as if the CPU had only `features` ("avx2",
+    "avx-vnni" or "avx512"), or None where this CPU cannot fault on CPUID."""
     if "cpuid_fault" not in cpu_flags():
         return None
     lib = os.path.join(workdir, "cpuid_mask.so")
@@ -246,6 +248,8 @@ def main():
             ort_paths.append(("int8, AVX-512 VNNI", "int8", {"FOODCLIP_INT8": "vnni"}, None))
         if "avx_vnni" in flags:
             ort_paths.append(("int8, AVX-VNNI", "int8", {"FOODCLIP_INT8": "avx-vnni"}, "avx-vnni"))
+        if "avx512bw" in flags:
+            ort_paths.append(("int8, AVX-512 BW", "int8", {"FOODCLIP_INT8": "avx512bw"}, "avx512"))
         if "avx2" in flags:
             ort_paths.append(("int8, AVX2", "int8", {"FOODCLIP_INT8": "avx2"}, "avx2"))
             if "avx512f" in flags:

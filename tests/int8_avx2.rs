@@ -1,6 +1,7 @@
-//! The AVX2 int8 engine quantises its weights within its own pair bound (`vpmaddubsw`'s pairs
-//! of products must fit 16 bits), so its drift from f32 is measured apart from the other
-//! engines'. The engine is forced for this whole process, so this binary holds one test.
+//! The AVX2 int8 engine (and AVX-512 BW, which quantises the same way) quantises within its
+//! own bounds (`vpmaddubsw`'s pairs of products must fit 16 bits), so its drift from f32 is
+//! measured apart from the other engines'. The engine is forced for this whole process, so
+//! this binary holds one test.
 
 mod common;
 

@@ -9,14 +9,15 @@
 //! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
 //!   since Cascade Lake, AMD Zen 4 and later);
 //! - AVX-VNNI (the same on 256-bit vectors: Intel desktops and laptops since Alder Lake);
-//! - plain AVX2 (`vpmaddubsw`, two u8 x s8 products summed into each 16-bit lane, then
-//!   `vpmaddwd` by ones into int32 lanes, as ONNX Runtime does: every x86 CPU of the last ten
-//!   years).
+//! - AVX-512 BW without VNNI (`vpmaddubsw`, two u8 x s8 products summed into each 16-bit lane,
+//!   then `vpmaddwd` by ones into int32 lanes: Intel Xeon Skylake-SP);
+//! - plain AVX2 (the same on 256-bit vectors, as ONNX Runtime does: every x86 CPU of the last
+//!   ten years).
 //!
 //! All sum exactly. `vpmaddubsw` saturates each pair of products at 16 bits, which ONNX
-//! Runtime accepts; here the AVX2 engine quantises so that no pair can overflow (activations
-//! to [`AVX2_ACTIVATION_LEVELS`], pairs of weights within [`PAIR_LEVELS`]), which costs a
-//! little precision on that engine only: the others give the same results as one another.
+//! Runtime accepts; here the engines that use it quantise so that no pair can overflow
+//! (activations to [`PAIR_ACTIVATION_LEVELS`], pairs of weights within [`PAIR_LEVELS`]), which
+//! costs them a little precision: the others give the same results as one another.
 //!
 //! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line
 //! holds four consecutive inputs of 16 outputs, an activation line 64 consecutive inputs of one
@@ -25,7 +26,7 @@
 //! the epilogue (bias, activation, residual) while it is in L1 ([`super::epilogue`]).
 //!
 //! [`engine`] picks the first engine the CPU has, else none (int8 then runs in f32).
-//! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx2|off` forces one, so that one machine can measure every
+//! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx512bw|avx2|off` forces one, so that one machine can measure every
 //! path. In tests, an emulated engine computes the sums in plain Rust, so the packing,
 //! quantisation and blocking are tested on any CPU.
 
@@ -49,6 +50,11 @@ pub fn amx_available() -> bool {
     vnni_available() && amx::available(Dot::Int8)
 }
 
+/// Whether the CPU has AVX-512 F and BW, and the build its AVX-512 kernels.
+pub fn avx512bw_available() -> bool {
+    super::ops::avx512() && std::arch::is_x86_feature_detected!("avx512bw")
+}
+
 /// Whether the CPU has AVX2 and FMA.
 pub fn avx2_available() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -69,24 +75,27 @@ pub enum Engine {
     Avx512Vnni,
     /// AVX-VNNI dot products, 256 bits wide (only where [`avx_vnni_available`]).
     AvxVnni,
-    /// AVX2 `vpmaddubsw` products, of weights whose pairs cannot saturate (only where
+    /// AVX-512 BW `vpmaddubsw` products, of weights whose pairs cannot saturate (only where
+    /// [`avx512bw_available`]).
+    Avx512Bw,
+    /// AVX2 `vpmaddubsw` products, as [`Engine::Avx512Bw`]'s on 256-bit vectors (only where
     /// [`avx2_available`]).
     Avx2,
     /// The same sums in plain Rust, for tests on any CPU.
     #[cfg(test)]
     Emulated,
-    /// AVX2's sums in plain Rust, each pair of products saturated at 16 bits as `vpmaddubsw`
-    /// does, on weights quantised as for AVX2.
+    /// The `vpmaddubsw` engines' sums in plain Rust, each pair of products saturated at 16 bits
+    /// as `vpmaddubsw` does, on weights quantised as for them.
     #[cfg(test)]
     EmulatedAvx2,
 }
 
-/// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx2`, or
-/// `off` (no int8 arithmetic: `--precision int8` runs f32).
+/// The environment variable that forces an int8 engine: `amx`, `vnni`, `avx-vnni`, `avx512bw`,
+/// `avx2`, or `off` (no int8 arithmetic: `--precision int8` runs f32).
 pub const FORCE_VAR: &str = "FOODCLIP_INT8";
 
 /// The int8 engines, best first.
-fn choices() -> [epilogue::Choice<Engine>; 4] {
+fn choices() -> [epilogue::Choice<Engine>; 5] {
     let amx = "AMX int8 (or Linux did not grant the tile state)";
     [
         ("amx", amx_available(), amx, Engine::Amx),
@@ -97,11 +106,18 @@ fn choices() -> [epilogue::Choice<Engine>; 4] {
             "AVX-VNNI",
             Engine::AvxVnni,
         ),
+        (
+            "avx512bw",
+            avx512bw_available(),
+            "AVX-512 BW",
+            Engine::Avx512Bw,
+        ),
         ("avx2", avx2_available(), "AVX2", Engine::Avx2),
     ]
 }
 
-/// The engine for int8 products on this CPU: AMX, else AVX-512 VNNI, else AVX-VNNI, else AVX2;
+/// The engine for int8 products on this CPU: AMX, else AVX-512 VNNI, else AVX-VNNI, else AVX-512
+/// BW, else AVX2;
 /// `Ok(None)` when it has none of them (or `FOODCLIP_INT8=off`). A forced engine the CPU lacks
 /// is an error.
 pub fn engine() -> Result<Option<Engine>, String> {
@@ -112,19 +128,19 @@ impl Engine {
     /// The instructions of its f32 steps.
     fn isa(self) -> Isa {
         match self {
-            Engine::Amx | Engine::Avx512Vnni => Isa::Avx512,
+            Engine::Amx | Engine::Avx512Vnni | Engine::Avx512Bw => Isa::Avx512,
             Engine::AvxVnni | Engine::Avx2 => Isa::Avx2,
             #[cfg(test)]
             Engine::Emulated | Engine::EmulatedAvx2 => Isa::Plain,
         }
     }
 
-    /// Whether it quantises so that each pair of products fits 16 bits (AVX2's `vpmaddubsw`):
-    /// activations to [`AVX2_ACTIVATION_LEVELS`], each pair of same-signed weights within
+    /// Whether it quantises so that each pair of products fits 16 bits (`vpmaddubsw`'s engines):
+    /// activations to [`PAIR_ACTIVATION_LEVELS`], each pair of same-signed weights within
     /// [`PAIR_LEVELS`].
     fn bounds_pairs(self) -> bool {
         match self {
-            Engine::Avx2 => true,
+            Engine::Avx512Bw | Engine::Avx2 => true,
             #[cfg(test)]
             Engine::EmulatedAvx2 => true,
             _ => false,
@@ -134,7 +150,7 @@ impl Engine {
     /// The largest quantised activation.
     fn activation_levels(self) -> u8 {
         if self.bounds_pairs() {
-            AVX2_ACTIVATION_LEVELS
+            PAIR_ACTIVATION_LEVELS
         } else {
             ACTIVATION_LEVELS
         }
@@ -146,6 +162,7 @@ impl Engine {
             Engine::Amx => assert!(amx_available(), "AMX int8 is not available"),
             Engine::Avx512Vnni => assert!(vnni_available(), "AVX-512 VNNI is not available"),
             Engine::AvxVnni => assert!(avx_vnni_available(), "AVX-VNNI is not available"),
+            Engine::Avx512Bw => assert!(avx512bw_available(), "AVX-512 BW is not available"),
             Engine::Avx2 => assert!(avx2_available(), "AVX2 is not available"),
             #[cfg(test)]
             Engine::Emulated | Engine::EmulatedAvx2 => {}
@@ -173,17 +190,17 @@ const WEIGHT_LEVELS: f32 = 127.0;
 /// The largest quantised activation.
 const ACTIVATION_LEVELS: u8 = 255;
 
-/// The AVX2 engine's largest quantised activation, and the largest sum of the magnitudes of two
+/// The `vpmaddubsw` engines' largest quantised activation, and the largest sum of the magnitudes of two
 /// same-signed quantised weights that `vpmaddubsw` multiplies as a pair (inputs `2i` and
 /// `2i + 1`): their product fits 16 bits, so no pair of products saturates. (A pair of
 /// opposite signs cannot overflow.) A weight's scale grows where a pair passes the bound. This
 /// split (activations 0.3 bit short of 8) moved the random ViT-B/32's embeddings least of
 /// those tried (mean 1 − cosine to f32 over 48 photos, ×10⁻⁴: 255 and 128, 0.65; 231 and
 /// 141, 0.55; 207 and 158, 0.54; 199 and 164, 0.59; the other engines, 0.44).
-const AVX2_ACTIVATION_LEVELS: u8 = 207;
-/// See [`AVX2_ACTIVATION_LEVELS`].
+const PAIR_ACTIVATION_LEVELS: u8 = 207;
+/// See [`PAIR_ACTIVATION_LEVELS`].
 const PAIR_LEVELS: f32 = 158.0;
-const _: () = assert!(AVX2_ACTIVATION_LEVELS as i32 * PAIR_LEVELS as i32 <= i16::MAX as i32);
+const _: () = assert!(PAIR_ACTIVATION_LEVELS as i32 * PAIR_LEVELS as i32 <= i16::MAX as i32);
 
 /// A weight `(out, inp)` quantised per output channel and packed in tiles: for each 16 outputs
 /// and 64 inputs, 16 lines of four inputs for each of the 16 outputs. Outputs are padded to a
@@ -499,9 +516,16 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
         // SAFETY: the engine is only used where the CPU has AVX-512 VNNI; the lengths are
         // checked above.
         Engine::Avx512Vnni => unsafe {
-            rows_vnni::<12>(a, b, k_tiles, c, 0);
-            rows_vnni::<12>(a, b, k_tiles, c, 12);
-            rows_vnni::<8>(a, b, k_tiles, c, 24);
+            rows_vnni::<12>((a, b), k_tiles, c, 0);
+            rows_vnni::<12>((a, b), k_tiles, c, 12);
+            rows_vnni::<8>((a, b), k_tiles, c, 24);
+        },
+        // SAFETY: the engine is only used where the CPU has AVX-512 BW; the lengths are
+        // checked above.
+        Engine::Avx512Bw => unsafe {
+            rows_avx512bw::<12>((a, b), k_tiles, c, 0);
+            rows_avx512bw::<12>((a, b), k_tiles, c, 12);
+            rows_avx512bw::<8>((a, b), k_tiles, c, 24);
         },
         // SAFETY: the engine is only used where the CPU has AVX-VNNI; the lengths are checked.
         Engine::AvxVnni => unsafe {
@@ -527,20 +551,21 @@ fn tile_product(engine: Engine, a: &[Line], b: &[Line], k_tiles: usize, c: &mut 
     }
 }
 
-/// Rows `m0..m0 + R` of a block with `vpdpbusd`: each weight line holds four inputs of 16
-/// columns, and each row's four activations are broadcast to all 16 lanes. 12 rows x 2
-/// vectors are 24 accumulators, which leaves registers for the weights.
+/// Rows `m0..m0 + R` of a block on 512-bit vectors, each step `acc = dot(acc, x, w)` adding
+/// four inputs' products per int32 lane: each weight line holds four inputs of 16 columns, and
+/// each row's four activations are broadcast to all 16 lanes. 12 rows x 2 vectors are 24
+/// accumulators, which leaves registers for the weights and `dot`'s temporaries.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F and VNNI; `a` and `b` must each hold `2 * k_tiles` tiles;
-/// `m0 + R <= 32`.
-#[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn rows_vnni<const R: usize>(
-    a: &[Line],
-    b: &[Line],
+/// The CPU must have AVX-512 F (and whatever `dot` uses); `a` and `b` must each hold
+/// `2 * k_tiles` tiles; `m0 + R <= 32`.
+#[inline(always)]
+unsafe fn rows_512<const R: usize>(
+    (a, b): (&[Line], &[Line]),
     k_tiles: usize,
     c: &mut Sums,
     m0: usize,
+    dot: impl Fn(__m512i, __m512i, __m512i) -> __m512i,
 ) {
     let strip = k_tiles * TILE;
     let (a, b) = (a.as_ptr(), b.as_ptr());
@@ -552,8 +577,8 @@ unsafe fn rows_vnni<const R: usize>(
             let b1 = _mm512_load_si512(b.add(strip + kt * TILE + r).cast());
             for (acc, row) in acc.iter_mut().zip(&rows) {
                 let x = _mm512_set1_epi32(*row.add(kt * TILE * 16 + r));
-                acc[0] = _mm512_dpbusd_epi32(acc[0], x, b0);
-                acc[1] = _mm512_dpbusd_epi32(acc[1], x, b1);
+                acc[0] = dot(acc[0], x, b0);
+                acc[1] = dot(acc[1], x, b1);
             }
         }
     }
@@ -562,6 +587,41 @@ unsafe fn rows_vnni<const R: usize>(
         _mm512_store_si512(out.cast(), acc[0]);
         _mm512_store_si512(out.add(16).cast(), acc[1]);
     }
+}
+
+/// [`rows_512`] with AVX-512 VNNI's `vpdpbusd`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and VNNI; as for [`rows_512`].
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn rows_vnni<const R: usize>(
+    ab: (&[Line], &[Line]),
+    k_tiles: usize,
+    c: &mut Sums,
+    m0: usize,
+) {
+    rows_512::<R>(ab, k_tiles, c, m0, |acc, x, w| {
+        _mm512_dpbusd_epi32(acc, x, w)
+    })
+}
+
+/// [`rows_512`] with AVX-512 BW: `vpmaddubsw` (pairs of u8 x s8 products in 16-bit lanes;
+/// exact, as the engine's quantisation bounds them), `vpmaddwd` by ones (the pairs summed into
+/// int32 lanes) and an add.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW; as for [`rows_512`].
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn rows_avx512bw<const R: usize>(
+    ab: (&[Line], &[Line]),
+    k_tiles: usize,
+    c: &mut Sums,
+    m0: usize,
+) {
+    let ones = _mm512_set1_epi16(1);
+    rows_512::<R>(ab, k_tiles, c, m0, |acc, x, w| {
+        _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(x, w), ones))
+    })
 }
 
 /// Rows `m0..m0 + R` and columns `16 · half..16 · half + 16` of a block on 256-bit vectors, each
