@@ -4,7 +4,7 @@
 //! ONNX Runtime's dynamic quantisation does), and the products sum in int32. Layer norms,
 //! softmax, the attention scores and everything between the products stay f32.
 //!
-//! Four engines share every step but the innermost product, best first:
+//! Five engines share every step but the innermost product, best first:
 //! - Intel AMX tiles (`tdpbusd`: Sapphire Rapids and later, [`super::amx`]);
 //! - AVX-512 VNNI (`vpdpbusd`, four u8 x s8 products summed into each int32 lane: Intel Xeon
 //!   since Cascade Lake, AMD Zen 4 and later);
@@ -26,8 +26,8 @@
 //! the epilogue (bias, activation, residual) while it is in L1 ([`super::epilogue`]).
 //!
 //! [`engine`] picks the first engine the CPU has, else none (int8 then runs in f32).
-//! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx512bw|avx2|off` forces one, so that one machine can measure every
-//! path. In tests, an emulated engine computes the sums in plain Rust, so the packing,
+//! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx512bw|avx2|off` forces one, so that one machine can
+//! measure every path. In tests, an emulated engine computes the sums in plain Rust, so the packing,
 //! quantisation and blocking are tested on any CPU.
 
 use super::amx::{self, Dot};
@@ -190,9 +190,9 @@ const WEIGHT_LEVELS: f32 = 127.0;
 /// The largest quantised activation.
 const ACTIVATION_LEVELS: u8 = 255;
 
-/// The `vpmaddubsw` engines' largest quantised activation, and the largest sum of the magnitudes of two
-/// same-signed quantised weights that `vpmaddubsw` multiplies as a pair (inputs `2i` and
-/// `2i + 1`): their product fits 16 bits, so no pair of products saturates. (A pair of
+/// The `vpmaddubsw` engines' largest quantised activation, and the largest sum of the
+/// magnitudes of two same-signed quantised weights that `vpmaddubsw` multiplies as a pair
+/// (inputs `2i` and `2i + 1`): their product fits 16 bits, so no pair of products saturates. (A pair of
 /// opposite signs cannot overflow.) A weight's scale grows where a pair passes the bound. This
 /// split (activations 0.3 bit short of 8) moved the random ViT-B/32's embeddings least of
 /// those tried (mean 1 − cosine to f32 over 48 photos, ×10⁻⁴: 255 and 128, 0.65; 231 and
