@@ -16,7 +16,7 @@
 //!
 //! All sum exactly. `vpmaddubsw` saturates each pair of products at 16 bits, which ONNX
 //! Runtime accepts; here the engines that use it quantise so that no pair can overflow
-//! (activations to [`PAIR_ACTIVATION_LEVELS`], pairs of weights within [`PAIR_LEVELS`]), which
+//! (activations to `PAIR_ACTIVATION_LEVELS`, pairs of weights within `PAIR_LEVELS`), which
 //! costs them a little precision: the others give the same results as one another.
 //!
 //! The layout is AMX's, as in [`super::bf16`]: 64-byte lines, tiles of 16 lines; a weight line
@@ -27,8 +27,9 @@
 //!
 //! [`engine`] picks the first engine the CPU has, else none (int8 then runs in f32).
 //! `FOODCLIP_INT8=amx|vnni|avx-vnni|avx512bw|avx2|off` forces one, so that one machine can
-//! measure every path. In tests, an emulated engine computes the sums in plain Rust, so the packing,
-//! quantisation and blocking are tested on any CPU.
+//! measure every path. In tests, emulated engines compute the sums in plain Rust (exactly, and
+//! saturating as `vpmaddubsw` does), so the packing, quantisation and blocking are tested on
+//! any CPU.
 
 use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
@@ -39,9 +40,7 @@ use std::cell::RefCell;
 
 /// Whether the CPU has AVX-512 VNNI (and AVX-512 F and BW), and the build its AVX-512 kernels.
 pub fn vnni_available() -> bool {
-    super::ops::avx512()
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("avx512vnni")
+    avx512bw_available() && std::arch::is_x86_feature_detected!("avx512vnni")
 }
 
 /// Whether AMX int8 can be used here: the CPU has it (and AVX-512 VNNI, whose f32 steps the
