@@ -120,8 +120,10 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
     assert_eq!(w.len(), out * inp, "the weight is out x inp");
     let k_tiles = inp.div_ceil(32);
     let mut data = vec![ZERO_LINE; out.div_ceil(32) * 2 * k_tiles * TILE];
-    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 2), |line, i, n, k| {
-        line.0[i] = half::bf16::from_f32(w[n * inp + k]).to_bits()
+    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 2), |line, at, run| {
+        for (dst, &x) in line.0[at..].iter_mut().zip(&w[run]) {
+            *dst = half::bf16::from_f32(x).to_bits();
+        }
     });
     PackedWeight {
         data,

@@ -136,26 +136,24 @@ pub(super) fn row_lines<L, T, const R: usize>(
 /// Fills a weight `(out, inp)` into packed tiles, in parallel: `data` holds, for each strip of
 /// 16 outputs, `k_tiles` tiles of 16 lines, and line `r` of tile `kt` holds `per` consecutive
 /// inputs (from `(16 · kt + r) · per`) of each of the strip's outputs, which
-/// `put(line, place in line, output, input)` writes. Places past `out` or `inp` are left alone
+/// `put(line, place in line, run)` writes from `run`, the range of those inputs in the
+/// row-major weight (shorter at the last input). Places past `out` or `inp` are left alone
 /// (zero padding).
 pub(super) fn fill_weight_tiles<L: Send>(
     data: &mut [L],
     (out, inp, k_tiles, per): (usize, usize, usize, usize),
-    put: impl Fn(&mut L, usize, usize, usize) + Sync,
+    put: impl Fn(&mut L, usize, std::ops::Range<usize>) + Sync,
 ) {
     data.par_chunks_mut(k_tiles * 16)
         .enumerate()
         .for_each(|(strip, lines)| {
-            for (i, line) in lines.iter_mut().enumerate() {
-                let first = i * per; // (16 · kt + r) · per
-                for c in 0..16 {
-                    let n = strip * 16 + c;
-                    for j in 0..per {
-                        let k = first + j;
-                        if n < out && k < inp {
-                            put(line, c * per + j, n, k);
-                        }
-                    }
+            // Output by output, so that each reads its row in order.
+            for c in 0..16.min(out.saturating_sub(strip * 16)) {
+                let row = (strip * 16 + c) * inp;
+                for (i, line) in lines.iter_mut().enumerate().take(inp.div_ceil(per)) {
+                    let first = i * per; // (16 · kt + r) · per
+                    let count = per.min(inp - first);
+                    put(line, c * per, row + first..row + first + count);
                 }
             }
         });

@@ -229,14 +229,14 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         .enumerate()
         .for_each(|(n, (q, (scale, sum)))| {
             let row = &w[n * inp..][..inp];
-            let mut step = row.iter().fold(0f32, |m, x| m.max(x.abs())) / WEIGHT_LEVELS;
+            let mut step = abs_max(row) / WEIGHT_LEVELS;
             if engine.bounds_pairs() {
                 step = step.max(same_sign_pair_max(row) / PAIR_LEVELS);
             }
             *scale = if step > 0.0 { step } else { 1.0 };
             let inv = 1.0 / *scale;
             for (q, &x) in q.iter_mut().zip(row) {
-                *q = round_even((x * inv).clamp(-WEIGHT_LEVELS, WEIGHT_LEVELS)) as i8;
+                *q = round_even_int(within(x * inv, WEIGHT_LEVELS)) as i8;
             }
             if engine.bounds_pairs() {
                 bound_pairs(q);
@@ -244,8 +244,10 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
             *sum = q.iter().map(|&v| v as i32).sum();
         });
     let mut data = vec![ZERO_LINE; padded / 16 * k_tiles * TILE];
-    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, i, n, k| {
-        line.0[i] = q[n * inp + k] as u8
+    epilogue::fill_weight_tiles(&mut data, (out, inp, k_tiles, 4), |line, at, run| {
+        for (dst, &v) in line.0[at..].iter_mut().zip(&q[run]) {
+            *dst = v as u8;
+        }
     });
     PackedWeight {
         data,
@@ -256,6 +258,21 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         k_tiles,
         engine,
     }
+}
+
+/// The largest `|x|` in `row`.
+fn abs_max(row: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let rest = chunks.remainder().iter().fold(0f32, |m, x| m.max(x.abs()));
+    for chunk in chunks {
+        // Selects rather than `f32::max`, whose NaN rule keeps the loop from vectorising.
+        for (lane, &x) in lanes.iter_mut().zip(chunk) {
+            let a = x.abs();
+            *lane = if a > *lane { a } else { *lane };
+        }
+    }
+    lanes.iter().fold(rest, |m, &x| m.max(x))
 }
 
 /// The largest `|a| + |b|` over a row's pairs of inputs `(2i, 2i + 1)` of the same sign.
@@ -333,18 +350,26 @@ fn row_params(row: &[f32], levels: u8) -> (f32, i32) {
     (scale, zero)
 }
 
+/// `x` clamped to `-limit..=limit` with selects: unlike `f32::clamp` (and `as` to an
+/// integer), they let the loops around it vectorise.
+#[inline(always)]
+fn within(x: f32, limit: f32) -> f32 {
+    if x < -limit {
+        -limit
+    } else if x > limit {
+        limit
+    } else {
+        x
+    }
+}
+
 /// 1.5 · 2^23: a float of this size has no fraction bits, so adding it rounds `|x| <= 2^22`
 /// to the nearest integer, ties to even (the default rounding mode).
 const MAGIC: f32 = 12_582_912.0;
 
-/// `x` rounded to the nearest integer, ties to even, for `|x| <= 2^22` (the subtract is
-/// exact). Unlike `f32::round_ties_even`, it vectorises without SSE4.1.
-#[inline(always)]
-fn round_even(x: f32) -> f32 {
-    (x + MAGIC) - MAGIC
-}
-
-/// [`round_even`] as an integer: the low mantissa bits of `x + MAGIC` are the integer.
+/// `x` rounded to the nearest integer, ties to even, for `|x| <= 2^22`: the low mantissa bits
+/// of `x + MAGIC` are the integer. Unlike `f32::round_ties_even`, it vectorises without
+/// SSE4.1.
 #[inline(always)]
 fn round_even_int(x: f32) -> i32 {
     (x + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
@@ -361,15 +386,7 @@ fn quantize_row(row: &[f32], (scale, zero): (f32, i32), levels: u8, dst: &mut [L
         for (q, &x) in line.iter_mut().zip(chunk) {
             // The row's values lie within `levels` steps of 0, so the first clamp
             // only guards the rounding's range.
-            let v = x * inv;
-            let v = if v < -limit {
-                -limit
-            } else if v > limit {
-                limit
-            } else {
-                v
-            };
-            *q = (round_even_int(v) + zero).clamp(0, levels) as u8;
+            *q = (round_even_int(within(x * inv, limit)) + zero).clamp(0, levels) as u8;
         }
         line[chunk.len()..].fill(zero as u8);
     }
