@@ -34,6 +34,7 @@
 use super::amx::{self, Dot};
 use super::epilogue::{self, collect_rows, finish_block, for_isa, Block, Grid, Isa};
 pub use super::epilogue::{Epilogue, Norm};
+use super::math::lane_max;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -229,7 +230,7 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         .enumerate()
         .for_each(|(n, (q, (scale, sum)))| {
             let row = &w[n * inp..][..inp];
-            let mut step = abs_max(row) / WEIGHT_LEVELS;
+            let mut step = lane_max(row, f32::abs) / WEIGHT_LEVELS;
             if engine.bounds_pairs() {
                 step = step.max(same_sign_pair_max(row) / PAIR_LEVELS);
             }
@@ -258,21 +259,6 @@ pub fn pack(w: &[f32], out: usize, inp: usize, engine: Engine) -> PackedWeight {
         k_tiles,
         engine,
     }
-}
-
-/// The largest `|x|` in `row`.
-fn abs_max(row: &[f32]) -> f32 {
-    let mut lanes = [0f32; 16];
-    let chunks = row.chunks_exact(16);
-    let rest = chunks.remainder().iter().fold(0f32, |m, x| m.max(x.abs()));
-    for chunk in chunks {
-        // Selects rather than `f32::max`, whose NaN rule keeps the loop from vectorising.
-        for (lane, &x) in lanes.iter_mut().zip(chunk) {
-            let a = x.abs();
-            *lane = if a > *lane { a } else { *lane };
-        }
-    }
-    lanes.iter().fold(rest, |m, &x| m.max(x))
 }
 
 /// The largest `|a| + |b|` over a row's pairs of inputs `(2i, 2i + 1)` of the same sign.

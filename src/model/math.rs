@@ -39,22 +39,22 @@ pub fn lane_sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// The largest of `xs` (`-inf` if empty), in 16 lanes of selects: `f32::max`'s NaN rule would
-/// keep the loop scalar.
+/// The largest `f(x)` over `xs` (`-inf` if empty), in 16 lanes of selects: `f32::max`'s NaN
+/// rule would keep the loop scalar.
 #[inline(always)]
-pub fn lane_max(xs: &[f32]) -> f32 {
+pub fn lane_max(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let larger = |a: f32, x: f32| if x > a { x } else { a };
     let mut lanes = [f32::NEG_INFINITY; 16];
     let chunks = xs.chunks_exact(16);
     let tail = chunks
         .remainder()
         .iter()
-        .fold(f32::NEG_INFINITY, |a, &x| larger(a, x));
+        .fold(f32::NEG_INFINITY, |a, &x| larger(a, f(x)));
     for chunk in chunks {
         lanes
             .iter_mut()
             .zip(chunk)
-            .for_each(|(l, &x)| *l = larger(*l, x));
+            .for_each(|(l, &x)| *l = larger(*l, f(x)));
     }
     lanes.iter().fold(tail, |a, &x| larger(a, x))
 }

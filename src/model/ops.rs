@@ -58,7 +58,7 @@ fn softmax_row(row: &mut [f32], mask: Option<&[f32]>) {
     if let Some(m) = mask {
         row.iter_mut().zip(m).for_each(|(s, m)| *s += m);
     }
-    let max = lane_max(row);
+    let max = lane_max(row, |x| x);
     row.iter_mut().for_each(|x| *x = exp(*x - max));
     let sum = lane_sum(row, |x| x);
     row.iter_mut().for_each(|x| *x /= sum);
