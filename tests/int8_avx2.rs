@@ -10,7 +10,7 @@ mod common;
 #[test]
 fn avx2_int8_embeddings_stay_close_to_f32() {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if foodclip::model::int8::avx2_available() {
         // The only test in this process: nothing else reads the environment meanwhile.
         std::env::set_var("FOODCLIP_INT8", "avx2");
         common::drift::assert_close_to_f32(&[foodclip::model::Precision::Int8]);

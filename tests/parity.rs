@@ -340,8 +340,8 @@ fn bf16_on_every_path_keeps_embeddings_and_top1() {
 }
 
 /// `--precision int8` on every path this CPU can take, each forced with `FOODCLIP_INT8`: the
-/// AMX tiles, AVX-512 VNNI, AVX-VNNI, AVX-512 BW, AVX2, and no int8 arithmetic (f32). (The kernels of the
-/// engines a CPU lacks are tested emulated, in `model::int8`.)
+/// AMX tiles, AVX-512 VNNI, AVX-VNNI, AVX-512 BW, AVX2, and no int8 arithmetic (f32). (The
+/// kernels of the engines a CPU lacks are tested emulated, in `model::int8`.)
 #[test]
 fn int8_on_every_path_keeps_embeddings_and_top1() {
     every_path_keeps_embeddings_and_top1(
