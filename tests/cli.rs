@@ -99,6 +99,24 @@ fn classify_jsonl_matches_reference_and_skips_bad_photos() {
     }
 }
 
+/// The closing line counts failures apart and gives a speed of photos classified, not of photos
+/// tried: a run where every photo fails did no work.
+#[test]
+fn summary_speed_counts_only_photos_classified() {
+    let fx = fixtures();
+    let model = fx.join("tiny-gelu");
+    let labels = fx.join("labels/mixed.txt");
+    let (truncated, empty) = (fx.join("bad/truncated.jpg"), fx.join("bad/empty.jpg"));
+    let mut args = classify_args(path(&model), path(&labels));
+    args.extend(["--format", "jsonl", path(&truncated), path(&empty)]);
+    let o = run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let summary = err.lines().last().unwrap();
+    assert!(summary.contains("0 done, 2 failed, 0 skipped"), "{err}");
+    assert!(summary.contains("(0.00 photos/s)"), "{err}");
+}
+
 #[test]
 fn formats_json_csv_tsv_table() {
     let fx = fixtures();
@@ -486,6 +504,28 @@ fn usage_errors_exit_2() {
     let o = run(&["embed", "--format", "xml", "a.jpg"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("xml"), "{}", stderr(&o));
+}
+
+/// A subcommand's help lists its own flags first and the flags every subcommand shares (model,
+/// precision, threads, cache) apart, under their own heading.
+#[test]
+fn help_keeps_global_options_apart() {
+    for command in ["classify", "leftovers", "serve"] {
+        let o = run(&[command, "--help"]);
+        assert_eq!(o.status.code(), Some(0));
+        let help = String::from_utf8(o.stdout).unwrap();
+        let heading = help
+            .find("\nGlobal options:\n")
+            .unwrap_or_else(|| panic!("no global heading: {help}"));
+        let (own, global) = help.split_at(heading);
+        for flag in ["--model <MODEL>", "--precision", "--threads", "--no-cache"] {
+            assert!(
+                global.contains(flag) && !own.contains(flag),
+                "{flag}: {help}"
+            );
+        }
+        assert!(own.contains("--batch-size"), "{help}");
+    }
 }
 
 /// Every size, count and id in the two config files is checked when the checkpoint is loaded:

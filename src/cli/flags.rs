@@ -28,7 +28,13 @@ fn formats() -> impl TypedValueParser<Value = Format> {
 
 /// Zero-shot food photo classification with CLIP models, Korean and English labels.
 #[derive(Debug, Parser)]
-#[command(name = "foodclip", version, about, max_term_width = 100)]
+#[command(
+    name = "foodclip",
+    version,
+    about,
+    max_term_width = 100,
+    next_help_heading = "Global options"
+)]
 pub struct Cli {
     /// Model: a registry name (`foodclip models list`), a hub id `owner/name[@revision]`, or a
     /// local directory with config.json, weights, tokenizer.json and preprocessor_config.json.

@@ -48,7 +48,7 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
     let history = history::load(&files, cx.site.as_deref(), &mut dishes)?;
     let (first, last) = history.span().expect("a loaded history has days");
     cx.ui.note(&format!(
-        "history: {} rows, {} dish-days from {first} to {last} ({} rows without a measurement)",
+        "history: {} rows, {} dish-days from {first} to {last} ({} of them without a measurement)",
         history.rows,
         history.observations.len(),
         history.skipped

@@ -47,7 +47,8 @@ impl Ui {
     }
 
     /// The closing line of a run: done, failed, skipped, speed; with regions from a file,
-    /// `ignored` counts the regions it lists for photos not given.
+    /// `ignored` counts the regions it lists for photos not given. Speeds count only records with
+    /// a result: a photo that could not be read is not work done.
     pub fn summary(
         &self,
         stats: &Stats,
@@ -66,7 +67,7 @@ impl Ui {
             None => eprintln!(
                 "foodclip: {done} done, {failed} failed, {skipped} skipped in {secs:.1} s \
                  ({:.2} photos/s){stopped}",
-                stats.photos as f64 / secs
+                done as f64 / secs
             ),
             Some(ignored) => {
                 let ignored = match ignored {
@@ -78,7 +79,7 @@ impl Ui {
                      skipped{ignored}; in {secs:.1} s ({:.2} photos/s, {:.2} regions/s){stopped}",
                     stats.photos,
                     stats.photos as f64 / secs,
-                    (done + failed) as f64 / secs
+                    done as f64 / secs
                 )
             }
         }
