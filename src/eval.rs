@@ -5,7 +5,7 @@
 //! holds dishes that are not in the list), or a CSV/TSV file of `path,label` rows.
 
 use crate::classify::UNKNOWN;
-use crate::inputs::{collect_inputs, has_image_extension};
+use crate::inputs::{collect_inputs, has_image_extension, is_hidden};
 use crate::labels::LabelSet;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -205,7 +205,9 @@ fn load_folder(root: &Path, index: &ClassNames) -> Result<Vec<Sample>> {
     entries.sort();
     let mut samples = Vec::new();
     for entry in entries {
-        let (label, inputs) = if entry.is_dir() {
+        let (label, inputs) = if is_hidden(&entry) {
+            continue; // `.foodclip`, `.git`, macOS's `._` files: no class
+        } else if entry.is_dir() {
             let name = entry.file_name().unwrap_or_default().to_string_lossy();
             (
                 name.into_owned(),

@@ -18,12 +18,14 @@ pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bm
 pub struct Inputs {
     /// Paths, in input order.
     pub paths: Vec<PathBuf>,
-    /// Files met in folders that are not images (by extension), left out.
+    /// Files met in folders that are not images (by extension), left out. Hidden entries are
+    /// not counted: see [`is_hidden`].
     pub not_images: usize,
 }
 
-/// Expands inputs: files as given, folders recursively (image extensions only, sorted by name),
-/// and `-` as a list of paths read from `stdin`, one per line or NUL-separated when `null`.
+/// Expands inputs: files as given, folders recursively (image extensions only, sorted by name,
+/// hidden entries left out), and `-` as a list of paths read from `stdin`, one per line or
+/// NUL-separated when `null`. A hidden file named on the command line or in the list is read.
 ///
 /// ```
 /// let got = foodclip::inputs::collect_inputs(&["-".into()], true, &b"a.jpg\0b c.png\0"[..])?;
@@ -66,12 +68,22 @@ pub fn has_image_extension(path: &Path) -> bool {
         .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()))
 }
 
+/// Whether a folder walk leaves `path` out: its name starts with a dot, as `.git`, foodclip's own
+/// `.foodclip` index folder, `.DS_Store` and the `._IMG_0001.jpg` resource files macOS leaves on
+/// USB sticks (they end in `.jpg` but hold no picture). ripgrep and fd skip them too.
+pub fn is_hidden(path: &Path) -> bool {
+    path.file_name()
+        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+}
+
 fn walk(dir: &Path, out: &mut Inputs) -> io::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        if path.is_dir() {
+        if is_hidden(&path) {
+            continue;
+        } else if path.is_dir() {
             walk(&path, out)?;
         } else if has_image_extension(&path) {
             out.paths.push(path);
@@ -244,7 +256,13 @@ mod tests {
             "a.webp",
             "notes.txt",
             "b/c/readme.md",
+            "._a.webp",
+            ".DS_Store",
+            ".foodclip/index.sqlite",
+            ".thumbs/t.jpg",
+            "b/.c.png",
         ] {
+            std::fs::create_dir_all(dir.path().join(f).parent().unwrap()).unwrap();
             std::fs::write(dir.path().join(f), b"").unwrap();
         }
         let got = collect_inputs(&[dir.path().to_path_buf()], false, io::empty()).unwrap();
@@ -262,6 +280,9 @@ mod tests {
             ]
         );
         assert_eq!(got.not_images, 2);
+        let hidden = dir.path().join("b/.c.png");
+        let got = collect_inputs(std::slice::from_ref(&hidden), false, io::empty()).unwrap();
+        assert_eq!(got.paths, [hidden], "a hidden file given by name is read");
         let got = collect_inputs(&["-".into()], true, &b"x y.jpg\0/z\n.png\0"[..]).unwrap();
         assert_eq!(
             got.paths,

@@ -20,7 +20,7 @@
 //! - [`regions`]: trays: where a photo's regions come from, and cutting them out;
 //! - [`draw`]: trays drawn with their boxes and answers (SVG); [`serve`]: the HTTP API and page;
 //! - [`fsutil`]: atomic writes and lossless paths, shared by all of them; [`markup`]: escaping
-//!   and embedded pictures for the HTML and SVG.
+//!   and embedded pictures for the HTML and SVG; [`text`]: aligned columns for terminal tables.
 
 pub mod adapter;
 pub mod cache;
@@ -46,3 +46,4 @@ pub mod report;
 pub mod serve;
 pub mod source;
 pub mod store;
+pub mod text;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// The fixture data set: class folders (one class has no photos), an `unknown` folder, a folder
-/// that names no class, a photo outside every folder, and unreadable files.
+/// that names no class, a photo outside every folder, unreadable files, and hidden entries.
 fn dataset(root: &Path) -> PathBuf {
     let images = fixtures().join("images");
     let ds = root.join("trays");
@@ -46,6 +46,11 @@ fn dataset(root: &Path) -> PathBuf {
     );
     std::fs::copy(images.join("rgb16.png"), ds.join("loose.png")).unwrap();
     std::fs::write(ds.join("README.txt"), "not a photo").unwrap();
+    // Hidden entries are no part of the data set: an index's folder, a resource file macOS leaves
+    // beside each photo on a USB stick (it ends in .jpg but holds no picture).
+    std::fs::create_dir_all(ds.join(".foodclip")).unwrap();
+    std::fs::copy(images.join("wide.jpg"), ds.join(".foodclip/thumb.jpg")).unwrap();
+    std::fs::write(ds.join("김치찌개/._baseline.jpg"), b"\0\x05\x16\x07").unwrap();
     ds
 }
 
@@ -239,6 +244,7 @@ fn a_csv_data_set_gives_the_same_metrics() {
         let mut names: Vec<_> = std::fs::read_dir(ds.join(folder))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
             .collect();
         names.sort();
         for n in names {

@@ -387,9 +387,19 @@ fn csv_table_and_summary_files() {
         summary.clone().into(),
     ];
     let mut args: Vec<&std::ffi::OsStr> = base.iter().map(|a| a.as_os_str()).collect();
+    // Dishes named in Hangul and in ASCII, for the columns below.
+    let menu = d.join("menu.toml");
+    std::fs::write(
+        &menu,
+        "[[compartment]]\nname = \"soup\"\ndish = \"김치찌개\"\n\n\
+         [[compartment]]\nname = \"rice\"\ndish = \"fried chicken\"\n",
+    )
+    .unwrap();
     args.extend([
         std::ffi::OsStr::new("--format"),
         std::ffi::OsStr::new("table"),
+        std::ffi::OsStr::new("--menu"),
+        menu.as_os_str(),
     ]);
     let o = leftovers(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -398,6 +408,14 @@ fn csv_table_and_summary_files() {
         table.contains("tray01 [side-left]") && table.contains("per dish"),
         "{table}"
     );
+    // Columns line up as a terminal shows them: a Hangul syllable takes two columns.
+    for column in ["  served ", " trays "] {
+        let at = |l: &str| unicode_width::UnicodeWidthStr::width(&l[..l.find(column).unwrap()]);
+        let lines: Vec<&str> = table.lines().filter(|l| l.contains(column)).collect();
+        assert!(lines.iter().any(|l| !l.is_ascii()), "{table}");
+        assert!(lines.iter().any(|l| l.contains("fried chicken")), "{table}");
+        assert!(lines.iter().all(|l| at(l) == at(lines[0])), "{table}");
+    }
     let text = std::fs::read_to_string(&summary).unwrap();
     assert!(
         text.starts_with("scope,date,dish,trays,mean_leftover"),

@@ -132,7 +132,7 @@ fn augmented(
     args: &AdaptArgs,
 ) -> Result<Vec<f32>> {
     let dim = ckpt.config.projection_dim;
-    let progress = cx.ui.progress_bar(Some(cases.len()));
+    let progress = cx.ui.progress_bar(Some(cases.len()), "photos");
     let mut out = Vec::with_capacity(cases.len() * dim);
     for chunk in cases.chunks(args.data.batch.batch_size as usize) {
         let pictures = chunk

@@ -10,6 +10,7 @@ use crate::forecast::{history, plan, Dishes, Forecast, Forecaster};
 use crate::fsutil::write_atomically;
 use crate::labels::LabelSet;
 use crate::output::{Format, RowPrinter};
+use crate::text::pad;
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -251,8 +252,8 @@ impl Row for DishScore {
     fn line(&self) -> String {
         let s = &self.score;
         format!(
-            "{:<16} n {:>5}  MAE {:.3}  bias {:+.3}  held {:>5.1}%  | {} {:.3}  {} {:.3}  {} {:.3}",
-            self.dish,
+            "{} n {:>5}  MAE {:.3}  bias {:+.3}  held {:>5.1}%  | {} {:.3}  {} {:.3}  {} {:.3}",
+            pad(&self.dish, 16),
             s.n,
             s.mae,
             s.bias,

@@ -38,14 +38,15 @@ pub(super) fn run_photos(
     mut on_batch: impl FnMut(Option<&Tensor>, &[PathBuf], Items) -> Result<()>,
 ) -> Result<(Stats, bool)> {
     let interrupted = interrupt_flag();
-    let progress = ui.progress_bar(total);
+    let progress = ui.progress_bar(total, "photos");
     let stats = run_batches(embedder, paths, &interrupted, |emb, chunk, items| {
         ui.report(&progress, chunk, &items);
         if let Some(sink) = &mut sink {
             sink.add(emb, chunk, &items)
                 .context("cannot keep the embeddings for --save-embeddings")?;
         }
-        on_batch(emb, chunk, items)?;
+        // The bar steps aside while the batch's records print: they may go to the same terminal.
+        progress.suspend(|| on_batch(emb, chunk, items))?;
         progress.inc(chunk.len() as u64);
         Ok(())
     })?;

@@ -15,6 +15,7 @@ use crate::leftovers::{examine, EmptyTray, Settings};
 use crate::output::{csv_row, Format, RowPrinter};
 use crate::pipeline::run_prepared;
 use crate::regions::{Grid, Regions};
+use crate::text::pad;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -91,7 +92,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
     let mut comparison = Comparison::default();
     let mut worst = crate::report::leftovers::Worst::new(12);
     let interrupted = interrupt_flag();
-    let progress = cx.ui.progress_bar(Some(pairs.len()));
+    let progress = cx.ui.progress_bar(Some(pairs.len()), "trays");
     let start = Instant::now();
     let (mut measured_n, mut failed, mut trays) = (0usize, 0usize, 0usize);
     let pre = &ckpt.preprocess;
@@ -129,26 +130,31 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
                 };
                 let records = recorder.records(tray, measured, rankings);
                 trays += 1;
-                for r in &records {
-                    match &r.error {
-                        Some(e) => {
-                            failed += 1;
-                            let what = r
-                                .compartment
-                                .as_ref()
-                                .map_or(String::new(), |c| format!(" [compartment {c}]"));
-                            progress.suspend(|| eprintln!("foodclip: {}{what}: {e}", r.tray));
+                // The bar steps aside while the tray's records print: they may go to the same
+                // terminal.
+                progress.suspend(|| -> Result<()> {
+                    for r in &records {
+                        match &r.error {
+                            Some(e) => {
+                                failed += 1;
+                                let what = r
+                                    .compartment
+                                    .as_ref()
+                                    .map_or(String::new(), |c| format!(" [compartment {c}]"));
+                                eprintln!("foodclip: {}{what}: {e}", r.tray);
+                            }
+                            None => measured_n += 1,
                         }
-                        None => measured_n += 1,
+                        summary.add(r);
+                        if let Some(t) = &truth {
+                            comparison.add(t, r);
+                        }
+                        printer
+                            .record(r, &r.fields(), &table_line(r))
+                            .context("cannot write output")?;
                     }
-                    summary.add(r);
-                    if let Some(t) = &truth {
-                        comparison.add(t, r);
-                    }
-                    printer
-                        .record(r, &r.fields(), &table_line(r))
-                        .context("cannot write output")?;
-                }
+                    printer.flush().context("cannot write output")
+                })?;
                 if let Some(store) = store.as_mut() {
                     store
                         .batch(|b| records.iter().try_for_each(|r| b.leftover(&stored(r))))
@@ -157,7 +163,6 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
                 if let Some(o) = overlay {
                     worst.offer(&records, o);
                 }
-                printer.flush().context("cannot write output")?;
                 progress.inc(1);
             }
             Ok(interrupted.load(Ordering::Relaxed))
@@ -229,7 +234,7 @@ fn table_line(r: &Record) -> String {
             .map_or(String::new(), |c| format!(" [{c}]"))
     );
     if let (Some(e), None) = (&r.error, r.leftover) {
-        return format!("{name:<28}  error: {e}");
+        return format!("{}  error: {e}", pad(&name, 28));
     }
     let grams = r
         .leftover_g
@@ -239,8 +244,9 @@ fn table_line(r: &Record) -> String {
         .as_ref()
         .map_or(String::new(), |c| format!("  (photo looks like {c})"));
     format!(
-        "{name:<28}  {:<16}  served {}  returned {}  leftover {}{grams}{check}",
-        r.dish.as_deref().unwrap_or("-"),
+        "{}  {}  served {}  returned {}  leftover {}{grams}{check}",
+        pad(&name, 28),
+        pad(r.dish.as_deref().unwrap_or("-"), 16),
         pct(r.served_coverage),
         pct(r.returned_coverage),
         pct(r.leftover)
@@ -282,8 +288,8 @@ fn summary_table(out: &mut String, s: &SummaryFile) {
             .map_or(String::new(), |g| format!("  {g:.0} g left"));
         let _ = writeln!(
             out,
-            "  {:<20} trays {:>5}  mean {:5.1}%  median {:5.1}%  over half {:5.1}%{grams}",
-            d.dish,
+            "  {} trays {:>5}  mean {:5.1}%  median {:5.1}%  over half {:5.1}%{grams}",
+            pad(&d.dish, 20),
             d.trays,
             d.mean_leftover * 100.0,
             d.median_leftover * 100.0,
@@ -295,8 +301,8 @@ fn summary_table(out: &mut String, s: &SummaryFile) {
         for d in &a.per_dish {
             let _ = writeln!(
                 out,
-                "  {:<20} {}",
-                d.dish.as_deref().unwrap_or(""),
+                "  {} {}",
+                pad(d.dish.as_deref().unwrap_or(""), 20),
                 accuracy_line(d)
             );
         }

@@ -5,7 +5,8 @@ use crate::fsutil::is_closed_pipe;
 use crate::pipeline::{Items, Stats};
 use crate::regions::Region;
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,18 +32,24 @@ impl Ui {
         }
     }
 
-    /// A progress bar over `len` photos (a count with no end when `None`) on stderr, when stderr is a terminal and not `--quiet`.
-    pub fn progress_bar(&self, len: Option<usize>) -> ProgressBar {
+    /// A progress bar over `len` things (a count with no end when `None`), counted in `unit`
+    /// ("photos", "trays"), on stderr, when stderr is a terminal and not `--quiet`.
+    pub fn progress_bar(&self, len: Option<usize>, unit: &str) -> ProgressBar {
         if self.quiet || !io::stderr().is_terminal() {
             return ProgressBar::hidden();
         }
         let bar =
             ProgressBar::with_draw_target(len.map(|n| n as u64), ProgressDrawTarget::stderr());
         let template = match len {
-            Some(_) => "{bar:40} {pos}/{len} photos  {per_sec}  ETA {eta}",
-            None => "{spinner} {pos} photos  {per_sec}",
+            Some(_) => format!("{{bar:40}} {{pos}}/{{len}} {unit}  {{rate}}  ETA {{eta}}"),
+            None => format!("{{spinner}} {{pos}} {unit}  {{rate}}"),
         };
-        bar.set_style(ProgressStyle::with_template(template).expect("valid template"));
+        let style = ProgressStyle::with_template(&template)
+            .expect("valid template")
+            .with_key("rate", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = write!(w, "{:.1}/s", s.per_sec());
+            });
+        bar.set_style(style);
         bar
     }
 

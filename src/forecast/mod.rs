@@ -246,9 +246,9 @@ impl Forecast {
             _ => String::new(),
         };
         format!(
-            "{}  {:<14} left {:>5.1}% [{:.1}-{:.1}]  from {} ({} days){cook}",
+            "{}  {} left {:>5.1}% [{:.1}-{:.1}]  from {} ({} days){cook}",
             self.date,
-            self.dish,
+            crate::text::pad(&self.dish, 14),
             self.leftover * 100.0,
             self.low * 100.0,
             self.high * 100.0,

@@ -236,7 +236,11 @@ fn yolo(dir: &Path) -> Result<Kind> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read the YOLO folder {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "txt") && *p != names_file)
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "txt")
+                && *p != names_file
+                && !crate::inputs::is_hidden(p)
+        })
         .collect();
     files.sort();
     let mut listing = Listing::default();

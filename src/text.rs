@@ -1,0 +1,14 @@
+//! Text for terminal tables: columns as a terminal shows them.
+
+/// `text` and the spaces that fill it out to `width` terminal columns, for aligned tables:
+/// Hangul and other wide characters take two columns, where `{:<width$}` counts one.
+///
+/// ```
+/// assert_eq!(foodclip::text::pad("김치", 6), "김치  ");
+/// assert_eq!(foodclip::text::pad("rice", 6), "rice  ");
+/// assert_eq!(foodclip::text::pad("비빔밥", 4), "비빔밥");
+/// ```
+pub fn pad(text: &str, width: usize) -> String {
+    let columns = unicode_width::UnicodeWidthStr::width(text);
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns)))
+}
