@@ -31,6 +31,25 @@ pub enum Format {
 impl Format {
     /// Every format's name, as `--format` takes them.
     pub const NAMES: [&'static str; 6] = ["table", "jsonl", "json", "csv", "tsv", "coco"];
+
+    /// The format a file's extension names (any case): `.jsonl` or `.ndjson`, `.json`, `.csv`,
+    /// `.tsv`; `None` for any other.
+    ///
+    /// ```
+    /// use foodclip::output::Format;
+    /// assert_eq!(Format::of_file("day1/trays.CSV".as_ref()), Some(Format::Csv));
+    /// assert_eq!(Format::of_file("trays.out".as_ref()), None);
+    /// ```
+    pub fn of_file(path: &Path) -> Option<Format> {
+        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match extension.as_str() {
+            "jsonl" | "ndjson" => Format::Jsonl,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "tsv" => Format::Tsv,
+            _ => return None,
+        })
+    }
 }
 
 impl std::str::FromStr for Format {

@@ -173,6 +173,50 @@ fn formats_json_csv_tsv_table() {
     );
 }
 
+/// Without `--format`, `--output` FILE gets the format its extension names; `--format` wins.
+#[test]
+fn output_files_take_the_format_of_their_extension() {
+    let fx = fixtures();
+    let model = fx.join("tiny-openai");
+    let labels = fx.join("labels/mixed.txt");
+    let img = fx.join("images/baseline.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let written = |name: &str, extra: &[&str]| {
+        let file = dir.path().join(name);
+        let mut args = classify_args(path(&model), path(&labels));
+        args.extend(["-k", "2", "-o", path(&file), path(&img)]);
+        args.extend(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        std::fs::read_to_string(file).unwrap()
+    };
+    assert!(written("a.csv", &[]).starts_with("path,rank,label,score,prob,error\n"));
+    assert!(written("a.TSV", &[]).starts_with("path\trank\tlabel\t"));
+    let json: serde_json::Value = serde_json::from_str(&written("a.json", &[])).unwrap();
+    assert_eq!(json[0]["predictions"].as_array().unwrap().len(), 2);
+    for name in ["a.jsonl", "a.out"] {
+        let text = written(name, &[]);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    }
+    assert!(written("b.csv", &["--format", "tsv"]).starts_with("path\trank"));
+    // embed too (its default elsewhere is JSON Lines).
+    let file = dir.path().join("e.csv");
+    let o = run(&[
+        "--model",
+        path(&model),
+        "embed",
+        "-o",
+        path(&file),
+        path(&img),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(file).unwrap();
+    let row: Vec<&str> = text.trim_end().split(',').collect();
+    assert_eq!(row[0], path(&img), "{text}");
+    assert!(row.len() > 8 && row[1..].iter().all(|v| v.parse::<f32>().is_ok()));
+}
+
 #[test]
 fn label_file_errors_name_file_and_line() {
     let dir = tempfile::tempdir().unwrap();

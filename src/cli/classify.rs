@@ -3,6 +3,7 @@
 use super::context::Context;
 use super::flags::ClassifyArgs;
 use super::job::{embedder, Job, Listed, Record, Stored};
+use super::ui::default_format;
 use super::Outcome;
 use crate::classify::{OpenSet, Ranking, Shown};
 use crate::draw::{file_for, write_svg, Mark};
@@ -12,7 +13,6 @@ use crate::output::{Format, Layout, RecordKind};
 use crate::regions::Regions;
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::collections::HashSet;
-use std::io::{self, IsTerminal};
 
 pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let (labels, adapter, templates) = cx.classes(&args.classes)?;
@@ -28,12 +28,9 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
     let mut stored = args
         .stored
         .load(cx, &args.input.regions, regions.as_ref())?;
-    let default_format = if args.input.output.is_none() && io::stdout().is_terminal() {
-        Format::Table
-    } else {
-        Format::Jsonl
-    };
-    let format = args.format.unwrap_or(default_format);
+    let format = args
+        .format
+        .unwrap_or_else(|| default_format(args.input.output.as_deref(), Format::Table));
     let categories = match format {
         Format::Coco => coco_categories(regions.as_ref(), &labels)?,
         _ => Vec::new(),

@@ -3,18 +3,22 @@
 use super::context::Context;
 use super::flags::EmbedArgs;
 use super::job::{embedder, Job, Listed};
+use super::ui::default_format;
 use super::Outcome;
 use crate::output::{Format, Layout, RecordKind};
 use anyhow::{bail, Context as _, Result};
 
 pub(super) fn run(cx: &Context, args: &EmbedArgs) -> Result<Outcome> {
-    if args.format == Format::Coco {
+    let format = args
+        .format
+        .unwrap_or_else(|| default_format(args.input.output.as_deref(), Format::Jsonl));
+    if format == Format::Coco {
         bail!("--format coco is for classify results; embed writes table, jsonl, json, csv or tsv");
     }
     let regions = args.input.regions.load()?;
     let layout = Layout {
         regions: regions.is_some(),
-        ..Layout::new(args.format, RecordKind::Embedding)
+        ..Layout::new(format, RecordKind::Embedding)
     };
     let job = Job::prepare(&args.input, layout, Listed::Inputs, regions.as_ref())?;
     let ckpt = cx.model(false)?;

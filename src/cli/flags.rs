@@ -181,7 +181,8 @@ pub struct LeftoversArgs {
     /// Write records to FILE instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Output format: table, jsonl, json, csv or tsv (default: table on a terminal, else jsonl).
+    /// Output format: table, jsonl, json, csv or tsv (default: the one --output's extension
+    /// names, else table on a terminal, else jsonl).
     #[arg(long, short, value_parser = formats())]
     pub format: Option<Format>,
     /// Batching.
@@ -225,7 +226,8 @@ pub struct ForecastArgs {
     /// Write the rows to FILE (atomically) instead of stdout.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Output format: table, jsonl, json, csv or tsv (default: table on a terminal, else jsonl).
+    /// Output format: table, jsonl, json, csv or tsv (default: the one --output's extension
+    /// names, else table on a terminal, else jsonl).
     #[arg(long, short, value_parser = formats())]
     pub format: Option<Format>,
 }
@@ -329,7 +331,8 @@ pub struct ClassifyArgs {
     /// Embeddings.
     #[command(flatten)]
     pub stored: StoredArgs,
-    /// Output format (default: table on a terminal, jsonl otherwise); `coco` writes a COCO
+    /// Output format (default: the one --output's extension names, .csv, .tsv, .json or .jsonl;
+    /// else table on a terminal, jsonl otherwise); `coco` writes a COCO
     /// results array for regions read from COCO JSON or found by `--regions auto` (categories
     /// then numbered from 1 in the label file's order, photos from 1 in the run's order).
     #[arg(long, short, value_parser = formats())]
@@ -470,9 +473,10 @@ pub struct EmbedArgs {
     /// Photos to embed.
     #[command(flatten)]
     pub input: InputArgs,
-    /// Output format.
-    #[arg(long, short, default_value = "jsonl", value_parser = formats())]
-    pub format: Format,
+    /// Output format: jsonl, json, csv, tsv or table (default: the one --output's extension
+    /// names, else jsonl).
+    #[arg(long, short, value_parser = formats())]
+    pub format: Option<Format>,
     /// Refuse to run unless the model is the one this adapter was made with (so that the
     /// embeddings can go into it).
     #[arg(long, value_name = "FILE")]

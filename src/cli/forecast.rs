@@ -3,7 +3,7 @@
 
 use super::context::Context;
 use super::flags::ForecastArgs;
-use super::ui::quiet_on_closed_pipe;
+use super::ui::{default_format, quiet_on_closed_pipe};
 use super::Outcome;
 use crate::forecast::backtest::{self, Evaluation, Point, Score, BASELINES};
 use crate::forecast::{history, plan, Dishes, Forecast, Forecaster};
@@ -13,7 +13,7 @@ use crate::output::{Format, RowPrinter};
 use crate::text::pad;
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 
 pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
     if !(args.service_level > 0.0 && args.service_level < 1.0) {
@@ -24,11 +24,7 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
     }
     let format = args
         .format
-        .unwrap_or(if args.output.is_none() && io::stdout().is_terminal() {
-            Format::Table
-        } else {
-            Format::Jsonl
-        });
+        .unwrap_or_else(|| default_format(args.output.as_deref(), Format::Table));
     if format == Format::Coco {
         bail!("--format coco is not for forecasts: give table, jsonl, json, csv or tsv");
     }

@@ -3,7 +3,7 @@
 
 use super::context::Context;
 use super::flags::LeftoversArgs;
-use super::ui::{interrupt_flag, quiet_on_closed_pipe};
+use super::ui::{default_format, interrupt_flag, quiet_on_closed_pipe};
 use super::Outcome;
 use crate::classify::{OpenSet, Ranking};
 use crate::fsutil::{is_closed_pipe, write_atomically};
@@ -18,7 +18,7 @@ use crate::regions::{Grid, Regions};
 use crate::text::pad;
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -56,12 +56,9 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         .transpose()?;
     let truth = args.truth.as_deref().map(Truth::load).transpose()?;
     let summary_format = args.summary.as_deref().map(summary_format).transpose()?;
-    let default_format = if args.output.is_none() && io::stdout().is_terminal() {
-        Format::Table
-    } else {
-        Format::Jsonl
-    };
-    let format = args.format.unwrap_or(default_format);
+    let format = args
+        .format
+        .unwrap_or_else(|| default_format(args.output.as_deref(), Format::Table));
     if format == Format::Coco {
         bail!("--format coco is not for leftovers: give table, jsonl, json, csv or tsv");
     }
@@ -314,10 +311,8 @@ fn summary_table(out: &mut String, s: &SummaryFile) {
 
 /// The summary file's format, from its extension.
 fn summary_format(path: &Path) -> Result<Format> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("json") => Ok(Format::Json),
-        Some("csv") => Ok(Format::Csv),
-        Some("tsv") => Ok(Format::Tsv),
+    match Format::of_file(path) {
+        Some(f @ (Format::Json | Format::Csv | Format::Tsv)) => Ok(f),
         _ => bail!(
             "--summary {}: name a .json, .csv or .tsv file",
             path.display()

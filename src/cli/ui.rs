@@ -2,13 +2,14 @@
 //! lines, the closing summary, Ctrl-C, and pretty JSON on stdout.
 
 use crate::fsutil::is_closed_pipe;
+use crate::output::Format;
 use crate::pipeline::{Items, Stats};
 use crate::regions::Region;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::fmt;
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -109,6 +110,17 @@ impl Ui {
                 }
             }
         }
+    }
+}
+
+/// The format of a command's records when `--format` is not given: the one `--output`'s
+/// extension names (`.csv`, `.tsv`, `.json`, `.jsonl`), else `terminal` when they go to a
+/// terminal, else JSON Lines.
+pub(super) fn default_format(output: Option<&Path>, terminal: Format) -> Format {
+    match output {
+        Some(file) => Format::of_file(file).unwrap_or(Format::Jsonl),
+        None if io::stdout().is_terminal() => terminal,
+        None => Format::Jsonl,
     }
 }
 
