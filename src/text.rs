@@ -9,6 +9,14 @@
 /// assert_eq!(foodclip::text::pad("비빔밥", 4), "비빔밥");
 /// ```
 pub fn pad(text: &str, width: usize) -> String {
-    let columns = unicode_width::UnicodeWidthStr::width(text);
-    format!("{text}{}", " ".repeat(width.saturating_sub(columns)))
+    format!("{text}{}", " ".repeat(width.saturating_sub(columns(text))))
+}
+
+/// How many terminal columns `text` takes: two for each Hangul syllable.
+///
+/// ```
+/// assert_eq!(foodclip::text::columns("김치 stew"), 9);
+/// ```
+pub fn columns(text: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(text)
 }

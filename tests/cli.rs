@@ -434,6 +434,17 @@ fn models_list_shows_the_registry() {
         assert!(text.contains(id), "{id} missing from\n{text}");
     }
     assert!(text.contains("(default)"));
+    // Columns line up, whatever the longest name (the default's is marked).
+    let header = text.lines().next().unwrap();
+    for column in ["HUB ID", "LICENSE"] {
+        let at = header.find(column).unwrap();
+        for line in text.lines().skip(1) {
+            assert!(
+                line[..at].ends_with("  ") && !line[at..].starts_with(' '),
+                "{text}"
+            );
+        }
+    }
     let o = run(&["models", "list", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(

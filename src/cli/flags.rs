@@ -723,7 +723,11 @@ impl Cli {
                         kept.extend(rest.next().cloned());
                     }
                 }
-                None if text.starts_with('-') && text.len() > 1 => terms.push(a.clone()),
+                // `-soup` is a term; `--top-k`, a flag that does not exist, stays a flag for
+                // clap to refuse (naming `--top`), not a term that quietly changes the query.
+                None if text.starts_with('-') && !text.starts_with("--") && text.len() > 1 => {
+                    terms.push(a.clone())
+                }
                 None => kept.push(a.clone()),
             }
         }

@@ -190,5 +190,9 @@ mod tests {
             (s.top, s.db.as_deref()),
             (5, Some(std::path::Path::new("x")))
         );
+        // A mistyped flag is refused, with the flag it may have meant; it is not a term.
+        let wrong = ["foodclip", "search", "잡채", "--top-k", "3"].map(Into::into);
+        let e = Cli::try_parse_args(wrong).unwrap_err().to_string();
+        assert!(e.contains("'--top-k'") && e.contains("--top"), "{e}");
     }
 }

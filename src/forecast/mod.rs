@@ -245,15 +245,18 @@ impl Forecast {
             }
             _ => String::new(),
         };
+        let days = match self.history_days {
+            1 => "1 day".to_string(),
+            n => format!("{n} days"),
+        };
         format!(
-            "{}  {} left {:>5.1}% [{:.1}-{:.1}]  from {} ({} days){cook}",
+            "{}  {} left {:>5.1}% [{:.1}-{:.1}]  from {} ({days}){cook}",
             self.date,
             crate::text::pad(&self.dish, 14),
             self.leftover * 100.0,
             self.low * 100.0,
             self.high * 100.0,
             self.basis.name(),
-            self.history_days,
         )
     }
 }
