@@ -52,7 +52,7 @@ pub fn collect_inputs(inputs: &[PathBuf], null: bool, mut stdin: impl Read) -> R
                 }
             }
         } else if input.is_dir() {
-            walk(input, &mut out)
+            walk(input, &mut out, &mut HashSet::new())
                 .with_context(|| format!("cannot read folder {}", input.display()))?;
         } else {
             out.paths.push(input.clone());
@@ -76,7 +76,14 @@ pub fn is_hidden(path: &Path) -> bool {
         .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
-fn walk(dir: &Path, out: &mut Inputs) -> io::Result<()> {
+/// Adds the photos below `dir` to `out`. Symbolic links are followed, but each real folder is
+/// read once (`seen` holds resolved paths): a link back up (`current -> ..`, as on many shares)
+/// would otherwise list the same photos again at every level, and two links to one folder would
+/// count its photos twice.
+fn walk(dir: &Path, out: &mut Inputs, seen: &mut HashSet<PathBuf>) -> io::Result<()> {
+    if !seen.insert(std::fs::canonicalize(dir)?) {
+        return Ok(());
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -84,7 +91,7 @@ fn walk(dir: &Path, out: &mut Inputs) -> io::Result<()> {
         if is_hidden(&path) {
             continue;
         } else if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, seen)?;
         } else if has_image_extension(&path) {
             out.paths.push(path);
         } else {
@@ -290,6 +297,25 @@ mod tests {
         );
         let got = collect_inputs(&["-".into()], false, &b"a.jpg\r\n\nb.jpg"[..]).unwrap();
         assert_eq!(got.paths, [PathBuf::from("a.jpg"), PathBuf::from("b.jpg")]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_are_followed_and_each_folder_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("day1")).unwrap();
+        std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+        std::fs::write(d.join("day1/a.jpg"), b"").unwrap();
+        std::fs::write(d.join("elsewhere/b.jpg"), b"").unwrap();
+        std::os::unix::fs::symlink("..", d.join("day1/up")).unwrap();
+        std::os::unix::fs::symlink("../elsewhere", d.join("day1/linked")).unwrap();
+        let got = collect_inputs(&[d.join("day1")], false, io::empty()).unwrap();
+        assert_eq!(
+            got.paths,
+            [d.join("day1/a.jpg"), d.join("day1/linked/b.jpg")]
+        );
+        assert_eq!(got.not_images, 0);
     }
 
     #[cfg(unix)]

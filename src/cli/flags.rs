@@ -332,9 +332,9 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub stored: StoredArgs,
     /// Output format (default: the one --output's extension names, .csv, .tsv, .json or .jsonl;
-    /// else table on a terminal, jsonl otherwise); `coco` writes a COCO
-    /// results array for regions read from COCO JSON or found by `--regions auto` (categories
-    /// then numbered from 1 in the label file's order, photos from 1 in the run's order).
+    /// else table on a terminal, jsonl otherwise); `coco` writes a COCO results array for
+    /// regions read from COCO JSON or found by `--regions auto` (categories then numbered from 1
+    /// in the label file's order, photos from 1 in the run's order).
     #[arg(long, short, value_parser = formats())]
     pub format: Option<Format>,
     /// Also draw each photo with its regions' boxes, best labels and probabilities as
