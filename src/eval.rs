@@ -211,7 +211,7 @@ fn load_folder(root: &Path, index: &ClassNames) -> Result<Vec<Sample>> {
             let name = entry.file_name().unwrap_or_default().to_string_lossy();
             (
                 name.into_owned(),
-                collect_inputs(&[entry], false, std::io::empty())?,
+                collect_inputs(&[entry], false, std::io::empty())?.complete()?,
             )
         } else if has_image_extension(&entry) {
             // A photo beside the class folders is in no class.

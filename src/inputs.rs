@@ -5,7 +5,7 @@
 //! archive, say) are read like any other.
 
 use crate::fsutil::{path_bytes, path_from_bytes};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -21,11 +21,27 @@ pub struct Inputs {
     /// Files met in folders that are not images (by extension), left out. Hidden entries are
     /// not counted: see [`is_hidden`].
     pub not_images: usize,
+    /// Folders that could not be read (permissions, a share gone away), with why: the walk
+    /// goes on without them.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl Inputs {
+    /// These inputs, or an error naming the first folder that could not be read: for commands
+    /// that a partial listing would mislead (an index would take that folder's photos as
+    /// deleted, an evaluation would score fewer photos of a class).
+    pub fn complete(self) -> Result<Self> {
+        match self.unreadable.first() {
+            Some((dir, why)) => bail!("cannot read folder {}: {why}", dir.display()),
+            None => Ok(self),
+        }
+    }
 }
 
 /// Expands inputs: files as given, folders recursively (image extensions only, sorted by name,
 /// hidden entries left out), and `-` as a list of paths read from `stdin`, one per line or
 /// NUL-separated when `null`. A hidden file named on the command line or in the list is read.
+/// A folder that cannot be read is kept in [`Inputs::unreadable`], not an error.
 ///
 /// ```
 /// let got = foodclip::inputs::collect_inputs(&["-".into()], true, &b"a.jpg\0b c.png\0"[..])?;
@@ -52,8 +68,7 @@ pub fn collect_inputs(inputs: &[PathBuf], null: bool, mut stdin: impl Read) -> R
                 }
             }
         } else if input.is_dir() {
-            walk(input, &mut out, &mut HashSet::new())
-                .with_context(|| format!("cannot read folder {}", input.display()))?;
+            walk(input, &mut out, &mut HashSet::new());
         } else {
             out.paths.push(input.clone());
         }
@@ -80,25 +95,28 @@ pub fn is_hidden(path: &Path) -> bool {
 /// read once (`seen` holds resolved paths): a link back up (`current -> ..`, as on many shares)
 /// would otherwise list the same photos again at every level, and two links to one folder would
 /// count its photos twice.
-fn walk(dir: &Path, out: &mut Inputs, seen: &mut HashSet<PathBuf>) -> io::Result<()> {
-    if !seen.insert(std::fs::canonicalize(dir)?) {
-        return Ok(());
-    }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<io::Result<_>>()?;
+fn walk(dir: &Path, out: &mut Inputs, seen: &mut HashSet<PathBuf>) {
+    let listed = std::fs::canonicalize(dir).and_then(|real| match seen.insert(real) {
+        true => std::fs::read_dir(dir)?.collect::<io::Result<Vec<_>>>(),
+        false => Ok(Vec::new()),
+    });
+    let mut entries = match listed {
+        Ok(entries) => entries,
+        Err(e) => return out.unreadable.push((dir.to_path_buf(), e.to_string())),
+    };
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
         if is_hidden(&path) {
             continue;
         } else if path.is_dir() {
-            walk(&path, out, seen)?;
+            walk(&path, out, seen);
         } else if has_image_extension(&path) {
             out.paths.push(path);
         } else {
             out.not_images += 1;
         }
     }
-    Ok(())
 }
 
 /// One of `count` deterministic parts of the input (`--shard K/N`, K counted from 0). A path

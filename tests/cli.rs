@@ -117,6 +117,65 @@ fn summary_speed_counts_only_photos_classified() {
     assert!(summary.contains("(0.00 photos/s)"), "{err}");
 }
 
+/// `foodclip ARGS` bound by folder permissions: as root, without the capabilities that let root
+/// read any folder (`setpriv`, util-linux); as anyone else, plainly.
+#[cfg(unix)]
+fn run_bound_by_permissions(args: &[&str]) -> Output {
+    let plain = foodclip();
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        let dropped = "-dac_override,-dac_read_search";
+        c.arg(format!("--inh-caps={dropped}"))
+            .arg(format!("--bounding-set={dropped}"))
+            .arg("--")
+            .arg(plain.get_program());
+        for (key, value) in plain.get_envs() {
+            match value {
+                Some(v) => c.env(key, v),
+                None => c.env_remove(key),
+            };
+        }
+        c
+    } else {
+        plain
+    };
+    cmd.args(args).output().unwrap()
+}
+
+/// A folder that cannot be read is one failure of a classify run, named on stderr, and the
+/// other folders' photos are classified; `index`, which would take its photos as deleted,
+/// refuses before it makes a store.
+#[cfg(unix)]
+#[test]
+fn unreadable_folders_are_reported_and_the_rest_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let fx = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let (open, locked) = (dir.path().join("open"), dir.path().join("locked"));
+    for d in [&open, &locked] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::copy(fx.join("images/baseline.jpg"), d.join("tray.jpg")).unwrap();
+    }
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let (model, labels) = (fx.join("tiny-gelu"), fx.join("labels/mixed.txt"));
+    let mut args = classify_args(path(&model), path(&labels));
+    args.extend(["--format", "jsonl", path(dir.path())]);
+    let o = run_bound_by_permissions(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let want = format!("{}: cannot read this folder", locked.display());
+    assert!(err.contains(&want), "{err}");
+    assert!(err.contains("1 done, 1 failed"), "{err}");
+    let open_photo = open.join("tray.jpg");
+    assert_eq!(jsonl_paths(&o.stdout), [path(&open_photo)]);
+
+    let o = run_bound_by_permissions(&["--model", path(&model), "index", path(dir.path())]);
+    assert_config_error(&o, &format!("cannot read folder {}", locked.display()));
+    assert!(!dir.path().join(".foodclip").exists());
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 #[test]
 fn formats_json_csv_tsv_table() {
     let fx = fixtures();

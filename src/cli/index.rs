@@ -26,10 +26,13 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .iter()
         .map(|d| std::fs::canonicalize(d).with_context(|| format!("cannot read {}", d.display())))
         .collect::<Result<_>>()?;
+    // Listed before the store opens: a folder that cannot be read leaves no store behind.
+    let paths = collect_inputs(&roots, false, std::io::empty())?
+        .complete()?
+        .paths;
     let db = database(args, &roots)?;
     let mut index = cx.store(&db, true)?;
     let regions = args.regions.load()?;
-    let paths = collect_inputs(&roots, false, std::io::empty())?.paths;
     let ckpt = cx.model(false)?;
     let kind = cx.index_kind(&ckpt, &args.regions)?;
     index.prepare(&kind, ckpt.config.projection_dim)?;

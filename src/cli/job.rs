@@ -68,6 +68,8 @@ pub(super) struct Job {
     skipped: usize,
     /// With regions from a file: how many it lists for photos not given (ignored).
     ignored: Option<usize>,
+    /// Folders that could not be read (reported already): failures of the run.
+    unreadable: usize,
     printer: Printer<Box<dyn Write>>,
 }
 
@@ -116,10 +118,17 @@ impl Job {
             }
             Listed::Photos(paths) => Inputs {
                 paths,
-                not_images: 0,
+                ..Inputs::default()
             },
             Listed::Streamed => Inputs::default(),
         };
+        // A folder that cannot be read is reported now and counted as failed; the rest run.
+        for (dir, why) in &inputs.unreadable {
+            eprintln!(
+                "foodclip: {}: cannot read this folder: {why}",
+                dir.display()
+            );
+        }
         let mut paths = inputs.paths;
         let ignored = regions.filter(|_| !streamed).map(|r| r.unmatched(&paths));
         if let Some(shard) = args.shard {
@@ -164,6 +173,7 @@ impl Job {
             }),
             skipped,
             ignored,
+            unreadable: inputs.unreadable.len(),
             printer,
         })
     }
@@ -193,7 +203,7 @@ impl Job {
         mut print: impl FnMut(&mut Printer<Box<dyn Write>>, &Path, Vec<Record<T>>) -> Result<()>,
     ) -> Result<Outcome> {
         let printer = &mut self.printer;
-        let (stats, interrupted) = run_photos(
+        let (mut stats, interrupted) = run_photos(
             embedder,
             &self.paths,
             self.total,
@@ -221,6 +231,7 @@ impl Job {
         )?;
         quiet_on_closed_pipe(self.printer.finish().map_err(anyhow::Error::new))?;
         let skipped = self.skipped + stats.skipped;
+        stats.failed += self.unreadable;
         ui.summary(&stats, skipped, self.ignored, interrupted);
         Ok(Outcome::of(&stats, interrupted))
     }

@@ -48,7 +48,9 @@ pub fn from_folders(served: &Path, returned: &Path) -> Result<Vec<Pair>> {
         if !dir.is_dir() {
             bail!("--{side} {}: not a folder", dir.display());
         }
-        let found = collect_inputs(&[dir.to_path_buf()], false, std::io::empty())?.paths;
+        let found = collect_inputs(&[dir.to_path_buf()], false, std::io::empty())?
+            .complete()?
+            .paths;
         if found.is_empty() {
             bail!("--{side} {}: no photos in this folder", dir.display());
         }
