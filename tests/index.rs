@@ -75,24 +75,22 @@ fn the_index_grows_incrementally() {
     write_jpeg(&synthetic(120, 90, 99), &d.join("arch/a/000.jpg"));
     std::fs::rename(d.join("arch/b/001.jpg"), d.join("arch/a/renamed.jpg")).unwrap();
     std::fs::remove_file(d.join("arch/b/003.jpg")).unwrap();
-    let c = counts(&run(d, &["index", "arch"]));
-    assert_eq!(c["embedded"], 1, "{c:?}");
+    std::fs::write(d.join("arch/b/broken.jpg"), b"").unwrap();
+    let o = run(d, &["index", "arch"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let c = counts(&o);
+    assert_eq!(c["embedded"], 1, "the broken photo is not: {c:?}");
     assert_eq!(c["reused"], 1, "{c:?}");
     assert_eq!(
         c["removed"], 2,
         "the deleted file and the renamed one's old path: {c:?}"
     );
     assert_eq!(c["unchanged"], 3, "{c:?}");
+    // A folder given as --db stands for its own index.
     let all = run(
         d,
         &[
-            "search",
-            "--db",
-            "arch/.foodclip/index.sqlite",
-            "bibimbap",
-            "--top",
-            "100",
-            "--paths",
+            "search", "--db", "arch", "bibimbap", "--top", "100", "--paths",
         ],
     );
     let listed = String::from_utf8(ok(&all).to_vec()).unwrap();

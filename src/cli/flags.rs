@@ -355,7 +355,8 @@ pub struct StoredArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "save_embeddings")]
     pub embeddings: Option<PathBuf>,
     /// Score the photos (or, with --layout/--grid/--regions, the regions) of this `foodclip
-    /// index` store (a SQLite file or a postgres:// URL) instead of reading them.
+    /// index` store (a SQLite file, a folder `index DIR` indexed, or a postgres:// URL) instead
+    /// of reading them.
     #[arg(long, value_name = "DB", conflicts_with_all = ["save_embeddings", "embeddings"])]
     pub db: Option<PathBuf>,
 }
@@ -366,8 +367,9 @@ pub struct IndexArgs {
     /// Folders (or photos) of the archive.
     #[arg(required_unless_present_any = ["export", "copy_to"])]
     pub dirs: Vec<PathBuf>,
-    /// The store: a SQLite file (default: DIR/.foodclip/index.sqlite for a single folder), or
-    /// a shared PostgreSQL database with pgvector, postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    /// The store: a SQLite file or a folder for its own DIR/.foodclip/index.sqlite (default: the
+    /// single folder's), or a shared PostgreSQL database with pgvector,
+    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
     #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Write the index's embeddings (of this model, mode and regions) to DIR as
@@ -397,7 +399,8 @@ pub struct SearchArgs {
     /// Photos whose looks to search for (a term of weight 1 each).
     #[arg(long, value_name = "PHOTO")]
     pub like: Vec<PathBuf>,
-    /// The store: a SQLite file (default: ./.foodclip/index.sqlite) or a postgres:// URL.
+    /// The store: a SQLite file, a folder that `index DIR` indexed (its .foodclip/index.sqlite;
+    /// default: the current folder's), or a postgres:// URL.
     #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// How many results.

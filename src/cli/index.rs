@@ -95,6 +95,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .map(|(p, s, h)| (p.as_path(), (s, h.as_slice())))
         .collect();
     let embedder = embedder(&ckpt, None, regions.as_ref(), &args.batch, cx.fidelity);
+    let mut embedded = 0; // photos with an embedding now: a photo that cannot be read has none
     let (stats, interrupted) = run_photos(
         embedder,
         &todo_paths,
@@ -107,6 +108,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
                 for (path, photo) in chunk.iter().zip(items) {
                     let (state, hash) = known[path.as_path()];
                     b.file(path, state, hash)?;
+                    embedded += usize::from(photo.iter().any(|item| item.result.is_ok()));
                     for item in photo {
                         if item.result.is_ok() {
                             let row = rows.next().expect("one row per record");
@@ -122,10 +124,9 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     cx.ui.summary(&stats, 0, None, interrupted);
     cx.ui.note(&format!(
         "{}: {} photos: {unchanged} unchanged, {reused} reused by content (moved or touched), \
-         {} embedded, {removed} removed{}",
+         {embedded} embedded, {removed} removed{}",
         index.describe(),
         paths.len(),
-        stats.photos,
         if failed_reads > 0 {
             format!(", {failed_reads} unreadable")
         } else {
@@ -139,7 +140,7 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// `--db`, or `DIR/.foodclip/index.sqlite` for a single folder (created here).
+/// `--db`, or the single folder itself: its index is `DIR/.foodclip/index.sqlite`.
 fn database(args: &IndexArgs, roots: &[PathBuf]) -> Result<PathBuf> {
     if let Some(db) = &args.db {
         return Ok(db.clone());
@@ -150,14 +151,7 @@ fn database(args: &IndexArgs, roots: &[PathBuf]) -> Result<PathBuf> {
     if !root.is_dir() {
         bail!("{} is not a folder: give --db FILE", root.display());
     }
-    let dir = root.join(".foodclip");
-    std::fs::create_dir_all(&dir).with_context(|| {
-        format!(
-            "cannot create {} (a folder that cannot be written?): give --db FILE elsewhere",
-            dir.display()
-        )
-    })?;
-    Ok(dir.join("index.sqlite"))
+    Ok(root.clone())
 }
 
 /// `--export DIR`: `img_emb/img_emb_0.npy`, `paths.txt` and `metadata.jsonl` (path, region).

@@ -80,7 +80,7 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
     let db = args
         .db
         .clone()
-        .unwrap_or_else(|| PathBuf::from(".foodclip/index.sqlite"));
+        .unwrap_or_else(|| PathBuf::from(crate::store::sqlite::IN_FOLDER));
     let mut index = cx.store(&db, false)?;
     // The image tower only for --like: text queries whose prompts are cached read no tower.
     let ckpt = cx.model(args.like.is_empty())?;

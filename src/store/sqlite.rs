@@ -45,6 +45,28 @@ const LEFTOVERS: &str = concat!(
 /// How much of the file searches read through a memory map.
 const MMAP_SIZE: i64 = 1 << 32;
 
+/// Where a folder's own index lives, below the folder (`foodclip index DIR` makes it there).
+pub const IN_FOLDER: &str = ".foodclip/index.sqlite";
+
+/// The file `path` names: itself, or for a folder its [`IN_FOLDER`] index, whose own folder is
+/// made to write (`create`).
+fn file_of(path: &Path, create: bool) -> Result<PathBuf> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let file = path.join(IN_FOLDER);
+    let dir = file.parent().expect("IN_FOLDER is in a folder");
+    if create {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!(
+                "cannot create {} (a folder that cannot be written?): give --db FILE elsewhere",
+                dir.display()
+            )
+        })?;
+    }
+    Ok(file)
+}
+
 /// An open index.
 pub struct Index {
     conn: Connection,
@@ -56,7 +78,9 @@ impl Index {
     /// whole by SQLite, so that a damaged file is refused before anything is written), or to
     /// read (`create` false; damage then fails the query that meets it). A file that is not a
     /// foodclip index, or one written by a newer foodclip, is refused without being changed.
+    /// A folder stands for the index `foodclip index DIR` keeps in it, [`IN_FOLDER`].
     pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let path = &file_of(path, create)?;
         let exists = path.exists();
         if !exists && !create {
             bail!(
