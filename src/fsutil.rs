@@ -59,12 +59,35 @@ pub fn write_atomically_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
     replace(path, bytes, false)
 }
 
-fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
+/// Checks, before a long run, that the file it writes at its end can go to `path`: its folder
+/// exists and `path` is not a folder. `what` names the file in the error (`--summary`), so that a
+/// mistyped folder costs a second, not the run.
+pub fn check_writable(what: &str, path: &Path) -> anyhow::Result<()> {
+    let dir = folder_of(path);
+    if path.is_dir() {
+        anyhow::bail!("{what} {} is a folder: name a file", path.display());
+    }
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{what} {}: there is no folder {} to write it in",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The folder a file at `path` goes in (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let dir = folder_of(path);
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::other("no file name"))?;

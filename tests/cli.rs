@@ -620,6 +620,54 @@ fn usage_errors_exit_2() {
     assert!(stderr(&o).contains("xml"), "{}", stderr(&o));
 }
 
+/// A file written at the end of a long run (embeddings kept, an adapter, a leftovers summary) is
+/// checked before the run: a folder that is not there is a configuration error at once, before
+/// any photo is read, not after all of them.
+#[test]
+fn end_of_run_files_are_checked_before_the_run() {
+    let fx = fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-folder/out.json");
+    let no_folder = format!(
+        "there is no folder {}",
+        dir.path().join("no-such-folder").display()
+    );
+    let (model, labels, images) = (
+        fx.join("tiny-openai"),
+        fx.join("labels/mixed.txt"),
+        fx.join("images"),
+    );
+    let (photos, m, l) = (path(&images), path(&missing), path(&labels));
+    let classify = ["classify", "--labels", l, photos, "--save-embeddings"];
+    let runs: [(Vec<&str>, &str); 4] = [
+        ([&classify[..], &[m]].concat(), &no_folder),
+        (
+            [&classify[..], &[path(dir.path())]].concat(),
+            "is a folder: name a file",
+        ),
+        (vec!["adapt", photos, "--labels", l, "-o", m], &no_folder),
+        (
+            vec![
+                "leftovers",
+                "--served",
+                photos,
+                "--returned",
+                photos,
+                "--labels",
+                l,
+                "--summary",
+                m,
+            ],
+            &no_folder,
+        ),
+    ];
+    for (args, needle) in runs {
+        let o = run(&[&["--model", path(&model)], &args[..]].concat());
+        assert_config_error(&o, needle);
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+}
+
 /// A subcommand's help lists its own flags first and the flags every subcommand shares (model,
 /// precision, threads, cache) apart, under their own heading.
 #[test]

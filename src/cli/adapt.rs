@@ -10,7 +10,7 @@ use crate::adapter::{cross_validate, views, Adapter, Choice, Method, Report, Sup
 use crate::checkpoint::Checkpoint;
 use crate::classify::embed_pictures;
 use crate::eval::Truth;
-use crate::fsutil::{path_bytes, PathJson};
+use crate::fsutil::{check_writable, path_bytes, PathJson};
 use crate::labels::{LabelSet, Templates};
 use crate::output::Format;
 use crate::preprocess::Rect;
@@ -23,6 +23,7 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
     if !matches!(args.format, Format::Table | Format::Json | Format::Jsonl) {
         bail!("adapt reports as table or json");
     }
+    check_writable("--output", &args.output)?;
     let old = args.update.as_deref().map(Adapter::load).transpose()?;
     let labels = match (&args.labels, &old) {
         (Some(file), _) => LabelSet::load(file)?,

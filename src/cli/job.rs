@@ -8,6 +8,7 @@ use super::ui::{interrupt_flag, quiet_on_closed_pipe, Ui};
 use super::Outcome;
 use crate::checkpoint::Checkpoint;
 use crate::embeddings::StoredEmbeddings;
+use crate::fsutil::check_writable;
 use crate::inputs::{collect_inputs, recorded_paths, Inputs, Shard};
 use crate::output::{Layout, Printer};
 use crate::pipeline::{run_batches, BatchOptions, Embedder, Items, Stats};
@@ -528,6 +529,9 @@ impl StoredArgs {
                     ckpt.identity
                 );
             }
+        }
+        if let Some(file) = &self.save_embeddings {
+            check_writable("--save-embeddings", file)?;
         }
         Ok(match &self.save_embeddings {
             Some(file) => Some(EmbeddingSink {

@@ -6,7 +6,7 @@ use super::flags::LeftoversArgs;
 use super::ui::{default_format, interrupt_flag, quiet_on_closed_pipe};
 use super::Outcome;
 use crate::classify::{OpenSet, Ranking};
-use crate::fsutil::{is_closed_pipe, write_atomically};
+use crate::fsutil::{check_writable, is_closed_pipe, write_atomically};
 use crate::leftovers::menu::Menu;
 use crate::leftovers::pairs;
 use crate::leftovers::records::{Recorder, Tray};
@@ -311,6 +311,7 @@ fn summary_table(out: &mut String, s: &SummaryFile) {
 
 /// The summary file's format, from its extension.
 fn summary_format(path: &Path) -> Result<Format> {
+    check_writable("--summary", path)?;
     match Format::of_file(path) {
         Some(f @ (Format::Json | Format::Csv | Format::Tsv)) => Ok(f),
         _ => bail!(
