@@ -690,6 +690,11 @@ fn bad_requests_get_json_errors_and_the_server_goes_on() {
         assert_eq!(a.status, 422, "{file}: {}", a.body);
         assert!(error(&a).contains(want), "{file}: {}", a.body);
     }
+    // A form whose photo is in a field of another name: 400, naming the field to use.
+    let wrong = [("photo", "tray.jpg", good.clone())];
+    let a = server.post_fields("/v1/classify", &wrong, &auth);
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(error(&a).contains("no image field") && error(&a).contains("-F image=@"));
     // A form whose only photo is empty.
     let a = server.post_form("/v1/classify", &[("empty.jpg", Vec::new())], &auth);
     assert_eq!(a.status, 422, "{}", a.body);

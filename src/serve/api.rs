@@ -521,9 +521,15 @@ async fn read_form(
         uploads.push((name, Upload { file, bytes }));
     }
     if uploads.is_empty() {
+        let (last, rest) = names.split_last().expect("a form names its fields");
+        let fields = match rest {
+            [] => last.to_string(),
+            _ => format!("{}, or {last}", rest.join(", ")),
+        };
         return Err(ApiError::bad(format!(
-            "the form has no {} field: send each photo as a field named so",
-            names.join(" or ")
+            "the form has no {fields} field: send each photo as a field of that name \
+             (curl -F {}=@photo.jpg)",
+            names[0]
         )));
     }
     Ok(uploads)
