@@ -1,4 +1,4 @@
-//! Text for terminal tables: columns as a terminal shows them.
+//! Text for terminal tables and messages: columns as a terminal shows them, counted nouns.
 
 /// `text` and the spaces that fill it out to `width` terminal columns, for aligned tables:
 /// Hangul and other wide characters take two columns, where `{:<width$}` counts one.
@@ -19,4 +19,16 @@ pub fn pad(text: &str, width: usize) -> String {
 /// ```
 pub fn columns(text: &str) -> usize {
     unicode_width::UnicodeWidthStr::width(text)
+}
+
+/// `n` and the noun for it, singular for one: `count(1, "class", "classes")` is `1 class`.
+///
+/// ```
+/// use foodclip::text::count;
+/// assert_eq!(count(1, "error", "errors"), "1 error");
+/// assert_eq!(count(0, "class", "classes"), "0 classes");
+/// ```
+pub fn count<N: std::fmt::Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
+    let noun = if n == N::from(1) { one } else { many };
+    format!("{n} {noun}")
 }

@@ -14,6 +14,7 @@ use crate::fsutil::{check_writable, path_bytes, PathJson};
 use crate::labels::{LabelSet, Templates};
 use crate::output::Format;
 use crate::preprocess::Rect;
+use crate::text::count;
 use anyhow::{bail, Context as _, Result};
 use rayon::prelude::*;
 use serde_json::json;
@@ -89,8 +90,11 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
     }
     if !without.is_empty() {
         cx.ui.warn(&format!(
-            "{} class(es) have no photos and keep their zero-shot embedding: {}",
-            without.len(),
+            "{} no photos and keep their zero-shot embedding: {}",
+            match without.len() {
+                1 => "1 class has".to_string(),
+                n => format!("{n} classes have"),
+            },
             without.join(", ")
         ));
     }
@@ -237,9 +241,9 @@ fn print(args: &AdaptArgs, adapter: &Adapter, left: &LeftOut) -> Result<()> {
         };
         writeln!(
             out,
-            "{} photos of {} classes; {how} cross-validation on them alone",
-            r.photos,
-            classes - without.len()
+            "{} of {}; {how} cross-validation on them alone",
+            count(r.photos, "photo", "photos"),
+            count(classes - without.len(), "class", "classes")
         )?;
         writeln!(out, "zero-shot top-1        {:.3}", r.zero_shot_top1)?;
         writeln!(out, "cache top-1            {:.3}", r.cache_top1)?;

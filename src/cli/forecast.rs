@@ -10,7 +10,7 @@ use crate::forecast::{history, plan, Dishes, Forecast, Forecaster};
 use crate::fsutil::write_atomically;
 use crate::labels::LabelSet;
 use crate::output::{Format, RowPrinter};
-use crate::text::pad;
+use crate::text::{count, pad};
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
 use std::io::{self, Write};
@@ -45,9 +45,9 @@ pub(super) fn run(cx: &Context, args: &ForecastArgs) -> Result<Outcome> {
     let history = history::load(&files, cx.site.as_deref(), &mut dishes)?;
     let (first, last) = history.span().expect("a loaded history has days");
     cx.ui.note(&format!(
-        "history: {} rows, {} dish-days from {first} to {last} ({} of them without a measurement)",
-        history.rows,
-        history.observations.len(),
+        "history: {}, {} from {first} to {last} ({} of them without a measurement)",
+        count(history.rows, "row", "rows"),
+        count(history.observations.len(), "dish-day", "dish-days"),
         history.skipped
     ));
     match &plan {

@@ -7,6 +7,7 @@ use super::Outcome;
 use crate::labels::check::{self, ConfusablePair};
 use crate::labels::{Finding, LabelSet, Severity, Templates};
 use crate::output::Format;
+use crate::text::count;
 use anyhow::Result;
 use serde_json::json;
 use std::io::Write;
@@ -98,8 +99,8 @@ fn report(
     pairs: &[ConfusablePair],
     format: Format,
 ) -> Result<()> {
-    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
-    let (errors, warnings) = (count(Severity::Error), count(Severity::Warning));
+    let of = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let (errors, warnings) = (of(Severity::Error), of(Severity::Warning));
     to_stdout(|out| {
         if matches!(format, Format::Json | Format::Jsonl) {
             let value = json!({
@@ -143,8 +144,10 @@ fn report(
             }
             writeln!(
                 out,
-                "{}: {errors} errors, {warnings} warnings",
-                headline(set)
+                "{}: {}, {}",
+                headline(set),
+                count(errors, "error", "errors"),
+                count(warnings, "warning", "warnings")
             )
         }
     })
@@ -153,9 +156,9 @@ fn report(
 /// `FILE: N classes, M groups`.
 fn headline(set: &LabelSet) -> String {
     format!(
-        "{}: {} classes, {} groups",
+        "{}: {}, {}",
         set.path.display(),
-        set.classes.len(),
-        set.groups.len()
+        count(set.classes.len(), "class", "classes"),
+        count(set.groups.len(), "group", "groups")
     )
 }
