@@ -10,8 +10,12 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// File extensions read when walking folders.
-pub const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"];
+/// File extensions of photos, taken when walking folders: the formats foodclip decodes, and
+/// HEIC/HEIF, AVIF and JPEG XL, which it does not: those are taken too, so that each fails by
+/// name with what to do instead of vanishing from the run (a phone's photos are often HEIC).
+pub const IMAGE_EXTENSIONS: &[&str] = &[
+    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif", "jxl",
+];
 
 /// The photos of a run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -279,6 +283,7 @@ mod tests {
             "b/c/z.JPG",
             "b/a.png",
             "a.webp",
+            "b/IMG_0001.HEIC",
             "notes.txt",
             "b/c/readme.md",
             "._a.webp",
@@ -300,6 +305,7 @@ mod tests {
             rel,
             [
                 Path::new("a.webp"),
+                Path::new("b/IMG_0001.HEIC"),
                 Path::new("b/a.png"),
                 Path::new("b/c/z.JPG")
             ]

@@ -35,6 +35,12 @@ fn decode_any(
     if bytes.is_empty() {
         bail!("empty file");
     }
+    if let Some((name, how)) = unsupported_photo(bytes) {
+        bail!(
+            "{name} photo: foodclip reads JPEG, PNG, WebP, GIF, BMP and TIFF; \
+             convert it first ({how})"
+        );
+    }
     let format = image::guess_format(bytes)
         .map_err(|_| anyhow!("not an image foodclip can read (JPEG, PNG, WebP, GIF, BMP, TIFF)"))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
@@ -69,6 +75,25 @@ fn decode_any(
     };
     img.apply_orientation(orientation);
     Ok((to_rgb8(img), full))
+}
+
+/// A photo format foodclip does not decode, recognised by its first bytes: HEIC and HEIF
+/// (phones' default), AVIF and JPEG XL, which deserve more than "not an image". Returns its name
+/// with an article (`an AVIF`) and how to convert it.
+fn unsupported_photo(bytes: &[u8]) -> Option<(&'static str, &'static str)> {
+    const HEIF: &str = "heif-convert; on an iPhone, Settings > Camera > Formats > Most Compatible";
+    // ISO base media files open with a box `ftyp` whose major brand names the format.
+    if bytes.get(4..8) == Some(b"ftyp") {
+        return match bytes.get(8..12)? {
+            b"heic" | b"heix" | b"hevc" | b"hevx" | b"heim" | b"heis" => Some(("a HEIC", HEIF)),
+            b"mif1" | b"msf1" => Some(("a HEIF", HEIF)),
+            b"avif" | b"avis" => Some(("an AVIF", "avifdec")),
+            _ => None,
+        };
+    }
+    // A JPEG XL codestream, or its ISO container.
+    let jxl = bytes.starts_with(&[0xff, 0x0a]) || bytes.starts_with(b"\0\0\0\x0cJXL \r\n\x87\n");
+    jxl.then_some(("a JPEG XL", "djxl"))
 }
 
 fn describe(e: image::ImageError) -> anyhow::Error {
@@ -115,5 +140,32 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage {
         }),
         DynamicImage::ImageRgb8(b) => b,
         other => other.to_rgb8(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HEIC, HEIF, AVIF and JPEG XL photos are named, with what to do; a file that merely
+    /// resembles one (another ISO brand, say MP4) is not.
+    #[test]
+    fn photos_in_formats_not_decoded_are_named() {
+        let ftyp = |brand: &[u8]| [b"\0\0\0\x18ftyp", brand, b"\0\0\0\0mif1"].concat();
+        for (bytes, name) in [
+            (ftyp(b"heic"), "a HEIC photo"),
+            (ftyp(b"mif1"), "a HEIF photo"),
+            (ftyp(b"avif"), "an AVIF photo"),
+            (vec![0xff, 0x0a, 0xfa, 0x7f], "a JPEG XL photo"),
+        ] {
+            let e = decode(&bytes, DEFAULT_MAX_PIXELS, |_| 1)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(name) && e.contains("convert it first"), "{e}");
+        }
+        let e = decode(&ftyp(b"isom"), DEFAULT_MAX_PIXELS, |_| 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("not an image"), "{e}");
     }
 }
