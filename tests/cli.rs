@@ -668,6 +668,26 @@ fn end_of_run_files_are_checked_before_the_run() {
     }
 }
 
+/// Inputs that hold no photo at all are not a silent success: a warning says what folders are
+/// searched for (not with --quiet).
+#[test]
+fn a_folder_without_photos_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("menu.txt"), "김치찌개").unwrap();
+    let model = fixtures().join("tiny-openai");
+    let embed = ["--model", path(&model), "embed", path(dir.path())];
+    let o = run(&embed);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("warning: no photos found (1 other file left out)"),
+        "{err}"
+    );
+    assert!(err.contains(".jpg .jpeg .png"), "{err}");
+    let o = run(&[&embed[..], &["--quiet"]].concat());
+    assert_eq!(stderr(&o), "");
+}
+
 /// A subcommand's help lists its own flags first and the flags every subcommand shares (model,
 /// precision, threads, cache) apart, under their own heading.
 #[test]

@@ -46,7 +46,7 @@ pub(super) fn run(cx: &Context, args: &ClassifyArgs) -> Result<Outcome> {
         Some(Stored::File(s)) => Listed::Photos(s.photos()),
         Some(Stored::Db(_)) => Listed::Streamed,
     };
-    let mut job = Job::prepare(&args.input, layout, listed, regions.as_ref())?;
+    let mut job = Job::prepare(&args.input, layout, listed, regions.as_ref(), &cx.ui)?;
     let ckpt = std::sync::Arc::new(cx.model(stored.is_some())?);
     let made_by = stored.as_ref().map(Stored::checkpoint);
     let sink = args.stored.prepare(cx, made_by, &ckpt)?;

@@ -20,7 +20,13 @@ pub(super) fn run(cx: &Context, args: &EmbedArgs) -> Result<Outcome> {
         regions: regions.is_some(),
         ..Layout::new(format, RecordKind::Embedding)
     };
-    let job = Job::prepare(&args.input, layout, Listed::Inputs, regions.as_ref())?;
+    let job = Job::prepare(
+        &args.input,
+        layout,
+        Listed::Inputs,
+        regions.as_ref(),
+        &cx.ui,
+    )?;
     let ckpt = cx.model(false)?;
     if let Some(file) = &args.adapter {
         cx.check_adapter(&ckpt, &crate::adapter::Adapter::load(file)?)?;

@@ -9,12 +9,13 @@ use super::Outcome;
 use crate::checkpoint::Checkpoint;
 use crate::embeddings::StoredEmbeddings;
 use crate::fsutil::check_writable;
-use crate::inputs::{collect_inputs, recorded_paths, Inputs, Shard};
+use crate::inputs::{collect_inputs, recorded_paths, Inputs, Shard, IMAGE_EXTENSIONS};
 use crate::output::{Layout, Printer};
 use crate::pipeline::{run_batches, BatchOptions, Embedder, Items, Stats};
 use crate::preprocess::Fidelity;
 use crate::regions::{Region, Regions};
 use crate::store::{Kind, Row, Store};
+use crate::text::count;
 use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
 use std::collections::HashSet;
@@ -101,19 +102,27 @@ impl Keep {
 
 impl Job {
     /// Gathers inputs (or takes the `listed` paths of stored embeddings), applies --shard and
-    /// --resume, and opens the output. `regions`: where the photos' regions come from.
+    /// --resume, and opens the output. `regions`: where the photos' regions come from. Inputs
+    /// that hold no photo at all get a warning on `ui`.
     pub fn prepare(
         args: &InputArgs,
         layout: Layout,
         listed: Listed,
         regions: Option<&Regions>,
+        ui: &Ui,
     ) -> Result<Self> {
         let streamed = matches!(listed, Listed::Streamed);
         let inputs = match listed {
             Listed::Inputs if args.inputs.is_empty() => {
                 bail!("no photos given (files, folders, or - for a list on stdin)")
             }
-            Listed::Inputs => collect_inputs(&args.inputs, args.null, io::stdin().lock())?,
+            Listed::Inputs => {
+                let found = collect_inputs(&args.inputs, args.null, io::stdin().lock())?;
+                if found.paths.is_empty() && found.unreadable.is_empty() {
+                    ui.warn(&no_photos(found.not_images));
+                }
+                found
+            }
             _ if !args.inputs.is_empty() => {
                 bail!("give either photos or stored embeddings (--embeddings, --db), not both")
             }
@@ -236,6 +245,19 @@ impl Job {
         ui.summary(&stats, skipped, self.ignored, interrupted);
         Ok(Outcome::of(&stats, interrupted))
     }
+}
+
+/// The warning for inputs that hold no photo: which files folders are searched for.
+fn no_photos(not_images: usize) -> String {
+    let others = match not_images {
+        0 => String::new(),
+        n => format!(" ({} left out)", count(n, "other file", "other files")),
+    };
+    let extensions: Vec<String> = IMAGE_EXTENSIONS.iter().map(|e| format!(".{e}")).collect();
+    format!(
+        "no photos found{others}: folders are searched for files ending in {}",
+        extensions.join(" ")
+    )
 }
 
 impl RegionArgs {
