@@ -688,6 +688,28 @@ fn a_folder_without_photos_gets_a_warning() {
     assert_eq!(stderr(&o), "");
 }
 
+/// One class under a softmax (CLIP) gives every photo 100%: a warning says so. SigLIP scores
+/// each class alone, so one class is a fair question there and gets no warning.
+#[test]
+fn one_class_under_a_softmax_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("one.txt");
+    std::fs::write(&labels, "김치찌개\n").unwrap();
+    let photo = fixtures().join("images/baseline.jpg");
+    for (model, warned) in [("tiny-openai", true), ("tiny-siglip", false)] {
+        let m = fixtures().join(model);
+        let args = ["--model", path(&m), "classify", "--labels", path(&labels)];
+        let o = run(&[&args[..], &["-f", "jsonl", path(&photo)]].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(0), "{err}");
+        assert_eq!(
+            err.contains("has one class (김치찌개)"),
+            warned,
+            "{model}: {err}"
+        );
+    }
+}
+
 /// A subcommand's help lists its own flags first and the flags every subcommand shares (model,
 /// precision, threads, cache) apart, under their own heading.
 #[test]

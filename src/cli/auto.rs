@@ -66,7 +66,7 @@ pub(super) fn finder(cx: &Context, ckpt: &Arc<Checkpoint>, dishes: &Dishes) -> R
         Some(file) => LabelSet::load(file)?,
         None => LabelSet::parse(BACKGROUND.as_bytes(), Path::new("(built-in background)"))?,
     };
-    let background = cx.scorer(ckpt, &background, templates, None)?;
+    let background = cx.classifier(ckpt, &background, templates)?;
     let embeddings = Tensor::cat(&[classifier.embeddings(), background.embeddings()], 0)
         .context("cannot join the dishes' and the background's embeddings")?;
     Ok(DenseFinder {

@@ -8,7 +8,7 @@ use crate::cache::{default_root, TextCache};
 use crate::checkpoint::Checkpoint;
 use crate::classify::Classifier;
 use crate::labels::{check, LabelSet, Templates};
-use crate::model::Precision;
+use crate::model::{Precision, Scoring};
 use crate::preprocess::Fidelity;
 use crate::registry::Registry;
 use crate::source::{offline_from_env, HubOptions, ModelSource};
@@ -199,8 +199,9 @@ impl Context {
         Ok((labels, adapter, templates))
     }
 
-    /// What ranks the classes: the adapter's classes and cache when there is one (made with this
-    /// checkpoint, or refused), else the label prompts' embeddings.
+    /// What ranks the user's classes: the adapter's classes and cache when there is one (made
+    /// with this checkpoint, or refused), else the label prompts' embeddings. Warns when a
+    /// softmax over one class would give every photo 100%.
     pub fn scorer(
         &self,
         ckpt: &Checkpoint,
@@ -208,6 +209,15 @@ impl Context {
         templates: &Templates,
         adapter: Option<&Adapter>,
     ) -> Result<Classifier> {
+        let scoring = ckpt.model.scoring();
+        if let ([class], Scoring::Softmax { .. }) = (&labels.classes[..], scoring) {
+            self.ui.warn(&format!(
+                "{} has one class ({}): this model's probabilities are shares among the classes, \
+                 so every photo gets 100%; list the other dishes that may be there too",
+                labels.path.display(),
+                class.display()
+            ));
+        }
         match adapter {
             None => self.classifier(ckpt, labels, templates),
             Some(a) => {
@@ -215,7 +225,7 @@ impl Context {
                 if !matches!(templates, Templates::Default) {
                     bail!("--adapter brings its class embeddings; leave out --template");
                 }
-                Classifier::from_adapter(a, ckpt.model.scoring(), &ckpt.device)
+                Classifier::from_adapter(a, scoring, &ckpt.device)
             }
         }
     }
