@@ -35,11 +35,11 @@ fn leftovers(args: &[&std::ffi::OsStr]) -> Output {
         .unwrap()
 }
 
-/// A run's records and summary file.
-type Run = (Vec<Value>, Value);
+/// A run's records, summary file and stderr.
+type Run = (Vec<Value>, Value, String);
 
 /// A set's run (`--pairs`, `--truth`, `--summary`), with or without its empty tray: records
-/// and the summary file. Each is run once for all the tests that read it.
+/// the summary file and stderr. Each is run once for all the tests that read it.
 fn run(name: &str, empty: bool) -> &'static Run {
     static RUNS: OnceLock<Mutex<HashMap<(String, bool), &'static Run>>> = OnceLock::new();
     let runs = RUNS.get_or_init(Default::default);
@@ -71,7 +71,8 @@ fn run(name: &str, empty: bool) -> &'static Run {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let records = jsonl_records(&o.stdout);
         let summary: Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
-        Box::leak(Box::new((records, summary)))
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        Box::leak(Box::new((records, summary, stderr)))
     })
 }
 
@@ -89,7 +90,7 @@ fn truth(name: &str) -> HashMap<(String, String), HashMap<String, String>> {
 /// Each measured ratio with its true one; and the compartments where nothing was served.
 fn compared(name: &str, empty: bool) -> (Vec<(String, f64, f64)>, usize) {
     let t = truth(name);
-    let (records, _) = run(name, empty);
+    let (records, ..) = run(name, empty);
     let mut pairs = Vec::new();
     let mut nothing = 0;
     for r in records {
@@ -120,7 +121,7 @@ fn registration_recovers_each_trays_shift_and_rotation() {
             (row[0].to_string(), (v(1), v(2), v(3)))
         })
         .collect();
-    let (records, _) = run("perturbed", false);
+    let (records, ..) = run("perturbed", false);
     for rec in records {
         let (dx, dy, angle) = known[rec["tray"].as_str().unwrap()];
         let reg = &rec["registration"];
@@ -163,7 +164,7 @@ fn perturbed_trays_reach_the_accuracy_target_with_and_without_the_empty_tray() {
         let mae = pairs.iter().map(|(_, m, t)| (m - t).abs()).sum::<f64>() / 59.0;
         assert!(mae <= 0.05, "empty tray {empty}: MAE {mae}");
         // The summary's accuracy is the same comparison.
-        let (_, summary) = run("perturbed", empty);
+        let (_, summary, _) = run("perturbed", empty);
         let overall = &summary["accuracy"]["overall"];
         assert_eq!(overall["n"], 59);
         assert!(
@@ -176,11 +177,22 @@ fn perturbed_trays_reach_the_accuracy_target_with_and_without_the_empty_tray() {
 
 #[test]
 fn the_summary_counts_every_measured_compartment_per_dish_and_day() {
-    let (records, summary) = run("perturbed", false);
+    let (records, summary, stderr) = run("perturbed", false);
     let measured: Vec<&Value> = records
         .iter()
         .filter(|r| r.get("leftover").is_some())
         .collect();
+    // The closing line counts compartments served empty (no ratio) apart from those measured.
+    let empty = records
+        .iter()
+        .filter(|r| r.get("leftover").is_none() && r.get("error").is_none())
+        .count();
+    assert!(empty > 0, "the set has a compartment served empty");
+    let counts = format!(
+        "{} compartments measured, {empty} served empty",
+        measured.len()
+    );
+    assert!(stderr.contains(&counts), "{stderr}");
     let dishes = summary["dishes"].as_array().unwrap();
     let trays: u64 = dishes.iter().map(|d| d["trays"].as_u64().unwrap()).sum();
     assert_eq!(trays as usize, measured.len());

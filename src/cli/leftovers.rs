@@ -91,7 +91,7 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
     let interrupted = interrupt_flag();
     let progress = cx.ui.progress_bar(Some(pairs.len()), "trays");
     let start = Instant::now();
-    let (mut measured_n, mut failed, mut trays) = (0usize, 0usize, 0usize);
+    let (mut measured_n, mut served_empty, mut failed, mut trays) = (0usize, 0, 0, 0usize);
     let pre = &ckpt.preprocess;
     let drawing = args.report.is_some();
     let ran = run_prepared(
@@ -131,8 +131,8 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
                 // terminal.
                 progress.suspend(|| -> Result<()> {
                     for r in &records {
-                        match &r.error {
-                            Some(e) => {
+                        match (&r.error, r.leftover) {
+                            (Some(e), _) => {
                                 failed += 1;
                                 let what = r
                                     .compartment
@@ -140,7 +140,9 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
                                     .map_or(String::new(), |c| format!(" [compartment {c}]"));
                                 eprintln!("foodclip: {}{what}: {e}", r.tray);
                             }
-                            None => measured_n += 1,
+                            (None, Some(_)) => measured_n += 1,
+                            // Under 2% served: no ratio to give.
+                            (None, None) => served_empty += 1,
                         }
                         summary.add(r);
                         if let Some(t) = &truth {
@@ -202,9 +204,13 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         } else {
             ""
         };
+        let empty = match served_empty {
+            0 => String::new(),
+            n => format!(", {n} served empty"),
+        };
         eprintln!(
-            "foodclip: {trays} trays, {measured_n} compartments measured, {failed} failed in \
-             {secs:.1} s ({:.2} trays/s){stopped}",
+            "foodclip: {trays} trays, {measured_n} compartments measured{empty}, {failed} failed \
+             in {secs:.1} s ({:.2} trays/s){stopped}",
             trays as f64 / secs
         );
         if let Some(a) = &overall {
