@@ -250,6 +250,13 @@ fn search_ranks_as_brute_force_cosine_with_weights_and_filters() {
         ],
     ));
     assert_eq!(later.len(), 6);
+    // A filter that leaves nothing: no hits, exit 0, and a note that says why.
+    let none = run(
+        d,
+        &["search", "--db", db, "bibimbap", "--until", "2019-01-01"],
+    );
+    assert!(ok(&none).is_empty());
+    assert!(stderr(&none).contains("no photo of"), "{}", stderr(&none));
 }
 
 #[test]

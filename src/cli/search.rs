@@ -3,7 +3,7 @@
 
 use super::context::Context;
 use super::flags::SearchArgs;
-use super::ui::quiet_on_closed_pipe;
+use super::ui::{default_format, quiet_on_closed_pipe};
 use super::Outcome;
 use crate::classify::{embed_pictures, Classifier};
 use crate::fsutil::path_bytes;
@@ -11,7 +11,7 @@ use crate::labels::{LabelClass, LabelSet, Templates};
 use crate::output::{Format, Layout, Printer, RecordKind};
 use crate::store::{Filter, Row};
 use anyhow::{bail, Context as _, Result};
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, Write};
 use std::path::PathBuf;
 
 /// A query term: its weight and text.
@@ -146,15 +146,20 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
             index.describe()
         );
     }
+    if hits.is_empty() {
+        // Not an error (a day without photos yet), but not a silent one either.
+        cx.ui.note(&format!(
+            "no photo of {} passes --since, --until, --under and this site",
+            index.describe()
+        ));
+    }
     let out = io::stdout().lock();
     if args.paths {
         return print_paths(out, &hits);
     }
-    let format = args.format.unwrap_or(if io::stdout().is_terminal() {
-        Format::Table
-    } else {
-        Format::Jsonl
-    });
+    let format = args
+        .format
+        .unwrap_or_else(|| default_format(None, Format::Table));
     let layout = Layout {
         regions: !kind.source.is_empty(),
         ..Layout::new(format, RecordKind::Hits)
