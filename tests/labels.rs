@@ -131,7 +131,7 @@ fn labels_check_finds_what_is_wrong() {
     for want in [
         format!("{shown}:1: warning: group \"soup\" has no classes"),
         format!("{shown}:6: warning: \"kimchi stew\" also names the class on line 3"),
-        format!("{shown}:6: warning: name \"{long}\" makes 1 prompt(s) longer than the model's 32-token context"),
+        format!("{shown}:6: warning: name \"{long}\" makes 1 prompt longer than the model's 32-token context"),
         format!("{shown}:7: error: duplicate class \"bibimbap\" (first on line 5)"),
         format!("{shown}:8: error: empty name in \"x || y\""),
         format!("{shown}:5: warning: class \"bibimbap\" is nearly the same as \"Bibimbap\" (line 4)"),

@@ -75,9 +75,11 @@ pub(super) fn run(cx: &Context, args: &AdaptArgs) -> Result<Outcome> {
         support.features = augmented(cx, &ckpt, &used, args)?;
     }
     if unknown > 0 {
-        cx.ui.warn(&format!(
-            "{unknown} photo(s) of dishes not in the list (`unknown`) are not part of an adapter"
-        ));
+        let photos = match unknown {
+            1 => "1 photo of a dish not in the list (`unknown`) is".to_string(),
+            n => format!("{n} photos of dishes not in the list (`unknown`) are"),
+        };
+        cx.ui.warn(&format!("{photos} not part of an adapter"));
     }
     if let Some(old) = &old {
         merge(old, &labels, &mut text, &mut support)?;

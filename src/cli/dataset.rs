@@ -14,6 +14,7 @@ use crate::fsutil::PathJson;
 use crate::labels::LabelSet;
 use crate::pipeline::{embedding_rows, Item, Stats};
 use crate::regions::{Photo, Region, Regions};
+use crate::text::count;
 use anyhow::{bail, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -305,7 +306,6 @@ fn label_of(truth: &Truth) -> String {
 
 /// One warning per label that matches no class.
 fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(Place, String)], regions: bool) {
-    let what = if regions { "region(s)" } else { "photo(s)" };
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, label) in unmatched {
         *counts.entry(label.as_str()).or_default() += 1;
@@ -323,6 +323,10 @@ fn warn_unmatched(ui: &Ui, labels: &LabelSet, unmatched: &[(Place, String)], reg
                 labels.path.display()
             )
         };
-        ui.warn(&format!("{n} {what} {where_}: not scored"));
+        let what = match regions {
+            true => count(n, "region", "regions"),
+            false => count(n, "photo", "photos"),
+        };
+        ui.warn(&format!("{what} {where_}: not scored"));
     }
 }

@@ -11,6 +11,7 @@ use crate::labels::LabelSet;
 use crate::output::{csv_row, Format};
 use crate::regions::{Region, Regions};
 use crate::report::{self, Misclassified};
+use crate::text::count;
 use anyhow::{bail, Context as _, Result};
 use candle_core::Tensor;
 use serde_json::json;
@@ -300,9 +301,8 @@ fn print_table(e: &Evaluation, args: &EvalArgs, out: &mut impl Write) -> io::Res
     let m = &e.metrics;
     writeln!(
         out,
-        "{} {} scored; {} of unlisted dishes, {} unreadable, {} in no class",
-        m.n,
-        e.unit,
+        "{} scored; {} of unlisted dishes, {} unreadable, {} in no class",
+        count(m.n, e.unit.trim_end_matches('s'), e.unit),
         e.unknown_photos,
         e.unreadable.len(),
         e.unmatched.len()

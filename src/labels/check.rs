@@ -38,7 +38,9 @@ pub fn truncated_names(
                 findings.push(Finding::warning(
                     class.line,
                     format!(
-                        "name {name:?} makes {cut} prompt(s) longer than the model's {}-token context; they are cut (shorten the name)",
+                        "name {name:?} makes {} longer than the model's {}-token context, cut to \
+                         fit (shorten the name)",
+                        crate::text::count(cut, "prompt", "prompts"),
                         tokenizer.max_len()
                     ),
                 ));
