@@ -571,7 +571,7 @@ fn a_background_file_replaces_the_built_in_one() {
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
-        stderr.contains("2 label prompts") || stderr.contains("of 1 photos"),
+        stderr.contains("2 label prompts") || stderr.contains("of 1 photo;"),
         "{stderr}"
     );
 }

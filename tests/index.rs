@@ -45,7 +45,7 @@ fn counts(o: &Output) -> HashMap<String, usize> {
         .lines()
         .find(|l| l.contains("unchanged"))
         .unwrap_or_else(|| panic!("{err}"));
-    let after = line.split(" photos: ").nth(1).unwrap();
+    let after = line.split([':']).nth(3).unwrap().trim_start();
     after
         .split(", ")
         .map(|part| {

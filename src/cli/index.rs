@@ -9,6 +9,7 @@ use crate::fsutil::{write_atomically, PathJson};
 use crate::inputs::collect_inputs;
 use crate::pipeline::embedding_rows;
 use crate::store::{content_hash, is_postgres, npy, FileState, Kind};
+use crate::text::count;
 use anyhow::{bail, Context as _, Result};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -123,10 +124,10 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     )?;
     cx.ui.summary(&stats, 0, None, interrupted);
     cx.ui.note(&format!(
-        "{}: {} photos: {unchanged} unchanged, {reused} reused by content (moved or touched), \
+        "{}: {}: {unchanged} unchanged, {reused} reused by content (moved or touched), \
          {embedded} embedded, {removed} removed{}",
         index.describe(),
-        paths.len(),
+        count(paths.len(), "photo", "photos"),
         if failed_reads > 0 {
             format!(", {failed_reads} unreadable")
         } else {

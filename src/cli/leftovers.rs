@@ -15,7 +15,7 @@ use crate::leftovers::{examine, EmptyTray, Settings};
 use crate::output::{csv_row, Format, RowPrinter};
 use crate::pipeline::run_prepared;
 use crate::regions::{Grid, Regions};
-use crate::text::pad;
+use crate::text::{count, pad};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use std::io::{self, Write};
@@ -209,8 +209,10 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
             n => format!(", {n} served empty"),
         };
         eprintln!(
-            "foodclip: {trays} trays, {measured_n} compartments measured{empty}, {failed} failed \
-             in {secs:.1} s ({:.2} trays/s){stopped}",
+            "foodclip: {}, {} measured{empty}, {failed} failed in {secs:.1} s ({:.2} \
+             trays/s){stopped}",
+            count(trays, "tray", "trays"),
+            count(measured_n, "compartment", "compartments"),
             trays as f64 / secs
         );
         if let Some(a) = &overall {

@@ -5,6 +5,7 @@ use crate::fsutil::is_closed_pipe;
 use crate::output::Format;
 use crate::pipeline::{Items, Stats};
 use crate::regions::Region;
+use crate::text::count;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::fmt;
@@ -83,9 +84,10 @@ impl Ui {
                     n => format!("; {n} listed for photos not given, ignored"),
                 };
                 eprintln!(
-                    "foodclip: {done} regions done, {failed} failed, of {} photos; {skipped} \
-                     skipped{ignored}; in {secs:.1} s ({:.2} photos/s, {:.2} regions/s){stopped}",
-                    stats.photos,
+                    "foodclip: {} done, {failed} failed, of {}; {skipped} skipped{ignored}; in \
+                     {secs:.1} s ({:.2} photos/s, {:.2} regions/s){stopped}",
+                    count(done, "region", "regions"),
+                    count(stats.photos, "photo", "photos"),
                     stats.photos as f64 / secs,
                     done as f64 / secs
                 )
