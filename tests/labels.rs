@@ -140,6 +140,17 @@ fn labels_check_finds_what_is_wrong() {
         assert!(out.contains(&want), "missing {want:?} in\n{out}");
     }
 
+    // Without a model to load, the file's own findings still print before the error (exit 2).
+    let o = check(&labels, "no-such-model", &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(&format!("{shown}:7: error: duplicate class")),
+        "{out}"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("--no-model checks the file alone"), "{err}");
+
     let o = check(&labels, "tiny-gelu", &["--format", "json", "--pairs", "3"]);
     let report = stdout_json(&o);
     assert_eq!(report["errors"], 2);

@@ -26,9 +26,16 @@ pub(super) fn check(cx: &Context, args: &LabelsCheckArgs) -> Result<Outcome> {
     let templates = Templates::from_args(&args.templates.templates)?;
     let mut pairs = Vec::new();
     if !args.no_model {
-        let ckpt = cx.model(true).map_err(|e| {
-            e.context("the model checks need a model; --no-model checks the file alone")
-        })?;
+        let ckpt = match cx.model(true) {
+            Ok(ckpt) => ckpt,
+            Err(e) => {
+                // The file's own findings (in line order) are still worth having.
+                report(&set, &findings, &[], args.format)?;
+                return Err(
+                    e.context("the model checks need a model; --no-model checks the file alone")
+                );
+            }
+        };
         findings.extend(check::truncated_names(&set, &templates, &ckpt.tokenizer)?);
         if let Some(entry) = ckpt.source.entry(&cx.registry) {
             findings.extend(check::language_mismatch(&set, entry, &cx.registry));
