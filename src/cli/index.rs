@@ -27,11 +27,11 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .iter()
         .map(|d| std::fs::canonicalize(d).with_context(|| format!("cannot read {}", d.display())))
         .collect::<Result<_>>()?;
+    let db = database(args, &roots)?;
     // Listed before the store opens: a folder that cannot be read leaves no store behind.
     let paths = collect_inputs(&roots, false, std::io::empty())?
         .complete()?
         .paths;
-    let db = database(args, &roots)?;
     let mut index = cx.store(&db, true)?;
     let regions = args.regions.load()?;
     let ckpt = cx.model(false)?;
@@ -141,7 +141,8 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     Ok(outcome)
 }
 
-/// `--db`, or the single folder itself: its index is `DIR/.foodclip/index.sqlite`.
+/// `--db`, or the single folder itself: its index is `DIR/.foodclip/index.sqlite` (made when the
+/// store opens).
 fn database(args: &IndexArgs, roots: &[PathBuf]) -> Result<PathBuf> {
     if let Some(db) = &args.db {
         return Ok(db.clone());

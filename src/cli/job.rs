@@ -552,22 +552,20 @@ impl StoredArgs {
                 );
             }
         }
-        if let Some(file) = &self.save_embeddings {
-            check_writable("--save-embeddings", file)?;
-        }
-        Ok(match &self.save_embeddings {
-            Some(file) => Some(EmbeddingSink {
-                file: file.clone(),
-                stored: StoredEmbeddings {
-                    checkpoint: cx.fingerprint(ckpt)?,
-                    paths: Vec::new(),
-                    regions: Vec::new(),
-                    dim: ckpt.config.projection_dim,
-                    values: Vec::new(),
-                },
-            }),
-            None => None,
-        })
+        let Some(file) = &self.save_embeddings else {
+            return Ok(None);
+        };
+        check_writable("--save-embeddings", file)?;
+        Ok(Some(EmbeddingSink {
+            file: file.clone(),
+            stored: StoredEmbeddings {
+                checkpoint: cx.fingerprint(ckpt)?,
+                paths: Vec::new(),
+                regions: Vec::new(),
+                dim: ckpt.config.projection_dim,
+                values: Vec::new(),
+            },
+        }))
     }
 }
 
