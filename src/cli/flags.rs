@@ -174,8 +174,8 @@ pub struct LeftoversArgs {
     #[arg(long, value_name = "DIR")]
     pub report: Option<PathBuf>,
     /// Also store every record in the store DB (the `index` database: a SQLite file, made if
-    /// missing, or a postgres:// URL), one transaction per tray; measuring a tray again
-    /// replaces its rows. `forecast --db DB` reads them.
+    /// missing, a folder for its .foodclip/index.sqlite, or a postgres:// URL), one transaction
+    /// per tray; measuring a tray again replaces its rows. `forecast --db DB` reads them.
     #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Write records to FILE instead of stdout.
@@ -197,8 +197,9 @@ pub struct ForecastArgs {
     /// or its --db store) or a CSV `date,dish,leftover[,trays][,served_g]`. Repeatable.
     #[arg(long, value_name = "FILE", required_unless_present = "db")]
     pub history: Vec<PathBuf>,
-    /// The store `leftovers --db DB` keeps its records in (a SQLite file or a postgres:// URL;
-    /// this site's rows), as history (beside any --history).
+    /// The store `leftovers --db DB` keeps its records in (a SQLite file, a folder for its
+    /// .foodclip/index.sqlite, or a postgres:// URL; this site's rows), as history (beside any
+    /// --history).
     #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Label file: the dishes, their other names, and the `[group]` headers forecasts borrow
