@@ -10,11 +10,13 @@ use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// File extensions of photos, taken when walking folders: the formats foodclip decodes, and
-/// HEIC/HEIF, AVIF and JPEG XL, which it does not: those are taken too, so that each fails by
-/// name with what to do instead of vanishing from the run (a phone's photos are often HEIC).
+/// File extensions of photos, taken when walking folders: the formats foodclip decodes (`.jfif`
+/// and `.jpe` are JPEGs too: browsers on Windows save photos as `.jfif`), and HEIC/HEIF, AVIF and
+/// JPEG XL, which it does not: those are taken too, so that each fails by name with what to do
+/// instead of vanishing from the run (a phone's photos are often HEIC).
 pub const IMAGE_EXTENSIONS: &[&str] = &[
-    "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif", "avif", "jxl",
+    "jpg", "jpeg", "jfif", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff", "heic", "heif",
+    "avif", "jxl",
 ];
 
 /// The photos of a run.
@@ -284,6 +286,7 @@ mod tests {
             "b/a.png",
             "a.webp",
             "b/IMG_0001.HEIC",
+            "b/saved.jfif",
             "notes.txt",
             "b/c/readme.md",
             "._a.webp",
@@ -307,7 +310,8 @@ mod tests {
                 Path::new("a.webp"),
                 Path::new("b/IMG_0001.HEIC"),
                 Path::new("b/a.png"),
-                Path::new("b/c/z.JPG")
+                Path::new("b/c/z.JPG"),
+                Path::new("b/saved.jfif")
             ]
         );
         assert_eq!(got.not_images, 2);
