@@ -370,7 +370,7 @@ pub struct IndexArgs {
     pub dirs: Vec<PathBuf>,
     /// The store: a SQLite file or a folder for its own DIR/.foodclip/index.sqlite (default: the
     /// single folder's), or a shared PostgreSQL database with pgvector,
-    /// postgres://USER[:PASSWORD]@HOST[:PORT]/DB.
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`.
     #[arg(long, value_name = "DB", env = "FOODCLIP_DB")]
     pub db: Option<PathBuf>,
     /// Write the index's embeddings (of this model, mode and regions) to DIR as

@@ -3,10 +3,10 @@
 //!
 //! For each tray: the served photo is decoded once (its compartments, from the same region
 //! sources as `classify`, go to the model from that decode), the returned photo is registered
-//! onto it ([`register`]), and the share of each compartment covered by food is measured in
-//! both ([`coverage`]). The leftover ratio is `returned / served`, clipped to [0, 1]. Dishes
-//! come from the classifier or a menu ([`menu`]); [`summary`] turns records into a summary per
-//! dish and day, and compares them with the truth when it is known.
+//! onto it ([`register`](mod@register)), and the share of each compartment covered by food is
+//! measured in both ([`coverage`]). The leftover ratio is `returned / served`, clipped to
+//! [0, 1]. Dishes come from the classifier or a menu ([`menu`]); [`summary`] turns records into
+//! a summary per dish and day, and compares them with the truth when it is known.
 //!
 //! Everything here works on a copy of each photo at most [`ANALYSIS_SIDE`] pixels on its long
 //! side: enough to count a compartment's food to a fraction of a percent, and cheap.

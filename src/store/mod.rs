@@ -285,7 +285,7 @@ const COPY_BATCH: usize = 1000;
 
 /// Copies a SQLite index whole into `to` (a shared store): its files (as `to`'s site), every
 /// kind's embeddings (each kind's vector index built once its rows are in), and its leftovers;
-/// in transactions of [`COPY_BATCH`] rows, upserted, so a copy cut short can be run again.
+/// in transactions of `COPY_BATCH` rows, upserted, so a copy cut short can be run again.
 pub fn copy(from: &sqlite::Index, to: &mut Store) -> Result<Copied> {
     let mut copied = Copied::default();
     let mut files = Vec::with_capacity(COPY_BATCH);

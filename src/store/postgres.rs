@@ -568,7 +568,7 @@ const MAX_BUILD_MEMORY: u64 = 4 << 30;
 
 /// The memory pgvector needs to build the HNSW graph of `rows` embeddings `dim` wide in one
 /// piece (each element: its half-precision vector, its neighbour lists at m = 16, and its
-/// bookkeeping), with a quarter to spare; at most [`MAX_BUILD_MEMORY`].
+/// bookkeeping), with a quarter to spare; at most `MAX_BUILD_MEMORY`.
 pub fn build_memory(rows: usize, dim: usize) -> u64 {
     let element = 2 * dim as u64 + 2 * 16 * 10 + 300;
     (rows as u64 * element * 5 / 4).min(MAX_BUILD_MEMORY)
