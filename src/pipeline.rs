@@ -34,6 +34,8 @@ pub struct BatchOptions {
 pub struct Stats {
     /// Photos read (or looked up).
     pub photos: usize,
+    /// Photos with at least one record done (a photo that could not be read has none).
+    pub photos_done: usize,
     /// Records (photos, or regions) with a result.
     pub done: usize,
     /// Records that failed (a photo that could not be read, a region without a valid box).
@@ -128,6 +130,10 @@ pub fn run_batches(
         let all = items.iter().flatten();
         let ok = all.clone().filter(|i| i.result.is_ok()).count();
         stats.photos += chunk.len();
+        stats.photos_done += items
+            .iter()
+            .filter(|photo| photo.iter().any(|i| i.result.is_ok()))
+            .count();
         stats.failed += all.count() - ok;
         stats.done += ok;
         match emit(emb.as_ref(), chunk, items) {

@@ -115,6 +115,15 @@ fn summary_speed_counts_only_photos_classified() {
     let summary = err.lines().last().unwrap();
     assert!(summary.contains("0 done, 2 failed, 0 skipped"), "{err}");
     assert!(summary.contains("(0.00 photos/s)"), "{err}");
+    // By regions too: a photo none of whose regions is done is no photo done.
+    let o = run(&[&args[..], &["--grid", "1x2"]].concat());
+    let err = stderr(&o);
+    let summary = err.lines().last().unwrap();
+    assert!(
+        summary.contains("0 regions done, 2 failed, of 2 photos"),
+        "{err}"
+    );
+    assert!(summary.contains("(0.00 photos/s, 0.00 regions/s)"), "{err}");
 }
 
 /// `foodclip ARGS` bound by folder permissions: as root, without the capabilities that let root

@@ -96,7 +96,6 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
         .map(|(p, s, h)| (p.as_path(), (s, h.as_slice())))
         .collect();
     let embedder = embedder(&ckpt, None, regions.as_ref(), &args.batch, cx.fidelity);
-    let mut embedded = 0; // photos with an embedding now: a photo that cannot be read has none
     let (stats, interrupted) = run_photos(
         embedder,
         &todo_paths,
@@ -109,7 +108,6 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
                 for (path, photo) in chunk.iter().zip(items) {
                     let (state, hash) = known[path.as_path()];
                     b.file(path, state, hash)?;
-                    embedded += usize::from(photo.iter().any(|item| item.result.is_ok()));
                     for item in photo {
                         if item.result.is_ok() {
                             let row = rows.next().expect("one row per record");
@@ -125,9 +123,10 @@ pub(super) fn run(cx: &Context, args: &IndexArgs) -> Result<Outcome> {
     cx.ui.summary(&stats, 0, None, interrupted);
     cx.ui.note(&format!(
         "{}: {}: {unchanged} unchanged, {reused} reused by content (moved or touched), \
-         {embedded} embedded, {removed} removed{}",
+         {} embedded, {removed} removed{}",
         index.describe(),
         count(paths.len(), "photo", "photos"),
+        stats.photos_done,
         if failed_reads > 0 {
             format!(", {failed_reads} unreadable")
         } else {

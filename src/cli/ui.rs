@@ -56,8 +56,9 @@ impl Ui {
     }
 
     /// The closing line of a run: done, failed, skipped, speed; with regions from a file,
-    /// `ignored` counts the regions it lists for photos not given. Speeds count only records with
-    /// a result: a photo that could not be read is not work done.
+    /// `ignored` counts the regions it lists for photos not given. Speeds count only work done:
+    /// records with a result, and photos with at least one (a photo that could not be read is
+    /// not work done).
     pub fn summary(
         &self,
         stats: &Stats,
@@ -88,7 +89,7 @@ impl Ui {
                      {secs:.1} s ({:.2} photos/s, {:.2} regions/s){stopped}",
                     count(done, "region", "regions"),
                     count(stats.photos, "photo", "photos"),
-                    stats.photos as f64 / secs,
+                    stats.photos_done as f64 / secs,
                     done as f64 / secs
                 )
             }
