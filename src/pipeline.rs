@@ -127,15 +127,13 @@ pub fn run_batches(
     let mut stats = Stats::default();
     // Hands one batch on; `Ok(true)` means stop.
     let mut deliver = |emb: Option<Tensor>, chunk: &[PathBuf], items: Items| {
-        let all = items.iter().flatten();
-        let ok = all.clone().filter(|i| i.result.is_ok()).count();
         stats.photos += chunk.len();
-        stats.photos_done += items
-            .iter()
-            .filter(|photo| photo.iter().any(|i| i.result.is_ok()))
-            .count();
-        stats.failed += all.count() - ok;
-        stats.done += ok;
+        for photo in &items {
+            let ok = photo.iter().filter(|i| i.result.is_ok()).count();
+            stats.done += ok;
+            stats.failed += photo.len() - ok;
+            stats.photos_done += usize::from(ok > 0);
+        }
         match emit(emb.as_ref(), chunk, items) {
             Err(e) if is_closed_pipe(&e) => {
                 stats.output_closed = true;

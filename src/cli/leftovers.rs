@@ -56,6 +56,9 @@ pub(super) fn run(cx: &Context, args: &LeftoversArgs) -> Result<Outcome> {
         .transpose()?;
     let truth = args.truth.as_deref().map(Truth::load).transpose()?;
     let summary_format = args.summary.as_deref().map(summary_format).transpose()?;
+    if let Some(file) = &args.summary {
+        check_writable("--summary", file)?;
+    }
     let format = args
         .format
         .unwrap_or_else(|| default_format(args.output.as_deref(), Format::Table));
@@ -319,7 +322,6 @@ fn summary_table(out: &mut String, s: &SummaryFile) {
 
 /// The summary file's format, from its extension.
 fn summary_format(path: &Path) -> Result<Format> {
-    check_writable("--summary", path)?;
     match Format::of_file(path) {
         Some(f @ (Format::Json | Format::Csv | Format::Tsv)) => Ok(f),
         _ => bail!(

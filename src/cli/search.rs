@@ -139,15 +139,15 @@ pub(super) fn run(cx: &Context, args: &SearchArgs) -> Result<Outcome> {
     };
     index.set_candidates(args.candidates);
     let hits = index.top(&kind, &query, &filter, args.top)?;
-    if hits.is_empty() && !index.holds(&kind)? {
-        bail!(
-            "{} holds no embeddings of this model with these settings; index it with the same \
-             --model, --precision, --exact-preprocess and region flags",
-            index.describe()
-        );
-    }
     if hits.is_empty() {
-        // Not an error (a day without photos yet), but not a silent one either.
+        if !index.holds(&kind)? {
+            bail!(
+                "{} holds no embeddings of this model with these settings; index it with the \
+                 same --model, --precision, --exact-preprocess and region flags",
+                index.describe()
+            );
+        }
+        // Filters that leave nothing: not an error (a day without photos yet), not silent.
         cx.ui.note(&format!(
             "no photo of {} passes --since, --until, --under and this site",
             index.describe()

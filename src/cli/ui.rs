@@ -77,7 +77,7 @@ impl Ui {
             None => eprintln!(
                 "foodclip: {done} done, {failed} failed, {skipped} skipped in {secs:.1} s \
                  ({:.2} photos/s){stopped}",
-                done as f64 / secs
+                stats.photos_done as f64 / secs
             ),
             Some(ignored) => {
                 let ignored = match ignored {

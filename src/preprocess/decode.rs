@@ -7,6 +7,9 @@ use image::metadata::Orientation;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 
+/// The formats decoded, for messages.
+const DECODED: &str = "JPEG, PNG, WebP, GIF, BMP, TIFF";
+
 /// Default cap on decoded pixels (width x height): 12-megapixel phone photos pass with room to
 /// spare, decompression bombs do not.
 pub const DEFAULT_MAX_PIXELS: u64 = 128_000_000;
@@ -36,13 +39,10 @@ fn decode_any(
         bail!("empty file");
     }
     if let Some((name, how)) = unsupported_photo(bytes) {
-        bail!(
-            "{name} photo: foodclip reads JPEG, PNG, WebP, GIF, BMP and TIFF; \
-             convert it first ({how})"
-        );
+        bail!("{name} photo: foodclip reads {DECODED}; convert it first ({how})");
     }
     let format = image::guess_format(bytes)
-        .map_err(|_| anyhow!("not an image foodclip can read (JPEG, PNG, WebP, GIF, BMP, TIFF)"))?;
+        .map_err(|_| anyhow!("not an image foodclip can read ({DECODED})"))?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     // Room for the decoded pixels at 16 bits per RGBA sample, plus decoder overhead.
